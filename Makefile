@@ -1,0 +1,26 @@
+# The two commands of the README. Both set up .venv on first use (see scripts/bootstrap.sh).
+VENV ?= .venv
+OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV) dev,bench
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/palimpsest demo --out $(OUT)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/train_throughput.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,241 @@
+"""The ``palimpsest`` command: typer + rich over the library's functions.
+
+Every command reads an optional YAML config, lets flags override it, shows progress,
+writes its outputs under ``--out``, and turns a user error into one line on stderr and
+exit code 2 (a traceback is kept only for genuine bugs).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from palimpsest.errors import PalimpsestError
+
+app = typer.Typer(
+    name="palimpsest",
+    help="The memory of language models: grow it, forget it, rewrite it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+error_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config; flags given on the command line win.")
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log library progress (INFO).")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Application-level logging: the library only creates loggers, the CLI routes them."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=error_console, show_path=False)],
+        force=True,
+    )
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_info() if verbose else transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def user_errors(function: F) -> F:
+    """Print a :class:`PalimpsestError` as one line and exit 2; Ctrl-C exits 130."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except PalimpsestError as error:
+            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            error_console.print("interrupted: run the same command again to resume from the last checkpoint")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress_callbacks(progress: Any) -> Callable[[str], list[Any]]:
+    from palimpsest.progress import RichProgressCallback
+
+    return lambda name: [RichProgressCallback(progress, name)]
+
+
+def _print_pretrain(results: dict[str, Any]) -> None:
+    m = results["metrics"]
+    table = Table(title=results["name"], show_header=False)
+    table.add_row("objective", results["model"]["objective"])
+    table.add_row("parameters", f"{results['model']['parameters']:,}")
+    table.add_row("steps", str(m["steps"]))
+    table.add_row("validation perplexity", f"{m['validation_perplexity']:.2f}")
+    table.add_row("unigram-baseline perplexity", f"{m['unigram_perplexity']:.2f}")
+    table.add_row("training throughput", f"{m['tokens_per_second']:,.0f} tokens/s")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def pretrain(
+    config: ConfigOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder (checkpoints, model, results, report).")] = Path(
+        "runs/pretrain"
+    ),
+    corpus: Annotated[str | None, typer.Option(help="Built-in corpus, .txt/.jsonl path or hf:NAME.")] = None,
+    family: Annotated[str | None, typer.Option(help="bert, roberta, gpt2 or llama.")] = None,
+    size: Annotated[str | None, typer.Option(help="micro, tiny, small or base.")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="Start from these weights (folder, minilm-l6, hub id).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer updates.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Blocks per device and step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation, data order and masking.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Tokenizer vocabulary size.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per training block.")] = None,
+    tensorboard: Annotated[bool | None, typer.Option(help="Log to TensorBoard under OUT/runs.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = True,
+    verbose: VerboseOption = False,
+) -> None:
+    """Pretrain a language model on a corpus (masked LM for bert/roberta, causal for gpt2/llama)."""
+    _setup_logging(verbose)
+    from palimpsest.config import load_config
+    from palimpsest.pretraining import PretrainConfig, run_pretrain
+    from palimpsest.progress import RichProgressCallback, make_progress
+    from palimpsest.report import write_report
+
+    settings = load_config(
+        PretrainConfig,
+        config,
+        {
+            "data.corpus": corpus,
+            "data.vocab_size": vocab_size,
+            "data.block_size": block_size,
+            "model.family": family,
+            "model.size": size,
+            "model.pretrained": pretrained,
+            "training.steps": steps,
+            "training.batch_size": batch_size,
+            "training.learning_rate": lr,
+            "training.seed": seed,
+            "training.tensorboard": tensorboard,
+        },
+    )
+    with make_progress(console) as progress:
+        results = run_pretrain(
+            settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume
+        )
+    write_report([results], out, title=f"palimpsest pretrain: {results['name']}")
+    _print_pretrain(results)
+    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A saved model folder (with its tokenizer).")],
+    corpus: Annotated[str, typer.Option(help="Corpus to evaluate on.")] = "wiki-en",
+    out: Annotated[Path | None, typer.Option(help="Write results.json here.")] = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per evaluation block.")] = 128,
+    max_blocks: Annotated[int, typer.Option(help="Evaluate at most this many blocks.")] = 256,
+    validation_fraction: Annotated[float, typer.Option(help="Held-out share of the corpus.")] = 0.05,
+    verbose: VerboseOption = False,
+) -> None:
+    """Perplexity of a saved LM on a corpus's validation split, beside the unigram baseline."""
+    _setup_logging(verbose)
+    from palimpsest.evaluation import evaluate_saved_lm
+
+    results = evaluate_saved_lm(
+        model, corpus, block_size=block_size, max_blocks=max_blocks, validation_fraction=validation_fraction
+    )
+    m = results["metrics"]
+    console.print(
+        f"{results['model']} on {results['corpus']}: perplexity {m['perplexity']:.2f} "
+        f"(unigram baseline {m['unigram_perplexity']:.2f}, {m['tokens']:,} tokens)"
+    )
+    if out is not None:
+        from palimpsest.pretraining import write_json
+        from palimpsest.report import write_report
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", results)
+        write_report([results], out, title="palimpsest evaluate")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder for every study and the report.")] = Path(
+        "demo-out"
+    ),
+    scale: Annotated[str, typer.Option(help="smoke (seconds) or demo (minutes).")] = "demo",
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    verbose: VerboseOption = False,
+) -> None:
+    """The main job: every study at demo scale, then report.md and report.html."""
+    _setup_logging(verbose)
+    from palimpsest.demo import run_demo
+    from palimpsest.progress import make_progress
+
+    with make_progress(console) as progress:
+        summary = run_demo(out, scale, callbacks_for=_progress_callbacks(progress), seed=seed)
+    for result in summary["results"]:
+        if result["kind"] == "pretrain":
+            _print_pretrain(result)
+    console.print(
+        f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
+    )
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json files (single results or demo bundles).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and plots.")] = Path("report"),
+    title: Annotated[str, typer.Option(help="Report title.")] = "palimpsest report",
+) -> None:
+    """Rebuild a report from results.json files."""
+    _setup_logging(False)
+    from palimpsest.errors import DataError
+    from palimpsest.report import write_report
+
+    collected: list[dict[str, Any]] = []
+    for path in results:
+        if not path.is_file():
+            raise DataError(f"results file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise DataError(f"{path} is not valid JSON") from None
+        if not isinstance(data, dict) or ("kind" not in data and "results" not in data):
+            raise DataError(f"{path} is not a palimpsest results file")
+        collected.extend(data.get("results", [data]))
+    markdown, html = write_report(collected, out, title=title)
+    console.print(f"wrote {markdown} and {html}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Train a tokenizer for a language with `tokenizers` and wrap it as a HF fast tokenizer.
+
+One set of special tokens serves both model families: ``<pad>`` (id 0), ``<s>``,
+``</s>``, ``<unk>``, ``<mask>``. Byte-level BPE covers any script without unknown
+tokens; unigram (SentencePiece-style, Metaspace) is the alternative the active-forgetting
+paper used for its new languages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from palimpsest.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
+TokenizerModel = Literal["bpe", "unigram"]
+
+
+def train_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int = 4096,
+    *,
+    model: TokenizerModel = "bpe",
+    min_frequency: int = 2,
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on ``texts``; returns a ``PreTrainedTokenizerFast`` ready to save.
+
+    Encoding a single text adds ``<s> ... </s>``, like RoBERTa; the LM datasets of
+    :mod:`palimpsest.data.lm` encode without special tokens and add their own.
+    """
+    if not any(t.strip() for t in texts):
+        raise DataError("cannot train a tokenizer on an empty corpus")
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise DataError(f"vocab_size must be larger than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    if model == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif model == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>", show_progress=False
+        )
+    else:
+        raise DataError(f"unknown tokenizer model '{model}' (known: bpe, unigram)")
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
+    logger.info("trained %s tokenizer: %d tokens", model, len(wrapped))
+    return wrapped
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """A content hash of a fast tokenizer (its full JSON), used as a cache key."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot load a tokenizer from '{path}': {str(error).splitlines()[0]}") from None

@@ -1,0 +1,55 @@
+"""Evaluate a saved language model on a corpus, beside the unigram baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from palimpsest.data import (
+    causal_eval_set,
+    default_cache_dir,
+    encode_blocks,
+    fixed_mlm_eval_set,
+    load_corpus,
+    load_tokenizer,
+    split_corpus,
+    unigram_baseline,
+)
+from palimpsest.errors import ModelError
+from palimpsest.models import load_pretrained, objective_of
+from palimpsest.training import evaluate_lm
+
+
+def evaluate_saved_lm(
+    model_dir: str | Path,
+    corpus_name: str,
+    *,
+    block_size: int = 128,
+    max_blocks: int = 256,
+    validation_fraction: float = 0.05,
+    split_seed: int = 0,
+) -> dict[str, Any]:
+    """Perplexity on the validation split of ``corpus_name`` (same split as pretraining)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
+    model = load_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    objective = objective_of(model.config)
+    split = split_corpus(load_corpus(corpus_name), validation_fraction, seed=split_seed)
+    cache = default_cache_dir()
+    train_blocks = encode_blocks(split.train, tokenizer, block_size, cache_dir=cache)
+    eval_blocks = encode_blocks(split.validation, tokenizer, block_size, cache_dir=cache)
+    eval_blocks = eval_blocks.select(range(min(max_blocks, len(eval_blocks))))
+    eval_set = (
+        fixed_mlm_eval_set(eval_blocks, tokenizer) if objective == "mlm" else causal_eval_set(eval_blocks)
+    )
+    metrics = evaluate_lm(model, eval_set)
+    baseline = unigram_baseline(train_blocks, eval_set, len(tokenizer))
+    return {
+        "kind": "evaluate",
+        "model": str(model_dir),
+        "corpus": corpus_name,
+        "objective": objective,
+        "metrics": {**metrics, "unigram_loss": baseline.loss, "unigram_perplexity": baseline.perplexity},
+    }

@@ -1,0 +1,51 @@
+"""Plots for reports, drawn with matplotlib's object API (no pyplot, no global backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+Curve = Sequence[Sequence[float]]  # [(x, y), ...]
+
+
+def plot_curves(
+    curves: Mapping[str, Curve],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    reference_lines: Mapping[str, float] | None = None,
+    bands: Mapping[str, tuple[Curve, Curve]] | None = None,
+    logy: bool = False,
+) -> Path:
+    """Line plot of named ``[(x, y)]`` curves; ``bands`` shade a (low, high) range per name."""
+    figure = Figure(figsize=(6.4, 4.0), dpi=110)
+    axes = figure.add_subplot()
+    for index, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        color = f"C{index % 10}"
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        axes.plot(xs, ys, label=name, color=color, linewidth=1.6)
+        if bands and name in bands:
+            low, high = bands[name]
+            axes.fill_between(
+                [p[0] for p in low], [p[1] for p in low], [p[1] for p in high], color=color, alpha=0.2
+            )
+    for index, (name, value) in enumerate((reference_lines or {}).items()):
+        axes.axhline(value, linestyle="--", linewidth=1.0, color=f"C{(index + len(curves)) % 10}", label=name)
+    if logy:
+        axes.set_yscale("log")
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -1,0 +1,239 @@
+"""Reports: ``results.json`` dicts -> ``report.md`` and a self-contained ``report.html``.
+
+A results dict names its ``kind``; a section builder per kind turns it into blocks
+(paragraphs, tables, figures) that render both to Markdown and to HTML, so the two
+reports always say the same thing. Later capabilities add their builders to
+:data:`SECTION_BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from palimpsest.plotting import plot_curves
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Figure] = field(default_factory=list)
+
+
+SectionBuilder = Callable[[Sequence[dict[str, Any]], Path], Section]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Numbers to short, stable text: 4 significant digits, thousands as integers."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits + 1}g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def pretrain_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Pretraining")
+    section.blocks.append(
+        "Each model is trained from scratch on the corpus shown and scored on a held-out "
+        "validation split. Perplexity is token-level, on exactly the positions the unigram "
+        "baseline is scored on (masked positions for masked LMs, next tokens for causal LMs); "
+        "the unigram baseline predicts add-one-smoothed training-token frequencies."
+    )
+    rows = []
+    for run in runs:
+        m = run["metrics"]
+        rows.append(
+            [
+                run["name"],
+                run["model"]["objective"],
+                run["data"]["corpus"],
+                run["model"]["parameters"],
+                m["steps"],
+                m["validation_perplexity"],
+                m["unigram_perplexity"],
+                m["unigram_perplexity"] / m["validation_perplexity"],
+                m["tokens_per_second"],
+            ]
+        )
+    section.blocks.append(
+        Table(
+            [
+                "run",
+                "objective",
+                "corpus",
+                "parameters",
+                "steps",
+                "val. ppl",
+                "unigram ppl",
+                "unigram/val",
+                "tokens/s",
+            ],
+            rows,
+        )
+    )
+    for run in runs:
+        curves = {
+            "train loss": run["curves"]["train_loss"],
+            "validation loss": run["curves"]["eval_loss"],
+        }
+        slug = "".join(c if c.isalnum() else "-" for c in run["name"])
+        path = plot_curves(
+            curves,
+            plots_dir / f"pretrain-{slug}.png",
+            title=f"{run['name']}: training curves",
+            ylabel="cross-entropy (nats/token)",
+            reference_lines={"unigram baseline": run["metrics"]["unigram_loss"]},
+        )
+        section.blocks.append(Figure(path, f"{run['name']}: training and validation loss vs step"))
+    machine = runs[0].get("machine", {}) if runs else {}
+    if machine:
+        section.blocks.append(
+            f"Machine: {machine.get('platform')}, torch {machine.get('torch')}, "
+            f"{machine.get('threads')} threads, {machine.get('device')}."
+        )
+    return section
+
+
+def evaluate_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    rows = [
+        [
+            r["model"],
+            r["corpus"],
+            r["metrics"]["perplexity"],
+            r["metrics"]["unigram_perplexity"],
+            r["metrics"]["tokens"],
+        ]
+        for r in runs
+    ]
+    return Section("Evaluation", [Table(["model", "corpus", "ppl", "unigram ppl", "tokens"], rows)])
+
+
+SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "pretrain": pretrain_section,
+    "evaluate": evaluate_section,
+}
+
+
+def build_sections(results: Sequence[dict[str, Any]], plots_dir: Path) -> list[Section]:
+    """Group results by kind (in first-seen order) and build one section per kind."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        grouped.setdefault(result.get("kind", "unknown"), []).append(result)
+    sections = []
+    for kind, group in grouped.items():
+        builder = SECTION_BUILDERS.get(kind)
+        if builder is None:
+            sections.append(Section(kind, [f"No report section is defined for results of kind '{kind}'."]))
+        else:
+            sections.append(builder(group, plots_dir))
+    return sections
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _cell(value: Any) -> str:
+    return fmt(value)
+
+
+def render_markdown(title: str, sections: Sequence[Section], root: Path, preface: str = "") -> str:
+    lines = [f"# {title}", ""]
+    if preface:
+        lines += [preface, ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                lines.append("| " + " | ".join(block.headers) + " |")
+                lines.append("|" + "---|" * len(block.headers))
+                lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in block.rows]
+            elif isinstance(block, Figure):
+                lines.append(f"![{block.caption}]({block.path.relative_to(root).as_posix()})")
+                lines.append(f"*{block.caption}*")
+            else:
+                lines.append(block)
+            lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
+color:#1d1d1f;line-height:1.5}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+figure{margin:1rem 0}img{max-width:100%}figcaption{font-size:.85rem;color:#555}
+"""
+
+
+def render_html(title: str, sections: Sequence[Section], preface: str = "") -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if preface:
+        parts.append(f"<p>{html.escape(preface)}</p>")
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                    for row in block.rows
+                )
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif isinstance(block, Figure):
+                data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+                parts.append(
+                    f"<figure><img alt='{html.escape(block.caption)}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+                )
+            else:
+                parts.append(f"<p>{html.escape(block)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    results: Sequence[dict[str, Any]], out: str | Path, *, title: str = "palimpsest report", preface: str = ""
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (plots under ``out/plots``); return both paths."""
+    out = Path(out)
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    sections = build_sections(results, plots_dir)
+    markdown_path, html_path = out / "report.md", out / "report.html"
+    markdown_path.write_text(render_markdown(title, sections, out, preface), encoding="utf-8")
+    html_path.write_text(render_html(title, sections, preface), encoding="utf-8")
+    return markdown_path, html_path

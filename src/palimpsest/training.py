@@ -1,0 +1,360 @@
+"""The one training entry point: a thin layer over ``transformers.Trainer``.
+
+Why a layer at all: the three methods need two hooks the stock Trainer does not expose as
+arguments — extra optimizer parameter groups (product-key values at their own learning
+rate, embeddings on their own schedule) and deterministic evaluation sets — and every
+study needs the same bookkeeping (resume from the last checkpoint, curves, throughput).
+Everything else (DDP/FSDP through ``accelerate launch`` or ``torchrun``, gradient
+accumulation, safetensors checkpoints, TensorBoard) is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from palimpsest.data.lm import mlm_mask
+from palimpsest.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Objective = Literal["mlm", "clm", "classification"]
+#: A function from the model to extra optimizer groups: ``[{"params": [...], "lr": ..., ...}]``.
+#: Parameters not claimed by any group go to the default decay / no-decay groups. A group
+#: with ``"constant_lr": True`` keeps its learning rate instead of following the schedule.
+ParamGroupsFn = Callable[[nn.Module], list[dict[str, Any]]]
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings shared by every objective (defaults suit the tiny CPU models)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float = 1.0
+    mlm_probability: float = 0.15
+    eval_every: int = 100
+    eval_batch_size: int = 32
+    save_every: int = 200
+    save_total_limit: int = 2
+    log_every: int = 10
+    seed: int = 0
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"training.{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"training.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
+
+class LMCollator:
+    """Stacks packed blocks into a batch; ``labels`` pass through when examples carry them.
+
+    Masking is not done here: the Trainer fetches a batch *before* it restores the RNG
+    state of a resumed run, so masks drawn in the collator would differ after a resume.
+    :class:`PalimpsestTrainer` masks in ``compute_loss`` instead.
+    """
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return batch
+
+
+class PalimpsestTrainer(Trainer):
+    """``Trainer`` with LM targets made at loss time and caller-supplied optimizer groups.
+
+    Batches without ``labels`` get them in :meth:`compute_loss`: masked positions for a
+    masked LM (global RNG, restored exactly on resume), the inputs for a causal LM.
+    ``param_groups`` is a :data:`ParamGroupsFn`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        objective: Objective = "clm",
+        mlm_probability: float = 0.15,
+        param_groups: ParamGroupsFn | None = None,
+        **kwargs: Any,
+    ):
+        self._param_groups_fn = param_groups
+        self._objective = objective
+        self._mlm_probability = mlm_probability
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" not in inputs and self._objective in ("mlm", "clm"):
+            inputs = dict(inputs)
+            if self._objective == "mlm":
+                tokenizer = self.processing_class
+                inputs["input_ids"], inputs["labels"] = mlm_mask(
+                    inputs["input_ids"],
+                    special_ids=tokenizer.all_special_ids,
+                    mask_token_id=tokenizer.mask_token_id,
+                    vocab_size=len(tokenizer),
+                    probability=self._mlm_probability,
+                )
+            else:
+                inputs["labels"] = inputs["input_ids"].clone()
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self._param_groups_fn is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        target = self.model if model is None else model
+        extra = [dict(group) for group in self._param_groups_fn(target)]
+        claimed = {id(p) for group in extra for p in group["params"]}
+        decay_names = set(self.get_decay_parameter_names(target))
+        rest = [(n, p) for n, p in target.named_parameters() if p.requires_grad and id(p) not in claimed]
+        groups = [group for group in extra if group["params"]]
+        groups.append(
+            {"params": [p for n, p in rest if n in decay_names], "weight_decay": self.args.weight_decay}
+        )
+        groups.append({"params": [p for n, p in rest if n not in decay_names], "weight_decay": 0.0})
+        groups = [group for group in groups if group["params"]]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+        optimizer_kwargs.pop("params", None)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is not None:
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                if group.get("constant_lr"):
+                    lambdas[index] = _constant_one
+        return scheduler
+
+
+def _constant_one(_step: int) -> float:
+    return 1.0
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; ``history`` is the Trainer's log history."""
+
+    output_dir: Path
+    steps: int
+    train_seconds: float
+    tokens_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+    def curve(self, key: str) -> list[tuple[int, float]]:
+        """``[(step, value)]`` of one logged quantity, e.g. ``"loss"`` or ``"eval_loss"``."""
+        return [(int(entry["step"]), float(entry[key])) for entry in self.history if key in entry]
+
+
+def make_training_arguments(
+    config: TrainingConfig, output_dir: Path, *, has_eval: bool, **overrides: Any
+) -> TrainingArguments:
+    """``TrainingArguments`` for a palimpsest run (CPU when no accelerator is present)."""
+    arguments: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "max_steps": config.steps,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.eval_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.schedule,
+        "warmup_steps": round(config.warmup_ratio * config.steps),
+        "weight_decay": config.weight_decay,
+        "adam_beta1": config.adam_beta1,
+        "adam_beta2": config.adam_beta2,
+        "adam_epsilon": config.adam_epsilon,
+        "max_grad_norm": config.max_grad_norm,
+        "logging_steps": config.log_every,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": config.eval_every,
+        "save_strategy": "steps",
+        "save_steps": config.save_every,
+        "save_total_limit": config.save_total_limit,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "report_to": ["tensorboard"] if config.tensorboard else "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "ddp_find_unused_parameters": False,
+        # transformers 5 scales the *evaluation* loss by the world size when this is on
+        # (eval_loss doubled under 2-process DDP); per-device means averaged by DDP are exact
+        # for our fixed-length blocks anyway.
+        "average_tokens_across_devices": False,
+    }
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    config: TrainingConfig,
+    output_dir: str | Path,
+    *,
+    objective: Objective,
+    eval_dataset: Dataset | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+    param_groups: ParamGroupsFn | None = None,
+    resume: bool = True,
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
+    training_arguments: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` with the Trainer; resume from the last checkpoint in ``output_dir``.
+
+    Checkpoints (safetensors, optimizer, scheduler, RNG states) go to
+    ``output_dir/checkpoint-N``. A run killed at any point and started again with the same
+    arguments continues from its last checkpoint and ends with the same weights as an
+    uninterrupted run. ``training_arguments`` passes extra ``TrainingArguments`` through.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if len(train_dataset) == 0:
+        raise ConfigError("the training set is empty")
+    args = make_training_arguments(
+        config, output_dir, has_eval=eval_dataset is not None, **(training_arguments or {})
+    )
+    if objective == "classification":
+        collator: Callable[..., Any] = DataCollatorWithPadding(tokenizer)
+    else:
+        collator = LMCollator()
+    trainer = PalimpsestTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        objective=objective,
+        mlm_probability=config.mlm_probability,
+        param_groups=param_groups,
+        compute_metrics=compute_metrics,
+    )
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
+    tokens_per_step = _tokens_per_example(train_dataset) * config.batch_size * config.gradient_accumulation
+    tokens_per_step *= max(args.world_size, 1)
+    logger.info("trained %d steps in %.1fs (%s)", trainer.state.global_step, seconds, output.metrics)
+    return TrainResult(
+        output_dir=output_dir,
+        steps=trainer.state.global_step,
+        train_seconds=seconds,
+        tokens_per_second=steps_run * tokens_per_step / seconds if seconds > 0 else math.nan,
+        history=list(trainer.state.log_history),
+        resumed_from=checkpoint,
+    )
+
+
+def _tokens_per_example(dataset: Dataset) -> int:
+    return len(dataset[0]["input_ids"])
+
+
+@torch.no_grad()
+def evaluate_lm(model: PreTrainedModel, eval_dataset: Dataset, *, batch_size: int = 32) -> dict[str, float]:
+    """Token-level cross-entropy and perplexity on a fixed evaluation set.
+
+    Averaged over predicted tokens (not over batches), so it compares exactly with the
+    unigram baseline on the same positions. Causal models shift labels themselves; the
+    first token of each block is therefore not scored, as in the baseline.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    causal = getattr(model.config, "is_encoder_decoder", False) is False and _is_causal(model)
+    for start in range(0, len(eval_dataset), batch_size):
+        rows = eval_dataset[start : start + batch_size]
+        input_ids = torch.tensor(rows["input_ids"], device=device)
+        labels = torch.tensor(rows["labels"], device=device)
+        logits = model(input_ids=input_ids).logits.float()
+        if causal:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += loss.item()
+        count += int((labels != -100).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ConfigError("the evaluation set has no labelled positions")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def _is_causal(model: PreTrainedModel) -> bool:
+    from palimpsest.models import objective_of
+
+    return objective_of(model.config) == "clm"
+
+
+@torch.no_grad()
+def evaluate_classification(
+    model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 32
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of a sequence classifier."""
+    was_training = model.training
+    model.eval()
+    collator = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    correct, total, loss_sum = 0, 0, 0.0
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        output = model(**batch)
+        loss_sum += output.loss.item() * len(rows)
+        correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
+        total += len(rows)
+    model.train(was_training)
+    return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1), "examples": total}
+
+
+def accuracy_metrics(prediction: Any) -> dict[str, float]:
+    """``compute_metrics`` for the Trainer's classification evaluation."""
+    logits, labels = prediction.predictions, prediction.label_ids
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}

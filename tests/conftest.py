@@ -1,0 +1,29 @@
+"""Shared fixtures: a private cache folder and small, fast tokenizers/corpora."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's tokenized-data cache out of the user's home."""
+    monkeypatch.setenv("PALIMPSEST_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def wiki_small():
+    from palimpsest.data import load_corpus
+
+    return load_corpus("wiki-en", max_documents=200)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(wiki_small):
+    from palimpsest.data import train_tokenizer
+
+    return train_tokenizer(wiki_small.texts, 512)

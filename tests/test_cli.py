@@ -1,0 +1,120 @@
+"""End-to-end runs of the command line, as a user types it (in a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["--steps", "4", "--batch-size", "4", "--vocab-size", "300", "--block-size", "32"]
+
+
+def palimpsest(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def test_help_lists_the_commands():
+    done = palimpsest("--help")
+    assert done.returncode == 0
+    for command in ("pretrain", "evaluate", "demo", "report"):
+        assert command in done.stdout
+
+
+def test_missing_config_is_one_line(tmp_path):
+    line = one_error_line(
+        palimpsest("pretrain", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path))
+    )
+    assert "missing.yaml" in line
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  learning_rte: 0.001\n")
+    line = one_error_line(palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path / "o")))
+    assert "training.learning_rte" in line
+
+
+def test_wrong_type_in_config_is_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  steps: many\n")
+    assert "training.steps" in one_error_line(
+        palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path))
+    )
+
+
+def test_unknown_corpus_is_one_line(tmp_path):
+    line = one_error_line(palimpsest("pretrain", "--corpus", "wiki-klingon", "--out", str(tmp_path), *SMOKE))
+    assert "wiki-klingon" in line
+
+
+def test_empty_corpus_file_is_one_line(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "empty" in one_error_line(
+        palimpsest("pretrain", "--corpus", str(empty), "--out", str(tmp_path / "o"))
+    )
+
+
+def test_pretrain_then_evaluate_then_report(tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    done = palimpsest("pretrain", "--config", str(config), "--out", str(out), *SMOKE)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"]["objective"] == "clm" and results["metrics"]["steps"] == 4
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "report.md").is_file() and "data:image/png;base64" in (out / "report.html").read_text()
+    assert "unigram" in done.stdout
+
+    done = palimpsest("evaluate", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "8")
+    assert done.returncode == 0, done.stderr
+    assert "perplexity" in done.stdout
+
+    done = palimpsest("report", str(out / "results.json"), "--out", str(tmp_path / "rep"))
+    assert done.returncode == 0, done.stderr
+    assert "Pretraining" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_evaluate_missing_model_is_one_line(tmp_path):
+    assert "no saved model" in one_error_line(palimpsest("evaluate", "--model", str(tmp_path / "nothing")))
+
+
+def test_report_of_missing_file_is_one_line(tmp_path):
+    assert "not found" in one_error_line(palimpsest("report", str(tmp_path / "none.json")))
+
+
+def test_demo_smoke_writes_report_and_results(tmp_path):
+    done = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "results.json").read_text())
+    objectives = {r["model"]["objective"] for r in summary["results"] if r["kind"] == "pretrain"}
+    assert objectives == {"mlm", "clm"}
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+    again = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))  # finished runs are reused
+    assert again.returncode == 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]
+
+
+@pytest.mark.slow
+def test_demo_at_demo_scale_beats_the_unigram_baseline(tmp_path):
+    done = palimpsest("demo", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for run in json.loads((tmp_path / "results.json").read_text())["results"]:
+        if run["kind"] == "pretrain":
+            assert run["metrics"]["validation_perplexity"] < 0.8 * run["metrics"]["unigram_perplexity"]

@@ -1,0 +1,119 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from palimpsest.data import causal_eval_set, encode_blocks, split_corpus
+from palimpsest.models import build_model
+from palimpsest.training import TrainingConfig, evaluate_lm, train
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_micro.py"
+
+
+@pytest.fixture(scope="module")
+def blocks(wiki_small, tokenizer):
+    split = split_corpus(wiki_small, 0.1)
+    return encode_blocks(split.train, tokenizer, 32), causal_eval_set(
+        encode_blocks(split.validation, tokenizer, 32)
+    )
+
+
+def test_causal_training_lowers_validation_loss(blocks, tokenizer, tmp_path):
+    train_blocks, eval_set = blocks
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    before = evaluate_lm(model, eval_set)["loss"]
+    config = TrainingConfig(steps=30, batch_size=8, learning_rate=3e-3, eval_every=15, save_every=30)
+    result = train(model, tokenizer, train_blocks, config, tmp_path, objective="clm", eval_dataset=eval_set)
+    after = evaluate_lm(model, eval_set)["loss"]
+    assert after < before - 0.5
+    assert result.steps == 30
+    assert [step for step, _ in result.curve("eval_loss")] == [15, 30]
+    assert (tmp_path / "checkpoint-30" / "model.safetensors").is_file()
+
+
+def test_evaluation_is_deterministic(blocks, tokenizer):
+    _, eval_set = blocks
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, seed=0)
+    assert evaluate_lm(model, eval_set) == evaluate_lm(model, eval_set)
+
+
+def test_param_groups_get_their_own_lr_and_constant_schedule(blocks, tokenizer, tmp_path):
+    from transformers import TrainerCallback
+
+    train_blocks, _ = blocks
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, seed=0)
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            seen[state.global_step] = [(g.get("name"), g["lr"]) for g in optimizer.param_groups]
+
+    def groups(m):
+        return [{"params": [m.transformer.wte.weight], "lr": 0.05, "constant_lr": True, "name": "embeddings"}]
+
+    config = TrainingConfig(steps=6, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0, save_every=100)
+    train(
+        model,
+        tokenizer,
+        train_blocks,
+        config,
+        tmp_path,
+        objective="clm",
+        param_groups=groups,
+        callbacks=[Probe()],
+    )
+    first, last = seen[1], seen[6]
+    assert first[0] == ("embeddings", 0.05) and last[0] == ("embeddings", 0.05)
+    assert last[1][1] < first[1][1]  # the default groups decay on the linear schedule
+    claimed = sum(p.numel() for g in groups(model) for p in g["params"])
+    assert claimed == model.transformer.wte.weight.numel()
+
+
+def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([sys.executable, str(SCRIPT), str(straight)], check=True, env=env, capture_output=True)
+    crash = subprocess.run(
+        [sys.executable, str(SCRIPT), str(killed), "--kill-after-save", "8"], env=env, capture_output=True
+    )
+    assert crash.returncode != 0  # it really died (SIGKILL) ...
+    assert (killed / "checkpoint-8").is_dir() and not (killed / "final-rank0.json").exists()
+    subprocess.run([sys.executable, str(SCRIPT), str(killed)], check=True, env=env, capture_output=True)
+    a = json.loads((straight / "final-rank0.json").read_text())
+    b = json.loads((killed / "final-rank0.json").read_text())
+    assert a["weights"] == b["weights"]  # ... and came back bit for bit
+    assert a["eval_loss"] == b["eval_loss"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(SCRIPT),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0 = json.loads((tmp_path / "final-rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "final-rank1.json").read_text())
+    assert rank0["weights"] == rank1["weights"]
+    assert torch.isfinite(torch.tensor(rank0["eval_loss"]))

@@ -31,7 +31,8 @@ pip=("$venv/bin/python" -m pip)
 
 if "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     echo "bootstrap: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') already installed"
-elif "${pip[@]}" install --quiet --no-index "$torch_spec" >/dev/null 2>&1; then
+elif "${pip[@]}" install --quiet --no-index --no-deps "$torch_spec" >/dev/null 2>&1; then
+    "${pip[@]}" install --quiet "$torch_spec"  # its dependencies (filelock, sympy, ...) from the index
     echo "bootstrap: installed $torch_spec from a local wheel"
 elif ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "bootstrap: no NVIDIA GPU found; installing the CPU build of $torch_spec"

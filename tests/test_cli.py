@@ -74,8 +74,9 @@ def test_pretrain_then_evaluate_then_report(tmp_path):
     config.write_text(
         "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
     )
-    done = palimpsest("pretrain", "--config", str(config), "--out", str(out), *SMOKE)
+    done = palimpsest("pretrain", "--config", str(config), "--out", str(out), "--tensorboard", *SMOKE)
     assert done.returncode == 0, done.stderr
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["objective"] == "clm" and results["metrics"]["steps"] == 4
     assert (out / "model" / "model.safetensors").is_file()

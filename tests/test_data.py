@@ -199,3 +199,15 @@ def test_classification_encoding_keeps_only_known_labels(wiki_small, tokenizer):
     assert set(dataset["labels"]) <= {0, 1}
     assert len(dataset) == sum(label in names for label in wiki_small.labels)
     assert max(len(row) for row in dataset["input_ids"]) <= 16
+
+
+def test_hf_dataset_names_go_through_datasets(tmp_path):
+    """``hf:`` names use ``datasets.load_dataset``; a local dataset folder needs no network."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"text": f"document number {i}", "label": "odd" if i % 2 else "even"} for i in range(6)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    corpus = load_corpus(f"hf:{folder}", hf_label_field="label")
+    assert corpus.texts[0] == "document number 0" and corpus.labels[1] == "odd"
+    with pytest.raises(DataError, match="no column 'body'"):
+        load_corpus(f"hf:{folder}", hf_text_field="body")

@@ -74,6 +74,21 @@ def test_param_groups_get_their_own_lr_and_constant_schedule(blocks, tokenizer, 
     assert claimed == model.transformer.wte.weight.numel()
 
 
+def test_sequence_classification_trains_and_evaluates(wiki_small, tokenizer, tmp_path):
+    from palimpsest.data import encode_classification
+    from palimpsest.training import evaluate_classification
+
+    names = sorted(set(wiki_small.labels))
+    dataset = encode_classification(wiki_small, tokenizer, names, max_length=32)
+    model = build_model("bert", "micro", tokenizer, task="classification", num_labels=len(names), seed=0)
+    config = TrainingConfig(steps=20, batch_size=8, learning_rate=2e-3, save_every=100)
+    before = evaluate_classification(model, dataset, tokenizer)
+    train(model, tokenizer, dataset, config, tmp_path, objective="classification")
+    after = evaluate_classification(model, dataset, tokenizer)
+    assert after["examples"] == len(dataset)
+    assert after["loss"] < before["loss"]
+
+
 def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"

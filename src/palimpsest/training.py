@@ -30,6 +30,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from palimpsest.data.lm import mlm_mask
@@ -271,6 +272,9 @@ def train(
         param_groups=param_groups,
         compute_metrics=compute_metrics,
     )
+    # With tqdm off the Trainer prints every log dict to stdout; the library does not print
+    # (the log history keeps every value, and callers add their own progress display).
+    trainer.remove_callback(PrinterCallback)
     checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)

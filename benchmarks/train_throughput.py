@@ -18,12 +18,12 @@ import tempfile
 import time
 
 import torch
-from transformers import TrainerCallback, get_linear_schedule_with_warmup
+from transformers import Trainer, TrainerCallback, get_linear_schedule_with_warmup
 
 from palimpsest.data import encode_blocks, load_corpus, train_tokenizer
 from palimpsest.data.lm import mlm_mask
 from palimpsest.models import build_model, count_parameters
-from palimpsest.training import TrainingConfig, train
+from palimpsest.training import TrainingConfig, make_training_arguments, train
 
 BLOCK, BATCH = 128, 16
 
@@ -44,13 +44,11 @@ class StepClock(TrainerCallback):
 
 
 def plain_loop(model, blocks, tokenizer, objective, steps, warmup, config):
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        weight_decay=config.weight_decay,
-    )
+    # The same optimizer class and options the Trainer picks (fused AdamW on recent torch).
+    with tempfile.TemporaryDirectory() as scratch:
+        arguments = make_training_arguments(config, scratch, has_eval=False)
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(arguments)
+    optimizer = optimizer_cls(model.parameters(), **{**kwargs, "weight_decay": config.weight_decay})
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     generator = torch.Generator().manual_seed(0)
     data = torch.tensor(blocks["input_ids"])

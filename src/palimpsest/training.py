@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 Objective = Literal["mlm", "clm", "classification"]
 #: A function from the model to extra optimizer groups: ``[{"params": [...], "lr": ..., ...}]``.
 #: Parameters not claimed by any group go to the default decay / no-decay groups. A group
-#: with ``"constant_lr": True`` keeps its learning rate instead of following the schedule.
+#: with ``"constant_lr": True`` keeps its learning rate instead of following the schedule;
+#: one with ``"lr_lambda": f`` follows ``lr * f(updates_done)`` instead of the run's schedule.
 ParamGroupsFn = Callable[[nn.Module], list[dict[str, Any]]]
 
 
@@ -158,10 +159,19 @@ class PalimpsestTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         lambdas = getattr(scheduler, "lr_lambdas", None)
-        if lambdas is not None:
-            for index, group in enumerate(scheduler.optimizer.param_groups):
-                if group.get("constant_lr"):
-                    lambdas[index] = _constant_one
+        groups = scheduler.optimizer.param_groups
+        wanted = any(g.get("constant_lr") or g.get("lr_lambda") is not None for g in groups)
+        if wanted and lambdas is None:
+            raise ConfigError(
+                f"per-group schedules need a LambdaLR schedule; '{self.args.lr_scheduler_type}' is not one"
+            )
+        for index, group in enumerate(groups):
+            if group.get("lr_lambda") is not None:
+                lambdas[index] = group["lr_lambda"]
+                group["lr"] = group["initial_lr"] * group["lr_lambda"](0)
+            elif group.get("constant_lr"):
+                lambdas[index] = _constant_one
+                group["lr"] = group["initial_lr"]
         return scheduler
 
 

@@ -1,10 +1,11 @@
 """Train a micro masked LM through palimpsest.training.train; used by the resume and DDP tests.
 
-usage: train_micro.py OUT [--kill-after-save STEP]
+usage: train_micro.py OUT [--kill-after-save STEP] [--forget-every K]
 
 Writes OUT/final-rank{R}.json with a hash of the final weights and the final eval loss.
 With --kill-after-save the process SIGKILLs itself right after the checkpoint of STEP is
-written, like a machine that dies mid-run.
+written, like a machine that dies mid-run. With --forget-every, active forgetting runs
+and the embeddings' hash right after each reset is recorded too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from palimpsest.data import encode_blocks, fixed_mlm_eval_set, load_corpus, split_corpus, train_tokenizer
+from palimpsest.forgetting import ActiveForgettingCallback, find_token_embeddings
 from palimpsest.models import build_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
@@ -31,6 +33,18 @@ class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HashAfterReset(TrainerCallback):
+    """Runs after the forgetting callback in the same on_step_begin: sees fresh embeddings."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.hashes: dict[int, str] = {}
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step and state.global_step % self.every == 0:
+            self.hashes[state.global_step] = weights_hash(find_token_embeddings(model))
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -53,19 +67,22 @@ def main() -> None:
     config = TrainingConfig(
         steps=12, batch_size=4, learning_rate=1e-3, eval_every=6, save_every=4, log_every=2
     )
-    callbacks = [KillAfterSave(kill)] if kill is not None else []
+    callbacks: list[TrainerCallback] = [KillAfterSave(kill)] if kill is not None else []
+    groups, probe = None, None
+    if "--forget-every" in sys.argv:
+        every = int(sys.argv[sys.argv.index("--forget-every") + 1])
+        forgetting = ActiveForgettingCallback(reset_every=every, seed=0)
+        probe = HashAfterReset(every)
+        callbacks += [forgetting, probe]
+        groups = forgetting.param_groups
     train(
-        model,
-        tokenizer,
-        train_blocks,
-        config,
-        out,
-        objective="mlm",
-        eval_dataset=eval_set,
-        callbacks=callbacks,
-    )
+        model, tokenizer, train_blocks, config, out, objective="mlm", eval_dataset=eval_set,
+        callbacks=callbacks, param_groups=groups,
+    )  # fmt: skip
     rank = int(os.environ.get("RANK", "0"))
     result = {"weights": weights_hash(model), "eval_loss": evaluate_lm(model, eval_set)["loss"]}
+    if probe is not None:
+        result["after_reset"] = probe.hashes
     (out / f"final-rank{rank}.json").write_text(json.dumps(result))
 
 

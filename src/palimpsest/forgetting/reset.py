@@ -1,0 +1,183 @@
+"""One act of forgetting: re-draw the token embeddings and forget their optimizer state.
+
+Chen et al. (2023) reset the token-embedding matrix every K updates during pretraining so
+that the transformer body cannot lean on any particular lexical embedding, which later
+lets a new language's embeddings be learned quickly from little data. What is reset:
+
+* the input token embeddings, N(0, initializer_range) (``init="normal"``) or drawn to
+  match their current mean and std (``init="match"``); the padding row is zeroed again;
+* a tied output head follows automatically (it *is* the same tensor) and its
+  vocabulary-specific bias is zeroed, since a bias per old token means nothing for the
+  new rows; an untied head is reset only with ``reset_output_head=True``;
+* the optimizer state of exactly those tensors: Adam's moments are zeroed and their step
+  count restarts, so bias correction restarts for them alone (without it the first
+  updates of the new rows are scaled by up to 1/(1-beta2)^0.5 wrongly).
+
+Nothing else is touched, bit for bit: position embeddings, LayerNorms, the body and the
+body's optimizer state. Values come from a generator seeded by ``seed``, so every DDP
+rank that calls this with the same seed draws the same matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from palimpsest.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+Init = Literal["normal", "match"]
+
+
+@dataclass
+class ForgetReport:
+    """What one reset did (names of the parameters it re-drew or zeroed)."""
+
+    reset: list[str] = field(default_factory=list)
+    optimizer_states_reset: int = 0
+    mean: float = 0.0
+    std: float = 0.0
+    seed: int | None = None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The HF model inside a DDP / accelerate wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def find_token_embeddings(model: nn.Module) -> nn.Embedding:
+    """The input token embeddings, or a :class:`ModelError` that lists what was found."""
+    model = _unwrap(model)
+    embedding = None
+    if hasattr(model, "get_input_embeddings"):
+        try:
+            embedding = model.get_input_embeddings()
+        except NotImplementedError:
+            embedding = None
+    if not isinstance(embedding, nn.Embedding):
+        found = [
+            f"{name} {tuple(m.weight.shape)}"
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Embedding)
+        ]
+        listing = ", ".join(found) if found else "no nn.Embedding at all"
+        raise ModelError(
+            f"cannot find the token embeddings of {type(model).__name__} (get_input_embeddings() gave "
+            f"{type(embedding).__name__}); embedding modules found: {listing}"
+        )
+    return embedding
+
+
+def _parameter_names(model: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in _unwrap(model).named_parameters(remove_duplicate=False)}
+
+
+def _padding_index(model: nn.Module, embedding: nn.Embedding) -> int | None:
+    if embedding.padding_idx is not None:
+        return int(embedding.padding_idx)
+    pad = getattr(getattr(_unwrap(model), "config", None), "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) and 0 <= pad < embedding.num_embeddings else None
+
+
+def output_head(model: nn.Module) -> tuple[nn.Module | None, bool]:
+    """The output projection and whether its weight is the input embedding matrix."""
+    model = _unwrap(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        return None, False
+    tied = head.weight is find_token_embeddings(model).weight
+    return head, tied
+
+
+def embedding_parameters(model: nn.Module, *, include_output_head: bool = False) -> list[nn.Parameter]:
+    """The parameters a reset re-draws: embeddings, a tied head's bias, optionally an untied head."""
+    embedding = find_token_embeddings(model)
+    parameters = [embedding.weight]
+    head, tied = output_head(model)
+    if head is not None and (tied or include_output_head):
+        if not tied:
+            parameters.append(head.weight)
+        bias = getattr(head, "bias", None)
+        if isinstance(bias, nn.Parameter):
+            parameters.append(bias)
+    return parameters
+
+
+def _reset_optimizer_state(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> int:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    count = 0
+    for parameter in parameters:
+        state = inner.state.get(parameter)
+        if not state:
+            continue
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()  # moments, and a tensor step count, restart at zero
+            elif key == "step":
+                state[key] = 0
+        count += 1
+    return count
+
+
+@torch.no_grad()
+def forget_embeddings(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    seed: int | None = None,
+    init: Init = "normal",
+    std: float | None = None,
+    reset_output_head: bool = False,
+) -> ForgetReport:
+    """Re-initialise the token embeddings (and what depends on them); see the module doc.
+
+    ``std`` defaults to the model's ``initializer_range`` (0.02 when it has none). With
+    ``seed=None`` values come from the global generator, which DDP ranks do not share:
+    pass a seed in distributed training.
+    """
+    if init not in ("normal", "match"):
+        raise ValueError(f"init must be 'normal' or 'match', got {init!r}")
+    embedding = find_token_embeddings(model)
+    weight = embedding.weight
+    padding = _padding_index(model, embedding)
+    if init == "match":
+        rows = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        if padding is not None:
+            rows[padding] = False
+        mean, spread = weight[rows].float().mean().item(), weight[rows].float().std().item()
+    else:
+        config = getattr(_unwrap(model), "config", None)
+        mean, spread = 0.0, std if std is not None else float(getattr(config, "initializer_range", 0.02))
+    generator = torch.Generator(device="cpu")
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    fresh = torch.randn(weight.shape, generator=generator, dtype=torch.float32) * spread + mean
+    if padding is not None:
+        fresh[padding] = 0.0
+    weight.copy_(fresh.to(device=weight.device, dtype=weight.dtype))
+
+    names = _parameter_names(model)
+    report = ForgetReport(reset=[names.get(id(weight), "embeddings")], mean=mean, std=spread, seed=seed)
+    parameters = embedding_parameters(model, include_output_head=reset_output_head)
+    head, tied = output_head(model)
+    if head is not None and reset_output_head and not tied:
+        head_fresh = torch.randn(head.weight.shape, generator=generator, dtype=torch.float32) * spread
+        head.weight.copy_(head_fresh.to(device=head.weight.device, dtype=head.weight.dtype))
+        report.reset.append(names.get(id(head.weight), "output_head.weight"))
+    for parameter in parameters[1:]:
+        if parameter.dim() == 1:  # an output bias, one entry per (old) token
+            parameter.zero_()
+            report.reset.append(names.get(id(parameter), "output_head.bias"))
+    if optimizer is not None:
+        report.optimizer_states_reset = _reset_optimizer_state(optimizer, parameters)
+    logger.info("forgot embeddings (%s), seed %s", ", ".join(report.reset), seed)
+    return report

@@ -111,6 +111,12 @@ def pretrain(
     vocab_size: Annotated[int | None, typer.Option(help="Tokenizer vocabulary size.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Tokens per training block.")] = None,
     tensorboard: Annotated[bool | None, typer.Option(help="Log to TensorBoard under OUT/runs.")] = None,
+    forget_every: Annotated[
+        int | None, typer.Option(help="Active forgetting: reset the token embeddings every K updates.")
+    ] = None,
+    episode_schedule: Annotated[
+        bool, typer.Option(help="With --forget-every: the embeddings' own per-episode LR schedule.")
+    ] = True,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
@@ -138,10 +144,19 @@ def pretrain(
             "training.tensorboard": tensorboard,
         },
     )
-    with make_progress(console) as progress:
-        results = run_pretrain(
-            settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume
+    callbacks: list[Any] = []
+    param_groups = None
+    if forget_every is not None:
+        from palimpsest.forgetting import ActiveForgettingCallback
+
+        forgetting = ActiveForgettingCallback(
+            reset_every=forget_every, seed=settings.training.seed + 1000, episode_schedule=episode_schedule
         )
+        callbacks.append(forgetting)
+        param_groups = forgetting.param_groups
+    with make_progress(console) as progress:
+        callbacks.append(RichProgressCallback(progress, "pretrain"))
+        results = run_pretrain(settings, out, callbacks=callbacks, param_groups=param_groups, resume=resume)
     write_report([results], out, title=f"palimpsest pretrain: {results['name']}")
     _print_pretrain(results)
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model")
@@ -158,18 +173,31 @@ def evaluate(
     validation_fraction: Annotated[float, typer.Option(help="Held-out share of the corpus.")] = 0.05,
     verbose: VerboseOption = False,
 ) -> None:
-    """Perplexity of a saved LM on a corpus's validation split, beside the unigram baseline."""
+    """Score a saved model on a corpus: perplexity beside the unigram baseline for a language
+    model, shared-topic accuracy beside the majority class for a topic classifier."""
     _setup_logging(verbose)
-    from palimpsest.evaluation import evaluate_saved_lm
+    from palimpsest.evaluation import evaluate_saved_classifier, evaluate_saved_lm, is_classifier
 
-    results = evaluate_saved_lm(
-        model, corpus, block_size=block_size, max_blocks=max_blocks, validation_fraction=validation_fraction
-    )
-    m = results["metrics"]
-    console.print(
-        f"{results['model']} on {results['corpus']}: perplexity {m['perplexity']:.2f} "
-        f"(unigram baseline {m['unigram_perplexity']:.2f}, {m['tokens']:,} tokens)"
-    )
+    if is_classifier(model):
+        results = evaluate_saved_classifier(model, corpus, max_length=block_size)
+        m = results["metrics"]
+        console.print(
+            f"{results['model']} on {results['corpus']}: topic accuracy {100 * m['accuracy']:.1f}% "
+            f"(majority class {100 * m['majority_baseline']:.1f}%, {m['examples']:,} documents)"
+        )
+    else:
+        results = evaluate_saved_lm(
+            model,
+            corpus,
+            block_size=block_size,
+            max_blocks=max_blocks,
+            validation_fraction=validation_fraction,
+        )
+        m = results["metrics"]
+        console.print(
+            f"{results['model']} on {results['corpus']}: perplexity {m['perplexity']:.2f} "
+            f"(unigram baseline {m['unigram_perplexity']:.2f}, {m['tokens']:,} tokens)"
+        )
     if out is not None:
         from palimpsest.pretraining import write_json
         from palimpsest.report import write_report
@@ -177,6 +205,161 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", results)
         write_report([results], out, title="palimpsest evaluate")
+
+
+adapt_app = typer.Typer(help="The relearning pipeline: adapt a pretrained model to a new language or a task.")
+app.add_typer(adapt_app, name="adapt")
+
+
+def _parse_tokens(text: str) -> int:
+    """``100k`` -> 100000, ``5M`` -> 5000000, ``2500`` -> 2500."""
+    from palimpsest.errors import ConfigError
+
+    units = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+    cleaned = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        if cleaned and cleaned[-1] in units:
+            value = float(cleaned[:-1]) * units[cleaned[-1]]
+        else:
+            value = float(cleaned)
+    except ValueError:
+        raise ConfigError(f"--tokens: expected a count like 100k or 5M, got '{text}'") from None
+    if value < 1:
+        raise ConfigError(f"--tokens must be positive, got '{text}'")
+    return int(value)
+
+
+@adapt_app.command("language")
+@user_errors
+def adapt_language_command(
+    model: Annotated[Path, typer.Option(help="Pretrained LM folder (from `pretrain`).")],
+    corpus: Annotated[str, typer.Option(help="Text of the new language: built-in name, file or hf:NAME.")],
+    out: Annotated[Path, typer.Option(help="Output folder; the adapted model goes to OUT/model.")],
+    tokens: Annotated[str, typer.Option(help="Token budget of new-language text, e.g. 100k or 5M.")] = "100k",
+    synthetic: Annotated[
+        str | None, typer.Option(help="Turn the corpus into a synthetic language, e.g. permute+scramble.")
+    ] = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the new tokenizer.")] = 2048,
+    steps: Annotated[int, typer.Option(help="Updates of the embeddings.")] = 300,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-3,
+    batch_size: Annotated[int, typer.Option(help="Blocks per step.")] = 16,
+    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 128,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N updates.")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the embedding draw, data order and masking.")] = 0,
+    verbose: VerboseOption = False,
+) -> None:
+    """Step 1: new tokenizer, embeddings re-drawn, body frozen; train only the embeddings."""
+    _setup_logging(verbose)
+    from palimpsest.data import load_corpus, split_corpus, synthetic_language
+    from palimpsest.forgetting.relearning import LanguageAdaptation, adapt_language
+    from palimpsest.pretraining import write_json
+    from palimpsest.progress import RichProgressCallback, make_progress
+    from palimpsest.training import TrainingConfig
+
+    text = load_corpus(corpus)
+    if synthetic:
+        text = synthetic_language(text, synthetic, seed=seed)
+    settings = LanguageAdaptation(
+        tokens=_parse_tokens(tokens),
+        vocab_size=vocab_size,
+        block_size=block_size,
+        seed=seed,
+        training=TrainingConfig(
+            steps=steps, learning_rate=lr, batch_size=batch_size, eval_every=eval_every, save_every=10**9
+        ),
+    )
+    with make_progress(console) as progress:
+        result = adapt_language(
+            model, split_corpus(text, 0.1), settings, out, callbacks=[RichProgressCallback(progress, "adapt")]
+        )
+    write_json(out / "results.json", result)
+    console.print(
+        f"validation loss {result['curve'][0][1]:.3f} -> {result['final_loss']:.3f} "
+        f"on {result['tokens']:,} tokens; model in {result['model_path']}"
+    )
+
+
+@adapt_app.command("task")
+@user_errors
+def adapt_task_command(
+    model: Annotated[Path, typer.Option(help="Pretrained LM folder (from `pretrain`).")],
+    out: Annotated[Path, typer.Option(help="Output folder; the task model goes to OUT/model.")],
+    corpus: Annotated[str, typer.Option(help="Labelled corpus of the task language.")] = "wiki-en",
+    steps: Annotated[int, typer.Option(help="Updates.")] = 300,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Documents per step.")] = 16,
+    max_length: Annotated[int, typer.Option(help="Tokens per document.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    verbose: VerboseOption = False,
+) -> None:
+    """Step 2: fine-tune body + topic head on the (English) task with the embeddings frozen."""
+    _setup_logging(verbose)
+    from palimpsest.data import load_corpus
+    from palimpsest.forgetting.relearning import TaskAdaptation, adapt_task, topic_task
+    from palimpsest.pretraining import write_json
+    from palimpsest.progress import RichProgressCallback, make_progress
+    from palimpsest.training import TrainingConfig
+
+    settings = TaskAdaptation(
+        max_length=max_length,
+        seed=seed,
+        training=TrainingConfig(
+            steps=steps, learning_rate=lr, batch_size=batch_size, eval_every=steps, save_every=10**9
+        ),
+    )
+    with make_progress(console) as progress:
+        result = adapt_task(
+            model,
+            topic_task(load_corpus(corpus)),
+            settings,
+            out,
+            callbacks=[RichProgressCallback(progress, "task")],
+        )
+    write_json(out / "results.json", result)
+    console.print(
+        f"topic accuracy on held-out {corpus}: {100 * result['accuracy']:.1f}% "
+        f"(majority class {100 * result['majority_baseline']:.1f}%); model in {result['model_path']}"
+    )
+
+
+@app.command()
+@user_errors
+def assemble(
+    task: Annotated[Path, typer.Option(help="Task model folder (from `adapt task`).")],
+    language: Annotated[Path, typer.Option(help="Language model folder (from `adapt language`).")],
+    out: Annotated[Path, typer.Option(help="Where to save the assembled model.")],
+    verbose: VerboseOption = False,
+) -> None:
+    """Step 3: body + head of the task model with the new language's embeddings and tokenizer."""
+    _setup_logging(verbose)
+    from palimpsest.forgetting.relearning import assemble as assemble_models
+
+    path = assemble_models(task, language, out)
+    console.print(f"assembled model saved in {path} (load it with AutoModelForSequenceClassification)")
+
+
+experiment_app = typer.Typer(help="End-to-end studies that reproduce each paper's effect.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("plasticity")
+@user_errors
+def experiment_plasticity(
+    scale: Annotated[str, typer.Option(help="smoke, demo or cpu (about 90 minutes on 2 cores).")] = "demo",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/plasticity"),
+    verbose: VerboseOption = False,
+) -> None:
+    """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
+    _setup_logging(verbose)
+    from palimpsest.experiments.plasticity import run_plasticity
+    from palimpsest.progress import make_progress
+    from palimpsest.report import write_report
+
+    with make_progress(console) as progress:
+        results = run_plasticity(out, scale, callbacks_for=_progress_callbacks(progress))
+    write_report([results], out, title="palimpsest: plasticity study")
+    console.print(results["summary"]["verdict"], highlight=False)
+    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
 
 @app.command()
@@ -199,6 +382,8 @@ def demo(
     for result in summary["results"]:
         if result["kind"] == "pretrain":
             _print_pretrain(result)
+        elif result["kind"] == "plasticity":
+            console.print(f"[bold]forget[/]: {result['summary']['verdict']}", highlight=False)
     console.print(
         f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
     )

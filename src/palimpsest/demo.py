@@ -1,9 +1,14 @@
 """``palimpsest demo``: the main job, every study at demo scale and one report.
 
 Scales size the same pipeline for a purpose: ``smoke`` runs in seconds (tests),
-``demo`` in minutes on 2 CPU cores. Each run writes its own ``results.json`` as soon as
-it finishes; a re-run with the same ``--out`` reuses finished runs and resumes an
-interrupted one from its last checkpoint.
+``demo`` in minutes on 2 CPU cores. Parts:
+
+* pretraining: a tiny causal LM (GPT-2) here, and the two tiny masked LMs (RoBERTa,
+  standard and with active forgetting) that the plasticity study pretrains;
+* forget: the plasticity study (:mod:`palimpsest.experiments.plasticity`).
+
+Each run writes its own results as soon as it finishes; a re-run with the same ``--out``
+reuses finished runs and resumes an interrupted one from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.plasticity import run_plasticity
 from palimpsest.pretraining import PretrainConfig, run_pretrain, write_json
 from palimpsest.report import write_report
 
@@ -28,13 +34,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoScale:
-    """How big each part of the demo is."""
+    """How big each part of the demo is (the studies have their own scale of that name)."""
 
     max_documents: int | None
     vocab_size: int
     block_size: int
     batch_size: int
-    mlm_steps: int
     clm_steps: int
     eval_every: int
     max_eval_blocks: int
@@ -46,7 +51,6 @@ DEMO_SCALES: dict[str, DemoScale] = {
         vocab_size=512,
         block_size=64,
         batch_size=8,
-        mlm_steps=12,
         clm_steps=12,
         eval_every=6,
         max_eval_blocks=16,
@@ -56,7 +60,6 @@ DEMO_SCALES: dict[str, DemoScale] = {
         vocab_size=2048,
         block_size=128,
         batch_size=16,
-        mlm_steps=800,
         clm_steps=400,
         eval_every=100,
         max_eval_blocks=256,
@@ -64,36 +67,30 @@ DEMO_SCALES: dict[str, DemoScale] = {
 }
 
 
-def pretrain_configs(scale: DemoScale, *, seed: int = 0) -> list[PretrainConfig]:
-    """The spine's part of the demo: a tiny masked LM and a tiny causal LM on wiki-en."""
-    configs = []
-    for family, steps, lr in (("roberta", scale.mlm_steps, 2e-3), ("gpt2", scale.clm_steps, 3e-3)):
-        configs.append(
-            from_dict(
-                PretrainConfig,
-                {
-                    "name": f"{family}-tiny-wiki-en",
-                    "data": {
-                        "corpus": "wiki-en",
-                        "max_documents": scale.max_documents,
-                        "vocab_size": scale.vocab_size,
-                        "block_size": scale.block_size,
-                        "max_eval_blocks": scale.max_eval_blocks,
-                    },
-                    "model": {"family": family, "size": "tiny", "dropout": 0.0},
-                    "training": {
-                        "steps": steps,
-                        "batch_size": scale.batch_size,
-                        "learning_rate": lr,
-                        "eval_every": scale.eval_every,
-                        "save_every": max(scale.eval_every, steps // 4),
-                        "mlm_probability": 0.3,
-                        "seed": seed,
-                    },
-                },
-            )
-        )
-    return configs
+def causal_config(scale: DemoScale, *, seed: int = 0) -> PretrainConfig:
+    """The spine's causal LM: a tiny GPT-2 on wiki-en."""
+    return from_dict(
+        PretrainConfig,
+        {
+            "name": "gpt2-tiny-wiki-en",
+            "data": {
+                "corpus": "wiki-en",
+                "max_documents": scale.max_documents,
+                "vocab_size": scale.vocab_size,
+                "block_size": scale.block_size,
+                "max_eval_blocks": scale.max_eval_blocks,
+            },
+            "model": {"family": "gpt2", "size": "tiny", "dropout": 0.0},
+            "training": {
+                "steps": scale.clm_steps,
+                "batch_size": scale.batch_size,
+                "learning_rate": 3e-3,
+                "eval_every": scale.eval_every,
+                "save_every": max(scale.eval_every, scale.clm_steps // 4),
+                "seed": seed,
+            },
+        },
+    )
 
 
 def _finished(run_dir: Path, config: PretrainConfig) -> dict[str, Any] | None:
@@ -121,19 +118,31 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    for config in pretrain_configs(DEMO_SCALES[scale], seed=seed):
-        run_dir = out / f"pretrain-{config.name}"
-        previous = _finished(run_dir, config)
-        if previous is not None:
-            logger.info("reusing finished run %s", run_dir)
-            results.append(previous)
-            continue
-        results.append(run_pretrain(config, run_dir, callbacks=callbacks_for(config.name or "")))
+    timings: dict[str, float] = {}
+
+    config = causal_config(DEMO_SCALES[scale], seed=seed)
+    run_dir = out / f"pretrain-{config.name}"
+    causal = _finished(run_dir, config)
+    if causal is None:
+        causal = run_pretrain(config, run_dir, callbacks=callbacks_for(config.name or "pretrain"))
+    timings["pretrain causal LM"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    plasticity = run_plasticity(out / "plasticity", scale, callbacks_for=callbacks_for)
+    timings["forget: plasticity study"] = time.perf_counter() - mark
+    masked = [
+        json.loads(
+            (Path(out / "plasticity" / f"pretrain-{variant}" / "results.json")).read_text(encoding="utf-8")
+        )
+        for variant in ("standard", "forgetting")
+    ]
+
+    results: list[dict[str, Any]] = [*masked, causal, plasticity]
     summary = {
         "kind": "demo",
         "scale": scale,
         "seconds": time.perf_counter() - started,
+        "timings": timings,
         "results": results,
     }
     write_json(out / "results.json", summary)
@@ -141,6 +150,9 @@ def run_demo(
         results,
         out,
         title="palimpsest demo report",
-        preface=f"Scale '{scale}'. Every number below was measured in this run; see results.json.",
+        preface=(
+            f"Scale '{scale}', {summary['seconds']:.0f} s in all. Every number below was measured in this "
+            "run; results.json holds them all."
+        ),
     )
     return summary

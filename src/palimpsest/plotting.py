@@ -49,3 +49,38 @@ def plot_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def plot_bars(
+    groups: Mapping[str, Mapping[str, tuple[float, float]]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    reference_lines: Mapping[str, float] | None = None,
+) -> Path:
+    """Grouped bars with error bars: ``{group: {series: (mean, std)}}``."""
+    figure = Figure(figsize=(6.4, 4.0), dpi=110)
+    axes = figure.add_subplot()
+    group_names = list(groups)
+    series_names = sorted({s for values in groups.values() for s in values})
+    width = 0.8 / max(len(series_names), 1)
+    for index, series in enumerate(series_names):
+        xs = [g + (index - (len(series_names) - 1) / 2) * width for g in range(len(group_names))]
+        means = [groups[name].get(series, (float("nan"), 0.0))[0] for name in group_names]
+        errors = [groups[name].get(series, (float("nan"), 0.0))[1] for name in group_names]
+        axes.bar(xs, means, width=width, yerr=errors, capsize=3, label=series, color=f"C{index % 10}")
+    for index, (name, value) in enumerate((reference_lines or {}).items()):
+        axes.axhline(
+            value, linestyle="--", linewidth=1.0, color=f"C{(index + len(series_names)) % 10}", label=name
+        )
+    axes.set_xticks(range(len(group_names)), group_names, fontsize=8)
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from palimpsest.config import to_dict
 from palimpsest.data import (
+    Corpus,
     causal_eval_set,
     default_cache_dir,
     encode_blocks,
@@ -49,6 +50,10 @@ class DataConfig:
     max_documents: int | None = None
     validation_fraction: float = 0.05
     split_seed: int = 0
+    #: Documents set aside from training *and* validation (e.g. to derive a synthetic
+    #: language from text the model never saw); see :func:`holdout_split`.
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 99
     vocab_size: int = 4096
     tokenizer_model: str = "bpe"
     block_size: int = 128
@@ -105,6 +110,7 @@ def prepare_data(
 ) -> PreparedData:
     """Load, split and tokenize the corpus; train a tokenizer unless one is given."""
     corpus = load_corpus(config.corpus, max_documents=config.max_documents)
+    corpus = holdout_split(corpus, config.holdout_fraction, config.holdout_seed)[0]
     if config.synthetic:
         corpus = synthetic_language(corpus, config.synthetic, seed=seed)
     split = split_corpus(corpus, config.validation_fraction, seed=config.split_seed)
@@ -131,6 +137,14 @@ def prepare_data(
         "vocab_size": len(tokenizer),
     }
     return PreparedData(tokenizer=tokenizer, train_blocks=train_blocks, eval_set=eval_set, info=info)
+
+
+def holdout_split(corpus: Corpus, fraction: float, seed: int = 99) -> tuple[Corpus, Corpus | None]:
+    """``(kept, held_out)``: a deterministic share of documents a pretraining run never sees."""
+    if fraction <= 0.0:
+        return corpus, None
+    split = split_corpus(corpus, fraction, seed=seed)
+    return split.train.subset(range(len(split.train)), corpus.name), split.validation
 
 
 def run_pretrain(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from palimpsest.plotting import plot_curves
+from palimpsest.plotting import plot_bars, plot_curves
 
 
 @dataclass
@@ -137,9 +138,141 @@ def evaluate_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section
     return Section("Evaluation", [Table(["model", "corpus", "ppl", "unigram ppl", "tokens"], rows)])
 
 
+def _pm(pair: Any, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± std`` from a ``(mean, std)`` pair."""
+    if not pair or pair[0] is None or (isinstance(pair[0], float) and math.isnan(pair[0])):
+        return "–"
+    return f"{scale * pair[0]:.{digits}f} ± {scale * pair[1]:.{digits}f}"
+
+
+def plasticity_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Forget: active forgetting and relearning (Chen et al. 2023)")
+    for study in studies:
+        settings, summary = study["settings"], study["summary"]
+        section.blocks.append(
+            f"Scale '{study['scale']}': a {settings['size']} {settings['family']} pretrained "
+            f"{settings['pretrain_steps']} steps on {settings['corpus']} twice — standard, and with the "
+            f"token embeddings reset every {settings['reset_every']} updates. Then, per new language, "
+            f"token budget and seed ({len(settings['seeds'])} seeds), only the embeddings are relearned "
+            f"for {settings['adapt_steps']} steps (body frozen), and the assembled model classifies "
+            "topics zero-shot (task head trained on English with embeddings frozen). Spread is over "
+            "language-adaptation seeds; "
+            "each variant is pretrained once."
+        )
+        pre = study["pretrain"]
+        section.blocks.append(
+            Table(
+                ["pretraining", "English val. loss", "unigram loss", "English topic acc. (task step)"],
+                [
+                    [
+                        v,
+                        pre[v]["validation_loss"],
+                        pre[v]["unigram_loss"],
+                        summary["english_task_accuracy"][v],
+                    ]
+                    for v in ("standard", "forgetting")
+                ],
+            )
+        )
+        rows = []
+        for cell in summary["cells"]:
+            s, f = cell["standard"], cell["forgetting"]
+            thresholds = cell["steps_to_standard_final"]
+            rows.append(
+                [
+                    cell["language"],
+                    cell["budget"],
+                    f"{_pm(cell['early_gap'])} (step {cell['early_step']})",
+                    _pm(s["final_loss"]),
+                    _pm(f["final_loss"]),
+                    "/".join("–" if x is None else str(x) for x in thresholds["forgetting"])
+                    + " vs "
+                    + "/".join("–" if x is None else str(x) for x in thresholds["standard"]),
+                    _pm(s["zero_shot_accuracy"], 100, 1),
+                    _pm(f["zero_shot_accuracy"], 100, 1),
+                    100 * s["majority_baseline"],
+                    f"{100 * cell['relative_gain']:+.1f}%",
+                ]
+            )
+        section.blocks.append(
+            Table(
+                [
+                    "language",
+                    "tokens",
+                    "early gap (std − forget, nats)",
+                    "final loss std",
+                    "final loss forget",
+                    "steps to std final: forget vs std (per seed)",
+                    "zero-shot acc. std %",
+                    "zero-shot acc. forget %",
+                    "majority %",
+                    "rel. gain",
+                ],
+                rows,
+            )
+        )
+        section.blocks.append(summary["verdict"])
+        for cell in summary["cells"]:
+            steps = cell["steps"]
+            curves, bands = {}, {}
+            for variant in ("standard", "forgetting"):
+                mean, std = cell[variant]["curve_mean"], cell[variant]["curve_std"]
+                curves[variant] = list(zip(steps, mean, strict=True))
+                bands[variant] = (
+                    [(x, m - d) for x, m, d in zip(steps, mean, std, strict=True)],
+                    [(x, m + d) for x, m, d in zip(steps, mean, std, strict=True)],
+                )
+            name = f"relearning-{cell['language']}-{cell['budget']}"
+            path = plot_curves(
+                curves,
+                plots_dir / f"{name}.png",
+                title=f"Relearning {cell['language']} ({cell['budget']:,} tokens): embeddings only",
+                ylabel="validation loss (nats/token)",
+                bands=bands,
+            )
+            section.blocks.append(
+                Figure(path, f"{cell['language']}, {cell['budget']:,} tokens: mean ± std over seeds")
+            )
+        groups = {
+            f"{c['language']}\n{c['budget']:,}": {
+                "standard": tuple(c["standard"]["zero_shot_accuracy"]),
+                "forgetting": tuple(c["forgetting"]["zero_shot_accuracy"]),
+            }
+            for c in summary["cells"]
+        }
+        majority = statistics.fmean(c["standard"]["majority_baseline"] for c in summary["cells"])
+        path = plot_bars(
+            groups,
+            plots_dir / "plasticity-zero-shot.png",
+            title="Zero-shot topic accuracy after relearning",
+            ylabel="accuracy",
+            reference_lines={"majority class (mean)": majority},
+        )
+        section.blocks.append(Figure(path, "Zero-shot topic accuracy (mean ± std over seeds)"))
+    return section
+
+
+def evaluate_task_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    rows = [
+        [
+            r["model"],
+            r["corpus"],
+            r["metrics"]["accuracy"],
+            r["metrics"]["majority_baseline"],
+            r["metrics"]["examples"],
+        ]
+        for r in runs
+    ]
+    return Section(
+        "Topic classification", [Table(["model", "corpus", "accuracy", "majority", "documents"], rows)]
+    )
+
+
 SECTION_BUILDERS: dict[str, SectionBuilder] = {
     "pretrain": pretrain_section,
     "evaluate": evaluate_section,
+    "evaluate-task": evaluate_task_section,
+    "plasticity": plasticity_section,
 }
 
 

@@ -17,10 +17,13 @@ from palimpsest.data.synthetic import (
 )
 from palimpsest.data.tasks import encode_classification
 from palimpsest.data.tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from palimpsest.data.topics import SHARED_TOPICS, TOPIC_MAP, shared_topic_corpus
 
 __all__ = [
     "BUILTIN_CORPORA",
+    "SHARED_TOPICS",
     "SPECIAL_TOKENS",
+    "TOPIC_MAP",
     "Corpus",
     "CorpusSplit",
     "UnigramBaseline",
@@ -34,6 +37,7 @@ __all__ = [
     "load_tokenizer",
     "permute_vocabulary",
     "scramble_word_order",
+    "shared_topic_corpus",
     "split_corpus",
     "synthetic_language",
     "train_tokenizer",

@@ -1,0 +1,445 @@
+"""The plasticity study: does pretraining with active forgetting make relearning easier?
+
+Protocol (Chen et al. 2023 at small scale, see PAPERS.md section 1):
+
+1. Pretrain the same model twice on the same English text, data order and seed:
+   *standard*, and *forgetting* (token embeddings reset every K updates, per-episode
+   learning rate). A share of the English documents is held out of pretraining: the
+   synthetic languages are derived from it, so they are text the bodies never saw.
+2. Task adaptation, once per model: shared-topic classification on English wiki text,
+   embeddings frozen.
+3. For each new language, token budget and seed: language adaptation (new tokenizer,
+   embeddings re-drawn with that seed for *both* models, body frozen) — the relearning
+   curve — then assembly with the task body and zero-shot topic accuracy in that
+   language.
+
+Seeds vary the language-adaptation run (embedding draw, data order, masking); each
+variant is pretrained once per study, so the spread says nothing about pretraining noise.
+
+Reported: relearning curves (mean ± std over seeds), the early-relearning gap, steps the
+forgetting model needs to reach the standard model's final loss, final losses, zero-shot
+accuracy, and the paper's relative gain (mean over languages of per-language relative
+accuracy gains).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from palimpsest.config import from_dict, to_dict
+from palimpsest.data import CorpusSplit, load_corpus, split_corpus, synthetic_language
+from palimpsest.errors import ConfigError
+from palimpsest.forgetting.callback import ActiveForgettingCallback
+from palimpsest.forgetting.relearning import (
+    LanguageAdaptation,
+    TaskAdaptation,
+    adapt_language,
+    adapt_task,
+    assemble,
+    evaluate_topics,
+    topic_task,
+)
+from palimpsest.pretraining import PretrainConfig, holdout_split, run_pretrain, write_json
+from palimpsest.training import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+#: New languages the study knows: a built-in corpus, or a synthetic language derived from
+#: the held-out English documents (text the pretrained bodies never saw).
+LANGUAGES: dict[str, tuple[str, str | None]] = {
+    "wiki-fr": ("wiki-fr", None),
+    "wiki-es": ("wiki-es", None),
+    "fake-en": ("heldout-en", "permute"),
+    "fake-en-distant": ("heldout-en", "permute+scramble+script:georgian"),
+}
+
+
+@dataclass(frozen=True)
+class PlasticityScale:
+    """Sizes of one run of the study."""
+
+    family: str = "roberta"
+    size: str = "tiny"
+    corpus: str = "wiki-en"
+    max_documents: int | None = None
+    holdout_fraction: float = 0.25
+    vocab_size: int = 2048
+    block_size: int = 128
+    batch_size: int = 16
+    pretrain_steps: int = 600
+    pretrain_lr: float = 2e-3
+    mlm_probability: float = 0.3
+    reset_every: int = 200
+    languages: tuple[str, ...] = ("wiki-fr", "fake-en-distant")
+    budgets: tuple[int, ...] = (50_000,)
+    adapt_steps: int = 60
+    adapt_eval_every: int = 10
+    adapt_lr: float = 2e-3
+    adapt_vocab_size: int = 2048
+    adapt_eval_blocks: int = 48
+    task_steps: int = 150
+    task_lr: float = 5e-4
+    seeds: tuple[int, ...] = (0, 1, 2)
+    language_eval_fraction: float = 0.2
+    max_eval_blocks: int = 256
+    keep_models: bool = False
+
+
+SCALES: dict[str, PlasticityScale] = {
+    "smoke": PlasticityScale(
+        size="micro",
+        max_documents=400,
+        vocab_size=400,
+        block_size=32,
+        batch_size=8,
+        pretrain_steps=8,
+        reset_every=4,
+        budgets=(3000,),
+        adapt_steps=4,
+        adapt_eval_every=2,
+        adapt_vocab_size=300,
+        adapt_eval_blocks=8,
+        task_steps=4,
+        max_eval_blocks=16,
+    ),
+    "demo": PlasticityScale(),
+    "cpu": PlasticityScale(
+        pretrain_steps=10_000,
+        reset_every=1000,
+        pretrain_lr=1e-3,
+        languages=tuple(LANGUAGES),
+        budgets=(20_000, 200_000),
+        adapt_steps=300,
+        adapt_eval_every=25,
+        task_steps=600,
+    ),
+}
+
+
+def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
+    return from_dict(
+        PretrainConfig,
+        {
+            "name": f"plasticity-{variant}",
+            "data": {
+                "corpus": scale.corpus,
+                "max_documents": scale.max_documents,
+                "holdout_fraction": scale.holdout_fraction,
+                "vocab_size": scale.vocab_size,
+                "block_size": scale.block_size,
+                "max_eval_blocks": scale.max_eval_blocks,
+            },
+            "model": {"family": scale.family, "size": scale.size, "dropout": 0.0},
+            "training": {
+                "steps": scale.pretrain_steps,
+                "batch_size": scale.batch_size,
+                "learning_rate": scale.pretrain_lr,
+                "mlm_probability": scale.mlm_probability,
+                "eval_every": max(1, min(scale.reset_every // 2, 100)),
+                "save_every": scale.reset_every,
+                "seed": 0,
+            },
+        },
+    )
+
+
+def language_split(name: str, scale: PlasticityScale) -> CorpusSplit:
+    """Training and evaluation text of a new language (deterministic)."""
+    if name not in LANGUAGES:
+        raise ConfigError(f"unknown language '{name}' (known: {', '.join(LANGUAGES)})")
+    source, recipe = LANGUAGES[name]
+    if source == "heldout-en":
+        english = load_corpus(scale.corpus, max_documents=scale.max_documents)
+        _, held_out = holdout_split(english, scale.holdout_fraction)
+        if held_out is None:
+            raise ConfigError("synthetic languages need holdout_fraction > 0")
+        corpus = synthetic_language(held_out, recipe or "permute", seed=0)
+        corpus = corpus.with_texts(corpus.texts, name=name)
+    else:
+        corpus = load_corpus(source)
+    return split_corpus(corpus, scale.language_eval_fraction, seed=0)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclass
+class _Unit:
+    key: str
+    path: Path
+    result: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_plasticity(
+    out: str | Path,
+    scale: str | PlasticityScale = "demo",
+    *,
+    callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
+) -> dict[str, Any]:
+    """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ConfigError(
+                f"unknown scale '{scale}' for the plasticity study (known: {', '.join(SCALES)})"
+            )
+        scale_name, settings = scale, SCALES[scale]
+    else:
+        scale_name, settings = "custom", scale
+    for language in settings.languages:
+        if language not in LANGUAGES:
+            raise ConfigError(f"unknown language '{language}' (known: {', '.join(LANGUAGES)})")
+    if settings.pretrain_steps % settings.reset_every:
+        raise ConfigError(
+            "pretrain_steps must be a multiple of reset_every, so training ends at an episode end"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = ("standard", "forgetting")
+
+    pretrain: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        run_dir = out / f"pretrain-{variant}"
+        config = _pretrain_config(settings, variant)
+        previous = _load(run_dir / "results.json")
+        if previous is not None and previous.get("config") == to_dict(config):
+            pretrain[variant] = previous
+            continue
+        extra: dict[str, Any] = {}
+        callbacks = list(callbacks_for(f"pretrain {variant}"))
+        if variant == "forgetting":
+            forgetting = ActiveForgettingCallback(reset_every=settings.reset_every, seed=1000)
+            callbacks.append(forgetting)
+            extra["param_groups"] = forgetting.param_groups
+        results = run_pretrain(config, run_dir, callbacks=callbacks, **extra)
+        results["variant"] = variant
+        results["reset_every"] = settings.reset_every if variant == "forgetting" else None
+        write_json(run_dir / "results.json", results)
+        pretrain[variant] = results
+
+    english = load_corpus(settings.corpus, max_documents=settings.max_documents)
+    english_task = topic_task(holdout_split(english, settings.holdout_fraction)[0])
+    task: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        unit_dir = out / f"task-{variant}"
+        previous = _load(unit_dir / "result.json")
+        if previous is None:
+            task_settings = TaskAdaptation(
+                max_length=settings.block_size,
+                training=TrainingConfig(
+                    steps=settings.task_steps, batch_size=settings.batch_size, learning_rate=settings.task_lr,
+                    eval_every=max(1, settings.task_steps), save_every=10**9, warmup_ratio=0.1,
+                ),
+            )  # fmt: skip
+            previous = adapt_task(
+                pretrain[variant]["model"]["path"], english_task, task_settings, unit_dir,
+                callbacks=callbacks_for(f"task {variant}"),
+            )  # fmt: skip
+            shutil.rmtree(unit_dir / "trainer", ignore_errors=True)
+            write_json(unit_dir / "result.json", previous)
+        task[variant] = previous
+
+    runs: list[dict[str, Any]] = []
+    for language in settings.languages:
+        split = language_split(language, settings)
+        for budget in settings.budgets:
+            for seed in settings.seeds:
+                for variant in variants:
+                    unit_dir = out / f"adapt-{variant}-{language}-{budget}-s{seed}"
+                    result = _load(unit_dir / "result.json")
+                    if result is None:
+                        name = f"{variant} {language} {budget} s{seed}"
+                        result = _language_unit(
+                            settings, pretrain[variant], task[variant], split, budget, seed, unit_dir,
+                            callbacks_for(name),
+                        )  # fmt: skip
+                    result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
+                    runs.append(result)
+
+    summary = summarise(runs, task, settings)
+    results = {
+        "kind": "plasticity",
+        "scale": scale_name,
+        "settings": asdict(settings),
+        "pretrain": {v: _pretrain_digest(pretrain[v]) for v in variants},
+        "task": task,
+        "runs": runs,
+        "summary": summary,
+    }
+    write_json(out / "results.json", results)
+    return results
+
+
+def _pretrain_digest(results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": results["model"]["path"],
+        "validation_loss": results["metrics"]["validation_loss"],
+        "unigram_loss": results["metrics"]["unigram_loss"],
+        "steps": results["metrics"]["steps"],
+        "eval_curve": results["curves"]["eval_loss"],
+        "reset_every": results.get("reset_every"),
+    }
+
+
+def _language_unit(
+    settings: PlasticityScale,
+    pretrained: dict[str, Any],
+    task: dict[str, Any],
+    split: CorpusSplit,
+    budget: int,
+    seed: int,
+    unit_dir: Path,
+    callbacks: Iterable[TrainerCallback],
+) -> dict[str, Any]:
+    adaptation = LanguageAdaptation(
+        tokens=budget,
+        vocab_size=settings.adapt_vocab_size,
+        block_size=settings.block_size,
+        max_eval_blocks=settings.adapt_eval_blocks,
+        seed=seed,
+        training=TrainingConfig(
+            steps=settings.adapt_steps, batch_size=settings.batch_size, learning_rate=settings.adapt_lr,
+            eval_every=settings.adapt_eval_every, save_every=10**9, mlm_probability=settings.mlm_probability,
+            warmup_ratio=0.0,
+        ),
+    )  # fmt: skip
+    result = adapt_language(pretrained["model"]["path"], split, adaptation, unit_dir, callbacks=callbacks)
+    assembled = assemble(task["model_path"], result["model_path"], unit_dir / "assembled")
+    zero_shot = evaluate_topics(assembled, split.validation, max_length=settings.block_size)
+    result["zero_shot_accuracy"] = zero_shot["accuracy"]
+    result["zero_shot_majority"] = zero_shot["majority_baseline"]
+    result["zero_shot_examples"] = zero_shot["examples"]
+    shutil.rmtree(unit_dir / "trainer", ignore_errors=True)
+    if not settings.keep_models:
+        shutil.rmtree(unit_dir / "model", ignore_errors=True)
+        shutil.rmtree(unit_dir / "assembled", ignore_errors=True)
+        result["model_path"] = None
+    write_json(unit_dir / "result.json", result)
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def first_step_at_or_below(curve: list[list[float]], threshold: float) -> int | None:
+    """The first evaluated step whose loss is at most ``threshold`` (None: never)."""
+    for step, loss in curve:
+        if loss <= threshold + 1e-9:
+            return int(step)
+    return None
+
+
+def summarise(
+    runs: list[dict[str, Any]], task: dict[str, dict[str, Any]], settings: PlasticityScale
+) -> dict[str, Any]:
+    """Per (language, budget): curves and figures as mean ± std over seeds, plus verdicts."""
+    cells: list[dict[str, Any]] = []
+    for language in settings.languages:
+        for budget in settings.budgets:
+            by_variant = {
+                v: sorted(
+                    (
+                        r
+                        for r in runs
+                        if r["language"] == language and r["budget"] == budget and r["variant"] == v
+                    ),
+                    key=lambda r: r["seed"],
+                )
+                for v in ("standard", "forgetting")
+            }
+            standard, forgetting = by_variant["standard"], by_variant["forgetting"]
+            steps = [int(s) for s, _ in standard[0]["curve"]] if standard else []
+            early_index = max(1, len(steps) // 3)
+            cell: dict[str, Any] = {"language": language, "budget": budget, "steps": steps}
+            for variant, group in by_variant.items():
+                matrix = [[loss for _, loss in r["curve"]] for r in group]
+                columns = list(zip(*matrix, strict=True))
+                cell[variant] = {
+                    "curve_mean": [statistics.fmean(col) for col in columns],
+                    "curve_std": [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns],
+                    "final_loss": _mean_std([r["final_loss"] for r in group]),
+                    "zero_shot_accuracy": _mean_std([r["zero_shot_accuracy"] for r in group]),
+                    "majority_baseline": group[0]["zero_shot_majority"] if group else math.nan,
+                }
+            # Paired over seeds: the same seed draws the same initial embeddings for both.
+            pairs = list(zip(standard, forgetting, strict=True))
+            early_gaps = [s["curve"][early_index][1] - f["curve"][early_index][1] for s, f in pairs]
+            final_gaps = [s["final_loss"] - f["final_loss"] for s, f in pairs]
+            to_threshold = [first_step_at_or_below(f["curve"], s["final_loss"]) for s, f in pairs]
+            standard_steps = [first_step_at_or_below(s["curve"], s["final_loss"]) for s in standard]
+            cell["early_step"] = steps[early_index] if steps else None
+            cell["early_gap"] = _mean_std(early_gaps)
+            cell["early_gap_positive_seeds"] = sum(gap > 0 for gap in early_gaps)
+            cell["final_gap"] = _mean_std(final_gaps)
+            cell["steps_to_standard_final"] = {
+                "forgetting": to_threshold,
+                "standard": standard_steps,
+            }
+            acc_s = cell["standard"]["zero_shot_accuracy"][0]
+            acc_f = cell["forgetting"]["zero_shot_accuracy"][0]
+            cell["relative_gain"] = (acc_f - acc_s) / acc_s if acc_s and not math.isnan(acc_s) else math.nan
+            cells.append(cell)
+    gains_by_budget = {
+        budget: _mean_std([c["relative_gain"] for c in cells if c["budget"] == budget])
+        for budget in settings.budgets
+    }
+    faster = sum(
+        c["early_gap"][0] > 0 and c["early_gap_positive_seeds"] == len(settings.seeds) for c in cells
+    )
+    return {
+        "cells": cells,
+        "relative_gain_by_budget": {str(b): g for b, g in gains_by_budget.items()},
+        "english_task_accuracy": {v: task[v]["accuracy"] for v in task},
+        "cells_forgetting_lower_early_all_seeds": faster,
+        "verdict": _verdict(cells, gains_by_budget, settings),
+    }
+
+
+def _verdict(
+    cells: list[dict[str, Any]], gains: dict[int, tuple[float, float]], settings: PlasticityScale
+) -> str:
+    seeds = len(settings.seeds)
+    early = [
+        f"{c['language']}@{c['budget']:,}: {c['early_gap'][0]:+.3f} ± {c['early_gap'][1]:.3f} nats at step "
+        f"{c['early_step']} ({c['early_gap_positive_seeds']}/{seeds} seeds favour forgetting)"
+        for c in cells
+    ]
+    consistent = [c for c in cells if c["early_gap_positive_seeds"] == seeds and c["early_gap"][0] > 0]
+    parts = [
+        "Early relearning (standard minus forgetting validation loss; positive favours forgetting): "
+        + "; ".join(early)
+        + ".",
+        (
+            f"Forgetting relearned faster in all seeds in {len(consistent)} of {len(cells)} "
+            "language/budget cells."
+            if consistent
+            else "The early-relearning advantage of forgetting did NOT appear in any language/budget cell."
+        ),
+    ]
+    for budget, (mean, std) in gains.items():
+        parts.append(
+            f"Zero-shot topic accuracy, relative gain of forgetting over standard (paper's definition, "
+            f"mean over languages) at {budget:,} tokens: {100 * mean:+.1f}% "
+            f"(± {100 * std:.1f} across languages)."
+        )
+    return " ".join(parts)

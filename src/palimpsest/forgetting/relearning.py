@@ -1,0 +1,284 @@
+"""The relearning pipeline (Artetxe et al. 2020), the protocol active forgetting serves.
+
+1. **Language adaptation** — a new tokenizer for the new language, the token embeddings
+   re-drawn (N(0, initializer_range), fixed seed: for the standard and the forgetting
+   model alike), the body frozen, and only the embeddings (+ a tied head and its
+   per-token bias) trained with the model's own LM objective on a token budget of text.
+2. **Task adaptation** — the body (+ a fresh task head) fine-tuned on the English task,
+   the token embeddings frozen.
+3. **Assembly** — the body and head from step 2 with the embeddings and tokenizer from
+   step 1, saved as one model that ``from_pretrained`` loads.
+4. **Evaluation** — the assembled model on the task in the new language (zero-shot: it
+   never saw a labelled example of that language).
+
+Every step is a function here and a ``palimpsest adapt``/``assemble``/``evaluate``
+command. Each saves a complete HF model folder (safetensors + tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+
+from palimpsest.data import (
+    SHARED_TOPICS,
+    Corpus,
+    CorpusSplit,
+    causal_eval_set,
+    encode_blocks,
+    encode_classification,
+    fixed_mlm_eval_set,
+    load_tokenizer,
+    shared_topic_corpus,
+    split_corpus,
+    train_tokenizer,
+)
+from palimpsest.errors import DataError, ModelError
+from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
+from palimpsest.models import load_pretrained, objective_of
+from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LanguageAdaptation:
+    """Settings of step 1. ``tokens`` is the budget of new-language training tokens."""
+
+    tokens: int = 100_000
+    vocab_size: int = 2048
+    tokenizer_model: str = "bpe"
+    block_size: int = 128
+    max_eval_blocks: int = 64
+    seed: int = 0
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(steps=300, learning_rate=2e-3, eval_every=25, save_every=10**9)
+    )
+
+
+@dataclass
+class TaskAdaptation:
+    """Settings of step 2: English sequence classification with frozen embeddings."""
+
+    max_length: int = 128
+    validation_fraction: float = 0.1
+    seed: int = 0
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(
+            steps=300, learning_rate=5e-4, batch_size=16, eval_every=100, save_every=10**9, warmup_ratio=0.1
+        )
+    )
+
+
+def budget_texts(corpus: Corpus, tokens: int) -> Corpus:
+    """The leading documents of ``corpus`` holding at least ``tokens`` whitespace words.
+
+    Every tokenizer makes at least one token per word, so this text always yields the
+    budget (which :func:`encode_blocks` then cuts exactly); the new tokenizer is trained on
+    this text alone, as a low-resource language would allow.
+    """
+    words, keep = 0, 0
+    while keep < len(corpus.texts) and words < tokens:
+        words += len(corpus.texts[keep].split())
+        keep += 1
+    return corpus.subset(range(keep))
+
+
+def _set_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    config = model.config
+    config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = (
+        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    )
+    config.eos_token_id = (
+        tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    )
+    config.vocab_size = len(tokenizer)
+    embedding = find_token_embeddings(model)
+    if embedding.padding_idx is not None:
+        embedding.padding_idx = tokenizer.pad_token_id
+
+
+def swap_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, seed: int) -> None:
+    """Give ``model`` the vocabulary of ``tokenizer`` with freshly drawn embeddings."""
+    model.resize_token_embeddings(len(tokenizer))
+    _set_special_ids(model, tokenizer)
+    forget_embeddings(model, seed=seed)
+
+
+def freeze_all_but_embeddings(model: PreTrainedModel) -> list[str]:
+    """Only the token embeddings (+ tied head and its bias) stay trainable; returns their names."""
+    keep = {id(p) for p in embedding_parameters(model)}
+    names = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+        if id(parameter) in keep:
+            names.append(name)
+    return names
+
+
+def adapt_language(
+    model: PreTrainedModel | str | Path,
+    language: CorpusSplit,
+    settings: LanguageAdaptation,
+    out: str | Path,
+    *,
+    callbacks: Iterable[TrainerCallback] = (),
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Step 1: learn the new language's embeddings under a frozen body; returns results.
+
+    The result holds the relearning curve ``[(step, validation loss)]`` starting at step
+    0 (the freshly drawn embeddings) and the final validation loss and perplexity.
+    """
+    out = Path(out)
+    if not isinstance(model, PreTrainedModel):
+        model = load_pretrained(str(model))
+    objective = objective_of(model.config)
+    text = budget_texts(language.train, settings.tokens)
+    tokenizer = train_tokenizer(text.texts, settings.vocab_size, model=settings.tokenizer_model)  # type: ignore[arg-type]
+    train_blocks = encode_blocks(text, tokenizer, settings.block_size, max_tokens=settings.tokens)
+    eval_blocks = encode_blocks(language.validation, tokenizer, settings.block_size)
+    eval_blocks = eval_blocks.select(range(min(settings.max_eval_blocks, len(eval_blocks))))
+    eval_set = (
+        fixed_mlm_eval_set(eval_blocks, tokenizer, mlm_probability=settings.training.mlm_probability)
+        if objective == "mlm"
+        else causal_eval_set(eval_blocks)
+    )
+    swap_vocabulary(model, tokenizer, seed=settings.seed)
+    trainable = freeze_all_but_embeddings(model)
+    start = evaluate_lm(model, eval_set)
+    training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
+    result = train(
+        model,
+        tokenizer,
+        train_blocks,
+        training,
+        out / "trainer",
+        objective=objective,
+        eval_dataset=eval_set,
+        callbacks=callbacks,
+        resume=resume,
+    )
+    final = evaluate_lm(model, eval_set)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.save_pretrained(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    return {
+        "kind": "adapt-language",
+        "language": language.train.name.split("/")[0],
+        "tokens": len(train_blocks) * settings.block_size,
+        "token_budget": settings.tokens,
+        "vocab_size": len(tokenizer),
+        "trainable": trainable,
+        "curve": [(0, start["loss"]), *result.curve("eval_loss")],
+        "final_loss": final["loss"],
+        "final_perplexity": final["perplexity"],
+        "train_seconds": result.train_seconds,
+        "model_path": str(out / "model"),
+    }
+
+
+def topic_task(corpus: Corpus, validation_fraction: float = 0.1, seed: int = 0) -> CorpusSplit:
+    """The shared-topic classification task of a wiki corpus, split for training."""
+    return split_corpus(shared_topic_corpus(corpus), validation_fraction, seed=seed)
+
+
+def adapt_task(
+    model_path: str | Path,
+    task: CorpusSplit,
+    settings: TaskAdaptation,
+    out: str | Path,
+    *,
+    label_names: Sequence[str] = SHARED_TOPICS,
+    callbacks: Iterable[TrainerCallback] = (),
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Step 2: fine-tune body + a new classification head on the (English) task."""
+    out = Path(out)
+    model_path = Path(model_path)
+    tokenizer = load_tokenizer(model_path)
+    model = load_pretrained(str(model_path), task="classification", num_labels=len(label_names))
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    find_token_embeddings(model).weight.requires_grad_(False)
+    train_set = encode_classification(task.train, tokenizer, label_names, max_length=settings.max_length)
+    valid_set = encode_classification(task.validation, tokenizer, label_names, max_length=settings.max_length)
+    training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
+    result = train(
+        model,
+        tokenizer,
+        train_set,
+        training,
+        out / "trainer",
+        objective="classification",
+        callbacks=callbacks,
+        resume=resume,
+    )
+    metrics = evaluate_classification(model, valid_set, tokenizer)
+    find_token_embeddings(model).weight.requires_grad_(True)
+    model.save_pretrained(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    return {
+        "kind": "adapt-task",
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "examples": metrics["examples"],
+        "majority_baseline": majority_share(valid_set["labels"]),
+        "train_seconds": result.train_seconds,
+        "model_path": str(out / "model"),
+    }
+
+
+def majority_share(labels: Sequence[int]) -> float:
+    """Accuracy of always predicting the most frequent label."""
+    return Counter(labels).most_common(1)[0][1] / len(labels) if labels else 0.0
+
+
+@torch.no_grad()
+def assemble(task_model: str | Path, language_model: str | Path, out: str | Path) -> Path:
+    """Step 3: the task model's body and head with the language model's embeddings.
+
+    The language model's body must be the body the task model started from (it was
+    frozen); its token embeddings and tokenizer replace the task model's.
+    """
+    task = load_pretrained(str(task_model), task="classification")
+    language = load_pretrained(str(language_model))
+    tokenizer = load_tokenizer(language_model)
+    source = find_token_embeddings(language).weight
+    if source.shape[1] != find_token_embeddings(task).weight.shape[1]:
+        raise ModelError(
+            f"cannot assemble: embedding width {source.shape[1]} of '{language_model}' differs from "
+            f"{find_token_embeddings(task).weight.shape[1]} of '{task_model}'"
+        )
+    task.resize_token_embeddings(len(tokenizer))
+    _set_special_ids(task, tokenizer)
+    find_token_embeddings(task).weight.copy_(source)
+    out = Path(out)
+    task.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int = 128) -> dict[str, Any]:
+    """Step 4: shared-topic accuracy of a classifier on a (new-language) labelled corpus."""
+    model = load_pretrained(str(model_path), task="classification")
+    tokenizer = load_tokenizer(model_path)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if set(labels) != set(SHARED_TOPICS):
+        raise DataError(f"the model at '{model_path}' predicts {labels}, not the shared topics")
+    dataset = encode_classification(shared_topic_corpus(corpus), tokenizer, labels, max_length=max_length)
+    metrics = evaluate_classification(model, dataset, tokenizer)
+    return {**metrics, "majority_baseline": majority_share(dataset["labels"])}

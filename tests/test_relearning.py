@@ -1,0 +1,99 @@
+"""The relearning pipeline: what each step trains, keeps and assembles."""
+
+import torch
+
+from palimpsest.data import Corpus, CorpusSplit, load_corpus, split_corpus
+from palimpsest.forgetting import find_token_embeddings
+from palimpsest.forgetting.relearning import (
+    LanguageAdaptation,
+    TaskAdaptation,
+    adapt_language,
+    adapt_task,
+    assemble,
+    budget_texts,
+    evaluate_topics,
+    topic_task,
+)
+from palimpsest.models import build_model, load_pretrained
+from palimpsest.training import TrainingConfig
+
+
+def test_budget_texts_holds_the_budget():
+    corpus = Corpus("c", "x", tuple(f"w{i} " * 10 for i in range(50)))
+    assert len(budget_texts(corpus, 95)) == 10
+    assert len(budget_texts(corpus, 10**9)) == 50
+
+
+def _pretrained(tmp_path, tokenizer):
+    model = build_model("roberta", "micro", tokenizer, max_positions=64, dropout=0.0, seed=0)
+    model.save_pretrained(tmp_path / "pre")
+    tokenizer.save_pretrained(tmp_path / "pre")
+    return tmp_path / "pre"
+
+
+def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
+    pretrained = _pretrained(tmp_path, tokenizer)
+    french = split_corpus(load_corpus("wiki-fr", max_documents=300), 0.2)
+    settings = LanguageAdaptation(
+        tokens=4000, vocab_size=300, block_size=32, max_eval_blocks=8,
+        training=TrainingConfig(steps=6, batch_size=4, learning_rate=5e-3, eval_every=3, save_every=10**6),
+    )  # fmt: skip
+    result = adapt_language(pretrained, french, settings, tmp_path / "fr")
+    before = load_pretrained(str(pretrained))
+    after = load_pretrained(result["model_path"])
+    assert [step for step, _ in result["curve"]] == [0, 3, 6]
+    assert result["curve"][-1][1] < result["curve"][0][1]
+    assert set(result["trainable"]) <= {"roberta.embeddings.word_embeddings.weight", "lm_head.bias"}
+    assert find_token_embeddings(after).weight.shape[0] == result["vocab_size"] != len(tokenizer)
+    new_embeddings = {id(p) for p in [find_token_embeddings(after).weight, after.lm_head.bias]}
+    old = dict(before.named_parameters())
+    for name, parameter in after.named_parameters():
+        if id(parameter) not in new_embeddings:
+            assert torch.equal(parameter, old[name]), f"{name} moved during language adaptation"
+
+
+def test_task_adaptation_freezes_embeddings_and_assembly_combines(tmp_path, tokenizer, wiki_small):
+    pretrained = _pretrained(tmp_path, tokenizer)
+    settings = TaskAdaptation(
+        max_length=32, training=TrainingConfig(steps=5, batch_size=4, learning_rate=1e-3, save_every=10**6)
+    )
+    task = adapt_task(
+        pretrained, topic_task(load_corpus("wiki-en", max_documents=400)), settings, tmp_path / "t"
+    )
+    task_model = load_pretrained(task["model_path"], task="classification")
+    base = load_pretrained(str(pretrained))
+    assert torch.equal(find_token_embeddings(task_model).weight, find_token_embeddings(base).weight)
+    base_parameters = dict(base.named_parameters())
+    body_moved = [
+        name
+        for name, parameter in task_model.named_parameters()
+        if name in base_parameters
+        and "embeddings" not in name
+        and not torch.equal(parameter, base_parameters[name])
+    ]
+    assert body_moved
+
+    language = split_corpus(load_corpus("wiki-es", max_documents=200), 0.2)
+    adapted = adapt_language(
+        pretrained, language,
+        LanguageAdaptation(tokens=3000, vocab_size=300, block_size=32, max_eval_blocks=4,
+                           training=TrainingConfig(steps=2, batch_size=4, save_every=10**6)),
+        tmp_path / "es",
+    )  # fmt: skip
+    out = assemble(task["model_path"], adapted["model_path"], tmp_path / "assembled")
+    assembled = load_pretrained(str(out), task="classification")
+    language_model = load_pretrained(adapted["model_path"])
+    assert torch.equal(find_token_embeddings(assembled).weight, find_token_embeddings(language_model).weight)
+    for name, parameter in assembled.named_parameters():
+        if "word_embeddings" not in name:
+            assert torch.equal(parameter, dict(task_model.named_parameters())[name]), name
+    scores = evaluate_topics(out, language.validation, max_length=32)
+    assert 0.0 <= scores["accuracy"] <= 1.0 and scores["examples"] > 0
+
+
+def test_topic_task_uses_the_shared_labels():
+    split = topic_task(load_corpus("wiki-es"))
+    assert isinstance(split, CorpusSplit)
+    assert set(split.train.labels) == {
+        "People", "Geography", "History", "Arts", "Technology", "Philosophy and religion", "Mathematics",
+    }  # fmt: skip

@@ -119,3 +119,57 @@ def test_demo_at_demo_scale_beats_the_unigram_baseline(tmp_path):
     for run in json.loads((tmp_path / "results.json").read_text())["results"]:
         if run["kind"] == "pretrain":
             assert run["metrics"]["validation_perplexity"] < 0.8 * run["metrics"]["unigram_perplexity"]
+
+
+def test_relearning_pipeline_from_the_command_line(tmp_path):
+    """pretrain (forgetting) -> adapt language -> adapt task -> assemble -> evaluate, as a user would."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 300\n  max_eval_blocks: 8\nmodel:\n  family: roberta\n  size: micro\n"
+    )
+    pre = tmp_path / "pre"
+    done = palimpsest("pretrain", "--config", str(config), "--out", str(pre), "--forget-every", "2", *SMOKE)
+    assert done.returncode == 0, done.stderr
+    done = palimpsest(
+        "adapt", "language", "--model", str(pre / "model"), "--corpus", "wiki-fr", "--tokens", "4k",
+        "--vocab-size", "300", "--steps", "3", "--block-size", "32", "--batch-size", "4", "--eval-every", "3",
+        "--out", str(tmp_path / "fr"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = palimpsest(
+        "adapt", "task", "--model", str(pre / "model"), "--steps", "3", "--max-length", "32",
+        "--batch-size", "4", "--out", str(tmp_path / "task"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assembled = tmp_path / "assembled"
+    done = palimpsest(
+        "assemble", "--task", str(tmp_path / "task" / "model"), "--language", str(tmp_path / "fr" / "model"),
+        "--out", str(assembled),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = palimpsest("evaluate", "--model", str(assembled), "--corpus", "wiki-fr", "--block-size", "32")
+    assert done.returncode == 0, done.stderr
+    assert "topic accuracy" in done.stdout
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(assembled)
+    tokenizer = AutoTokenizer.from_pretrained(assembled)
+    logits = model(**tokenizer("Paris est la capitale de la France.", return_tensors="pt")).logits
+    assert logits.shape == (1, 7)
+    assert model.config.id2label[int(logits.argmax())] in {
+        "People", "Geography", "History", "Arts", "Technology", "Philosophy and religion", "Mathematics",
+    }  # fmt: skip
+
+
+def test_bad_token_budget_is_one_line(tmp_path):
+    arguments = ["adapt", "language", "--model", str(tmp_path), "--corpus", "wiki-fr", "--out", str(tmp_path)]
+    line = one_error_line(palimpsest(*arguments, "--tokens", "lots"))
+    assert "--tokens" in line
+
+
+def test_unknown_scale_is_one_line(tmp_path):
+    line = one_error_line(
+        palimpsest("experiment", "plasticity", "--scale", "galactic", "--out", str(tmp_path))
+    )
+    assert "galactic" in line

@@ -89,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--models", nargs="*", default=None, help="Only these, e.g. gpt2-small roberta-tiny.")
     args = parser.parse_args()
 
     corpus = load_corpus("wiki-en", max_documents=3000)
@@ -102,6 +103,8 @@ def main() -> None:
     ]
     rows = []
     for family, size, steps, warmup in cases:
+        if args.models and f"{family}-{size}" not in args.models:
+            continue
         objective = "mlm" if family == "roberta" else "clm"
         config = TrainingConfig(
             steps=steps, batch_size=BATCH, save_every=10**6, eval_every=10**6, log_every=10

@@ -199,8 +199,8 @@ def evaluate(
             f"(unigram baseline {m['unigram_perplexity']:.2f}, {m['tokens']:,} tokens)"
         )
     if out is not None:
-        from palimpsest.pretraining import write_json
         from palimpsest.report import write_report
+        from palimpsest.storage import write_json
 
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "results.json", results)
@@ -252,8 +252,8 @@ def adapt_language_command(
     _setup_logging(verbose)
     from palimpsest.data import load_corpus, split_corpus, synthetic_language
     from palimpsest.forgetting.relearning import LanguageAdaptation, adapt_language
-    from palimpsest.pretraining import write_json
     from palimpsest.progress import RichProgressCallback, make_progress
+    from palimpsest.storage import write_json
     from palimpsest.training import TrainingConfig
 
     text = load_corpus(corpus)
@@ -296,8 +296,8 @@ def adapt_task_command(
     _setup_logging(verbose)
     from palimpsest.data import load_corpus
     from palimpsest.forgetting.relearning import TaskAdaptation, adapt_task, topic_task
-    from palimpsest.pretraining import write_json
     from palimpsest.progress import RichProgressCallback, make_progress
+    from palimpsest.storage import write_json
     from palimpsest.training import TrainingConfig
 
     settings = TaskAdaptation(

@@ -26,8 +26,9 @@ from transformers import TrainerCallback
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.plasticity import run_plasticity
-from palimpsest.pretraining import PretrainConfig, run_pretrain, write_json
+from palimpsest.pretraining import PretrainConfig, run_pretrain
 from palimpsest.report import write_report
+from palimpsest.storage import write_json
 
 logger = logging.getLogger(__name__)
 

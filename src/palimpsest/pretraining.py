@@ -8,7 +8,6 @@ a function of :mod:`palimpsest.data`, :mod:`palimpsest.models` or
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained, objective_of
+from palimpsest.storage import save_model, write_json, write_text
 from palimpsest.training import ParamGroupsFn, TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def run_pretrain(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     tokenizer_dir = out / "tokenizer"
 
     model: PreTrainedModel
@@ -176,7 +176,7 @@ def run_pretrain(
         objective = FAMILY_OBJECTIVE[config.model.family]
         tokenizer = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
     data = prepare_data(config.data, objective=objective, tokenizer=tokenizer, seed=config.training.seed)
-    data.tokenizer.save_pretrained(str(tokenizer_dir))
+    save_model(None, data.tokenizer, tokenizer_dir)
     if not config.model.pretrained:
         model = build_model(
             config.model.family,
@@ -203,8 +203,7 @@ def run_pretrain(
     )
     final = evaluate_lm(model, data.eval_set, batch_size=config.training.eval_batch_size)
     baseline = unigram_baseline(data.train_blocks, data.eval_set, len(data.tokenizer))
-    model.save_pretrained(str(out / "model"))
-    data.tokenizer.save_pretrained(str(out / "model"))
+    save_model(model, data.tokenizer, out / "model")
 
     results = {
         "kind": "pretrain",
@@ -238,10 +237,3 @@ def run_pretrain(
     }
     write_json(out / "results.json", results)
     return results
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a kill mid-write never leaves a truncated results file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)

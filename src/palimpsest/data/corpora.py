@@ -16,8 +16,10 @@ packages that ship them, so nothing is fetched at run time:
     per verse, with its punctuation.
 
 Other sources: ``path/to/file.txt`` (one document per non-empty line, or per paragraph
-with ``paragraphs=True``), ``path/to/file.jsonl`` (a ``text`` field and optional ``label``),
-and ``hf:NAME[:CONFIG]`` for a Hugging Face dataset (needs a network or a local cache).
+with ``paragraphs=True``), ``path/to/file.jsonl``
+(a ``text`` field, optional ``label`` and ``text_pair``), and ``hf:NAME[:CONFIG]`` for a
+Hugging Face dataset (a hub name with a network, or a local dataset folder), streamed when
+``max_documents`` caps it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from palimpsest.errors import DataError
 
@@ -48,10 +51,14 @@ class Corpus:
     labels: tuple[str, ...] | None = None
     license: str = ""
     source: str = ""
+    #: Second text of each example for sentence-pair tasks (e.g. NLI hypotheses).
+    pairs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.texts):
             raise ValueError("labels and texts differ in length")
+        if self.pairs is not None and len(self.pairs) != len(self.texts):
+            raise ValueError("pairs and texts differ in length")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -69,6 +76,9 @@ class Corpus:
         for label in self.labels or ():
             digest.update(label.encode("utf-8"))
             digest.update(b"\x01")
+        for pair in self.pairs or ():
+            digest.update(pair.encode("utf-8"))
+            digest.update(b"\x02")
         return digest.hexdigest()[:16]
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> Corpus:
@@ -79,9 +89,12 @@ class Corpus:
             labels=tuple(self.labels[i] for i in indices) if self.labels is not None else None,
             license=self.license,
             source=self.source,
+            pairs=tuple(self.pairs[i] for i in indices) if self.pairs is not None else None,
         )
 
-    def with_texts(self, texts: Sequence[str], name: str, language: str | None = None) -> Corpus:
+    def with_texts(
+        self, texts: Sequence[str], name: str, language: str | None = None, pairs: Sequence[str] | None = None
+    ) -> Corpus:
         """The same documents (and labels) with transformed texts, e.g. a synthetic language."""
         return Corpus(
             name=name,
@@ -90,6 +103,7 @@ class Corpus:
             labels=self.labels,
             license=self.license,
             source=self.source,
+            pairs=tuple(pairs) if pairs is not None else self.pairs,
         )
 
 
@@ -217,7 +231,7 @@ def _load_text_file(path: Path, paragraphs: bool) -> Corpus:
 
 
 def _load_jsonl(path: Path) -> Corpus:
-    texts, labels = [], []
+    texts, labels, pairs = [], [], []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -230,33 +244,63 @@ def _load_jsonl(path: Path) -> Corpus:
                 raise DataError(f"{path}:{number}: each line needs a string field 'text'")
             texts.append(record["text"])
             labels.append(record.get("label"))
+            pairs.append(record.get("text_pair"))
     has_labels = any(label is not None for label in labels)
     if has_labels and any(label is None for label in labels):
         raise DataError(f"{path}: some lines have a 'label' and some do not")
+    has_pairs = any(pair is not None for pair in pairs)
+    if has_pairs and any(pair is None for pair in pairs):
+        raise DataError(f"{path}: some lines have a 'text_pair' and some do not")
     return Corpus(
         path.stem,
         "unknown",
         tuple(texts),
         labels=tuple(str(label) for label in labels) if has_labels else None,
         source=str(path),
+        pairs=tuple(str(pair) for pair in pairs) if has_pairs else None,
     )
 
 
-def _load_hf(spec: str, split: str, text_field: str, label_field: str | None) -> Corpus:
+def _load_hf(
+    spec: str,
+    split: str,
+    text_field: str,
+    label_field: str | None,
+    pair_field: str | None,
+    max_documents: int | None,
+) -> Corpus:
+    """A Hugging Face dataset; with ``max_documents`` it is streamed and only that many are read."""
     name, _, config = spec.partition(":")
+    import datasets
+
     try:
-        import datasets
-    except ImportError as error:  # pragma: no cover - datasets is a dependency
-        raise DataError("the 'datasets' package is needed for hf: corpora") from error
-    try:
-        dataset = datasets.load_dataset(name, config or None, split=split)
+        if max_documents is not None:
+            stream = datasets.load_dataset(name, config or None, split=split, streaming=True)
+            rows = list(itertools.islice(iter(stream), max_documents))
+        else:
+            dataset = datasets.load_dataset(name, config or None, split=split)
+            rows = None
     except Exception as error:  # network, unknown name, missing config: one line for the user
         raise DataError(f"cannot load HF dataset '{spec}' (split {split}): {error}".splitlines()[0]) from None
-    if text_field not in dataset.column_names:
-        raise DataError(f"HF dataset '{spec}' has no column '{text_field}' (columns: {dataset.column_names})")
-    texts = tuple(str(t) for t in dataset[text_field])
-    labels = tuple(str(x) for x in dataset[label_field]) if label_field else None
-    return Corpus(name.replace("/", "-"), config or "unknown", texts, labels=labels, source=f"hf:{spec}")
+    columns = list(rows[0]) if rows else ([] if rows is not None else dataset.column_names)
+    for wanted in (text_field, pair_field, label_field):
+        if wanted is not None and columns and wanted not in columns:
+            raise DataError(f"HF dataset '{spec}' has no column '{wanted}' (columns: {columns})")
+
+    def column(field: str) -> list[Any]:
+        return [row[field] for row in rows] if rows is not None else list(dataset[field])
+
+    texts = tuple(str(t) for t in column(text_field))
+    labels = tuple(str(x) for x in column(label_field)) if label_field else None
+    pairs = tuple(str(x) for x in column(pair_field)) if pair_field else None
+    return Corpus(
+        name.replace("/", "-").strip("-"),
+        config or "unknown",
+        texts,
+        labels=labels,
+        source=f"hf:{spec}",
+        pairs=pairs,
+    )
 
 
 def load_corpus(
@@ -267,6 +311,7 @@ def load_corpus(
     hf_split: str = "train",
     hf_text_field: str = "text",
     hf_label_field: str | None = None,
+    hf_pair_field: str | None = None,
 ) -> Corpus:
     """Load a corpus by built-in name, file path or ``hf:`` dataset name.
 
@@ -276,7 +321,7 @@ def load_corpus(
     if name in BUILTIN_CORPORA:
         corpus = BUILTIN_CORPORA[name]()
     elif name.startswith("hf:"):
-        corpus = _load_hf(name[3:], hf_split, hf_text_field, hf_label_field)
+        corpus = _load_hf(name[3:], hf_split, hf_text_field, hf_label_field, hf_pair_field, max_documents)
     else:
         path = Path(name).expanduser()
         looks_like_path = path.suffix or "/" in name or path.exists()

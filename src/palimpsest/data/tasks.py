@@ -18,7 +18,8 @@ def encode_classification(
     *,
     max_length: int = 128,
 ) -> Dataset:
-    """Encode a labelled corpus for sequence classification (truncated, unpadded).
+    """Encode a labelled corpus for sequence classification (truncated, unpadded); sentence
+    pairs (``corpus.pairs``) are encoded as pairs.
 
     Documents whose label is not in ``label_names`` are dropped, which is how a task keeps
     only the classes it shares across languages.
@@ -30,7 +31,8 @@ def encode_classification(
     if not keep:
         raise DataError(f"no document of '{corpus.name}' has one of the labels {list(label_names)}")
     texts = [corpus.texts[i] for i in keep]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    pairs = [corpus.pairs[i] for i in keep] if corpus.pairs is not None else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     return Dataset.from_dict(
         {
             "input_ids": encoded["input_ids"],

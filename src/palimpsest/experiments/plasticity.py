@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
-from palimpsest.data import CorpusSplit, load_corpus, split_corpus, synthetic_language
+from palimpsest.data import (
+    SHARED_TOPICS,
+    Corpus,
+    CorpusSplit,
+    load_corpus,
+    shared_topic_corpus,
+    split_corpus,
+    synthetic_language,
+)
 from palimpsest.errors import ConfigError
 from palimpsest.forgetting.callback import ActiveForgettingCallback
 from palimpsest.forgetting.relearning import (
@@ -46,22 +53,62 @@ from palimpsest.forgetting.relearning import (
     adapt_language,
     adapt_task,
     assemble,
-    evaluate_topics,
-    topic_task,
+    evaluate_classifier,
 )
-from palimpsest.pretraining import PretrainConfig, holdout_split, run_pretrain, write_json
+from palimpsest.pretraining import PretrainConfig, holdout_split, run_pretrain
+from palimpsest.storage import remove_tree, write_json
 from palimpsest.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
-#: New languages the study knows: a built-in corpus, or a synthetic language derived from
-#: the held-out English documents (text the pretrained bodies never saw).
-LANGUAGES: dict[str, tuple[str, str | None]] = {
-    "wiki-fr": ("wiki-fr", None),
-    "wiki-es": ("wiki-es", None),
-    "fake-en": ("heldout-en", "permute"),
-    "fake-en-distant": ("heldout-en", "permute+scramble+script:georgian"),
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The labelled task in the source language (task adaptation trains on it).
+
+    ``topics`` maps raw wiki topic labels onto the shared set; otherwise labels are used as
+    they are (as strings, e.g. XNLI's "0", "1", "2"). When ``corpus`` is the pretraining
+    corpus, the held-out documents are removed from it as from pretraining.
+    """
+
+    corpus: str = "wiki-en"
+    labels: tuple[str, ...] = SHARED_TOPICS
+    topics: bool = True
+    split: str = "train"
+    text_field: str = "text"
+    pair_field: str | None = None
+    label_field: str | None = None
+    max_documents: int | None = None
+
+
+@dataclass(frozen=True)
+class NewLanguage:
+    """A language to relearn: unlabelled text, and the task in that language.
+
+    ``text`` is a corpus name, or ``"heldout"`` for the source documents held out of
+    pretraining; ``recipe`` turns it into a synthetic language. ``task`` names labelled
+    data in the language (read with the :class:`TaskSpec` fields); ``None`` uses the
+    text's own labels, on the documents not used for adaptation.
+    """
+
+    text: str
+    recipe: str | None = None
+    task: str | None = None
+    task_split: str = "test"
+    text_split: str = "train"
+    max_documents: int | None = None
+
+
+#: New languages every scale knows.
+LANGUAGES: dict[str, NewLanguage] = {
+    "wiki-fr": NewLanguage("wiki-fr"),
+    "wiki-es": NewLanguage("wiki-es"),
+    "fake-en": NewLanguage("heldout", "permute"),
+    "fake-en-distant": NewLanguage("heldout", "permute+scramble+script:georgian"),
 }
+
+#: The paper's languages of XNLI (Chen et al. 2023, table in PAPERS.md).
+PAPER_LANGUAGES = ("vi", "sw", "es", "bg", "de", "fr", "el", "ru", "zh", "ur", "hi", "tr", "ar", "th")
 
 
 @dataclass(frozen=True)
@@ -79,7 +126,9 @@ class PlasticityScale:
     pretrain_steps: int = 600
     pretrain_lr: float = 2e-3
     mlm_probability: float = 0.3
+    tokenizer_model: str = "bpe"
     reset_every: int = 200
+    pretrain_eval_every: int = 100
     languages: tuple[str, ...] = ("wiki-fr", "fake-en-distant")
     budgets: tuple[int, ...] = (50_000,)
     adapt_steps: int = 60
@@ -93,6 +142,16 @@ class PlasticityScale:
     language_eval_fraction: float = 0.2
     max_eval_blocks: int = 256
     keep_models: bool = False
+    task: TaskSpec = field(default_factory=TaskSpec)
+    #: Languages beyond :data:`LANGUAGES` (or overriding them), by name.
+    language_specs: dict[str, NewLanguage] = field(default_factory=dict)
+    gradient_accumulation: int = 1
+
+    def language(self, name: str) -> NewLanguage:
+        known = {**LANGUAGES, **self.language_specs}
+        if name not in known:
+            raise ConfigError(f"unknown language '{name}' (known: {', '.join(known)})")
+        return known[name]
 
 
 SCALES: dict[str, PlasticityScale] = {
@@ -111,6 +170,7 @@ SCALES: dict[str, PlasticityScale] = {
         adapt_eval_blocks=8,
         task_steps=4,
         max_eval_blocks=16,
+        language_specs={"wiki-fr": NewLanguage("wiki-fr", max_documents=600)},
     ),
     "demo": PlasticityScale(),
     "cpu": PlasticityScale(
@@ -122,6 +182,52 @@ SCALES: dict[str, PlasticityScale] = {
         adapt_steps=300,
         adapt_eval_every=25,
         task_steps=600,
+    ),
+    # The paper's setting (PAPERS.md section 1) for GPUs and a network: RoBERTa-base,
+    # English CC100, K=1000, XNLI (trained on English, zero-shot in 14 languages), 5M-token
+    # adaptation budget. Run it under `accelerate launch`; per-device batch 32 x 64
+    # accumulation = 2048 sequences of 512 tokens per update, as in the paper. The corpus is
+    # streamed and capped by max_documents (the whole CC100 does not fit in memory here).
+    "full": PlasticityScale(
+        family="roberta",
+        size="base",
+        corpus="hf:statmt/cc100:en",
+        max_documents=5_000_000,
+        holdout_fraction=0.0,
+        vocab_size=50_000,
+        tokenizer_model="unigram",
+        block_size=512,
+        batch_size=32,
+        gradient_accumulation=64,
+        pretrain_steps=125_000,
+        pretrain_lr=7e-4,
+        mlm_probability=0.15,
+        reset_every=1000,
+        pretrain_eval_every=1000,
+        languages=PAPER_LANGUAGES,
+        budgets=(5_000_000,),
+        adapt_steps=10_000,
+        adapt_eval_every=500,
+        adapt_lr=7e-4,
+        adapt_vocab_size=50_000,
+        adapt_eval_blocks=256,
+        task_steps=20_000,
+        task_lr=2e-5,
+        max_eval_blocks=1024,
+        task=TaskSpec(
+            corpus="hf:facebook/xnli:en",
+            labels=("0", "1", "2"),
+            topics=False,
+            text_field="premise",
+            pair_field="hypothesis",
+            label_field="label",
+        ),
+        language_specs={
+            lang: NewLanguage(
+                text=f"hf:statmt/cc100:{lang}", task=f"hf:facebook/xnli:{lang}", max_documents=2_000_000
+            )
+            for lang in PAPER_LANGUAGES
+        },
     ),
 }
 
@@ -136,6 +242,7 @@ def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
                 "max_documents": scale.max_documents,
                 "holdout_fraction": scale.holdout_fraction,
                 "vocab_size": scale.vocab_size,
+                "tokenizer_model": scale.tokenizer_model,
                 "block_size": scale.block_size,
                 "max_eval_blocks": scale.max_eval_blocks,
             },
@@ -143,9 +250,10 @@ def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
             "training": {
                 "steps": scale.pretrain_steps,
                 "batch_size": scale.batch_size,
+                "gradient_accumulation": scale.gradient_accumulation,
                 "learning_rate": scale.pretrain_lr,
                 "mlm_probability": scale.mlm_probability,
-                "eval_every": max(1, min(scale.reset_every // 2, 100)),
+                "eval_every": max(1, min(scale.reset_every // 2, scale.pretrain_eval_every)),
                 "save_every": scale.reset_every,
                 "seed": 0,
             },
@@ -154,20 +262,56 @@ def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
 
 
 def language_split(name: str, scale: PlasticityScale) -> CorpusSplit:
-    """Training and evaluation text of a new language (deterministic)."""
-    if name not in LANGUAGES:
-        raise ConfigError(f"unknown language '{name}' (known: {', '.join(LANGUAGES)})")
-    source, recipe = LANGUAGES[name]
-    if source == "heldout-en":
+    """Training text and evaluation documents of a new language (deterministic)."""
+    spec = scale.language(name)
+    if spec.text == "heldout":
         english = load_corpus(scale.corpus, max_documents=scale.max_documents)
         _, held_out = holdout_split(english, scale.holdout_fraction)
         if held_out is None:
-            raise ConfigError("synthetic languages need holdout_fraction > 0")
-        corpus = synthetic_language(held_out, recipe or "permute", seed=0)
-        corpus = corpus.with_texts(corpus.texts, name=name)
+            raise ConfigError(
+                f"language '{name}' is derived from held-out text: holdout_fraction must be > 0"
+            )
+        corpus = synthetic_language(held_out, spec.recipe or "permute", seed=0)
     else:
-        corpus = load_corpus(source)
-    return split_corpus(corpus, scale.language_eval_fraction, seed=0)
+        corpus = load_corpus(spec.text, max_documents=spec.max_documents, hf_split=spec.text_split)
+        if spec.recipe:
+            corpus = synthetic_language(corpus, spec.recipe, seed=0)
+    return split_corpus(corpus.with_texts(corpus.texts, name=name), scale.language_eval_fraction, seed=0)
+
+
+def _task_corpus(name: str, task: TaskSpec, split: str, max_documents: int | None) -> Corpus:
+    corpus = load_corpus(
+        name,
+        max_documents=max_documents,
+        hf_split=split,
+        hf_text_field=task.text_field,
+        hf_pair_field=task.pair_field,
+        hf_label_field=task.label_field,
+    )
+    return shared_topic_corpus(corpus) if task.topics else corpus
+
+
+def source_task(scale: PlasticityScale) -> CorpusSplit:
+    """The labelled source-language task, split for training and validation."""
+    task = scale.task
+    if task.corpus == scale.corpus:
+        corpus = holdout_split(
+            load_corpus(scale.corpus, max_documents=scale.max_documents), scale.holdout_fraction
+        )[0]
+        corpus = shared_topic_corpus(corpus) if task.topics else corpus
+    else:
+        corpus = _task_corpus(task.corpus, task, task.split, task.max_documents)
+    return split_corpus(corpus, 0.1, seed=0)
+
+
+def language_task(name: str, split: CorpusSplit, scale: PlasticityScale) -> Corpus:
+    """Labelled data of the task in a new language, for zero-shot evaluation."""
+    spec = scale.language(name)
+    if spec.task is None:
+        if split.validation.labels is None:
+            raise ConfigError(f"language '{name}' has no labels and no task data")
+        return shared_topic_corpus(split.validation) if scale.task.topics else split.validation
+    return _task_corpus(spec.task, scale.task, spec.task_split, None)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -203,8 +347,7 @@ def run_plasticity(
     else:
         scale_name, settings = "custom", scale
     for language in settings.languages:
-        if language not in LANGUAGES:
-            raise ConfigError(f"unknown language '{language}' (known: {', '.join(LANGUAGES)})")
+        settings.language(language)
     if settings.pretrain_steps % settings.reset_every:
         raise ConfigError(
             "pretrain_steps must be a multiple of reset_every, so training ends at an episode end"
@@ -233,8 +376,7 @@ def run_plasticity(
         write_json(run_dir / "results.json", results)
         pretrain[variant] = results
 
-    english = load_corpus(settings.corpus, max_documents=settings.max_documents)
-    english_task = topic_task(holdout_split(english, settings.holdout_fraction)[0])
+    english_task = source_task(settings)
     task: dict[str, dict[str, Any]] = {}
     for variant in variants:
         unit_dir = out / f"task-{variant}"
@@ -249,15 +391,16 @@ def run_plasticity(
             )  # fmt: skip
             previous = adapt_task(
                 pretrain[variant]["model"]["path"], english_task, task_settings, unit_dir,
-                callbacks=callbacks_for(f"task {variant}"),
+                label_names=settings.task.labels, callbacks=callbacks_for(f"task {variant}"),
             )  # fmt: skip
-            shutil.rmtree(unit_dir / "trainer", ignore_errors=True)
+            remove_tree(unit_dir / "trainer")
             write_json(unit_dir / "result.json", previous)
         task[variant] = previous
 
     runs: list[dict[str, Any]] = []
     for language in settings.languages:
         split = language_split(language, settings)
+        evaluation = language_task(language, split, settings)
         for budget in settings.budgets:
             for seed in settings.seeds:
                 for variant in variants:
@@ -266,8 +409,8 @@ def run_plasticity(
                     if result is None:
                         name = f"{variant} {language} {budget} s{seed}"
                         result = _language_unit(
-                            settings, pretrain[variant], task[variant], split, budget, seed, unit_dir,
-                            callbacks_for(name),
+                            settings, pretrain[variant], task[variant], split, evaluation, budget, seed,
+                            unit_dir, callbacks_for(name),
                         )  # fmt: skip
                     result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
                     runs.append(result)
@@ -302,6 +445,7 @@ def _language_unit(
     pretrained: dict[str, Any],
     task: dict[str, Any],
     split: CorpusSplit,
+    evaluation: Corpus,
     budget: int,
     seed: int,
     unit_dir: Path,
@@ -321,14 +465,14 @@ def _language_unit(
     )  # fmt: skip
     result = adapt_language(pretrained["model"]["path"], split, adaptation, unit_dir, callbacks=callbacks)
     assembled = assemble(task["model_path"], result["model_path"], unit_dir / "assembled")
-    zero_shot = evaluate_topics(assembled, split.validation, max_length=settings.block_size)
+    zero_shot = evaluate_classifier(assembled, evaluation, max_length=settings.block_size)
     result["zero_shot_accuracy"] = zero_shot["accuracy"]
     result["zero_shot_majority"] = zero_shot["majority_baseline"]
     result["zero_shot_examples"] = zero_shot["examples"]
-    shutil.rmtree(unit_dir / "trainer", ignore_errors=True)
+    remove_tree(unit_dir / "trainer")
     if not settings.keep_models:
-        shutil.rmtree(unit_dir / "model", ignore_errors=True)
-        shutil.rmtree(unit_dir / "assembled", ignore_errors=True)
+        remove_tree(unit_dir / "model")
+        remove_tree(unit_dir / "assembled")
         result["model_path"] = None
     write_json(unit_dir / "result.json", result)
     return result

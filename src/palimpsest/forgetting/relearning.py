@@ -47,6 +47,7 @@ from palimpsest.data import (
 from palimpsest.errors import DataError, ModelError
 from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
 from palimpsest.models import load_pretrained, objective_of
+from palimpsest.storage import save_model
 from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,7 @@ def adapt_language(
     final = evaluate_lm(model, eval_set)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    model.save_pretrained(str(out / "model"))
-    tokenizer.save_pretrained(str(out / "model"))
+    save_model(model, tokenizer, out / "model")
     return {
         "kind": "adapt-language",
         "language": language.train.name.split("/")[0],
@@ -229,8 +229,7 @@ def adapt_task(
     )
     metrics = evaluate_classification(model, valid_set, tokenizer)
     find_token_embeddings(model).weight.requires_grad_(True)
-    model.save_pretrained(str(out / "model"))
-    tokenizer.save_pretrained(str(out / "model"))
+    save_model(model, tokenizer, out / "model")
     return {
         "kind": "adapt-task",
         "accuracy": metrics["accuracy"],
@@ -266,19 +265,23 @@ def assemble(task_model: str | Path, language_model: str | Path, out: str | Path
     task.resize_token_embeddings(len(tokenizer))
     _set_special_ids(task, tokenizer)
     find_token_embeddings(task).weight.copy_(source)
-    out = Path(out)
-    task.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return out
+    return save_model(task, tokenizer, out)
+
+
+def evaluate_classifier(model_path: str | Path, corpus: Corpus, *, max_length: int = 128) -> dict[str, Any]:
+    """Step 4: accuracy of a saved classifier on a labelled corpus (labels named as the model's)."""
+    model = load_pretrained(str(model_path), task="classification")
+    tokenizer = load_tokenizer(model_path)
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    dataset = encode_classification(corpus, tokenizer, labels, max_length=max_length)
+    metrics = evaluate_classification(model, dataset, tokenizer)
+    return {**metrics, "majority_baseline": majority_share(dataset["labels"])}
 
 
 def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int = 128) -> dict[str, Any]:
-    """Step 4: shared-topic accuracy of a classifier on a (new-language) labelled corpus."""
+    """Shared-topic accuracy of a topic classifier on a wiki corpus of any of the languages."""
     model = load_pretrained(str(model_path), task="classification")
-    tokenizer = load_tokenizer(model_path)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if set(labels) != set(SHARED_TOPICS):
-        raise DataError(f"the model at '{model_path}' predicts {labels}, not the shared topics")
-    dataset = encode_classification(shared_topic_corpus(corpus), tokenizer, labels, max_length=max_length)
-    metrics = evaluate_classification(model, dataset, tokenizer)
-    return {**metrics, "majority_baseline": majority_share(dataset["labels"])}
+    labels = {str(model.config.id2label[i]) for i in range(model.config.num_labels)}
+    if labels != set(SHARED_TOPICS):
+        raise DataError(f"the model at '{model_path}' predicts {sorted(labels)}, not the shared topics")
+    return evaluate_classifier(model_path, shared_topic_corpus(corpus), max_length=max_length)

@@ -1,0 +1,85 @@
+"""The plasticity study end to end: smoke scale, and the full scale on local stand-in data."""
+
+import dataclasses
+import json
+
+import pytest
+
+from palimpsest.data import load_corpus
+from palimpsest.errors import ConfigError
+from palimpsest.experiments.plasticity import SCALES, NewLanguage, first_step_at_or_below, run_plasticity
+
+
+def test_first_step_at_or_below():
+    curve = [[0, 5.0], [10, 4.0], [20, 3.5]]
+    assert first_step_at_or_below(curve, 4.0) == 10
+    assert first_step_at_or_below(curve, 3.0) is None
+
+
+def test_smoke_study_is_complete_and_resumable(tmp_path):
+    results = run_plasticity(tmp_path, "smoke")
+    settings = SCALES["smoke"]
+    expected = len(settings.languages) * len(settings.budgets) * len(settings.seeds) * 2
+    assert len(results["runs"]) == expected
+    for run in results["runs"]:
+        steps = [step for step, _ in run["curve"]]
+        assert steps[0] == 0 and steps[-1] == settings.adapt_steps
+        assert 0.0 <= run["zero_shot_accuracy"] <= 1.0
+    cell = results["summary"]["cells"][0]
+    assert len(cell["standard"]["curve_mean"]) == len(cell["steps"])
+    assert "relative gain" in results["summary"]["verdict"]
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["summary"]["verdict"] == results["summary"]["verdict"]
+    # A re-run reuses every finished unit: same numbers, nothing retrained.
+    marker = tmp_path / "adapt-standard-wiki-fr-3000-s0" / "result.json"
+    mtime = marker.stat().st_mtime
+    again = run_plasticity(tmp_path, "smoke")
+    assert again["runs"] == results["runs"] and marker.stat().st_mtime == mtime
+
+
+def test_unknown_language_and_bad_reset_every(tmp_path):
+    bad = dataclasses.replace(SCALES["smoke"], languages=("klingon",))
+    with pytest.raises(ConfigError, match="klingon"):
+        run_plasticity(tmp_path, bad)
+    with pytest.raises(ConfigError, match="multiple of reset_every"):
+        run_plasticity(tmp_path, dataclasses.replace(SCALES["smoke"], pretrain_steps=7))
+
+
+def _jsonl(path, rows):
+    path.mkdir(parents=True)
+    split = "test" if "test" in rows else "train"
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows[split]]
+    (path / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_full_scale_runs_on_local_stand_ins(tmp_path):
+    """The paper's configuration (CC100 + XNLI through `datasets` names, sentence pairs,
+    unigram tokenizers, RoBERTa) with local dataset folders in place of hub names."""
+    english, french = load_corpus("wiki-en", max_documents=300), load_corpus("wiki-fr", max_documents=300)
+    data = tmp_path / "data"
+    _jsonl(data / "cc100-en", {"train": [{"text": t} for t in english.texts]})
+    _jsonl(data / "cc100-fr", {"train": [{"text": t} for t in french.texts]})
+
+    def nli(texts):
+        return [{"premise": t, "hypothesis": texts[(i + 1) % len(texts)][:60], "label": i % 3}
+                for i, t in enumerate(texts)]  # fmt: skip
+
+    _jsonl(data / "xnli-en", {"train": nli(english.texts)})
+    _jsonl(data / "xnli-fr", {"test": nli(french.texts[:60])})
+    full = SCALES["full"]
+    french_spec = NewLanguage(text=f"hf:{data}/cc100-fr", task=f"hf:{data}/xnli-fr", max_documents=300)
+    scale = dataclasses.replace(
+        full,
+        size="micro", corpus=f"hf:{data}/cc100-en", max_documents=300, vocab_size=400, block_size=32,
+        batch_size=4, gradient_accumulation=1, pretrain_steps=4, reset_every=2, pretrain_eval_every=2,
+        languages=("fr",), budgets=(2000,), adapt_steps=2, adapt_eval_every=1, adapt_vocab_size=300,
+        adapt_eval_blocks=4, task_steps=2, max_eval_blocks=8,
+        task=dataclasses.replace(full.task, corpus=f"hf:{data}/xnli-en"),
+        language_specs={"fr": french_spec},
+    )  # fmt: skip
+    assert scale.task.pair_field == "hypothesis" and scale.tokenizer_model == "unigram"
+    results = run_plasticity(tmp_path / "out", scale)
+    runs = results["runs"]
+    assert {run["language"] for run in runs} == {"fr"} and len(runs) == 2 * len(full.seeds)
+    assert all(run["zero_shot_examples"] == 60 for run in runs)
+    assert set(results["task"]) == {"standard", "forgetting"}

@@ -314,6 +314,11 @@ def language_task(name: str, split: CorpusSplit, scale: PlasticityScale) -> Corp
     return _task_corpus(spec.task, scale.task, spec.task_split, None)
 
 
+def _as_stored(result: dict[str, Any]) -> dict[str, Any]:
+    """The result as it reads back from JSON (tuples become lists), so fresh and resumed runs agree."""
+    return json.loads(json.dumps(result, default=str))
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -374,7 +379,7 @@ def run_plasticity(
         results["variant"] = variant
         results["reset_every"] = settings.reset_every if variant == "forgetting" else None
         write_json(run_dir / "results.json", results)
-        pretrain[variant] = results
+        pretrain[variant] = _as_stored(results)
 
     english_task = source_task(settings)
     task: dict[str, dict[str, Any]] = {}
@@ -395,7 +400,7 @@ def run_plasticity(
             )  # fmt: skip
             remove_tree(unit_dir / "trainer")
             write_json(unit_dir / "result.json", previous)
-        task[variant] = previous
+        task[variant] = _as_stored(previous)
 
     runs: list[dict[str, Any]] = []
     for language in settings.languages:
@@ -475,7 +480,7 @@ def _language_unit(
         remove_tree(unit_dir / "assembled")
         result["model_path"] = None
     write_json(unit_dir / "result.json", result)
-    return result
+    return _as_stored(result)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -529,8 +534,9 @@ def summarise(
             pairs = list(zip(standard, forgetting, strict=True))
             early_gaps = [s["curve"][early_index][1] - f["curve"][early_index][1] for s, f in pairs]
             final_gaps = [s["final_loss"] - f["final_loss"] for s, f in pairs]
-            to_threshold = [first_step_at_or_below(f["curve"], s["final_loss"]) for s, f in pairs]
-            standard_steps = [first_step_at_or_below(s["curve"], s["final_loss"]) for s in standard]
+            # Threshold: the standard model's last point of its own curve (the same metric).
+            to_threshold = [first_step_at_or_below(f["curve"], s["curve"][-1][1]) for s, f in pairs]
+            standard_steps = [first_step_at_or_below(s["curve"], s["curve"][-1][1]) for s in standard]
             cell["early_step"] = steps[early_index] if steps else None
             cell["early_gap"] = _mean_std(early_gaps)
             cell["early_gap_positive_seeds"] = sum(gap > 0 for gap in early_gaps)
@@ -585,5 +591,17 @@ def _verdict(
             f"Zero-shot topic accuracy, relative gain of forgetting over standard (paper's definition, "
             f"mean over languages) at {budget:,} tokens: {100 * mean:+.1f}% "
             f"(± {100 * std:.1f} across languages)."
+        )
+    useless = [
+        c["language"] + f"@{c['budget']:,}"
+        for c in cells
+        if max(c["standard"]["zero_shot_accuracy"][0], c["forgetting"]["zero_shot_accuracy"][0])
+        <= c["standard"]["majority_baseline"] + 0.02
+    ]
+    if useless:
+        parts.append(
+            "Caution: in " + ", ".join(useless) + " neither assembled model beats the majority-class "
+            "baseline, so the zero-shot task does not work at this scale there and its relative gain "
+            "is not evidence either way."
         )
     return " ".join(parts)

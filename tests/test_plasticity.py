@@ -83,3 +83,26 @@ def test_full_scale_runs_on_local_stand_ins(tmp_path):
     assert {run["language"] for run in runs} == {"fr"} and len(runs) == 2 * len(full.seeds)
     assert all(run["zero_shot_examples"] == 60 for run in runs)
     assert set(results["task"]) == {"standard", "forgetting"}
+
+
+@pytest.mark.slow
+def test_smoke_study_under_two_process_ddp(tmp_path):
+    """Every process runs the study; rank 0 writes, training is data-parallel."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "plasticity_smoke.py"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(port), str(script), str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 2 * len(SCALES["smoke"].seeds) * len(SCALES["smoke"].languages)

@@ -194,3 +194,22 @@ def test_ddp_ranks_draw_identical_embeddings_at_each_reset(tmp_path):
     assert set(ranks[0]["after_reset"]) == {"4", "8"}
     assert ranks[0]["after_reset"] == ranks[1]["after_reset"]
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_checkpoint_choice_prefers_best_and_episode_ends(tmp_path):
+    import json
+
+    from palimpsest.forgetting import best_checkpoint, episode_end_checkpoints
+
+    history = [
+        {"step": 100, "eval_loss": 5.0},
+        {"step": 200, "eval_loss": 4.2},
+        {"step": 250, "eval_loss": 4.9},
+    ]
+    for step in (100, 200, 250):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert best_checkpoint(tmp_path).name == "checkpoint-200"
+    assert [p.name for p in episode_end_checkpoints(tmp_path, 100)] == ["checkpoint-100", "checkpoint-200"]
+    assert best_checkpoint(tmp_path / "nothing-here") is None

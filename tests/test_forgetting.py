@@ -174,21 +174,10 @@ def test_callback_resets_after_every_k_updates_but_not_after_the_last(tokenizer,
 
 def test_ddp_ranks_draw_identical_embeddings_at_each_reset(tmp_path):
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).parent / "scripts" / "train_micro.py"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), str(script), str(tmp_path), "--forget-every", "4",
-    ]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    from torchrun_helper import torchrun
+
+    done = torchrun("train_micro.py", str(tmp_path), "--forget-every", "4")
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"final-rank{r}.json").read_text()) for r in (0, 1)]
     assert set(ranks[0]["after_reset"]) == {"4", "8"}

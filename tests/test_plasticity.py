@@ -88,21 +88,9 @@ def test_full_scale_runs_on_local_stand_ins(tmp_path):
 @pytest.mark.slow
 def test_smoke_study_under_two_process_ddp(tmp_path):
     """Every process runs the study; rank 0 writes, training is data-parallel."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    from torchrun_helper import torchrun
 
-    script = Path(__file__).parent / "scripts" / "plasticity_smoke.py"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), str(script), str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    done = torchrun("plasticity_smoke.py", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["runs"]) == 2 * len(SCALES["smoke"].seeds) * len(SCALES["smoke"].languages)

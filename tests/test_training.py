@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from palimpsest.data import causal_eval_set, encode_blocks, split_corpus
 from palimpsest.models import build_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
+from torchrun_helper import torchrun
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_micro.py"
 
@@ -105,28 +105,8 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert a["eval_loss"] == b["eval_loss"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(SCRIPT),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun("train_micro.py", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     rank0 = json.loads((tmp_path / "final-rank0.json").read_text())
     rank1 = json.loads((tmp_path / "final-rank1.json").read_text())

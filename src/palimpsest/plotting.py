@@ -63,7 +63,7 @@ def plot_bars(
     figure = Figure(figsize=(6.4, 4.0), dpi=110)
     axes = figure.add_subplot()
     group_names = list(groups)
-    series_names = sorted({s for values in groups.values() for s in values})
+    series_names = list(dict.fromkeys(s for values in groups.values() for s in values))  # first-seen order
     width = 0.8 / max(len(series_names), 1)
     for index, series in enumerate(series_names):
         xs = [g + (index - (len(series_names) - 1) / 2) * width for g in range(len(group_names))]

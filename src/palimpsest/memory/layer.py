@@ -1,0 +1,137 @@
+"""The product-key memory layer (Lample et al. 2019), readable top to bottom.
+
+A memory of ``n_keys**2`` value vectors addressed by content. Each head maps the input to
+a query and splits it in two halves; each half is scored against its own ``n_keys``
+sub-keys. The full keys are all pairs of sub-keys (their score is the sum of the two
+half-scores), so the exact top-k over ``n_keys**2`` keys is found among the ``k * k``
+pairs of the per-half top-k: any pair outside them is beaten by at least k pairs inside.
+The selected values are averaged with softmax weights (computed in fp32) and summed over
+heads, with an ``EmbeddingBag`` so only the k selected rows per head are read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+QueryNorm = Literal["layernorm", "batchnorm", "none"]
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over query vectors whose statistics ignore padding positions."""
+
+    def forward(self, queries: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        if keep is None or keep.all():
+            return super().forward(queries)
+        normed = torch.zeros_like(queries)
+        normed[keep] = super().forward(queries[keep])
+        return normed
+
+
+@dataclass
+class Selection:
+    """What one forward pass read: slot indices and weights, ``(tokens, heads, k)``."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+
+
+class ProductKeyMemory(nn.Module):
+    """A product-key memory: ``(batch, seq, dim) -> (batch, seq, value_dim)``.
+
+    Defaults follow the XLM implementation (4 heads, k=32, 512 sub-keys per half, i.e.
+    262,144 slots). ``query_norm="layernorm"`` is the safe choice for causal models (no
+    statistics across positions); ``"batchnorm"`` ignores padded positions when a mask
+    is passed. ``zero_values=True`` starts with an all-zero memory, so adding it to a
+    pretrained model leaves that model's outputs unchanged at first.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_keys: int = 512,
+        heads: int = 4,
+        k: int = 32,
+        k_dim: int = 256,
+        value_dim: int | None = None,
+        query_norm: QueryNorm = "layernorm",
+        input_dropout: float = 0.0,
+        query_dropout: float = 0.0,
+        value_dropout: float = 0.0,
+        zero_values: bool = False,
+    ):
+        super().__init__()
+        if k_dim % 2:
+            raise ValueError(f"k_dim must be even (two half-keys), got {k_dim}")
+        if not 0 < k <= n_keys:
+            raise ValueError(f"k must be in 1..n_keys ({n_keys}), got {k}")
+        self.dim, self.n_keys, self.heads, self.k, self.k_dim = dim, n_keys, heads, k, k_dim
+        self.value_dim = value_dim or dim
+        self.size = n_keys**2
+        half = k_dim // 2
+
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.query = nn.Linear(dim, heads * k_dim)
+        if query_norm == "layernorm":
+            self.query_norm: nn.Module | None = nn.LayerNorm(heads * k_dim)
+        elif query_norm == "batchnorm":
+            self.query_norm = MaskedBatchNorm(heads * k_dim)
+        elif query_norm == "none":
+            self.query_norm = None
+        else:
+            raise ValueError(f"query_norm must be layernorm, batchnorm or none, got {query_norm!r}")
+        self.query_dropout = nn.Dropout(query_dropout)
+        bound = 1 / math.sqrt(half)
+        self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, half).uniform_(-bound, bound))
+        self.values = nn.EmbeddingBag(self.size, self.value_dim, mode="sum")
+        if zero_values:
+            nn.init.zeros_(self.values.weight)
+        else:
+            nn.init.normal_(self.values.weight, mean=0.0, std=self.value_dim**-0.5)
+        self.value_dropout = nn.Dropout(value_dropout)
+        self.last_selection: Selection | None = None
+        self.record_selection = False
+
+    def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k slots per head: ``(scores, indices)``, each ``(tokens, heads, k)``."""
+        tokens = queries.shape[0]
+        halves = queries.view(tokens, self.heads, 2, self.k_dim // 2)
+        # (tokens, heads, n_keys) scores of each half against its sub-keys
+        scores_1 = torch.einsum("thd,hnd->thn", halves[:, :, 0], self.keys[:, 0])
+        scores_2 = torch.einsum("thd,hnd->thn", halves[:, :, 1], self.keys[:, 1])
+        top_1, index_1 = scores_1.topk(self.k, dim=-1)
+        top_2, index_2 = scores_2.topk(self.k, dim=-1)
+        pairs = (top_1.unsqueeze(-1) + top_2.unsqueeze(-2)).flatten(-2)  # (tokens, heads, k*k)
+        scores, best = pairs.topk(self.k, dim=-1)
+        row = index_1.gather(-1, torch.div(best, self.k, rounding_mode="floor"))
+        column = index_2.gather(-1, best % self.k)
+        return scores, row * self.n_keys + column
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        shape = hidden.shape
+        flat = self.input_dropout(hidden.reshape(-1, shape[-1]))
+        queries = self.query(flat)
+        keep = attention_mask.reshape(-1).bool() if attention_mask is not None else None
+        if isinstance(self.query_norm, MaskedBatchNorm):
+            queries = self.query_norm(queries, keep)
+        elif self.query_norm is not None:
+            queries = self.query_norm(queries)
+        queries = self.query_dropout(queries)
+        scores, indices = self.select(queries)
+        weights = functional.softmax(scores.float(), dim=-1).to(hidden.dtype)
+        if self.record_selection:
+            self.last_selection = Selection(indices.detach(), weights.detach())
+        output = self.values(
+            indices.reshape(flat.shape[0], -1), per_sample_weights=weights.reshape(flat.shape[0], -1)
+        )
+        return self.value_dropout(output).view(*shape[:-1], self.value_dim)
+
+    def extra_repr(self) -> str:
+        slots = f"{self.size:,} ({self.n_keys}^2)"
+        return f"dim={self.dim}, slots={slots}, heads={self.heads}, k={self.k}, k_dim={self.k_dim}"

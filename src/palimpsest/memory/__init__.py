@@ -1,9 +1,35 @@
 """grow: product-key memory layers for language models (Lample et al. 2019; Kim & Jung 2020).
 
-:class:`ProductKeyMemory` is the layer: multi-head product keys, exact top-k, softmax
-weights in fp32, values read through an ``EmbeddingBag``.
+:class:`ProductKeyMemory` is the layer (multi-head product keys, exact top-k, softmax
+weights in fp32, values read through an ``EmbeddingBag``); :func:`add_product_key_memory`
+puts memories into a HF model by config, beside its FFN or in its place, and
+:func:`save_memory` / :func:`load_memory` move only what was added.
 """
 
+from palimpsest.memory.inject import (
+    PKMConfig,
+    add_product_key_memory,
+    load_memory,
+    load_merged,
+    memories,
+    memory_state_dict,
+    save_memory,
+    save_merged,
+    transformer_blocks,
+)
 from palimpsest.memory.layer import MaskedBatchNorm, ProductKeyMemory, Selection
 
-__all__ = ["MaskedBatchNorm", "ProductKeyMemory", "Selection"]
+__all__ = [
+    "MaskedBatchNorm",
+    "PKMConfig",
+    "ProductKeyMemory",
+    "Selection",
+    "add_product_key_memory",
+    "load_memory",
+    "load_merged",
+    "memories",
+    "memory_state_dict",
+    "save_memory",
+    "save_merged",
+    "transformer_blocks",
+]

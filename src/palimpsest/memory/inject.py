@@ -1,0 +1,261 @@
+"""Adding product-key memory to a Hugging Face model, and saving only what was added.
+
+Like PEFT adapters, the memory is injected by config into an existing model and saved on
+its own (``memory_config.json`` + ``memory.safetensors``), so the base weights stay where
+they are. Two ways to use a layer's feed-forward network (FFN):
+
+``"residual"`` (Kim & Jung 2020)
+    the memory output is *added* to the FFN output: the memory runs in parallel with the
+    FFN, and a pretrained model keeps its FFN knowledge;
+``"replace"`` (Lample et al. 2019)
+    the memory takes the FFN's place.
+
+FFNs are found by the model's structure, not its name: the block list is the
+``nn.ModuleList`` with one entry per layer; in a block, a ``mlp`` child (GPT-2, Llama,
+most decoders) or the BERT pair ``intermediate`` + ``output`` (post-LayerNorm encoders),
+or a child the user names with ``PKMConfig(ffn_module=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from palimpsest.errors import ModelError
+from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
+
+CONFIG_FILE = "memory_config.json"
+WEIGHTS_FILE = "memory.safetensors"
+
+
+@dataclass
+class PKMConfig:
+    """Where and how big the memories are (one per listed layer)."""
+
+    layers: list[int] = field(default_factory=lambda: [0])
+    mode: Literal["residual", "replace"] = "residual"
+    n_keys: int = 512
+    heads: int = 4
+    k: int = 32
+    k_dim: int = 256
+    query_norm: QueryNorm = "layernorm"
+    input_dropout: float = 0.0
+    query_dropout: float = 0.0
+    value_dropout: float = 0.0
+    #: Start with all-zero values (a residual memory then leaves the model unchanged).
+    zero_values: bool = False
+    #: Name of the FFN child inside a block, for families the structure rules do not know.
+    ffn_module: str | None = None
+
+
+class _MaskContext:
+    """The attention mask of the current forward pass, shared with the memories (for BatchNorm)."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
+class MemoryFFN(nn.Module):
+    """A decoder-style FFN (``hidden -> hidden``) with a memory beside it or in its place."""
+
+    def __init__(self, ffn: nn.Module | None, memory: ProductKeyMemory, context: _MaskContext):
+        super().__init__()
+        self.ffn = ffn
+        self.memory = memory
+        self._context = context
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        read = self.memory(hidden, self._context.mask)
+        return read if self.ffn is None else self.ffn(hidden, *args, **kwargs) + read
+
+
+class MemoryBertOutput(nn.Module):
+    """BERT's FFN output (``LayerNorm(dropout(dense(h)) + x)``) with a memory of ``x`` added or instead."""
+
+    def __init__(self, output: nn.Module, memory: ProductKeyMemory, context: _MaskContext, replace: bool):
+        super().__init__()
+        self.dense = None if replace else output.dense
+        self.dropout = output.dropout
+        self.LayerNorm = output.LayerNorm  # keep the HF name: pretrained LayerNorm weights stay addressable
+        self.memory = memory
+        self._context = context
+
+    def forward(self, intermediate: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        update = self.memory(input_tensor, self._context.mask)
+        if self.dense is not None:
+            update = update + self.dense(intermediate)
+        return self.LayerNorm(self.dropout(update) + input_tensor)
+
+
+class _PassThrough(nn.Module):
+    """Stands in for BERT's ``intermediate`` when the memory replaces the FFN (no wasted compute)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` holding one block per layer, or an error listing the lists found."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    for name, module in found:
+        if layers is not None and len(module) == layers:
+            return name, module
+    listing = ", ".join(f"{name} ({len(module)})" for name, module in found) or "none"
+    raise ModelError(
+        f"cannot find the transformer blocks of {type(model).__name__} ({layers} layers); "
+        f"module lists: {listing}"
+    )
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = model.config
+    size = (
+        getattr(config, "hidden_size", None)
+        or getattr(config, "n_embd", None)
+        or getattr(config, "d_model", None)
+    )
+    if size is None:
+        raise ModelError(f"cannot read the hidden size of {type(model).__name__} from its config")
+    return int(size)
+
+
+def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
+    """Insert one memory per ``config.layers`` block, in place; returns the model.
+
+    The model's config records the memory settings (``palimpsest_memory``), and
+    :func:`save_memory` / :func:`load_memory` move the added weights alone.
+    """
+    if getattr(model, "_palimpsest_memory", None) is not None:
+        raise ModelError("this model already has product-key memory")
+    prefix, blocks = transformer_blocks(model)
+    bad = [index for index in config.layers if not -len(blocks) <= index < len(blocks)]
+    if bad or not config.layers:
+        raise ModelError(f"memory layers {config.layers or '[]'} are not all in 0..{len(blocks) - 1}")
+    dim = _hidden_size(model)
+    context = _MaskContext()
+    reference = next(model.parameters())
+    for index in config.layers:
+        block = blocks[index]
+        memory = ProductKeyMemory(
+            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
+            query_norm=config.query_norm, input_dropout=config.input_dropout,
+            query_dropout=config.query_dropout, value_dropout=config.value_dropout,
+            zero_values=config.zero_values,
+        ).to(device=reference.device, dtype=reference.dtype)  # fmt: skip
+        memory.train(model.training)  # follow the model's mode (BatchNorm, dropout)
+        replace = config.mode == "replace"
+        name = config.ffn_module or ("mlp" if isinstance(getattr(block, "mlp", None), nn.Module) else None)
+        if name is not None:
+            ffn = getattr(block, name, None)
+            if not isinstance(ffn, nn.Module):
+                children = ", ".join(n for n, _ in block.named_children())
+                raise ModelError(f"block {index} has no module '{name}' (children: {children})")
+            setattr(block, name, MemoryFFN(None if replace else ffn, memory, context))
+        elif all(
+            hasattr(getattr(block, part, None), attr)
+            for part, attr in (("intermediate", "dense"), ("output", "LayerNorm"))
+        ):
+            block.output = MemoryBertOutput(block.output, memory, context, replace)
+            if replace:
+                block.intermediate = _PassThrough()
+        else:
+            children = ", ".join(f"{n} ({type(m).__name__})" for n, m in block.named_children())
+            raise ModelError(
+                f"cannot find the FFN of block {index} of {prefix}; its children are: {children}. "
+                "Name it with PKMConfig(ffn_module=...)"
+            )
+
+    def remember_mask(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        context.mask = kwargs.get("attention_mask")
+
+    model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    model._palimpsest_memory = config  # type: ignore[attr-defined]
+    model.config.palimpsest_memory = asdict(config)
+    return model
+
+
+def memories(model: nn.Module) -> dict[str, ProductKeyMemory]:
+    """The memory layers of a model, by module name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, ProductKeyMemory)}
+
+
+def memory_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the tensors the memories added (parameters and BatchNorm statistics)."""
+    prefixes = tuple(f"{name}." for name in memories(model))
+    return {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
+
+
+def save_memory(model: nn.Module, path: str | Path) -> Path:
+    """``memory_config.json`` + ``memory.safetensors`` (the added weights alone)."""
+    config = getattr(model, "_palimpsest_memory", None)
+    if config is None:
+        raise ModelError("this model has no product-key memory to save")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
+    save_file(tensors, str(path / WEIGHTS_FILE))
+    document = {"memory": asdict(config), "base_model_type": model.config.model_type}
+    (path / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return path
+
+
+def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
+    """Inject the memories saved at ``path`` into ``model`` and load their weights."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelError(f"no saved memory at '{path}' (expected {CONFIG_FILE})")
+    from palimpsest.config import from_dict
+
+    document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    add_product_key_memory(model, from_dict(PKMConfig, document["memory"]))
+    weights_file = path / WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else path / "model.safetensors"
+    stored = load_file(str(weights_file))
+    expected = memory_state_dict(model)
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise ModelError(f"{weights_file} lacks memory weights, e.g. {missing[0]}")
+    model.load_state_dict({key: stored[key] for key in expected}, strict=False)
+    return model
+
+
+def save_merged(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """The whole model (base + memories) in one folder: ``save_pretrained`` plus the memory config.
+
+    Reload with :func:`load_merged` (``from_pretrained`` alone would not know the memories).
+    """
+    path = Path(path)
+    model.save_pretrained(str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    config = model._palimpsest_memory  # type: ignore[attr-defined]
+    document = {"memory": asdict(config), "base_model_type": model.config.model_type}
+    (path / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return path
+
+
+def load_merged(path: str | Path) -> nn.Module:
+    """Load a model saved by :func:`save_merged`: base structure, memories, then every weight."""
+    from palimpsest.config import from_dict
+    from palimpsest.models import load_pretrained
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelError(f"no merged memory model at '{path}' (expected {CONFIG_FILE})")
+    document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    model = load_pretrained(str(path))
+    add_product_key_memory(model, from_dict(PKMConfig, document["memory"]))
+    stored = load_file(str(path / "model.safetensors"))
+    model.load_state_dict(stored, strict=False)
+    loaded = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in stored}
+    unloaded = [name for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in loaded]
+    if unloaded:
+        raise ModelError(f"{path / 'model.safetensors'} lacks weights, e.g. {unloaded[0]}")
+    return model

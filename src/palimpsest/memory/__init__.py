@@ -3,7 +3,9 @@
 :class:`ProductKeyMemory` is the layer (multi-head product keys, exact top-k, softmax
 weights in fp32, values read through an ``EmbeddingBag``); :func:`add_product_key_memory`
 puts memories into a HF model by config, beside its FFN or in its place, and
-:func:`save_memory` / :func:`load_memory` move only what was added.
+:func:`save_memory` / :func:`load_memory` move only what was added;
+:func:`memory_usage` and :class:`MemoryUsageCallback` measure how the slots are used, and
+:func:`memory_param_groups` gives the values their own learning rate.
 """
 
 from palimpsest.memory.inject import (
@@ -18,17 +20,27 @@ from palimpsest.memory.inject import (
     transformer_blocks,
 )
 from palimpsest.memory.layer import MaskedBatchNorm, ProductKeyMemory, Selection
+from palimpsest.memory.usage import (
+    MemoryUsageCallback,
+    distribution_metrics,
+    memory_param_groups,
+    memory_usage,
+)
 
 __all__ = [
     "MaskedBatchNorm",
+    "MemoryUsageCallback",
     "PKMConfig",
     "ProductKeyMemory",
     "Selection",
     "add_product_key_memory",
+    "distribution_metrics",
     "load_memory",
     "load_merged",
     "memories",
+    "memory_param_groups",
     "memory_state_dict",
+    "memory_usage",
     "save_memory",
     "save_merged",
     "transformer_blocks",

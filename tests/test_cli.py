@@ -173,3 +173,32 @@ def test_unknown_scale_is_one_line(tmp_path):
         palimpsest("experiment", "plasticity", "--scale", "galactic", "--out", str(tmp_path))
     )
     assert "galactic" in line
+
+
+def test_memory_add_and_stats(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    done = palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path / "pre"), *SMOKE)
+    assert done.returncode == 0, done.stderr
+    arguments = ["--layer", "1", "--n-keys", "16", "--heads", "2", "--k", "4", "--k-dim", "16"]
+    pretrained = str(tmp_path / "pre" / "model")
+    done = palimpsest("memory", "add", "--model", pretrained, "--out", str(tmp_path / "m"), *arguments)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m" / "memory_config.json").is_file()
+    done = palimpsest(
+        "memory", "stats", "--model", str(tmp_path / "m"), "--block-size", "32", "--max-blocks", "8",
+        "--out", str(tmp_path / "stats"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "kl_counts" in done.stdout
+    results = json.loads((tmp_path / "stats" / "results.json").read_text())
+    assert set(results["layers"]) == {"transformer.h.1.mlp.memory"}
+    assert (tmp_path / "stats" / "plots" / "memory-usage.png").is_file()
+    adapter = palimpsest(
+        "memory", "add", "--model", pretrained, "--out", str(tmp_path / "a"), "--no-merged", *arguments
+    )
+    assert adapter.returncode == 0 and (tmp_path / "a" / "memory.safetensors").is_file()
+    line = one_error_line(palimpsest("memory", "stats", "--model", str(tmp_path / "pre" / "model")))
+    assert "no product-key memory" in line

@@ -338,6 +338,90 @@ def assemble(
     console.print(f"assembled model saved in {path} (load it with AutoModelForSequenceClassification)")
 
 
+memory_app = typer.Typer(help="Product-key memory: add it to a model, measure how it is used.")
+app.add_typer(memory_app, name="memory")
+
+
+@memory_app.command("add")
+@user_errors
+def memory_add(
+    model: Annotated[str, typer.Option(help="Model folder, built-in name (minilm-l6) or hub id.")],
+    out: Annotated[Path, typer.Option(help="Where to save.")],
+    layers: Annotated[
+        list[int], typer.Option("--layer", help="Block index to give a memory (repeatable).")
+    ] = [0],  # noqa: B006
+    mode: Annotated[
+        str, typer.Option(help="residual (beside the FFN) or replace (instead of it).")
+    ] = "residual",
+    n_keys: Annotated[int, typer.Option(help="Sub-keys per half: n_keys^2 slots.")] = 128,
+    heads: Annotated[int, typer.Option(help="Memory heads.")] = 4,
+    k: Annotated[int, typer.Option(help="Slots read per head.")] = 32,
+    k_dim: Annotated[int, typer.Option(help="Query/key width.")] = 256,
+    query_norm: Annotated[str, typer.Option(help="layernorm, batchnorm or none.")] = "layernorm",
+    zero_values: Annotated[bool, typer.Option(help="Start from all-zero values (model unchanged).")] = False,
+    merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
+    verbose: VerboseOption = False,
+) -> None:
+    """Insert product-key memory into a model and save it (PEFT-style adapter or merged)."""
+    _setup_logging(verbose)
+    from palimpsest.config import from_dict
+    from palimpsest.data import load_tokenizer
+    from palimpsest.memory import PKMConfig, add_product_key_memory, save_memory, save_merged
+    from palimpsest.models import count_parameters, load_pretrained, resolve_pretrained
+
+    settings = from_dict(
+        PKMConfig,
+        {"layers": layers, "mode": mode, "n_keys": n_keys, "heads": heads, "k": k, "k_dim": k_dim,
+         "query_norm": query_norm, "zero_values": zero_values},
+    )  # fmt: skip
+    network = load_pretrained(model)
+    before = count_parameters(network)
+    add_product_key_memory(network, settings)
+    if merged:
+        save_merged(network, load_tokenizer(resolve_pretrained(model)), out)
+    else:
+        save_memory(network, out)
+    console.print(
+        f"added {len(layers)} memory layer(s) ({n_keys**2:,} slots each, {mode}): "
+        f"{before:,} -> {count_parameters(network):,} parameters; "
+        f"saved {'the model' if merged else 'the memory alone'} in {out}"
+    )
+
+
+@memory_app.command("stats")
+@user_errors
+def memory_stats(
+    model: Annotated[Path, typer.Option(help="A model saved with memory (merged), or the base model.")],
+    memory: Annotated[
+        Path | None, typer.Option(help="A memory saved on its own (adapter), for --model.")
+    ] = None,
+    corpus: Annotated[str, typer.Option(help="Evaluation text.")] = "wiki-en",
+    out: Annotated[
+        Path | None, typer.Option(help="Write results.json, a usage plot and a report here.")
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 128,
+    max_blocks: Annotated[int, typer.Option(help="Blocks to read.")] = 128,
+    verbose: VerboseOption = False,
+) -> None:
+    """Usage metrics of every memory layer on a corpus's validation split."""
+    _setup_logging(verbose)
+    from palimpsest.memory.report import memory_stats_of_saved
+
+    results = memory_stats_of_saved(
+        model, memory, corpus, block_size=block_size, max_blocks=max_blocks, out=out
+    )
+    table = Table(title=f"memory usage on {corpus} ({results['tokens']:,} tokens)")
+    columns = ["used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99"]
+    table.add_column("metric")
+    for name in results["layers"]:
+        table.add_column(name, justify="right")
+    for column in columns:
+        table.add_row(column, *(f"{metrics[column]:.3f}" for metrics in results["layers"].values()))
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+
+
 experiment_app = typer.Typer(help="End-to-end studies that reproduce each paper's effect.")
 app.add_typer(experiment_app, name="experiment")
 

@@ -268,7 +268,28 @@ def evaluate_task_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Se
     )
 
 
+def memory_stats_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Memory usage")
+    section.blocks.append(
+        "Per memory layer, on validation text: share of slots selected at least once, KL divergence "
+        "from uniform of selection counts and of softmax-weight mass (0 = even), Gini of the mass, and "
+        "the share of slots holding 50/90/99% of the mass."
+    )
+    columns = ["used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99"]
+    rows = [
+        [f"{run['model']} · {name}", run["slots"][name], *(metrics[c] for c in columns)]
+        for run in runs
+        for name, metrics in run["layers"].items()
+    ]
+    section.blocks.append(Table(["layer", "slots", *columns], rows))
+    for run in runs:
+        for plot in run.get("plots", []):
+            section.blocks.append(Figure(Path(plot), "Cumulative weight mass over slots, most used first"))
+    return section
+
+
 SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "memory-stats": memory_stats_section,
     "pretrain": pretrain_section,
     "evaluate": evaluate_section,
     "evaluate-task": evaluate_task_section,

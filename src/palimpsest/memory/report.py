@@ -1,0 +1,93 @@
+"""Memory usage of a saved model, as results, a plot of slot usage and a report section."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from palimpsest.data import encode_blocks, load_corpus, load_tokenizer, split_corpus
+from palimpsest.errors import ModelError
+from palimpsest.memory.inject import CONFIG_FILE, load_memory, load_merged, memories
+from palimpsest.memory.usage import memory_usage, recording
+from palimpsest.models import load_pretrained
+from palimpsest.plotting import plot_curves
+from palimpsest.storage import write_json
+
+
+def load_with_memory(model_dir: str | Path, memory_dir: str | Path | None = None) -> Any:
+    """A model with its memories: merged folder, or base folder + memory adapter folder."""
+    model_dir = Path(model_dir)
+    if memory_dir is not None:
+        return load_memory(load_pretrained(str(model_dir)), memory_dir)
+    if (model_dir / CONFIG_FILE).is_file():
+        return load_merged(model_dir)
+    raise ModelError(f"'{model_dir}' holds no product-key memory (no {CONFIG_FILE}); pass --memory")
+
+
+@torch.no_grad()
+def slot_mass(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Per layer, the slots' shares of the weight mass, largest first (for the usage plot)."""
+    model.eval()
+    with recording(model) as layers:
+        mass = {name: torch.zeros(layer.size, dtype=torch.float64) for name, layer in layers.items()}
+        for batch in batches:
+            model(**batch)
+            for name, layer in layers.items():
+                selection = layer.last_selection
+                mass[name].index_add_(
+                    0, selection.indices.reshape(-1).cpu(), selection.weights.double().reshape(-1).cpu()
+                )
+    return {name: (m.sort(descending=True).values / m.sum()).tolist() for name, m in mass.items()}
+
+
+def memory_stats_of_saved(
+    model_dir: str | Path,
+    memory_dir: str | Path | None,
+    corpus_name: str,
+    *,
+    block_size: int = 128,
+    max_blocks: int = 128,
+    batch_size: int = 16,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Usage metrics of each memory of a saved model on a corpus's validation split."""
+    model = load_with_memory(model_dir, memory_dir)
+    tokenizer = load_tokenizer(model_dir)
+    validation = split_corpus(load_corpus(corpus_name), 0.05).validation
+    blocks = encode_blocks(validation, tokenizer, block_size)
+    rows = blocks.select(range(min(max_blocks, len(blocks))))["input_ids"]
+    batches = [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]
+    results: dict[str, Any] = {
+        "kind": "memory-stats",
+        "model": str(model_dir),
+        "corpus": corpus_name,
+        "tokens": len(rows) * block_size,
+        "slots": {name: layer.size for name, layer in memories(model).items()},
+        "layers": memory_usage(model, batches),
+    }
+    if out is not None:
+        out = Path(out)
+        curves = {name: _cumulative_curve(shares) for name, shares in slot_mass(model, batches).items()}
+        path = plot_curves(
+            curves, out / "plots" / "memory-usage.png", title="Slot usage: cumulative weight mass",
+            xlabel="% of slots (most used first)", ylabel="% of weight mass",
+        )  # fmt: skip
+        results["plots"] = [str(path)]
+        write_json(out / "results.json", results)
+        from palimpsest.report import write_report
+
+        write_report([results], out, title="palimpsest memory stats")
+    return results
+
+
+def _cumulative_curve(shares: list[float], points: int = 400) -> list[tuple[float, float]]:
+    """``(% of slots, % of mass)`` for the most-used slots first, thinned to ~``points`` points."""
+    curve, running = [], 0.0
+    for index, share in enumerate(shares, start=1):
+        running += share
+        curve.append((100 * index / len(shares), 100 * running))
+    step = max(1, len(curve) // points)
+    return curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])

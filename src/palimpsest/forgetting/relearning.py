@@ -209,8 +209,8 @@ def adapt_task(
     """Step 2: fine-tune body + a new classification head on the (English) task."""
     out = Path(out)
     model_path = Path(model_path)
-    tokenizer = load_tokenizer(model_path)
     model = load_pretrained(str(model_path), task="classification", num_labels=len(label_names))
+    tokenizer = load_tokenizer(model_path)
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
     find_token_embeddings(model).weight.requires_grad_(False)
@@ -280,8 +280,10 @@ def evaluate_classifier(model_path: str | Path, corpus: Corpus, *, max_length: i
 
 def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int = 128) -> dict[str, Any]:
     """Shared-topic accuracy of a topic classifier on a wiki corpus of any of the languages."""
-    model = load_pretrained(str(model_path), task="classification")
-    labels = {str(model.config.id2label[i]) for i in range(model.config.num_labels)}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_path))  # the labels only; no need to load weights twice
+    labels = {str(config.id2label[i]) for i in range(config.num_labels)}
     if labels != set(SHARED_TOPICS):
         raise DataError(f"the model at '{model_path}' predicts {sorted(labels)}, not the shared topics")
     return evaluate_classifier(model_path, shared_topic_corpus(corpus), max_length=max_length)

@@ -35,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from palimpsest.data.lm import mlm_mask
 from palimpsest.errors import ConfigError
+from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ Objective = Literal["mlm", "clm", "classification"]
 #: Parameters not claimed by any group go to the default decay / no-decay groups. A group
 #: with ``"constant_lr": True`` keeps its learning rate instead of following the schedule;
 #: one with ``"lr_lambda": f`` follows ``lr * f(updates_done)`` instead of the run's schedule.
+#: Parameters whose gradients may be sparse (memory values with ``sparse_updates``) need no
+#: flag: torch's AdamW is replaced by :class:`palimpsest.optim.LazyAdamW`, which handles both.
 ParamGroupsFn = Callable[[nn.Module], list[dict[str, Any]]]
 
 
@@ -138,10 +141,10 @@ class PalimpsestTrainer(Trainer):
         )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        if self._param_groups_fn is None or self.optimizer is not None:
-            return super().create_optimizer(model)
+        if self.optimizer is not None:
+            return self.optimizer
         target = self.model if model is None else model
-        extra = [dict(group) for group in self._param_groups_fn(target)]
+        extra = [dict(group) for group in self._param_groups_fn(target)] if self._param_groups_fn else []
         claimed = {id(p) for group in extra for p in group["params"]}
         decay_names = set(self.get_decay_parameter_names(target))
         rest = [(n, p) for n, p in target.named_parameters() if p.requires_grad and id(p) not in claimed]
@@ -153,8 +156,30 @@ class PalimpsestTrainer(Trainer):
         groups = [group for group in groups if group["params"]]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
         optimizer_kwargs.pop("params", None)
+        if optimizer_cls is torch.optim.AdamW:
+            optimizer_cls = LazyAdamW  # the same AdamW, plus lazy updates for sparse gradients
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _clip_grad_norm(self, model: nn.Module):
+        # torch's clip_grad_norm_ (through accelerate) fails on sparse gradients
+        if not has_sparse_gradients(model.parameters()):
+            return super()._clip_grad_norm(model)
+        self._refuse_scaled_sparse_gradients()
+        return clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None):
+        if grad_norm is None and has_sparse_gradients(model.parameters()):
+            self._refuse_scaled_sparse_gradients()
+            grad_norm = clip_grad_norm_(model.parameters(), float("inf"))
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _refuse_scaled_sparse_gradients(self) -> None:
+        if getattr(self.accelerator, "scaler", None) is not None:
+            raise ConfigError(
+                "sparse memory-value updates cannot be combined with fp16 loss scaling; "
+                "use bf16 or PKMConfig(sparse_updates=False)"
+            )
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)

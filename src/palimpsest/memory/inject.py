@@ -50,6 +50,9 @@ class PKMConfig:
     value_dropout: float = 0.0
     #: Start with all-zero values (a residual memory then leaves the model unchanged).
     zero_values: bool = False
+    #: Sparse value gradients over the rows read, for lazy optimizer updates (see
+    #: :class:`palimpsest.optim.LazyAdamW`); dense gradients work with any optimizer.
+    sparse_updates: bool = False
     #: Name of the FFN child inside a block, for families the structure rules do not know.
     ffn_module: str | None = None
 
@@ -148,7 +151,7 @@ def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
             dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
             query_norm=config.query_norm, input_dropout=config.input_dropout,
             query_dropout=config.query_dropout, value_dropout=config.value_dropout,
-            zero_values=config.zero_values,
+            zero_values=config.zero_values, sparse_updates=config.sparse_updates,
         ).to(device=reference.device, dtype=reference.dtype)  # fmt: skip
         memory.train(model.training)  # follow the model's mode (BatchNorm, dropout)
         replace = config.mode == "replace"

@@ -7,6 +7,12 @@ half-scores), so the exact top-k over ``n_keys**2`` keys is found among the ``k 
 pairs of the per-half top-k: any pair outside them is beaten by at least k pairs inside.
 The selected values are averaged with softmax weights (computed in fp32) and summed over
 heads, with an ``EmbeddingBag`` so only the k selected rows per head are read.
+
+Value gradients come in two forms. The default is the dense gradient ``EmbeddingBag``
+gives: a full ``n_keys**2 x value_dim`` tensor, mostly zeros, that any optimizer and any
+distributed wrapper understands. ``sparse_updates=True`` instead hands autograd a sparse
+(coalesced) gradient over the rows that were read, so that an optimizer that understands
+it (:class:`palimpsest.optim.LazyAdamW`) reads and writes only those rows.
 """
 
 from __future__ import annotations
@@ -33,6 +39,40 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return normed
 
 
+class _SparseValueRead(torch.autograd.Function):
+    """``embedding_bag(indices, values, weights)`` whose value gradient is sparse over the rows read.
+
+    The dense backward allocates a gradient as large as the whole table; here the rows read
+    are found once (``unique``) and the gradient is accumulated into a compact
+    ``(rows read, value_dim)`` block by the same ``embedding_bag`` kernel, then returned as
+    a coalesced sparse tensor. The weights' gradient is the standard one.
+    """
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(values, indices, weights)
+        return functional.embedding_bag(indices, values, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        values, indices, weights = ctx.saved_tensors
+        grad_values = grad_weights = None
+        with torch.enable_grad():
+            if ctx.needs_input_grad[2]:
+                leaf = weights.detach().requires_grad_()
+                read = functional.embedding_bag(indices, values.detach(), per_sample_weights=leaf, mode="sum")
+                (grad_weights,) = torch.autograd.grad(read, leaf, grad_output)
+            if ctx.needs_input_grad[0]:
+                rows, position = torch.unique(indices, return_inverse=True)
+                compact = values.new_zeros(rows.numel(), values.shape[1], requires_grad=True)
+                read = functional.embedding_bag(position, compact, per_sample_weights=weights.detach(), mode="sum")
+                (block,) = torch.autograd.grad(read, compact, grad_output)
+                grad_values = torch.sparse_coo_tensor(
+                    rows.unsqueeze(0), block, values.shape, is_coalesced=True, check_invariants=False
+                )
+        return grad_values, None, grad_weights
+
+
 @dataclass
 class Selection:
     """What one forward pass read: slot indices and weights, ``(tokens, heads, k)``."""
@@ -48,7 +88,10 @@ class ProductKeyMemory(nn.Module):
     262,144 slots). ``query_norm="layernorm"`` is the safe choice for causal models (no
     statistics across positions); ``"batchnorm"`` ignores padded positions when a mask
     is passed. ``zero_values=True`` starts with an all-zero memory, so adding it to a
-    pretrained model leaves that model's outputs unchanged at first.
+    pretrained model leaves that model's outputs unchanged at first. ``sparse_updates=True``
+    makes the value gradient sparse over the rows read (pair it with
+    :class:`palimpsest.optim.LazyAdamW`; a plain optimizer or gradient clipping may not accept
+    sparse gradients).
     """
 
     def __init__(
@@ -65,6 +108,7 @@ class ProductKeyMemory(nn.Module):
         query_dropout: float = 0.0,
         value_dropout: float = 0.0,
         zero_values: bool = False,
+        sparse_updates: bool = False,
     ):
         super().__init__()
         if k_dim % 2:
@@ -95,6 +139,7 @@ class ProductKeyMemory(nn.Module):
         else:
             nn.init.normal_(self.values.weight, mean=0.0, std=self.value_dim**-0.5)
         self.value_dropout = nn.Dropout(value_dropout)
+        self.sparse_updates = sparse_updates
         self.last_selection: Selection | None = None
         self.record_selection = False
 
@@ -127,11 +172,15 @@ class ProductKeyMemory(nn.Module):
         weights = functional.softmax(scores.float(), dim=-1).to(hidden.dtype)
         if self.record_selection:
             self.last_selection = Selection(indices.detach(), weights.detach())
-        output = self.values(
-            indices.reshape(flat.shape[0], -1), per_sample_weights=weights.reshape(flat.shape[0], -1)
-        )
+        bags = indices.reshape(flat.shape[0], -1)  # one bag of heads * k slots per token
+        bag_weights = weights.reshape(flat.shape[0], -1)
+        if self.sparse_updates and torch.is_grad_enabled() and self.values.weight.requires_grad:
+            output = _SparseValueRead.apply(self.values.weight, bags, bag_weights)
+        else:
+            output = self.values(bags, per_sample_weights=bag_weights)
         return self.value_dropout(output).view(*shape[:-1], self.value_dim)
 
     def extra_repr(self) -> str:
         slots = f"{self.size:,} ({self.n_keys}^2)"
-        return f"dim={self.dim}, slots={slots}, heads={self.heads}, k={self.k}, k_dim={self.k_dim}"
+        sparse = ", sparse_updates=True" if self.sparse_updates else ""
+        return f"dim={self.dim}, slots={slots}, heads={self.heads}, k={self.k}, k_dim={self.k_dim}{sparse}"

@@ -1,0 +1,112 @@
+"""Sparse memory-value updates: the sparse gradient, lazy AdamW, clipping, and the Trainer path."""
+
+import copy
+
+import pytest
+import torch
+
+from palimpsest.memory import PKMConfig, ProductKeyMemory, add_product_key_memory, memory_param_groups
+from palimpsest.models import build_model
+from palimpsest.optim import LazyAdamW, clip_grad_norm_
+
+
+def _pair(**kwargs):
+    torch.manual_seed(0)
+    dense = ProductKeyMemory(16, n_keys=12, heads=2, k=4, k_dim=8, **kwargs)
+    sparse = copy.deepcopy(dense)
+    sparse.sparse_updates = True
+    return dense, sparse
+
+
+def test_sparse_gradient_equals_the_dense_one_on_the_rows_read():
+    dense, sparse = _pair()
+    hidden = torch.randn(3, 5, 16)
+    target = torch.randn(3, 5, 16)
+    for memory in (dense, sparse):
+        ((memory(hidden) - target) ** 2).sum().backward()
+    grad = sparse.values.weight.grad
+    assert grad.is_sparse
+    assert torch.allclose(grad.to_dense(), dense.values.weight.grad, atol=1e-6)
+    rows = grad.coalesce().indices()[0]
+    assert rows.numel() < sparse.size  # only rows that were read are present
+    for name in ("query.weight", "keys"):
+        a = dict(dense.named_parameters())[name].grad
+        b = dict(sparse.named_parameters())[name].grad
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_sparse_and_dense_paths_agree_on_the_first_step():
+    dense, sparse = _pair()
+    hidden = torch.randn(4, 6, 16)
+    optimizers = [
+        LazyAdamW(memory.parameters(), lr=1e-2, weight_decay=0.0) for memory in (dense, sparse)
+    ]
+    for memory, optimizer in zip((dense, sparse), optimizers, strict=True):
+        memory(hidden).pow(2).sum().backward()
+        optimizer.step()
+    for (name, a), (_, b) in zip(dense.named_parameters(), sparse.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_lazy_adamw_is_adamw_for_dense_gradients():
+    torch.manual_seed(1)
+    a = torch.nn.Linear(6, 3)
+    b = copy.deepcopy(a)
+    lazy = LazyAdamW(a.parameters(), lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        x = torch.randn(5, 6)
+        for model, optimizer in ((a, lazy), (b, plain)):
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_lazy_update_leaves_unread_rows_and_their_state_alone():
+    _, sparse = _pair()
+    optimizer = LazyAdamW(sparse.parameters(), lr=1e-2)
+    sparse.record_selection = True
+    for step in range(2):
+        before = sparse.values.weight.detach().clone()
+        optimizer.zero_grad()
+        sparse(torch.randn(1, 2, 16)).sum().backward()
+        read = set(sparse.last_selection.indices.flatten().tolist())
+        optimizer.step()
+        changed = (sparse.values.weight != before).any(dim=1).nonzero().flatten().tolist()
+        assert set(changed) <= read and changed, step
+        moment = optimizer.state[sparse.values.weight]["exp_avg"]
+        assert set(moment.abs().sum(1).nonzero().flatten().tolist()) >= set(changed)
+
+
+def test_clipping_counts_sparse_gradients():
+    dense, sparse = _pair()
+    hidden = torch.randn(2, 3, 16)
+    for memory in (dense, sparse):
+        memory(hidden).pow(2).sum().backward()
+    expected = torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.01)  # torch's, dense gradients
+    assert torch.allclose(clip_grad_norm_(sparse.parameters(), 0.01), expected, atol=1e-4)
+    clipped = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in sparse.parameters()]
+    assert float(torch.nn.utils.get_total_norm(clipped)) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_trainer_trains_with_sparse_value_updates(tokenizer, tmp_path):
+    from datasets import Dataset
+
+    from palimpsest.training import TrainingConfig, train
+
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    add_product_key_memory(
+        model, PKMConfig(layers=[1], n_keys=8, heads=2, k=4, k_dim=16, sparse_updates=True)
+    )
+    before = next(iter(model.transformer.h[1].mlp.memory.values.parameters())).detach().clone()
+    ids = torch.randint(5, len(tokenizer), (32, 16), generator=torch.Generator().manual_seed(0))
+    blocks = Dataset.from_dict({"input_ids": ids.tolist()})
+    result = train(
+        model, tokenizer, blocks, TrainingConfig(steps=3, batch_size=4, save_every=100, log_every=1),
+        tmp_path, objective="clm", param_groups=lambda m: memory_param_groups(m, lr=1e-2),
+    )  # fmt: skip
+    assert result.steps == 3
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in result.curve("grad_norm"))
+    after = model.transformer.h[1].mlp.memory.values.weight
+    assert not torch.equal(before, after)

@@ -38,9 +38,7 @@ def test_sparse_gradient_equals_the_dense_one_on_the_rows_read():
 def test_sparse_and_dense_paths_agree_on_the_first_step():
     dense, sparse = _pair()
     hidden = torch.randn(4, 6, 16)
-    optimizers = [
-        LazyAdamW(memory.parameters(), lr=1e-2, weight_decay=0.0) for memory in (dense, sparse)
-    ]
+    optimizers = [LazyAdamW(memory.parameters(), lr=1e-2, weight_decay=0.0) for memory in (dense, sparse)]
     for memory, optimizer in zip((dense, sparse), optimizers, strict=True):
         memory(hidden).pow(2).sum().backward()
         optimizer.step()

@@ -97,7 +97,9 @@ def has_sparse_gradients(parameters: Iterable[torch.Tensor]) -> bool:
 
 
 @torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+def clip_grad_norm_(
+    parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0
+) -> torch.Tensor:
     """Clip the gradients' total norm to ``max_norm``, counting sparse gradients too.
 
     Sparse gradients are coalesced first (accumulated sparse gradients repeat rows, whose

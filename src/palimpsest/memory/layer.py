@@ -65,7 +65,9 @@ class _SparseValueRead(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 rows, position = torch.unique(indices, return_inverse=True)
                 compact = values.new_zeros(rows.numel(), values.shape[1], requires_grad=True)
-                read = functional.embedding_bag(position, compact, per_sample_weights=weights.detach(), mode="sum")
+                read = functional.embedding_bag(
+                    position, compact, per_sample_weights=weights.detach(), mode="sum"
+                )
                 (block,) = torch.autograd.grad(read, compact, grad_output)
                 grad_values = torch.sparse_coo_tensor(
                     rows.unsqueeze(0), block, values.shape, is_coalesced=True, check_invariants=False

@@ -18,6 +18,7 @@ Torch's dense AdamW rejects sparse gradients, and its ``SparseAdam`` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -65,7 +66,7 @@ class LazyAdamW(torch.optim.AdamW):
     def _lazy_update(self, parameter: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         if group["amsgrad"]:
             raise ValueError("LazyAdamW does not support amsgrad for sparse gradients")
-        grad = grad.coalesce()
+        grad = coalesced(grad)
         rows, values = grad.indices()[0], grad.values()
         if group["maximize"]:
             values = -values
@@ -77,19 +78,44 @@ class LazyAdamW(torch.optim.AdamW):
         state["step"] += 1
         step = float(state["step"])
         beta1, beta2 = group["betas"]
-        lr = float(group["lr"])
-        if group["weight_decay"]:
-            decayed = parameter.index_select(0, rows).mul_(1 - lr * group["weight_decay"])
-            parameter.index_copy_(0, rows, decayed)
-        exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
-        exp_avg_sq.addcmul_(values, values, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        denominator = exp_avg_sq.div_(bias_correction2).sqrt_().add_(group["eps"])
-        parameter.index_add_(0, rows, exp_avg.div_(denominator), alpha=-lr / bias_correction1)
+        lr, decay, eps = float(group["lr"]), group["weight_decay"], group["eps"]
+        step_size = lr / (1 - beta1**step)
+        root_correction = math.sqrt(1 - beta2**step)
+        # In chunks of rows: the gathered temporaries stay small enough for the allocator to
+        # reuse, instead of fresh allocations of the whole read set on every step.
+        for start in range(0, rows.numel(), self.rows_per_chunk):
+            chunk = rows[start : start + self.rows_per_chunk]
+            grad_rows = values[start : start + self.rows_per_chunk]
+            weight = parameter.index_select(0, chunk)
+            if decay:
+                weight.mul_(1 - lr * decay)
+            exp_avg = state["exp_avg"].index_select(0, chunk).lerp_(grad_rows, 1 - beta1)
+            exp_avg_sq = state["exp_avg_sq"].index_select(0, chunk).mul_(beta2)
+            exp_avg_sq.addcmul_(grad_rows, grad_rows, value=1 - beta2)
+            state["exp_avg"].index_copy_(0, chunk, exp_avg)
+            state["exp_avg_sq"].index_copy_(0, chunk, exp_avg_sq)
+            denominator = exp_avg_sq.sqrt_().div_(root_correction).add_(eps)
+            weight.addcdiv_(exp_avg, denominator, value=-step_size)
+            parameter.index_copy_(0, chunk, weight)
+
+    #: Rows updated together by the lazy step (a chunk of a 256-wide fp32 table is 8 MiB).
+    rows_per_chunk = 8192
+
+
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """``grad.coalesce()``, without the sort when its rows are already sorted and unique.
+
+    Autograd drops the "coalesced" flag when it stores a sparse gradient, and a real
+    coalesce sorts every row again; a check of the row order is far cheaper.
+    """
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if grad._indices().shape[0] == 1 and bool((rows[1:] > rows[:-1]).all()):
+        return torch.sparse_coo_tensor(
+            grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+        )
+    return grad.coalesce()
 
 
 def has_sparse_gradients(parameters: Iterable[torch.Tensor]) -> bool:
@@ -108,7 +134,7 @@ def clip_grad_norm_(
     parameters = [p for p in parameters if p.grad is not None]
     for parameter in parameters:
         if parameter.grad.is_sparse and not parameter.grad.is_coalesced():
-            parameter.grad = parameter.grad.coalesce()
+            parameter.grad = coalesced(parameter.grad)
     pieces = [p.grad._values() if p.grad.is_sparse else p.grad for p in parameters]
     if not pieces:
         return torch.tensor(0.0)

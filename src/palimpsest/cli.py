@@ -446,6 +446,28 @@ def experiment_plasticity(
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
 
+@experiment_app.command("memory")
+@user_errors
+def experiment_memory(
+    scale: Annotated[
+        str, typer.Option(help="smoke, demo, cpu (about an hour on 2 cores) or full (GPUs).")
+    ] = "demo",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/memory"),
+    verbose: VerboseOption = False,
+) -> None:
+    """No memory vs replace/residual memory, from scratch or from a model pretrained without it."""
+    _setup_logging(verbose)
+    from palimpsest.experiments.memory import run_memory_study
+    from palimpsest.progress import make_progress
+    from palimpsest.report import write_report
+
+    with make_progress(console) as progress:
+        results = run_memory_study(out, scale, callbacks_for=_progress_callbacks(progress))
+    write_report([results], out, title="palimpsest: memory study")
+    console.print(results["summary"]["verdict"], highlight=False)
+    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+
+
 @app.command()
 @user_errors
 def demo(
@@ -468,6 +490,8 @@ def demo(
             _print_pretrain(result)
         elif result["kind"] == "plasticity":
             console.print(f"[bold]forget[/]: {result['summary']['verdict']}", highlight=False)
+        elif result["kind"] == "memory-study":
+            console.print(f"[bold]grow[/]: {result['summary']['verdict']}", highlight=False)
     console.print(
         f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
     )

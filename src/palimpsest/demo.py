@@ -5,7 +5,8 @@ Scales size the same pipeline for a purpose: ``smoke`` runs in seconds (tests),
 
 * pretraining: a tiny causal LM (GPT-2) here, and the two tiny masked LMs (RoBERTa,
   standard and with active forgetting) that the plasticity study pretrains;
-* forget: the plasticity study (:mod:`palimpsest.experiments.plasticity`).
+* forget: the plasticity study (:mod:`palimpsest.experiments.plasticity`);
+* grow: the memory study (:mod:`palimpsest.experiments.memory`).
 
 Each run writes its own results as soon as it finishes; a re-run with the same ``--out``
 reuses finished runs and resumes an interrupted one from its last checkpoint.
@@ -25,6 +26,7 @@ from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.memory import run_memory_study
 from palimpsest.experiments.plasticity import run_plasticity
 from palimpsest.pretraining import PretrainConfig, run_pretrain
 from palimpsest.report import write_report
@@ -138,7 +140,11 @@ def run_demo(
         for variant in ("standard", "forgetting")
     ]
 
-    results: list[dict[str, Any]] = [*masked, causal, plasticity]
+    mark = time.perf_counter()
+    memory = run_memory_study(out / "memory", scale, callbacks_for=callbacks_for)
+    timings["grow: memory study"] = time.perf_counter() - mark
+
+    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory]
     summary = {
         "kind": "demo",
         "scale": scale,

@@ -288,7 +288,128 @@ def memory_stats_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Sec
     return section
 
 
+def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[list, list, list]:
+    """Mean curve and its ±std band over seeds (curves share their x values)."""
+    xs = [point[0] for point in curves[0]]
+    columns = list(zip(*[[point[1] for point in curve] for curve in curves], strict=False))
+    means = [statistics.fmean(column) for column in columns]
+    stds = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in columns]
+    xs = xs[: len(means)]
+    return (
+        list(zip(xs, means, strict=True)),
+        [(x, m - d) for x, m, d in zip(xs, means, stds, strict=True)],
+        [(x, m + d) for x, m, d in zip(xs, means, stds, strict=True)],
+    )
+
+
+def memory_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Grow: product-key memory from scratch or from a pretrained model (Kim & Jung 2020)")
+    for study in studies:
+        settings, data, summary = study["settings"], study["data"], study["summary"]
+        section.blocks.append(
+            f"Scale '{study['scale']}': a {settings['size']} {settings['family']} trained "
+            f"{settings['steps']} updates (batch {settings['batch_size']} x {settings['block_size']} tokens) "
+            f"on {settings['corpus']} mixed with {data['cities']:,} city facts ({data['statements']:,} "
+            f"statements, {data['fact_tokens']:,} of {data['train_tokens']:,} training tokens). The memory "
+            f"({settings['n_keys'] ** 2:,} slots, {settings['heads']} heads, k={settings['k']}) sits in "
+            f"block {settings['layer']}, instead of its FFN (replace) or beside it (residual); '-pretrained' "
+            f"arms start from the no-memory run at update "
+            f"{round(settings['steps'] * settings['pretrained_fraction'])} and train the remaining updates, "
+            "so every arm makes the same number of updates. Validation loss is on held-out wiki text; "
+            "recall is the exact match of the country for every city (all its tokens, greedy). Usage is "
+            f"measured on validation text; 'outdated' is the share of slots not selected in the last "
+            f"{settings['usage_window']} updates at the end of training. Mean ± std over "
+            f"{len(settings['seeds'])} seed(s)."
+        )
+        arms = summary["arms"]
+        rows = []
+        for arm, row in arms.items():
+            usage = "kl_weights" in row
+            rows.append(
+                [
+                    arm,
+                    row["parameters"][0],
+                    _pm(row["validation_loss"]),
+                    _pm(row["recall"], 100, 1),
+                    _pm(row["kl_weights"]) if usage else "–",
+                    _pm(row["slots_90"], 100, 1) if usage else "–",
+                    _pm(row["gini"]) if usage else "–",
+                    _pm(row["outdated"], 100, 1) if usage else "–",
+                    row["train_seconds"][0],
+                ]
+            )
+        section.blocks.append(
+            Table(
+                [
+                    "arm",
+                    "parameters",
+                    "val. loss",
+                    "recall %",
+                    "KL from uniform (weights)",
+                    "% slots for 90% of weight",
+                    "Gini",
+                    "% outdated",
+                    "train s",
+                ],
+                rows,
+            )
+        )
+        section.blocks.append(summary["verdict"])
+        by_arm: dict[str, list[dict[str, Any]]] = {}
+        for unit in study["units"]:
+            by_arm.setdefault(unit["arm"], []).append(unit)
+        curves, bands = {}, {}
+        for arm, units in by_arm.items():
+            curves[arm], low, high = _mean_curve([u["eval_curve"] for u in units])
+            bands[arm] = (low, high)
+        path = plot_curves(
+            curves,
+            plots_dir / "memory-study-validation.png",
+            title="Validation loss on wiki text (mean ± std over seeds)",
+            ylabel="cross-entropy (nats/token)",
+            bands=bands,
+        )
+        section.blocks.append(Figure(path, "Validation loss vs update, per arm"))
+        groups = {arm: {"recall": tuple(arms[arm]["recall"])} for arm in arms}
+        path = plot_bars(
+            groups,
+            plots_dir / "memory-study-recall.png",
+            title="City -> country recall",
+            ylabel="exact match",
+        )
+        section.blocks.append(Figure(path, "Fact recall per arm (mean ± std over seeds)"))
+        memory_arms = [arm for arm, units in by_arm.items() if "slot_mass_curve" in units[0]]
+        if memory_arms:
+            path = plot_curves(
+                {arm: by_arm[arm][0]["slot_mass_curve"] for arm in memory_arms},
+                plots_dir / "memory-study-slot-usage.png",
+                title="Slot usage: cumulative weight mass (first seed)",
+                xlabel="% of slots (most used first)",
+                ylabel="% of weight mass",
+            )
+            section.blocks.append(
+                Figure(path, "How evenly each memory is read: the closer to the diagonal, the more even")
+            )
+            outdated = {
+                arm: _mean_curve([u["outdated_curve"] for u in by_arm[arm]])[0]
+                for arm in memory_arms
+                if by_arm[arm][0]["outdated_curve"]
+            }
+            if outdated:
+                path = plot_curves(
+                    outdated,
+                    plots_dir / "memory-study-outdated.png",
+                    title=f"Outdated slots (not selected in the last {settings['usage_window']} updates)",
+                    ylabel="share of slots",
+                )
+                section.blocks.append(
+                    Figure(path, "Share of outdated slots during training (mean over seeds)")
+                )
+    return section
+
+
 SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "memory-study": memory_study_section,
     "memory-stats": memory_stats_section,
     "pretrain": pretrain_section,
     "evaluate": evaluate_section,

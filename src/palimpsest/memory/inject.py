@@ -19,6 +19,7 @@ or a child the user names with ``PKMConfig(ffn_module=...)``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +66,10 @@ class _MaskContext:
 
 
 class MemoryFFN(nn.Module):
-    """A decoder-style FFN (``hidden -> hidden``) with a memory beside it or in its place."""
+    """A decoder-style FFN (``hidden -> hidden``) with a memory beside it or in its place.
+
+    ``memory`` is any module called as ``memory(hidden, attention_mask)``.
+    """
 
     def __init__(self, ffn: nn.Module | None, memory: ProductKeyMemory, context: _MaskContext):
         super().__init__()
@@ -130,43 +134,44 @@ def _hidden_size(model: nn.Module) -> int:
     return int(size)
 
 
-def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
-    """Insert one memory per ``config.layers`` block, in place; returns the model.
+def attach_to_ffn(
+    model: nn.Module,
+    layers: list[int],
+    make: Callable[[int], nn.Module],
+    *,
+    mode: Literal["residual", "replace"],
+    ffn_module: str | None = None,
+) -> None:
+    """Put ``make(dim)`` beside (``"residual"``) or in place of (``"replace"``) each listed FFN.
 
-    The model's config records the memory settings (``palimpsest_memory``), and
-    :func:`save_memory` / :func:`load_memory` move the added weights alone.
+    The module is called as ``module(hidden, attention_mask)`` on the FFN's input and
+    returns a tensor of the same shape. The product-key memory is one such module; the
+    memory study also attaches dense FFNs and an empty one as capacity controls.
     """
-    if getattr(model, "_palimpsest_memory", None) is not None:
-        raise ModelError("this model already has product-key memory")
     prefix, blocks = transformer_blocks(model)
-    bad = [index for index in config.layers if not -len(blocks) <= index < len(blocks)]
-    if bad or not config.layers:
-        raise ModelError(f"memory layers {config.layers or '[]'} are not all in 0..{len(blocks) - 1}")
+    bad = [index for index in layers if not -len(blocks) <= index < len(blocks)]
+    if bad or not layers:
+        raise ModelError(f"memory layers {layers or '[]'} are not all in 0..{len(blocks) - 1}")
     dim = _hidden_size(model)
     context = _MaskContext()
     reference = next(model.parameters())
-    for index in config.layers:
+    replace = mode == "replace"
+    for index in layers:
         block = blocks[index]
-        memory = ProductKeyMemory(
-            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
-            query_norm=config.query_norm, input_dropout=config.input_dropout,
-            query_dropout=config.query_dropout, value_dropout=config.value_dropout,
-            zero_values=config.zero_values, sparse_updates=config.sparse_updates,
-        ).to(device=reference.device, dtype=reference.dtype)  # fmt: skip
-        memory.train(model.training)  # follow the model's mode (BatchNorm, dropout)
-        replace = config.mode == "replace"
-        name = config.ffn_module or ("mlp" if isinstance(getattr(block, "mlp", None), nn.Module) else None)
+        module = make(dim).to(device=reference.device, dtype=reference.dtype)
+        module.train(model.training)  # follow the model's mode (BatchNorm, dropout)
+        name = ffn_module or ("mlp" if isinstance(getattr(block, "mlp", None), nn.Module) else None)
         if name is not None:
             ffn = getattr(block, name, None)
             if not isinstance(ffn, nn.Module):
                 children = ", ".join(n for n, _ in block.named_children())
                 raise ModelError(f"block {index} has no module '{name}' (children: {children})")
-            setattr(block, name, MemoryFFN(None if replace else ffn, memory, context))
+            setattr(block, name, MemoryFFN(None if replace else ffn, module, context))
         elif all(
             hasattr(getattr(block, part, None), attr)
             for part, attr in (("intermediate", "dense"), ("output", "LayerNorm"))
         ):
-            block.output = MemoryBertOutput(block.output, memory, context, replace)
+            block.output = MemoryBertOutput(block.output, module, context, replace)
             if replace:
                 block.intermediate = _PassThrough()
         else:
@@ -180,6 +185,26 @@ def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
         context.mask = kwargs.get("attention_mask")
 
     model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+
+
+def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
+    """Insert one memory per ``config.layers`` block, in place; returns the model.
+
+    The model's config records the memory settings (``palimpsest_memory``), and
+    :func:`save_memory` / :func:`load_memory` move the added weights alone.
+    """
+    if getattr(model, "_palimpsest_memory", None) is not None:
+        raise ModelError("this model already has product-key memory")
+
+    def make(dim: int) -> ProductKeyMemory:
+        return ProductKeyMemory(
+            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
+            query_norm=config.query_norm, input_dropout=config.input_dropout,
+            query_dropout=config.query_dropout, value_dropout=config.value_dropout,
+            zero_values=config.zero_values, sparse_updates=config.sparse_updates,
+        )  # fmt: skip
+
+    attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
     model._palimpsest_memory = config  # type: ignore[attr-defined]
     model.config.palimpsest_memory = asdict(config)
     return model

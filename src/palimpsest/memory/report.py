@@ -70,7 +70,7 @@ def memory_stats_of_saved(
     }
     if out is not None:
         out = Path(out)
-        curves = {name: _cumulative_curve(shares) for name, shares in slot_mass(model, batches).items()}
+        curves = {name: cumulative_curve(shares) for name, shares in slot_mass(model, batches).items()}
         path = plot_curves(
             curves, out / "plots" / "memory-usage.png", title="Slot usage: cumulative weight mass",
             xlabel="% of slots (most used first)", ylabel="% of weight mass",
@@ -83,7 +83,7 @@ def memory_stats_of_saved(
     return results
 
 
-def _cumulative_curve(shares: list[float], points: int = 400) -> list[tuple[float, float]]:
+def cumulative_curve(shares: list[float], points: int = 400) -> list[tuple[float, float]]:
     """``(% of slots, % of mass)`` for the most-used slots first, thinned to ~``points`` points."""
     curve, running = [], 0.0
     for index, share in enumerate(shares, start=1):

@@ -1,0 +1,134 @@
+"""Does a model know a fact? Exact match and answer log-probability, for masked and causal LMs.
+
+One definition for every study (the memory study's recall, the editor's metrics):
+
+* the *answer* is the object's tokens, as they are tokenized inside the full statement
+  (with its leading space) — the final punctuation is not part of it;
+* a causal LM is given the end-of-document token and the prompt (the template cut
+  before the object) and scored teacher-forced on the answer: the fact is *recalled*
+  when the argmax at every answer position is the answer token (exactly what greedy
+  decoding would produce, computed in one batched pass);
+* a masked LM is given the whole statement with every answer token masked: recalled
+  when the argmax at every masked position is the answer token;
+* ``logprob`` is the sum of the answer tokens' log-probabilities under the same inputs
+  (teacher-forced for causal LMs, one joint masking for masked LMs), used to compare
+  two candidate objects of one prompt.
+
+A fact whose prompt tokenizes differently alone than inside its statement cannot be
+probed this way; it is reported as ``unprobeable`` and left out, never silently scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from palimpsest.data.facts import Fact
+from palimpsest.models import objective_of
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Token ids of one probe: ``input_ids`` with the answer at ``answer_positions``."""
+
+    input_ids: list[int]
+    answer_positions: list[int]
+    answer_ids: list[int]
+
+
+def build_probe(
+    tokenizer: PreTrainedTokenizerBase, fact: Fact, *, template: int = 0, object_: str | None = None,
+    causal: bool,
+) -> Probe | None:  # fmt: skip
+    """The probe of ``fact`` (with ``object_`` as the answer, if given); ``None`` if unprobeable."""
+    answer_text = fact.object if object_ is None else object_
+    before, after = fact.relation.parts(fact.subject, template)
+    prompt = before.rstrip()
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt_ids = encode(prompt)
+    with_answer = encode(before + answer_text)
+    if with_answer[: len(prompt_ids)] != prompt_ids or len(with_answer) == len(prompt_ids):
+        return None
+    answer_ids = with_answer[len(prompt_ids) :]
+    if causal:
+        start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+        prefix = [start] if start is not None else []
+        ids = prefix + with_answer
+        first = len(prefix) + len(prompt_ids)
+        return Probe(ids, list(range(first, first + len(answer_ids))), answer_ids)
+    full = encode(before + answer_text + after)
+    if full[: len(with_answer)] != with_answer or tokenizer.mask_token_id is None:
+        return None
+    masked = list(full)
+    for position in range(len(prompt_ids), len(with_answer)):
+        masked[position] = tokenizer.mask_token_id
+    # the framing of a training block and of BERT's inputs: [CLS]/<s> ... [SEP]/</s>
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    prefix = [first] if first is not None else []
+    wrapped = prefix + masked + ([last] if last is not None else [])
+    positions = [len(prefix) + p for p in range(len(prompt_ids), len(with_answer))]
+    return Probe(wrapped, positions, answer_ids)
+
+
+@dataclass
+class RecallResult:
+    """Per probed fact: recalled or not, and the answer's log-probability."""
+
+    recalled: list[bool]
+    logprob: list[float]
+    unprobeable: int
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.recalled) / len(self.recalled) if self.recalled else float("nan")
+
+
+@torch.no_grad()
+def score_probes(model: PreTrainedModel, probes: Sequence[Probe], *, pad_id: int = 0, batch_size: int = 64):
+    """``(recalled, logprob)`` of each probe, in batches (right padding, attention mask)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    causal = objective_of(model.config) == "clm"
+    recalled: list[bool] = []
+    logprobs: list[float] = []
+    for start in range(0, len(probes), batch_size):
+        batch = probes[start : start + batch_size]
+        width = max(len(p.input_ids) for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, probe in enumerate(batch):
+            ids[row, : len(probe.input_ids)] = torch.tensor(probe.input_ids)
+            mask[row, : len(probe.input_ids)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        log_probs = logits.log_softmax(-1)
+        for row, probe in enumerate(batch):
+            # a causal LM predicts token i from position i - 1
+            positions = torch.tensor(probe.answer_positions) - (1 if causal else 0)
+            answer = torch.tensor(probe.answer_ids)
+            rows = log_probs[row, positions.to(device)].cpu()
+            recalled.append(bool((rows.argmax(-1) == answer).all()))
+            logprobs.append(float(rows.gather(-1, answer.unsqueeze(-1)).sum()))
+    model.train(was_training)
+    return recalled, logprobs
+
+
+def fact_recall(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Fact],
+    *,
+    template: int = 0,
+    batch_size: int = 64,
+) -> RecallResult:
+    """Exact-match recall of ``facts`` through template ``template`` (see the module docstring)."""
+    causal = objective_of(model.config) == "clm"
+    probes = [build_probe(tokenizer, fact, template=template, causal=causal) for fact in facts]
+    usable = [probe for probe in probes if probe is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    recalled, logprob = score_probes(model, usable, pad_id=pad, batch_size=batch_size)
+    return RecallResult(recalled, logprob, unprobeable=len(probes) - len(usable))

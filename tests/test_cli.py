@@ -202,3 +202,41 @@ def test_memory_add_and_stats(tmp_path):
     assert adapter.returncode == 0 and (tmp_path / "a" / "memory.safetensors").is_file()
     line = one_error_line(palimpsest("memory", "stats", "--model", str(tmp_path / "pre" / "model")))
     assert "no product-key memory" in line
+
+
+def test_memory_study_from_the_command_line(tmp_path):
+    done = palimpsest("experiment", "memory", "--scale", "smoke", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "Kim & Jung" in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["kind"] == "memory-study" and results["summary"]["arms"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Grow: product-key memory" in report and "memory-study-recall.png" in report
+    line = one_error_line(palimpsest("experiment", "memory", "--scale", "huge", "--out", str(tmp_path)))
+    assert "huge" in line
+
+
+def test_pretrain_with_memory_then_stats(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    out = tmp_path / "pre"
+    done = palimpsest(
+        "pretrain",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--memory-layer",
+        "1",
+        "--memory-keys",
+        "16",
+        *SMOKE,
+    )
+    assert done.returncode == 0, done.stderr
+    done = palimpsest(
+        "memory", "stats", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "4"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kl_counts" in done.stdout

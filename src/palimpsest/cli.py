@@ -117,6 +117,12 @@ def pretrain(
     episode_schedule: Annotated[
         bool, typer.Option(help="With --forget-every: the embeddings' own per-episode LR schedule.")
     ] = True,
+    memory_layers: Annotated[
+        list[int] | None,
+        typer.Option("--memory-layer", help="Product-key memory in this block (repeatable)."),
+    ] = None,
+    memory_mode: Annotated[str, typer.Option(help="With --memory-layer: residual or replace.")] = "residual",
+    memory_keys: Annotated[int, typer.Option(help="With --memory-layer: sub-keys per half.")] = 128,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
@@ -154,9 +160,38 @@ def pretrain(
         )
         callbacks.append(forgetting)
         param_groups = forgetting.param_groups
+    model_hook = None
+    if memory_layers:
+        from palimpsest.config import from_dict
+        from palimpsest.memory import (
+            MemoryUsageCallback,
+            PKMConfig,
+            add_product_key_memory,
+            memory_param_groups,
+        )
+
+        memory = from_dict(PKMConfig, {"layers": memory_layers, "mode": memory_mode, "n_keys": memory_keys})
+        model_hook = lambda model: add_product_key_memory(model, memory)  # noqa: E731
+        other_groups = param_groups
+        param_groups = lambda model: [  # noqa: E731
+            *(other_groups(model) if other_groups else []),
+            *memory_param_groups(model),
+        ]
+        callbacks.append(MemoryUsageCallback())
     with make_progress(console) as progress:
         callbacks.append(RichProgressCallback(progress, "pretrain"))
-        results = run_pretrain(settings, out, callbacks=callbacks, param_groups=param_groups, resume=resume)
+        results = run_pretrain(
+            settings,
+            out,
+            callbacks=callbacks,
+            param_groups=param_groups,
+            resume=resume,
+            model_hook=model_hook,
+        )
+    if memory_layers:
+        from palimpsest.memory.inject import write_memory_config
+
+        write_memory_config(memory, results["model"]["family"], out / "model")
     write_report([results], out, title=f"palimpsest pretrain: {results['name']}")
     _print_pretrain(results)
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model")
@@ -359,6 +394,9 @@ def memory_add(
     k_dim: Annotated[int, typer.Option(help="Query/key width.")] = 256,
     query_norm: Annotated[str, typer.Option(help="layernorm, batchnorm or none.")] = "layernorm",
     zero_values: Annotated[bool, typer.Option(help="Start from all-zero values (model unchanged).")] = False,
+    sparse_updates: Annotated[
+        bool, typer.Option(help="Sparse value gradients: later training updates only the rows read.")
+    ] = False,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
@@ -372,7 +410,7 @@ def memory_add(
     settings = from_dict(
         PKMConfig,
         {"layers": layers, "mode": mode, "n_keys": n_keys, "heads": heads, "k": k, "k_dim": k_dim,
-         "query_norm": query_norm, "zero_values": zero_values},
+         "query_norm": query_norm, "zero_values": zero_values, "sparse_updates": sparse_updates},
     )  # fmt: skip
     network = load_pretrained(model)
     before = count_parameters(network)

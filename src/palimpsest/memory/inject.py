@@ -230,8 +230,7 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
     save_file(tensors, str(path / WEIGHTS_FILE))
-    document = {"memory": asdict(config), "base_model_type": model.config.model_type}
-    (path / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
+    write_memory_config(config, model.config.model_type, path)
     return path
 
 
@@ -263,10 +262,16 @@ def save_merged(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
     model.save_pretrained(str(path))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
-    config = model._palimpsest_memory  # type: ignore[attr-defined]
-    document = {"memory": asdict(config), "base_model_type": model.config.model_type}
-    (path / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
+    write_memory_config(model._palimpsest_memory, model.config.model_type, path)  # type: ignore[attr-defined]
     return path
+
+
+def write_memory_config(config: PKMConfig, base_model_type: str, path: str | Path) -> None:
+    """``memory_config.json`` beside a saved model: :func:`load_merged` reads it back."""
+    from palimpsest.storage import write_text
+
+    document = {"memory": asdict(config), "base_model_type": base_model_type}
+    write_text(Path(path) / CONFIG_FILE, json.dumps(document, indent=2))
 
 
 def load_merged(path: str | Path) -> nn.Module:

@@ -1,0 +1,60 @@
+"""The memory study: arms, continuation from the no-memory run, resume, verdict logic."""
+
+import json
+
+import pytest
+
+from palimpsest.errors import ConfigError
+from palimpsest.experiments.memory import SCALES, _compare, run_memory_study, summarise
+
+
+def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
+    results = run_memory_study(tmp_path, "smoke")
+    settings = SCALES["smoke"]
+    units = {u["arm"]: u for u in results["units"]}
+    assert set(units) == set(settings.arms)
+    start = settings.pretrained_step()
+    for arm in ("no-memory-continued", "replace-pretrained", "residual-pretrained"):
+        assert units[arm]["start_step"] == start and units[arm]["steps"] == settings.steps - start
+        assert units[arm]["eval_curve"][0][0] > start
+    base = units["no-memory"]["parameters"]
+    assert units["no-ffn"]["parameters"] < base < units["wide-ffn"]["parameters"]
+    assert units["residual-scratch"]["added_parameters"] > 0
+    assert units["residual-pretrained"]["parameters"] == units["residual-scratch"]["parameters"]
+    for arm in ("replace-scratch", "residual-pretrained"):
+        assert 0 <= units[arm]["usage"]["kl_weights"] and 0 < units[arm]["usage"]["slots_90"] <= 1
+        assert units[arm]["outdated_curve"]
+    assert "no-memory" not in {u["arm"] for u in results["units"] if "usage" in u}
+    assert results["summary"]["verdict"]
+    assert not (tmp_path / "no-memory-s0" / "trainer").exists()  # checkpoints removed at the end
+    again = run_memory_study(tmp_path, "smoke")  # every unit is reused
+    assert json.loads(json.dumps(again["units"])) == json.loads(json.dumps(results["units"]))
+
+
+def test_continuations_need_the_no_memory_arm(tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="no-memory"):
+        run_memory_study(tmp_path, replace(SCALES["smoke"], arms=("residual-pretrained",)))
+    with pytest.raises(ConfigError, match="unknown arm"):
+        run_memory_study(tmp_path, replace(SCALES["smoke"], arms=("no-memory", "telepathy")))
+    with pytest.raises(ConfigError, match="unknown scale"):
+        run_memory_study(tmp_path, "galactic")
+
+
+def _unit(arm, seed, loss):
+    return {"arm": arm, "seed": seed, "validation_loss": loss, "validation_perplexity": 1.0, "recall": 0.0,
+            "train_seconds": 1.0, "parameters": 1}  # fmt: skip
+
+
+def test_a_finding_holds_only_when_every_seed_agrees():
+    by_arm = {
+        "residual-scratch": [_unit("residual-scratch", 0, 5.0), _unit("residual-scratch", 1, 5.0)],
+        "replace-scratch": [_unit("replace-scratch", 0, 5.1), _unit("replace-scratch", 1, 4.9)],
+    }
+    mixed = _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower")
+    assert not mixed["holds"] and mixed["per_seed"] == pytest.approx([-0.1, 0.1])
+    by_arm["replace-scratch"][1]["validation_loss"] = 5.2
+    assert _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower")["holds"]
+    summary = summarise([u for group in by_arm.values() for u in group], SCALES["smoke"])
+    assert "Kim & Jung (2)" in summary["verdict"] and "partly reproduced" in summary["verdict"]

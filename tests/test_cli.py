@@ -222,18 +222,10 @@ def test_pretrain_with_memory_then_stats(tmp_path):
         "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
     )
     out = tmp_path / "pre"
-    done = palimpsest(
-        "pretrain",
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-        "--memory-layer",
-        "1",
-        "--memory-keys",
-        "16",
-        *SMOKE,
-    )
+    arguments = ["pretrain", "--config", str(config), "--out", str(out), "--memory-layer", "1", *SMOKE]
+    line = one_error_line(palimpsest(*arguments, "--memory-keys", "16"))  # 32 slots read of 16 keys
+    assert "memory.k" in line
+    done = palimpsest(*arguments, "--memory-keys", "32")
     assert done.returncode == 0, done.stderr
     done = palimpsest(
         "memory", "stats", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "4"

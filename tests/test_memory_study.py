@@ -22,7 +22,7 @@ def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
     assert units["residual-scratch"]["added_parameters"] > 0
     assert units["residual-pretrained"]["parameters"] == units["residual-scratch"]["parameters"]
     for arm in ("replace-scratch", "residual-pretrained"):
-        assert 0 <= units[arm]["usage"]["kl_weights"] and 0 < units[arm]["usage"]["slots_90"] <= 1
+        assert units[arm]["usage"]["kl_weights"] >= 0 and 0 < units[arm]["usage"]["slots_90"] <= 1
         assert units[arm]["outdated_curve"]
     assert "no-memory" not in {u["arm"] for u in results["units"] if "usage" in u}
     assert results["summary"]["verdict"]

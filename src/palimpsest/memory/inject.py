@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from palimpsest.errors import ModelError
+from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
 
 CONFIG_FILE = "memory_config.json"
@@ -56,6 +56,23 @@ class PKMConfig:
     sparse_updates: bool = False
     #: Name of the FFN child inside a block, for families the structure rules do not know.
     ffn_module: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ConfigError("memory.layers: name at least one block")
+        if self.mode not in ("residual", "replace"):
+            raise ConfigError(f"memory.mode: expected 'residual' or 'replace', got {self.mode!r}")
+        if self.query_norm not in ("layernorm", "batchnorm", "none"):
+            raise ConfigError(
+                f"memory.query_norm: expected layernorm, batchnorm or none, got {self.query_norm!r}"
+            )
+        for name in ("n_keys", "heads", "k", "k_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"memory.{name} must be positive, got {getattr(self, name)}")
+        if self.k > self.n_keys:
+            raise ConfigError(f"memory.k ({self.k}) cannot exceed memory.n_keys ({self.n_keys})")
+        if self.k_dim % 2:
+            raise ConfigError(f"memory.k_dim must be even (two half-keys), got {self.k_dim}")
 
 
 class _MaskContext:

@@ -232,3 +232,54 @@ def test_pretrain_with_memory_then_stats(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "kl_counts" in done.stdout
+
+
+def test_edit_from_the_command_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    assert (
+        palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path / "pre"), *SMOKE).returncode
+        == 0
+    )
+    facts = tmp_path / "edits.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Lyon"}\n'
+        '{"subject": "Italy", "relation": "capital", "object": "Rome"}\n'
+    )
+    model = str(tmp_path / "pre" / "model")
+    out = tmp_path / "edited"
+    done = palimpsest("edit", "--model", model, "--facts", str(facts), "--out", str(out), "--steps", "3")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 3 and results["max_abs_change"] <= 5e-3 * (1 + 1e-5) + 1e-7
+    assert {"A_M", "A_F\\S", "efficacy"} <= set(results["after"])
+    assert (out / "model" / "model.safetensors").is_file() and (out / "report.md").is_file()
+
+    for name, text, expected in (
+        ("broken.jsonl", '{"subject": "France", "relation": "capital"\n', "broken.jsonl:1: not valid JSON"),
+        (
+            "unknown.jsonl",
+            '{"subject": "X", "relation": "anthem", "object": "a", "new_object": "b"}\n',
+            "anthem",
+        ),
+        ("empty.jsonl", "\n", "holds no facts"),
+    ):
+        bad = tmp_path / name
+        bad.write_text(text)
+        target = tmp_path / f"out-{name}"
+        line = one_error_line(palimpsest("edit", "--model", model, "--facts", str(bad), "--out", str(target)))
+        assert expected in line
+        assert not target.exists()  # nothing written, no partial model
+    line = one_error_line(palimpsest("edit", "--model", model, "--facts", str(facts), "--norm", "l7"))
+    assert "norm" in line
+
+
+def test_editing_study_from_the_command_line(tmp_path):
+    done = palimpsest("experiment", "editing", "--scale", "smoke", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "recalls" in done.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["kind"] == "editing-study"
+    line = one_error_line(palimpsest("experiment", "editing", "--scale", "vast", "--out", str(tmp_path)))
+    assert "vast" in line

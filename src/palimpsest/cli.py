@@ -460,6 +460,72 @@ def memory_stats(
         console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
 
+@app.command()
+@user_errors
+def edit(
+    model: Annotated[str, typer.Option(help="Model folder (or built-in name / hub id) to edit.")],
+    facts: Annotated[
+        Path, typer.Option(help="JSONL: lines with new_object are edits, others facts to keep.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where the edited model, results.json and the report go.")] = Path(
+        "runs/edit"
+    ),
+    layers: Annotated[
+        str | None, typer.Option(help="first, last, first+last (default), all, or block indices: 0,3.")
+    ] = None,
+    modules: Annotated[
+        str | None, typer.Option(help="Comma list of ffn (default), attention, block, embeddings.")
+    ] = None,
+    norm: Annotated[str | None, typer.Option(help="linf (default), l2 or none (unconstrained).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Radius of the bound (default 5e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 100; early stop).")] = None,
+    objective: Annotated[str | None, typer.Option(help="auto (default), mlm, ft-m or ft-l.")] = None,
+    sequential: Annotated[
+        bool, typer.Option(help="Edit one fact after another instead of together.")
+    ] = False,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Modify facts in a model by constrained fine-tuning (Zhu et al. 2020); report both sides."""
+    _setup_logging(verbose)
+    from palimpsest.config import load_config
+    from palimpsest.editing.editor import EditConfig
+    from palimpsest.editing.run import edit_saved_model
+    from palimpsest.errors import ConfigError
+    from palimpsest.report import write_report
+
+    chosen_layers: str | list[int] | None = layers
+    if layers and layers[0].isdigit():
+        try:
+            chosen_layers = [int(x) for x in layers.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--layers: expected first+last, all, ... or indices like 0,3, got '{layers}'"
+            ) from None
+    settings = load_config(
+        EditConfig,
+        config,
+        {
+            "layers": chosen_layers, "modules": modules.split(",") if modules else None, "norm": norm,
+            "delta": delta, "learning_rate": lr, "steps": steps, "objective": objective,
+        },
+    )  # fmt: skip
+    results = edit_saved_model(model, facts, out, settings, sequential=sequential)
+    write_report([results], out, title="palimpsest edit")
+    table = Table(
+        title=f"{len(results['requests'])} edit(s), {results['steps']} steps, {results['seconds']:.1f} s"
+    )
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key, value in results["after"].items():
+        if isinstance(value, float):
+            table.add_row(key, f"{results['before'][key]:.3f}", f"{value:.3f}")
+    console.print(table)
+    console.print(f"wrote {out}/model, {out}/results.json, {out}/report.md")
+
+
 experiment_app = typer.Typer(help="End-to-end studies that reproduce each paper's effect.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -506,6 +572,26 @@ def experiment_memory(
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
 
+@experiment_app.command("editing")
+@user_errors
+def experiment_editing(
+    scale: Annotated[str, typer.Option(help="smoke, demo or cpu.")] = "demo",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/editing"),
+    verbose: VerboseOption = False,
+) -> None:
+    """Unconstrained vs constrained fine-tuning of facts, by layer choice and bound (Zhu et al. 2020)."""
+    _setup_logging(verbose)
+    from palimpsest.experiments.editing import run_editing_study
+    from palimpsest.progress import make_progress
+    from palimpsest.report import write_report
+
+    with make_progress(console) as progress:
+        results = run_editing_study(out, scale, callbacks_for=_progress_callbacks(progress))
+    write_report([results], out, title="palimpsest: editing study")
+    console.print(results["summary"]["verdict"], highlight=False)
+    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+
+
 @app.command()
 @user_errors
 def demo(
@@ -530,6 +616,8 @@ def demo(
             console.print(f"[bold]forget[/]: {result['summary']['verdict']}", highlight=False)
         elif result["kind"] == "memory-study":
             console.print(f"[bold]grow[/]: {result['summary']['verdict']}", highlight=False)
+        elif result["kind"] == "editing-study":
+            console.print(f"[bold]rewrite[/]: {result['summary']['verdict']}", highlight=False)
     console.print(
         f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
     )

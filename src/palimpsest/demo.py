@@ -6,7 +6,8 @@ Scales size the same pipeline for a purpose: ``smoke`` runs in seconds (tests),
 * pretraining: a tiny causal LM (GPT-2) here, and the two tiny masked LMs (RoBERTa,
   standard and with active forgetting) that the plasticity study pretrains;
 * forget: the plasticity study (:mod:`palimpsest.experiments.plasticity`);
-* grow: the memory study (:mod:`palimpsest.experiments.memory`).
+* grow: the memory study (:mod:`palimpsest.experiments.memory`);
+* rewrite: the editing study (:mod:`palimpsest.experiments.editing`).
 
 Each run writes its own results as soon as it finishes; a re-run with the same ``--out``
 reuses finished runs and resumes an interrupted one from its last checkpoint.
@@ -26,6 +27,7 @@ from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.editing import run_editing_study
 from palimpsest.experiments.memory import run_memory_study
 from palimpsest.experiments.plasticity import run_plasticity
 from palimpsest.pretraining import PretrainConfig, run_pretrain
@@ -144,7 +146,11 @@ def run_demo(
     memory = run_memory_study(out / "memory", scale, callbacks_for=callbacks_for)
     timings["grow: memory study"] = time.perf_counter() - mark
 
-    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory]
+    mark = time.perf_counter()
+    editing = run_editing_study(out / "editing", scale, callbacks_for=callbacks_for)
+    timings["rewrite: editing study"] = time.perf_counter() - mark
+
+    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory, editing]
     summary = {
         "kind": "demo",
         "scale": scale,

@@ -1,7 +1,8 @@
 """Model factory: tiny models of four families built from a config, or pretrained ones.
 
 Named sizes are what the CPU studies need (``micro`` for tests, ``tiny`` ~1M parameters,
-``small`` ~10M) plus ``base``, the paper-scale size for GPUs. Families cover a masked LM
+``small`` ~10M; ``mini`` is micro's width at tiny's depth, for layer-choice studies) plus
+``base``, the paper-scale size for GPUs. Families cover a masked LM
 (``bert``, ``roberta``) and a causal LM (``gpt2``, ``llama``). Which objective a model
 trains with is read from its config and architecture, never from its name.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -50,6 +52,7 @@ class Size:
 
 SIZES: dict[str, Size] = {
     "micro": Size(hidden=64, layers=2, heads=2, ffn=256),
+    "mini": Size(hidden=64, layers=4, heads=2, ffn=256),
     "tiny": Size(hidden=128, layers=4, heads=4, ffn=512),
     "small": Size(hidden=256, layers=8, heads=4, ffn=1024),
     "base": Size(hidden=768, layers=12, heads=12, ffn=3072),
@@ -235,3 +238,18 @@ def count_parameters(model: PreTrainedModel, *, trainable_only: bool = False) ->
         seen.add(id(parameter))
         total += parameter.numel()
     return total
+
+
+def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` holding one block per layer, or an error listing the lists found."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    for name, module in found:
+        if layers is not None and len(module) == layers:
+            return name, module
+    listing = ", ".join(f"{name} ({len(module)})" for name, module in found) or "none"
+    raise ModelError(
+        f"cannot find the transformer blocks of {type(model).__name__} ({layers} layers); "
+        f"module lists: {listing}"
+    )

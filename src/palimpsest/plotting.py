@@ -84,3 +84,34 @@ def plot_bars(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+def plot_points(
+    points: Mapping[str, tuple[float, float]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    reference_x: float | None = None,
+) -> Path:
+    """A labelled scatter plot (``{label: (x, y)}``), e.g. a trade-off frontier of methods."""
+    figure = Figure(figsize=(6.4, 4.8), dpi=110)
+    axes = figure.add_subplot()
+    for index, (label, (x, y)) in enumerate(points.items()):
+        axes.scatter([x], [y], color=f"C{index % 10}", s=28)
+        axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if reference_x is not None:
+        axes.axvline(reference_x, linestyle="--", linewidth=1.0, color="grey", label="before the edit")
+        axes.legend(fontsize=8)
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

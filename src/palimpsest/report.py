@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from palimpsest.plotting import plot_bars, plot_curves
+from palimpsest.plotting import plot_bars, plot_curves, plot_points
 
 
 @dataclass
@@ -409,7 +409,138 @@ def memory_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> 
     return section
 
 
+def edit_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Rewrite: fact edits (constrained fine-tuning, Zhu et al. 2020)")
+    section.blocks.append(
+        "A_M: exact match of the whole new object on the edited facts; A_F\\S: exact match of the true "
+        "object on the facts kept; efficacy / paraphrase efficacy: share with P(new) > P(old) through "
+        "the edit template / a held-out paraphrase; neighbourhood: share of kept facts with "
+        "P(true) > P(a new object of the same relation). Every metric before the edit beside after it."
+    )
+    for run in runs:
+        config = run["config"]
+        bound = "unconstrained" if config["norm"] is None else f"{config['norm']} ≤ {config['delta']:g}"
+        order = " one after another" if run["sequential"] else ""
+        section.blocks.append(
+            f"{run['model']}: {len(run['requests'])} edit(s){order}, "
+            f"layers {config['layers']} ({', '.join(config['modules'])}), {bound}, objective "
+            f"{config['objective']}, lr {config['learning_rate']:g}: {run['steps']} steps in "
+            f"{run['seconds']:.1f} s; "
+            f"largest weight change {run['max_abs_change']:.2e} (L-inf), {run['max_l2_change']:.2e} (L2)."
+        )
+        keys = [key for key, value in run["after"].items() if isinstance(value, float)]
+        section.blocks.append(
+            Table(
+                ["metric", "before", "after"], [[key, run["before"][key], run["after"][key]] for key in keys]
+            )
+        )
+        section.blocks.append(
+            Table(
+                ["subject", "relation", "old", "new"],
+                [[r["subject"], r["relation"], r["old"], r["new"]] for r in run["requests"][:20]],
+            )
+        )
+    return section
+
+
+def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    section = Section("Rewrite: modifying facts while keeping the rest (Zhu et al. 2020)")
+    kept = "A_F\\S"
+    for study in studies:
+        settings, summary = study["settings"], study["summary"]
+        section.blocks.append(
+            f"Scale '{study['scale']}': per family a {settings['size']} model pretrained "
+            f"{settings['pretrain_steps']} updates on {settings['corpus']} mixed with the facts "
+            f"({', '.join(settings['fact_sets'])}; four templates each, every subject's held-out paraphrase "
+            "left out). Then, per seed, counterfactual edits (a new object of the same relation) made by "
+            "every method on the same requests and undone exactly before the next. A_M: exact match of the "
+            "whole new object; A_F\\S: exact match on the unmodified facts (support facts excluded); "
+            "paraphrase: A_M through the held-out template; efficacy / neighbourhood: P(new) > P(old) on the "
+            "edits / P(true) > P(new) on the unmodified facts. Mean ± std over "
+            f"{len(settings['seeds'])} seed(s); 'before' is the model before any edit."
+        )
+        section.blocks.append(
+            Table(
+                ["model", "facts known (recall)", "held-out paraphrase recall %", "validation loss"],
+                [
+                    [
+                        f,
+                        f"{100 * p['recall']:.1f}% of {p['data']['facts']}",
+                        100 * p["paraphrase_recall"],
+                        p["validation_loss"],
+                    ]
+                    for f, p in study["pretrained"].items()
+                ],
+            )
+        )
+        rows = [
+            [
+                r["family"], r["edits"], r["label"], _pm(r["A_M"]), _pm(r[kept]), _pm(r[kept + " before"]),
+                _pm(r["A_mean"]), _pm(r["paraphrase"]), _pm(r["efficacy"]), _pm(r["neighbourhood"]),
+                f"{r['steps'][0]:.0f}", f"{r['seconds'][0]:.2f}",
+            ]
+            for r in summary["rows"]
+        ]  # fmt: skip
+        section.blocks.append(
+            Table(
+                [
+                    "model",
+                    "edits",
+                    "method",
+                    "A_M",
+                    "A_F\\S",
+                    "A_F\\S before",
+                    "A mean",
+                    "paraphrase",
+                    "efficacy",
+                    "neighbourhood",
+                    "steps",
+                    "seconds",
+                ],
+                rows,
+            )
+        )
+        section.blocks.append(summary["verdict"])
+        for family in settings["families"]:
+            for edits in settings["edits"]:
+                cell = [r for r in summary["rows"] if r["family"] == family and r["edits"] == edits]
+                if not cell:
+                    continue
+                path = plot_points(
+                    {r["label"]: (r[kept][0], r["A_M"][0]) for r in cell},
+                    plots_dir / f"editing-frontier-{family}-{edits}.png",
+                    title=f"{family}, {edits} edits: edit success vs facts kept",
+                    xlabel="A_F\\S (unmodified facts still right)",
+                    ylabel="A_M (edits that took)",
+                    reference_x=cell[0][kept + " before"][0],
+                )
+                section.blocks.append(
+                    Figure(path, f"{family}, {edits} edits: the trade-off, one point per method")
+                )
+                single = sorted(
+                    (r for r in cell if isinstance(r["layers"], list) and len(r["layers"]) == 1),
+                    key=lambda r: (r["norm"], r["delta"], r["layers"][0]),
+                )
+                if single:
+                    groups: dict[str, dict[str, tuple[float, float]]] = {}
+                    for r in single:
+                        bound = f"{r['norm']} δ={r['delta']:g}"
+                        groups.setdefault(f"block {r['layers'][0]}", {})[bound] = tuple(r["A_M"])
+                    path = plot_bars(
+                        groups,
+                        plots_dir / f"editing-layers-{family}-{edits}.png",
+                        title=f"{family}, {edits} edits: editing one block at a time",
+                        ylabel="A_M",
+                    )
+                    section.blocks.append(
+                        Figure(path, "Per-layer effectiveness (constrained, FFN of one block)")
+                    )
+    return section
+
+
 SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "editing-study": editing_study_section,
+    "edit": edit_section,
     "memory-study": memory_study_section,
     "memory-stats": memory_stats_section,
     "pretrain": pretrain_section,

@@ -43,18 +43,9 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from palimpsest.data import (
-    Corpus,
-    causal_eval_set,
-    default_cache_dir,
-    encode_blocks,
-    fixed_mlm_eval_set,
-    load_corpus,
-    split_corpus,
-    train_tokenizer,
-)
-from palimpsest.data.facts import city_facts, fact_corpus
+from palimpsest.data.facts import city_facts
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.common import fact_mixture
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
@@ -225,42 +216,20 @@ class _Data:
 
 def _prepare(scale: MemoryScale, out: Path) -> _Data:
     """The tokenizer (trained on wiki text + statements, saved once), blocks and facts."""
-    from palimpsest.data import load_tokenizer
-    from palimpsest.storage import save_model
-
-    objective = FAMILY_OBJECTIVE[scale.family]
-    wiki = split_corpus(load_corpus(scale.corpus, max_documents=scale.max_documents), 0.05, seed=0)
     facts = city_facts(scale.cities)
-    statements = [fact_corpus(facts, seed=repeat, name="city-facts") for repeat in range(scale.fact_repeats)]
-    fact_texts = tuple(text for corpus in statements for text in corpus.texts)
-    mixed = Corpus(name=f"{wiki.train.name}+city-facts", language="en", texts=wiki.train.texts + fact_texts)
-    tokenizer_dir = out / "tokenizer"
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(tokenizer_dir)
-    else:
-        tokenizer = train_tokenizer(mixed.texts, scale.vocab_size)
-        save_model(None, tokenizer, tokenizer_dir)
-    cache = default_cache_dir()
-    train_blocks = encode_blocks(mixed, tokenizer, scale.block_size, cache_dir=cache)
-    eval_blocks = encode_blocks(wiki.validation, tokenizer, scale.block_size, cache_dir=cache)
-    eval_blocks = eval_blocks.select(range(min(scale.max_eval_blocks, len(eval_blocks))))
-    eval_set = (
-        fixed_mlm_eval_set(eval_blocks, tokenizer) if objective == "mlm" else causal_eval_set(eval_blocks)
-    )
+    mixture = fact_mixture(
+        facts, out, objective=FAMILY_OBJECTIVE[scale.family], corpus=scale.corpus,
+        max_documents=scale.max_documents, fact_repeats=scale.fact_repeats, vocab_size=scale.vocab_size,
+        block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
+    )  # fmt: skip
     info = {
-        "wiki_train_documents": len(wiki.train),
+        **mixture.info,
         "cities": len(facts),
         "statements": len(facts) * len(facts[0].relation.templates),
-        "train_blocks": len(train_blocks),
-        "train_tokens": len(train_blocks) * scale.block_size,
-        "fact_tokens": sum(len(ids) for ids in tokenizer(list(fact_texts))["input_ids"]),
-        "fact_repeats": scale.fact_repeats,
         # recall of a model that answers every city with the most common country
         "majority_recall": max(Counter(f.object for f in facts).values()) / len(facts),
-        "validation_blocks": len(eval_set),
-        "vocab_size": len(tokenizer),
     }
-    return _Data(tokenizer, train_blocks, eval_set, facts, info)
+    return _Data(mixture.tokenizer, mixture.train_blocks, mixture.eval_set, facts, info)
 
 
 def _pkm_config(scale: MemoryScale, mode: str) -> PKMConfig:

@@ -30,6 +30,7 @@ from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
+from palimpsest.models import transformer_blocks
 
 CONFIG_FILE = "memory_config.json"
 WEIGHTS_FILE = "memory.safetensors"
@@ -122,21 +123,6 @@ class _PassThrough(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden
-
-
-def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ``nn.ModuleList`` holding one block per layer, or an error listing the lists found."""
-    config = getattr(model, "config", None)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
-    for name, module in found:
-        if layers is not None and len(module) == layers:
-            return name, module
-    listing = ", ".join(f"{name} ({len(module)})" for name, module in found) or "none"
-    raise ModelError(
-        f"cannot find the transformer blocks of {type(model).__name__} ({layers} layers); "
-        f"module lists: {listing}"
-    )
 
 
 def _hidden_size(model: nn.Module) -> int:

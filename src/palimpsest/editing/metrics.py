@@ -1,0 +1,118 @@
+"""The editing metrics, one canonical definition each (all fractions in [0, 1]).
+
+On the *modified* facts M (each edit request, probed through its edit template):
+
+``A_M``            exact match of the full new object (every token, see :mod:`palimpsest.recall`);
+``old_kept``       exact match of the old object (how often the edit did not take);
+``efficacy``       ROME's ES: share of requests with P(new object) > P(old object);
+``paraphrase``     exact match of the new object through the subject's held-out paraphrase
+                   template (:meth:`Fact.held_out_template`: rotated over the templates
+                   other than the edit template by a stable hash of the subject);
+``paraphrase_efficacy``  ROME's PS: P(new) > P(old) through that paraphrase.
+
+On the *unmodified* facts F \\ S (probed through the edit template):
+
+``A_F\\S``          exact match of the true object;
+``neighbourhood``  ROME's NS: share with P(true object) > P(new object of an edit of the
+                   same relation) — the edit did not spill onto other subjects.
+
+``A_mean`` is (A_M + A_F\\S) / 2, Zhu et al.'s average. Probabilities are of the whole
+object (sum of its tokens' log-probabilities), so multi-token objects are compared fairly.
+Every study reports these before the edit beside after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from palimpsest.data.facts import Fact
+from palimpsest.editing.requests import EditRequest
+from palimpsest.errors import DataError
+from palimpsest.models import objective_of
+from palimpsest.recall import Probe, build_probe, score_probes
+
+
+def probe_or_fail(
+    tokenizer: PreTrainedTokenizerBase, fact: Fact, template: int, object_: str, causal: bool
+) -> Probe:
+    """The probe of ``fact`` answered by ``object_``, or a one-line error naming it."""
+    probe = build_probe(tokenizer, fact, template=template, object_=object_, causal=causal)
+    if probe is None:
+        raise DataError(
+            f"cannot probe '{fact.statement(template, object_)}': the tokenizer splits the prompt "
+            "differently alone than before the object"
+        )
+    return probe
+
+
+def _pairwise(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[tuple[Fact, int, str, str]],
+) -> tuple[list[bool], list[bool], list[bool]]:
+    """For (fact, template, a, b): exact match of a, exact match of b, and P(a) > P(b)."""
+    causal = objective_of(model.config) == "clm"
+    probes_a = [probe_or_fail(tokenizer, f, t, a, causal) for f, t, a, _ in items]
+    probes_b = [probe_or_fail(tokenizer, f, t, b, causal) for f, t, _, b in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    exact_a, logprob_a = score_probes(model, probes_a, pad_id=pad)
+    exact_b, logprob_b = score_probes(model, probes_b, pad_id=pad)
+    return exact_a, exact_b, [x > y for x, y in zip(logprob_a, logprob_b, strict=True)]
+
+
+def _share(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def edit_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    unmodified: Sequence[Fact] = (),
+    *,
+    edit_template: int = 0,
+) -> dict[str, Any]:
+    """Every metric of the module docstring for the model as it is now."""
+    if not requests:
+        raise DataError("no edit requests to measure")
+    edited = [(r.fact, edit_template, r.new_object, r.fact.object) for r in requests]
+    new_exact, old_exact, new_beats_old = _pairwise(model, tokenizer, edited)
+    metrics: dict[str, Any] = {
+        "A_M": _share(new_exact),
+        "old_kept": _share(old_exact),
+        "efficacy": _share(new_beats_old),
+        "edits": len(requests),
+    }
+    paraphrased = []
+    for request in requests:
+        template = request.fact.held_out_template(edit_template)
+        if template is not None:
+            paraphrased.append((request.fact, template, request.new_object, request.fact.object))
+    if paraphrased:
+        exact, _, beats = _pairwise(model, tokenizer, paraphrased)
+        metrics["paraphrase"] = _share(exact)
+        metrics["paraphrase_efficacy"] = _share(beats)
+    if unmodified:
+        new_by_relation: dict[str, list[str]] = {}
+        for request in requests:
+            new_by_relation.setdefault(request.fact.relation.name, []).append(request.new_object)
+        kept = []
+        for index, fact in enumerate(unmodified):
+            candidates = [o for o in new_by_relation.get(fact.relation.name, []) if o != fact.object]
+            rival = candidates[index % len(candidates)] if candidates else None
+            kept.append((fact, edit_template, fact.object, rival))
+        with_rival = [item for item in kept if item[3] is not None]
+        causal = objective_of(model.config) == "clm"
+        probes = [probe_or_fail(tokenizer, f, t, o, causal) for f, t, o, _ in kept]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        true_exact, _ = score_probes(model, probes, pad_id=pad)
+        metrics["A_F\\S"] = _share(true_exact)
+        metrics["unmodified"] = len(unmodified)
+        if with_rival:
+            _, _, true_beats_new = _pairwise(model, tokenizer, with_rival)
+            metrics["neighbourhood"] = _share(true_beats_new)
+        metrics["A_mean"] = (metrics["A_M"] + metrics["A_F\\S"]) / 2
+    return metrics

@@ -1,0 +1,384 @@
+"""The editing study: change facts in a small model by (constrained) fine-tuning (Zhu et al. 2020).
+
+Protocol (PAPERS.md section 2, at small scale):
+
+1. *A model that knows the facts*: per family (a causal GPT-2 and a masked RoBERTa), a
+   small model is pretrained from scratch on wiki text mixed with the built-in country
+   facts (capital, continent; four templates each, each subject's held-out paraphrase
+   left out). Its recall before any edit is reported: the edit template, and the held-out
+   paraphrase.
+2. *Edits*: per seed and edit-set size, counterfactual requests (a new object of the same
+   relation, never the old one) and, for the support-set baseline, as many unmodified facts
+   to train on. Every method is applied to the same requests, measured, and undone
+   exactly before the next:
+   ``ft`` (unconstrained fine-tuning of every weight), ``ft+support`` (the same with the
+   support set), ``linf`` and ``l2`` (constrained fine-tuning) for every layer choice
+   ("first", "last", "first+last", "all", and each block alone) and bound δ.
+3. Reported: A_M, A_F\\S (on the unmodified facts, support facts excluded), their mean,
+   paraphrase accuracy, efficacy / neighbourhood (ROME-style probability comparisons),
+   steps and seconds, each mean ± std over seeds, beside the pre-edit values; the A_M vs
+   A_F\\S frontier and per-layer effectiveness as plots; and whether "the first and last
+   blocks are the most effective to modify" reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from palimpsest.data.facts import Fact, builtin_facts
+from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.metrics import edit_metrics
+from palimpsest.editing.requests import counterfactual_requests
+from palimpsest.errors import ConfigError
+from palimpsest.experiments.common import fact_mixture
+from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
+from palimpsest.pretraining import machine_info
+from palimpsest.recall import fact_recall
+from palimpsest.storage import save_model, write_json
+from palimpsest.training import TrainingConfig, evaluate_lm, train
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ft", "ft+support", "linf", "l2")
+
+
+@dataclass(frozen=True)
+class EditingScale:
+    """Sizes of one run of the study."""
+
+    families: tuple[str, ...] = ("gpt2", "roberta")
+    size: str = "mini"
+    fact_sets: tuple[str, ...] = ("country-capital", "country-continent")
+    corpus: str = "wiki-en"
+    max_documents: int | None = 2000
+    fact_repeats: int = 6
+    vocab_size: int = 2048
+    block_size: int = 64
+    batch_size: int = 16
+    pretrain_steps: int = 800
+    pretrain_lr: float = 3e-3
+    mlm_probability: float = 0.2
+    edits: tuple[int, ...] = (32,)
+    seeds: tuple[int, ...] = (0, 1)
+    methods: tuple[str, ...] = METHODS
+    #: Layer choices of the constrained methods; "single" adds every block alone.
+    layer_choices: tuple[str, ...] = ("first", "last", "first+last", "all", "single")
+    linf_deltas: tuple[float, ...] = (5e-3,)
+    l2_deltas: tuple[float, ...] = (0.5,)
+    #: The (norm, delta) whose layer choices the per-layer plot and verdict compare.
+    edit_lr: float = 1e-3
+    edit_steps: int = 100
+    max_eval_blocks: int = 64
+
+
+SCALES: dict[str, EditingScale] = {
+    "smoke": EditingScale(
+        families=("gpt2", "bert"),
+        size="micro",
+        fact_sets=("country-continent",),
+        max_documents=200,
+        fact_repeats=2,
+        vocab_size=600,
+        block_size=32,
+        batch_size=8,
+        pretrain_steps=10,
+        edits=(4,),
+        seeds=(0,),
+        layer_choices=("first+last", "single"),
+        edit_steps=3,
+        max_eval_blocks=8,
+    ),
+    "demo": EditingScale(),
+    "cpu": EditingScale(
+        size="tiny",
+        vocab_size=4096,
+        block_size=128,
+        max_documents=None,
+        fact_repeats=10,
+        pretrain_steps=1500,
+        pretrain_lr=2e-3,
+        edits=(32, 128, 512),
+        seeds=(0, 1, 2),
+        linf_deltas=(2e-3, 5e-3, 2e-2),
+        l2_deltas=(0.2, 1.0),
+        max_eval_blocks=128,
+    ),
+}
+
+
+def study_facts(scale: EditingScale) -> list[Fact]:
+    facts = [fact for name in scale.fact_sets for fact in builtin_facts(name)]
+    if not facts:
+        raise ConfigError("the editing study needs at least one fact set")
+    return facts
+
+
+def _pretrain(scale: EditingScale, family: str, facts: list[Fact], out: Path, callbacks) -> dict[str, Any]:
+    """A small model of ``family`` that knows the facts (reused when already trained)."""
+    run_dir = out / f"pretrain-{family}"
+    saved = run_dir / "results.json"
+    settings = {"scale": asdict(scale), "family": family}
+    if saved.is_file():
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+        if previous.get("settings") == json.loads(json.dumps(settings)):
+            return previous
+    objective = FAMILY_OBJECTIVE[family]
+    mixture = fact_mixture(
+        facts, run_dir, objective=objective, corpus=scale.corpus, max_documents=scale.max_documents,
+        fact_repeats=scale.fact_repeats, hold_out=True, vocab_size=scale.vocab_size,
+        block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
+    )  # fmt: skip
+    model = build_model(
+        family, scale.size, mixture.tokenizer, max_positions=scale.block_size, dropout=0.0, seed=0
+    )
+    config = TrainingConfig(
+        steps=scale.pretrain_steps, batch_size=scale.batch_size, learning_rate=scale.pretrain_lr,
+        mlm_probability=scale.mlm_probability, eval_every=max(1, scale.pretrain_steps // 4),
+        save_every=max(1, scale.pretrain_steps // 2), seed=0,
+    )  # fmt: skip
+    result = train(
+        model, mixture.tokenizer, mixture.train_blocks, config, run_dir / "trainer", objective=objective,
+        eval_dataset=mixture.eval_set, callbacks=callbacks,
+    )  # fmt: skip
+    save_model(model, mixture.tokenizer, run_dir / "model")
+    recall = fact_recall(model, mixture.tokenizer, facts)
+    paraphrased = [0, 0]  # recalled, probed: each fact through its held-out paraphrase
+    for template in {f.held_out_template() for f in facts} - {None}:
+        subset = [f for f in facts if f.held_out_template() == template]
+        held = fact_recall(model, mixture.tokenizer, subset, template=template)
+        paraphrased = [paraphrased[0] + sum(held.recalled), paraphrased[1] + len(held.recalled)]
+    by_relation = {
+        name: fact_recall(model, mixture.tokenizer, [f for f in facts if f.relation.name == name]).accuracy
+        for name in dict.fromkeys(f.relation.name for f in facts)
+    }
+    results = {
+        "settings": settings,
+        "family": family,
+        "objective": objective,
+        "model_path": str(run_dir / "model"),
+        "data": mixture.info,
+        "validation_loss": evaluate_lm(model, mixture.eval_set)["loss"],
+        "recall": recall.accuracy,
+        "recall_by_relation": by_relation,
+        "paraphrase_recall": paraphrased[0] / paraphrased[1] if paraphrased[1] else math.nan,
+        "unprobeable": recall.unprobeable,
+        "train_seconds": result.train_seconds,
+        "steps": result.steps,
+    }
+    write_json(saved, results)
+    return results
+
+
+def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]]:
+    """(label, config) of every method x layer choice x bound of the study."""
+    choices: list[str | list[int]] = []
+    for choice in scale.layer_choices:
+        choices += [[index] for index in range(blocks)] if choice == "single" else [choice]
+    grid: list[tuple[str, EditConfig]] = []
+    common = {"learning_rate": scale.edit_lr, "steps": scale.edit_steps}
+    for method in scale.methods:
+        if method in ("ft", "ft+support"):
+            grid.append(
+                (method, EditConfig(layers="all", modules=["block", "embeddings"], norm=None, **common))
+            )
+            continue
+        deltas = scale.linf_deltas if method == "linf" else scale.l2_deltas
+        for delta in deltas:
+            for choice in choices:
+                name = choice if isinstance(choice, str) else f"block {choice[0]}"
+                label = f"{method} δ={delta:g} {name}"
+                grid.append(
+                    (label, EditConfig(layers=choice, modules=["ffn"], norm=method, delta=delta, **common))
+                )
+    return grid
+
+
+def run_editing_study(
+    out: str | Path,
+    scale: str | EditingScale = "demo",
+    *,
+    callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
+) -> dict[str, Any]:
+    """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ConfigError(f"unknown scale '{scale}' for the editing study (known: {', '.join(SCALES)})")
+        scale_name, settings = scale, SCALES[scale]
+    else:
+        scale_name, settings = "custom", scale
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = study_facts(settings)
+    pretrained = {
+        family: _pretrain(settings, family, facts, out, list(callbacks_for(f"editing: pretrain {family}")))
+        for family in settings.families
+    }
+    runs: list[dict[str, Any]] = []
+    for family in settings.families:
+        model = load_pretrained(pretrained[family]["model_path"])
+        from palimpsest.data import load_tokenizer
+
+        tokenizer = load_tokenizer(pretrained[family]["model_path"])
+        grid = method_grid(settings, SIZES[settings.size].layers)
+        for edits in settings.edits:
+            for seed in settings.seeds:
+                unit = out / f"edits-{family}-{edits}-s{seed}.json"
+                if unit.is_file():
+                    runs += json.loads(unit.read_text(encoding="utf-8"))
+                    continue
+                runs_here = _edit_unit(model, tokenizer, facts, grid, edits, seed, family)
+                write_json(unit, runs_here)
+                runs += json.loads(json.dumps(runs_here))
+    summary = summarise(runs, pretrained, settings)
+    results = {
+        "kind": "editing-study",
+        "scale": scale_name,
+        "settings": asdict(settings),
+        "pretrained": {f: {k: v for k, v in r.items() if k != "settings"} for f, r in pretrained.items()},
+        "runs": runs,
+        "summary": summary,
+        "machine": machine_info(),
+    }
+    write_json(out / "results.json", results)
+    return results
+
+
+def _edit_unit(model, tokenizer, facts, grid, edits: int, seed: int, family: str) -> list[dict[str, Any]]:
+    """Every method on one draw of requests (and support set); each edit undone before the next."""
+    requests = counterfactual_requests(facts, edits, seed=seed)
+    edited = {(r.fact.subject, r.fact.relation.name) for r in requests}
+    rest = [f for f in facts if (f.subject, f.relation.name) not in edited]
+    support = random.Random(seed + 10_000).sample(rest, min(edits, len(rest)))
+    chosen = {(f.subject, f.relation.name) for f in support}
+    unmodified = [f for f in rest if (f.subject, f.relation.name) not in chosen]
+    before = edit_metrics(model, tokenizer, requests, unmodified)
+    runs = []
+    for label, config in grid:
+        editor = ConstrainedFinetune(model, tokenizer, config=config)
+        result = editor.apply(requests, support=support if label == "ft+support" else (), measure=False)
+        after = edit_metrics(model, tokenizer, requests, unmodified)
+        editor.undo()
+        runs.append(
+            {
+                "family": family, "edits": edits, "seed": seed, "method": label.split(" ")[0], "label": label,
+                "layers": config.layers, "norm": config.norm, "delta": config.delta if config.norm else None,
+                "before": before, "after": after, "steps": result.steps, "seconds": result.seconds,
+                "edited_parameters": result.edited_parameters,
+            }
+        )  # fmt: skip
+        logger.info("%s %s: A_M %.3f, A_F\\S %.3f", family, label, after["A_M"], after[KEPT])
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+KEPT = "A_F\\S"  # accuracy on the unmodified facts F \\ S
+METRICS = ("A_M", KEPT, "A_mean", "paraphrase", "efficacy", "neighbourhood")
+
+
+def summarise(
+    runs: list[dict[str, Any]], pretrained: dict[str, dict[str, Any]], settings: EditingScale
+) -> dict[str, Any]:
+    """Per (family, edits, label): mean ± std over seeds of every metric, and the verdict."""
+    cells: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["family"], run["edits"], run["label"]), []).append(run)
+    rows = []
+    for group in cells.values():
+        first = group[0]
+        row: dict[str, Any] = {
+            key: first[key] for key in ("family", "edits", "label", "method", "layers", "norm", "delta")
+        }
+        for metric in METRICS:
+            row[metric] = _mean_std([r["after"].get(metric) for r in group])
+            row[f"{metric} before"] = _mean_std([r["before"].get(metric) for r in group])
+        row["steps"] = _mean_std([r["steps"] for r in group])
+        row["seconds"] = _mean_std([r["seconds"] for r in group])
+        row["seeds"] = len(group)
+        rows.append(row)
+    return {"rows": rows, "verdict": _verdict(rows, pretrained, settings)}
+
+
+def per_layer(
+    rows: list[dict[str, Any]], family: str, edits: int, norm: str, delta: float
+) -> list[dict[str, Any]]:
+    """The single-block rows of one (family, edits, bound), in block order."""
+    single = [
+        r for r in rows
+        if r["family"] == family and r["edits"] == edits and r["norm"] == norm and r["delta"] == delta
+        and isinstance(r["layers"], list) and len(r["layers"]) == 1
+    ]  # fmt: skip
+    return sorted(single, key=lambda r: r["layers"][0])
+
+
+def _verdict(
+    rows: list[dict[str, Any]], pretrained: dict[str, dict[str, Any]], settings: EditingScale
+) -> str:
+    parts = []
+    for family, info in pretrained.items():
+        parts.append(
+            f"{family}: recalls {100 * info['recall']:.1f}% of the {info['data']['facts']} facts before any "
+            f"edit ({100 * info['paraphrase_recall']:.1f}% through the held-out paraphrase)."
+        )
+    blocks = SIZES[settings.size].layers
+    outcomes = []
+    for family in settings.families:
+        for edits in settings.edits:
+            for norm, deltas in (("linf", settings.linf_deltas), ("l2", settings.l2_deltas)):
+                for delta in deltas:
+                    single = per_layer(rows, family, edits, norm, delta)
+                    if len(single) < 3:
+                        continue
+                    scores = [r["A_M"][0] for r in single]
+                    ends = {0, blocks - 1}
+                    best_two = set(sorted(range(len(scores)), key=lambda i: -scores[i])[:2])
+                    middle_best = max(s for i, s in enumerate(scores) if i not in ends)
+                    holds = min(scores[0], scores[-1]) >= middle_best
+                    outcomes.append(holds)
+                    parts.append(
+                        f"{family}, {edits} edits, {norm} δ={delta:g}: A_M editing one block at a time = "
+                        + ", ".join(f"block {i}: {100 * s:.0f}%" for i, s in enumerate(scores))
+                        + (" — first and last blocks most effective." if holds else
+                           f" — NOT first and last (best: blocks {sorted(best_two)}).")
+                    )  # fmt: skip
+    if outcomes:
+        share = sum(outcomes)
+        parts.append(
+            f"'The first and last blocks are the most effective to modify' (Zhu et al.) held in {share} of "
+            f"{len(outcomes)} settings"
+            + (" — REPRODUCED." if share == len(outcomes) else " — did NOT reproduce in every setting.")
+        )
+    for family in settings.families:
+        for edits in settings.edits:
+            ft = [r for r in rows if r["family"] == family and r["edits"] == edits and r["label"] == "ft"]
+            constrained = [r for r in rows if r["family"] == family and r["edits"] == edits and r["norm"]]
+            if ft and constrained:
+                best = max(constrained, key=lambda r: r["A_mean"][0])
+                plain = ft[0]
+                parts.append(
+                    f"{family}, {edits} edits: unconstrained FT keeps A_F\\S {100 * plain[KEPT][0]:.0f}% "
+                    f"(before {100 * plain[KEPT + ' before'][0]:.0f}%) at A_M {100 * plain['A_M'][0]:.0f}%; "
+                    f"the best constrained setting ({best['label']}) keeps {100 * best[KEPT][0]:.0f}% at "
+                    f"A_M {100 * best['A_M'][0]:.0f}%."
+                )
+    seeds = len(settings.seeds)
+    parts.append(f"Mean over {seeds} seed(s) of edit requests; each family is pretrained once.")
+    return " ".join(parts)

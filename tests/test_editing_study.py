@@ -5,17 +5,17 @@ import json
 import pytest
 
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.editing import SCALES, method_grid, per_layer, run_editing_study
+from palimpsest.experiments.editing import SCALES, EditingScale, method_grid, per_layer, run_editing_study
 from palimpsest.report import write_report
 
 
 def test_method_grid_covers_methods_layers_and_bounds():
-    labels = [label for label, _ in method_grid(SCALES["demo"], blocks=4)]
+    labels = [label for label, _ in method_grid(EditingScale(), blocks=4)]
     assert labels[:2] == ["ft", "ft+support"]
     for block in range(4):
         assert f"linf δ=0.005 block {block}" in labels and f"l2 δ=0.5 block {block}" in labels
     assert "linf δ=0.005 first+last" in labels and "linf δ=0.005 all" in labels
-    ft = dict(method_grid(SCALES["demo"], blocks=4))["ft"]
+    ft = dict(method_grid(EditingScale(), blocks=4))["ft"]
     assert ft.norm is None and "embeddings" in ft.modules
 
 

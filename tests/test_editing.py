@@ -60,12 +60,12 @@ def test_undo_restores_every_weight_bit_for_bit(tokenizer):
 
 def test_unconstrained_edit_learns_a_multi_token_object(tokenizer):
     model = _model(tokenizer)
-    editor = ConstrainedFinetune(model, tokenizer, layers="all", modules=["block"], norm=None,
-                                 learning_rate=1e-2, steps=80)  # fmt: skip
+    editor = ConstrainedFinetune(model, tokenizer, layers="all", modules=["block", "embeddings"], norm=None,
+                                 learning_rate=1e-2, steps=300)  # fmt: skip
     result = editor.apply(REQUESTS, unmodified=OTHERS)
     assert result.before["A_M"] == 0.0
     assert result.after["A_M"] == 1.0 and result.after["efficacy"] == 1.0
-    assert result.steps < 80  # stopped early once the loss was low
+    assert result.steps < 300  # stopped early once the loss was low
     assert {"A_F\\S", "neighbourhood", "paraphrase", "A_mean"} <= set(result.after)
 
 

@@ -16,8 +16,9 @@ On the *unmodified* facts F \\ S (probed through the edit template):
 ``neighbourhood``  ROME's NS: share with P(true object) > P(new object of an edit of the
                    same relation) — the edit did not spill onto other subjects.
 
-``A_mean`` is (A_M + A_F\\S) / 2, Zhu et al.'s average. Probabilities are of the whole
-object (sum of its tokens' log-probabilities), so multi-token objects are compared fairly.
+``A_mean`` is (A_M + A_F\\S) / 2, Zhu et al.'s average. Two objects are compared by their
+mean log-probability per token (as ROME's code does), so that a long object is not
+penalised for its length against a one-token one.
 Every study reports these before the edit beside after it.
 """
 
@@ -60,7 +61,9 @@ def _pairwise(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     exact_a, logprob_a = score_probes(model, probes_a, pad_id=pad)
     exact_b, logprob_b = score_probes(model, probes_b, pad_id=pad)
-    return exact_a, exact_b, [x > y for x, y in zip(logprob_a, logprob_b, strict=True)]
+    mean_a = [value / len(probe.answer_ids) for value, probe in zip(logprob_a, probes_a, strict=True)]
+    mean_b = [value / len(probe.answer_ids) for value, probe in zip(logprob_b, probes_b, strict=True)]
+    return exact_a, exact_b, [x > y for x, y in zip(mean_a, mean_b, strict=True)]
 
 
 def _share(values: Sequence[bool]) -> float:

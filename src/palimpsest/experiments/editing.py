@@ -111,7 +111,7 @@ SCALES: dict[str, EditingScale] = {
         pretrain_lr=5e-3,
         layer_choices=("first+last", "single"),
         linf_deltas=(5e-3, 2e-2),
-        l2_deltas=(0.3, 1.0),
+        l2_deltas=(1.0,),
     ),
     "cpu": EditingScale(
         size="tiny",

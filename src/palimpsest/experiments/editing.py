@@ -68,6 +68,9 @@ class EditingScale:
     block_size: int = 64
     batch_size: int = 16
     pretrain_steps: int = 800
+    #: Masked LMs learn facts far more slowly (measured on the demo's 120 facts: 0% recall after
+    #: 800 updates, 78% after 6,000, where the causal model reaches 94% after 800).
+    masked_pretrain_steps: int | None = None
     pretrain_lr: float = 3e-3
     mlm_probability: float = 0.2
     edits: tuple[int, ...] = (32,)
@@ -113,18 +116,21 @@ SCALES: dict[str, EditingScale] = {
         linf_deltas=(5e-3, 2e-2),
         l2_deltas=(1.0,),
     ),
+    # Both families and all three edit-set sizes: four relations of every country (~990 facts,
+    # so that 512 edits leave most facts unmodified). The pretraining lengths are extrapolated
+    # from the demo's measurements, not yet checked at this size.
     "cpu": EditingScale(
-        size="tiny",
-        vocab_size=4096,
-        block_size=128,
-        max_documents=None,
-        fact_repeats=10,
-        pretrain_steps=1500,
-        pretrain_lr=2e-3,
+        fact_sets=("country-capital", "country-continent", "country-currency", "country-language"),
+        max_documents=300,
+        fact_repeats=12,
+        pretrain_steps=5000,
+        masked_pretrain_steps=25_000,
+        pretrain_lr=3e-3,
+        mlm_probability=0.3,
         edits=(32, 128, 512),
         seeds=(0, 1, 2),
-        linf_deltas=(2e-3, 5e-3, 2e-2),
-        l2_deltas=(0.2, 1.0),
+        linf_deltas=(5e-3, 2e-2, 5e-2),
+        l2_deltas=(0.3, 1.0),
         max_eval_blocks=128,
     ),
 }
@@ -160,10 +166,13 @@ def _pretrain(scale: EditingScale, family: str, facts: list[Fact], out: Path, ca
     model = build_model(
         family, scale.size, mixture.tokenizer, max_positions=scale.block_size, dropout=0.0, seed=0
     )
+    steps = scale.pretrain_steps
+    if objective == "mlm" and scale.masked_pretrain_steps is not None:
+        steps = scale.masked_pretrain_steps
     config = TrainingConfig(
-        steps=scale.pretrain_steps, batch_size=scale.batch_size, learning_rate=scale.pretrain_lr,
-        mlm_probability=scale.mlm_probability, eval_every=max(1, scale.pretrain_steps // 4),
-        save_every=max(1, scale.pretrain_steps // 2), seed=0,
+        steps=steps, batch_size=scale.batch_size, learning_rate=scale.pretrain_lr,
+        mlm_probability=scale.mlm_probability, eval_every=max(1, steps // 4),
+        save_every=max(1, steps // 2), seed=0,
     )  # fmt: skip
     result = train(
         model, mixture.tokenizer, mixture.train_blocks, config, run_dir / "trainer", objective=objective,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from palimpsest.data import (
     Corpus,
@@ -18,7 +21,27 @@ from palimpsest.data import (
     train_tokenizer,
 )
 from palimpsest.data.facts import Fact, fact_corpus
+from palimpsest.errors import ConfigError
 from palimpsest.storage import save_model
+
+S = TypeVar("S")
+
+
+def resolve_scale(scale: str | S, scales: Mapping[str, S], study: str) -> tuple[str, S]:
+    """``(name, settings)`` of a named scale, or ``("custom", settings)`` for a settings object."""
+    if not isinstance(scale, str):
+        return "custom", scale
+    if scale not in scales:
+        raise ConfigError(f"unknown scale '{scale}' for the {study} study (known: {', '.join(scales)})")
+    return scale, scales[scale]
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the values that are numbers (NaN, NaN if none)."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return math.nan, math.nan
+    return statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else 0.0
 
 
 @dataclass

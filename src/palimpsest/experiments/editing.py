@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import random
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import fact_mixture
+from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
 from palimpsest.pretraining import machine_info
 from palimpsest.recall import fact_recall
@@ -238,12 +237,7 @@ def run_editing_study(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
-    if isinstance(scale, str):
-        if scale not in SCALES:
-            raise ConfigError(f"unknown scale '{scale}' for the editing study (known: {', '.join(SCALES)})")
-        scale_name, settings = scale, SCALES[scale]
-    else:
-        scale_name, settings = "custom", scale
+    scale_name, settings = resolve_scale(scale, SCALES, "editing")
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
@@ -311,13 +305,6 @@ def _edit_unit(model, tokenizer, facts, grid, edits: int, seed: int, family: str
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 KEPT = "A_F\\S"  # accuracy on the unmodified facts F \\ S
 METRICS = ("A_M", KEPT, "A_mean", "paraphrase", "efficacy", "neighbourhood")
 
@@ -336,10 +323,10 @@ def summarise(
             key: first[key] for key in ("family", "edits", "label", "method", "layers", "norm", "delta")
         }
         for metric in METRICS:
-            row[metric] = _mean_std([r["after"].get(metric) for r in group])
-            row[f"{metric} before"] = _mean_std([r["before"].get(metric) for r in group])
-        row["steps"] = _mean_std([r["steps"] for r in group])
-        row["seconds"] = _mean_std([r["seconds"] for r in group])
+            row[metric] = mean_std([r["after"].get(metric) for r in group])
+            row[f"{metric} before"] = mean_std([r["before"].get(metric) for r in group])
+        row["steps"] = mean_std([r["steps"] for r in group])
+        row["seconds"] = mean_std([r["seconds"] for r in group])
         row["seeds"] = len(group)
         rows.append(row)
     return {"rows": rows, "verdict": _verdict(rows, pretrained, settings)}

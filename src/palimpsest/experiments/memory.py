@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -45,7 +44,7 @@ from transformers import TrainerCallback
 
 from palimpsest.data.facts import city_facts
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import fact_mixture
+from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
@@ -336,12 +335,7 @@ def run_memory_study(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
-    if isinstance(scale, str):
-        if scale not in SCALES:
-            raise ConfigError(f"unknown scale '{scale}' for the memory study (known: {', '.join(SCALES)})")
-        scale_name, settings = scale, SCALES[scale]
-    else:
-        scale_name, settings = "custom", scale
+    scale_name, settings = resolve_scale(scale, SCALES, "memory")
     unknown = [arm for arm in settings.arms if arm not in ARMS]
     if unknown:
         raise ConfigError(f"unknown arm(s) {', '.join(unknown)} (known: {', '.join(ARMS)})")
@@ -380,13 +374,6 @@ def run_memory_study(
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 ARM_METRICS = ("validation_loss", "validation_perplexity", "recall", "train_seconds", "parameters")
 USAGE_METRICS = ("used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99")
 
@@ -398,10 +385,10 @@ def summarise(units: list[dict[str, Any]], settings: MemoryScale) -> dict[str, A
         by_arm.setdefault(unit["arm"], []).append(unit)
     table: dict[str, dict[str, Any]] = {}
     for arm, group in by_arm.items():
-        row: dict[str, Any] = {name: _mean_std([u[name] for u in group]) for name in ARM_METRICS}
+        row: dict[str, Any] = {name: mean_std([u[name] for u in group]) for name in ARM_METRICS}
         if "usage" in group[0]:
-            row.update({name: _mean_std([u["usage"][name] for u in group]) for name in USAGE_METRICS})
-            row["outdated"] = _mean_std([u["outdated"] for u in group])
+            row.update({name: mean_std([u["usage"][name] for u in group]) for name in USAGE_METRICS})
+            row["outdated"] = mean_std([u["outdated"] for u in group])
         row["seeds"] = len(group)
         table[arm] = row
     comparisons = [
@@ -451,7 +438,7 @@ def _compare(
         _value(u, metric) - _value(seeds_b[u["seed"]], metric) for u in by_arm[a] if u["seed"] in seeds_b
     ]
     sign = 1 if expected == "higher" else -1
-    mean, spread = _mean_std(differences)
+    mean, spread = mean_std(differences)
     holds = bool(differences) and all(sign * d > 0 for d in differences) and abs(mean) > spread
     return {
         "a": a, "b": b, "metric": metric, "expected": expected,

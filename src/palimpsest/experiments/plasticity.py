@@ -46,6 +46,7 @@ from palimpsest.data import (
     synthetic_language,
 )
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.common import mean_std, resolve_scale
 from palimpsest.forgetting.callback import ActiveForgettingCallback
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
@@ -343,14 +344,7 @@ def run_plasticity(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
-    if isinstance(scale, str):
-        if scale not in SCALES:
-            raise ConfigError(
-                f"unknown scale '{scale}' for the plasticity study (known: {', '.join(SCALES)})"
-            )
-        scale_name, settings = scale, SCALES[scale]
-    else:
-        scale_name, settings = "custom", scale
+    scale_name, settings = resolve_scale(scale, SCALES, "plasticity")
     for language in settings.languages:
         settings.language(language)
     if settings.pretrain_steps % settings.reset_every:
@@ -483,13 +477,6 @@ def _language_unit(
     return _as_stored(result)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def first_step_at_or_below(curve: list[list[float]], threshold: float) -> int | None:
     """The first evaluated step whose loss is at most ``threshold`` (None: never)."""
     for step, loss in curve:
@@ -526,8 +513,8 @@ def summarise(
                 cell[variant] = {
                     "curve_mean": [statistics.fmean(col) for col in columns],
                     "curve_std": [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns],
-                    "final_loss": _mean_std([r["final_loss"] for r in group]),
-                    "zero_shot_accuracy": _mean_std([r["zero_shot_accuracy"] for r in group]),
+                    "final_loss": mean_std([r["final_loss"] for r in group]),
+                    "zero_shot_accuracy": mean_std([r["zero_shot_accuracy"] for r in group]),
                     "majority_baseline": group[0]["zero_shot_majority"] if group else math.nan,
                 }
             # Paired over seeds: the same seed draws the same initial embeddings for both.
@@ -538,9 +525,9 @@ def summarise(
             to_threshold = [first_step_at_or_below(f["curve"], s["curve"][-1][1]) for s, f in pairs]
             standard_steps = [first_step_at_or_below(s["curve"], s["curve"][-1][1]) for s in standard]
             cell["early_step"] = steps[early_index] if steps else None
-            cell["early_gap"] = _mean_std(early_gaps)
+            cell["early_gap"] = mean_std(early_gaps)
             cell["early_gap_positive_seeds"] = sum(gap > 0 for gap in early_gaps)
-            cell["final_gap"] = _mean_std(final_gaps)
+            cell["final_gap"] = mean_std(final_gaps)
             cell["steps_to_standard_final"] = {
                 "forgetting": to_threshold,
                 "standard": standard_steps,
@@ -550,7 +537,7 @@ def summarise(
             cell["relative_gain"] = (acc_f - acc_s) / acc_s if acc_s and not math.isnan(acc_s) else math.nan
             cells.append(cell)
     gains_by_budget = {
-        budget: _mean_std([c["relative_gain"] for c in cells if c["budget"] == budget])
+        budget: mean_std([c["relative_gain"] for c in cells if c["budget"] == budget])
         for budget in settings.budgets
     }
     faster = sum(

@@ -79,6 +79,18 @@ def _progress_callbacks(progress: Any) -> Callable[[str], list[Any]]:
     return lambda name: [RichProgressCallback(progress, name)]
 
 
+def _run_study(run: Callable[..., dict[str, Any]], out: Path, scale: str, title: str) -> None:
+    """Run (or resume) a study with a progress display, write its report, print its verdict."""
+    from palimpsest.progress import make_progress
+    from palimpsest.report import write_report
+
+    with make_progress(console) as progress:
+        results = run(out, scale, callbacks_for=_progress_callbacks(progress))
+    write_report([results], out, title=title)
+    console.print(results["summary"]["verdict"], highlight=False)
+    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+
+
 def _print_pretrain(results: dict[str, Any]) -> None:
     m = results["metrics"]
     table = Table(title=results["name"], show_header=False)
@@ -540,14 +552,8 @@ def experiment_plasticity(
     """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
     _setup_logging(verbose)
     from palimpsest.experiments.plasticity import run_plasticity
-    from palimpsest.progress import make_progress
-    from palimpsest.report import write_report
 
-    with make_progress(console) as progress:
-        results = run_plasticity(out, scale, callbacks_for=_progress_callbacks(progress))
-    write_report([results], out, title="palimpsest: plasticity study")
-    console.print(results["summary"]["verdict"], highlight=False)
-    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study")
 
 
 @experiment_app.command("memory")
@@ -562,14 +568,8 @@ def experiment_memory(
     """No memory vs replace/residual memory, from scratch or from a model pretrained without it."""
     _setup_logging(verbose)
     from palimpsest.experiments.memory import run_memory_study
-    from palimpsest.progress import make_progress
-    from palimpsest.report import write_report
 
-    with make_progress(console) as progress:
-        results = run_memory_study(out, scale, callbacks_for=_progress_callbacks(progress))
-    write_report([results], out, title="palimpsest: memory study")
-    console.print(results["summary"]["verdict"], highlight=False)
-    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+    _run_study(run_memory_study, out, scale, "palimpsest: memory study")
 
 
 @experiment_app.command("editing")
@@ -582,14 +582,8 @@ def experiment_editing(
     """Unconstrained vs constrained fine-tuning of facts, by layer choice and bound (Zhu et al. 2020)."""
     _setup_logging(verbose)
     from palimpsest.experiments.editing import run_editing_study
-    from palimpsest.progress import make_progress
-    from palimpsest.report import write_report
 
-    with make_progress(console) as progress:
-        results = run_editing_study(out, scale, callbacks_for=_progress_callbacks(progress))
-    write_report([results], out, title="palimpsest: editing study")
-    console.print(results["summary"]["verdict"], highlight=False)
-    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
+    _run_study(run_editing_study, out, scale, "palimpsest: editing study")
 
 
 @app.command()

@@ -40,3 +40,21 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "Rewrite: modifying facts" in text and "editing-frontier-gpt2-4.png" in text
     with pytest.raises(ConfigError, match="unknown scale"):
         run_editing_study(tmp_path, "huge")
+
+
+@pytest.mark.parametrize("name", sorted(SCALES))
+def test_every_scale_leaves_unmodified_facts_to_measure(name):
+    """Even the largest edit set of a scale leaves facts that are neither edited nor support."""
+    from palimpsest.editing.requests import counterfactual_requests
+    from palimpsest.experiments.editing import study_facts, support_split
+    from palimpsest.models import SIZES
+
+    settings = SCALES[name]
+    facts = study_facts(settings)
+    requests = counterfactual_requests(facts, max(settings.edits), seed=0)
+    support, unmodified = support_split(facts, requests, seed=0)
+    assert 0 < len(support) <= len(requests) and len(unmodified) >= len(support)
+    seen = {(f.subject, f.relation.name) for f in support + unmodified}
+    assert len(seen) == len(support) + len(unmodified) == len(facts) - len(requests)
+    assert not seen & {(r.fact.subject, r.fact.relation.name) for r in requests}
+    assert len(method_grid(settings, SIZES[settings.size].layers)) > len(settings.methods)

@@ -575,7 +575,7 @@ def experiment_memory(
 @experiment_app.command("editing")
 @user_errors
 def experiment_editing(
-    scale: Annotated[str, typer.Option(help="smoke, demo or cpu.")] = "demo",
+    scale: Annotated[str, typer.Option(help="smoke, demo, cpu or full.")] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/editing"),
     verbose: VerboseOption = False,
 ) -> None:

@@ -223,7 +223,8 @@ def evaluate(
     """Score a saved model on a corpus: perplexity beside the unigram baseline for a language
     model, shared-topic accuracy beside the majority class for a topic classifier."""
     _setup_logging(verbose)
-    from palimpsest.evaluation import evaluate_saved_classifier, evaluate_saved_lm, is_classifier
+    from palimpsest.evaluation import evaluate_saved_lm, is_classifier
+    from palimpsest.forgetting.relearning import evaluate_saved_classifier
 
     if is_classifier(model):
         results = evaluate_saved_classifier(model, corpus, max_length=block_size)

@@ -1,4 +1,8 @@
-"""Evaluate a saved language model on a corpus, beside the unigram baseline."""
+"""Evaluate a saved language model on a corpus, beside the unigram baseline.
+
+(Topic classifiers from the relearning pipeline are scored by
+:func:`palimpsest.forgetting.relearning.evaluate_saved_classifier`.)
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from palimpsest.data import (
     unigram_baseline,
 )
 from palimpsest.errors import ModelError
-from palimpsest.forgetting.relearning import evaluate_topics
 from palimpsest.models import load_pretrained, objective_of
 from palimpsest.training import evaluate_lm
 
@@ -67,11 +70,3 @@ def is_classifier(model_dir: str | Path) -> bool:
         raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
     architectures = set(json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or ())
     return bool(architectures & set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()))
-
-
-def evaluate_saved_classifier(
-    model_dir: str | Path, corpus_name: str, *, max_length: int = 128
-) -> dict[str, Any]:
-    """Shared-topic accuracy of a saved classifier on every labelled document of a corpus."""
-    metrics = evaluate_topics(model_dir, load_corpus(corpus_name), max_length=max_length)
-    return {"kind": "evaluate-task", "model": str(model_dir), "corpus": corpus_name, "metrics": metrics}

@@ -39,6 +39,7 @@ from palimpsest.data import (
     encode_blocks,
     encode_classification,
     fixed_mlm_eval_set,
+    load_corpus,
     load_tokenizer,
     shared_topic_corpus,
     split_corpus,
@@ -287,3 +288,11 @@ def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int =
     if labels != set(SHARED_TOPICS):
         raise DataError(f"the model at '{model_path}' predicts {sorted(labels)}, not the shared topics")
     return evaluate_classifier(model_path, shared_topic_corpus(corpus), max_length=max_length)
+
+
+def evaluate_saved_classifier(
+    model_dir: str | Path, corpus_name: str, *, max_length: int = 128
+) -> dict[str, Any]:
+    """Shared-topic accuracy of a saved classifier on every labelled document of a corpus."""
+    metrics = evaluate_topics(model_dir, load_corpus(corpus_name), max_length=max_length)
+    return {"kind": "evaluate-task", "model": str(model_dir), "corpus": corpus_name, "metrics": metrics}

@@ -58,3 +58,50 @@ def test_every_scale_leaves_unmodified_facts_to_measure(name):
     assert len(seen) == len(support) + len(unmodified) == len(facts) - len(requests)
     assert not seen & {(r.fact.subject, r.fact.relation.name) for r in requests}
     assert len(method_grid(settings, SIZES[settings.size].layers)) > len(settings.methods)
+
+
+def _fake_run(block: int, delta: float, a_m: float, kept: float) -> dict:
+    metrics = {"A_M": a_m, "A_F\\S": kept, "A_mean": (a_m + kept) / 2}
+    before = {"A_M": 0.0, "A_F\\S": 0.98, "A_mean": 0.49}
+    return {
+        "family": "gpt2", "edits": 32, "seed": 0, "method": "linf",
+        "label": f"linf δ={delta:g} block {block}", "layers": [block], "norm": "linf", "delta": delta,
+        "before": before, "after": metrics, "steps": 100, "seconds": 1.0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tight", "loose", "reproduced"),
+    [
+        # each block at its best bound: the ends win on A mean although a middle block wins at the tight bound
+        (
+            [(0.2, 0.9), (0.6, 0.9), (0.5, 0.9), (0.1, 0.98)],
+            [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
+            True,
+        ),
+        (
+            [(0.2, 0.9), (1.0, 0.9), (0.5, 0.9), (0.1, 0.98)],
+            [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
+            False,
+        ),
+    ],
+)
+def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loose, reproduced):
+    from dataclasses import replace
+
+    from palimpsest.experiments.editing import best_single_blocks, summarise
+
+    runs = [_fake_run(b, 5e-3, *tight[b]) for b in range(4)] + [
+        _fake_run(b, 5e-2, *loose[b]) for b in range(4)
+    ]
+    settings = replace(
+        SCALES["demo"], families=("gpt2",), edits=(32,), linf_deltas=(5e-3, 5e-2), l2_deltas=()
+    )
+    pretrained = {"gpt2": {"recall": 0.98, "paraphrase_recall": 0.95, "data": {"facts": 100}}}
+    summary = summarise(runs, pretrained, settings)
+    best = best_single_blocks(summary["rows"], "gpt2", 32, "linf", (5e-3, 5e-2))
+    assert best[0]["delta"] == 5e-2 and best[2]["delta"] == 5e-3  # block 0 needs room, block 2 does not
+    expected = [max((a + k) / 2 for a, k in (tight[b], loose[b])) for b in range(4)]
+    assert [r["A_mean"][0] for r in best] == pytest.approx(expected)
+    assert ("REPRODUCED." in summary["verdict"]) == reproduced
+    assert ("did NOT reproduce" in summary["verdict"]) == (not reproduced)

@@ -449,8 +449,8 @@ def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) ->
     for study in studies:
         settings, summary = study["settings"], study["summary"]
         section.blocks.append(
-            f"Scale '{study['scale']}': per family a {settings['size']} model pretrained "
-            f"{settings['pretrain_steps']} updates on {settings['corpus']} mixed with the facts "
+            f"Scale '{study['scale']}': per family a {settings['size']} model pretrained from scratch "
+            f"on {settings['corpus']} mixed with the facts "
             f"({', '.join(settings['fact_sets'])}; four templates each, every subject's held-out paraphrase "
             "left out). Then, per seed, counterfactual edits (a new object of the same relation) made by "
             "every method on the same requests and undone exactly before the next. A_M: exact match of the "
@@ -461,10 +461,17 @@ def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) ->
         )
         section.blocks.append(
             Table(
-                ["model", "facts known (recall)", "held-out paraphrase recall %", "validation loss"],
+                [
+                    "model",
+                    "pretraining updates",
+                    "facts known (recall)",
+                    "held-out paraphrase recall %",
+                    "validation loss",
+                ],
                 [
                     [
                         f,
+                        p["steps"],
                         f"{100 * p['recall']:.1f}% of {p['data']['facts']}",
                         100 * p["paraphrase_recall"],
                         p["validation_loss"],
@@ -521,19 +528,21 @@ def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) ->
                     (r for r in cell if isinstance(r["layers"], list) and len(r["layers"]) == 1),
                     key=lambda r: (r["norm"], r["delta"], r["layers"][0]),
                 )
-                if single:
+                for metric, name in (("A_M", "A_M"), ("A_mean", "A mean")):
+                    if not single:
+                        break
                     groups: dict[str, dict[str, tuple[float, float]]] = {}
                     for r in single:
                         bound = f"{r['norm']} δ={r['delta']:g}"
-                        groups.setdefault(f"block {r['layers'][0]}", {})[bound] = tuple(r["A_M"])
+                        groups.setdefault(f"block {r['layers'][0]}", {})[bound] = tuple(r[metric])
                     path = plot_bars(
                         groups,
-                        plots_dir / f"editing-layers-{family}-{edits}.png",
+                        plots_dir / f"editing-layers-{metric}-{family}-{edits}.png",
                         title=f"{family}, {edits} edits: editing one block at a time",
-                        ylabel="A_M",
+                        ylabel=name,
                     )
                     section.blocks.append(
-                        Figure(path, "Per-layer effectiveness (constrained, FFN of one block)")
+                        Figure(path, f"Per-layer effectiveness, {name} (constrained, FFN of one block)")
                     )
     return section
 

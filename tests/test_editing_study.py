@@ -71,22 +71,19 @@ def _fake_run(block: int, delta: float, a_m: float, kept: float) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("tight", "loose", "reproduced"),
+    ("tight", "loose", "conclusion"),
     [
-        # each block at its best bound: the ends win on A mean although a middle block wins at the tight bound
-        (
-            [(0.2, 0.9), (0.6, 0.9), (0.5, 0.9), (0.1, 0.98)],
-            [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
-            True,
-        ),
-        (
-            [(0.2, 0.9), (1.0, 0.9), (0.5, 0.9), (0.1, 0.98)],
-            [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
-            False,
-        ),
+        # each block at its best bound: the ends lead on A mean although block 1 leads at the tight bound
+        ([(0.2, 0.9), (0.5, 0.9), (0.5, 0.9), (0.1, 0.98)], [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
+         "REPRODUCED."),
+        ([(0.2, 0.9), (1.0, 0.9), (0.5, 0.9), (0.1, 0.98)], [(1.0, 0.6), (1.0, 0.3), (1.0, 0.2), (1.0, 0.5)],
+         "did NOT reproduce."),
+        # no edit takes: the block that changes least "wins", which says nothing about layers
+        ([(0.0, 0.5), (0.0, 0.7), (0.0, 0.9), (0.0, 0.98)], [(0.1, 0.2), (0.1, 0.3), (0.1, 0.4), (0.1, 0.5)],
+         "could NOT be tested"),
     ],
-)
-def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loose, reproduced):
+)  # fmt: skip
+def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loose, conclusion):
     from dataclasses import replace
 
     from palimpsest.experiments.editing import best_single_blocks, summarise
@@ -100,8 +97,6 @@ def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loos
     pretrained = {"gpt2": {"recall": 0.98, "paraphrase_recall": 0.95, "data": {"facts": 100}}}
     summary = summarise(runs, pretrained, settings)
     best = best_single_blocks(summary["rows"], "gpt2", 32, "linf", (5e-3, 5e-2))
-    assert best[0]["delta"] == 5e-2 and best[2]["delta"] == 5e-3  # block 0 needs room, block 2 does not
     expected = [max((a + k) / 2 for a, k in (tight[b], loose[b])) for b in range(4)]
     assert [r["A_mean"][0] for r in best] == pytest.approx(expected)
-    assert ("REPRODUCED." in summary["verdict"]) == reproduced
-    assert ("did NOT reproduce" in summary["verdict"]) == (not reproduced)
+    assert conclusion in summary["verdict"]

@@ -508,13 +508,13 @@ def edit(
     from palimpsest.errors import ConfigError
     from palimpsest.report import write_report
 
-    chosen_layers: str | list[int] | None = layers
+    chosen_layers: str | list[int | float] | None = layers
     if layers and layers[0].isdigit():
         try:
-            chosen_layers = [int(x) for x in layers.split(",")]
+            chosen_layers = [float(x) if "." in x else int(x) for x in layers.split(",")]
         except ValueError:
             raise ConfigError(
-                f"--layers: expected first+last, all, ... or indices like 0,3, got '{layers}'"
+                f"--layers: expected first+last, all, indices like 0,3 or depths like 0.15, got '{layers}'"
             ) from None
     settings = load_config(
         EditConfig,
@@ -576,7 +576,9 @@ def experiment_memory(
 @experiment_app.command("editing")
 @user_errors
 def experiment_editing(
-    scale: Annotated[str, typer.Option(help="smoke, demo, cpu or full.")] = "demo",
+    scale: Annotated[
+        str, typer.Option(help="smoke, demo, cpu, full, or real (the built-in SmolLM2-135M).")
+    ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/editing"),
     verbose: VerboseOption = False,
 ) -> None:
@@ -611,7 +613,7 @@ def demo(
             console.print(f"[bold]forget[/]: {result['summary']['verdict']}", highlight=False)
         elif result["kind"] == "memory-study":
             console.print(f"[bold]grow[/]: {result['summary']['verdict']}", highlight=False)
-        elif result["kind"] == "editing-study":
+        elif result["kind"] in ("editing-study", "editing-real"):
             console.print(f"[bold]rewrite[/]: {result['summary']['verdict']}", highlight=False)
     console.print(
         f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"

@@ -7,7 +7,9 @@ Scales size the same pipeline for a purpose: ``smoke`` runs in seconds (tests),
   standard and with active forgetting) that the plasticity study pretrains;
 * forget: the plasticity study (:mod:`palimpsest.experiments.plasticity`);
 * grow: the memory study (:mod:`palimpsest.experiments.memory`);
-* rewrite: the editing study (:mod:`palimpsest.experiments.editing`).
+* rewrite: the editing study (:mod:`palimpsest.experiments.editing`), and a few edits of the
+  built-in real model SmolLM2-135M with its continuations before and after
+  (:mod:`palimpsest.experiments.editing_real`; a random model of its shape at smoke scale).
 
 Each run writes its own results as soon as it finishes; a re-run with the same ``--out``
 reuses finished runs and resumes an interrupted one from its last checkpoint.
@@ -27,6 +29,7 @@ from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import ConfigError
+from palimpsest.experiments import editing_real
 from palimpsest.experiments.editing import run_editing_study
 from palimpsest.experiments.memory import run_memory_study
 from palimpsest.experiments.plasticity import run_plasticity
@@ -150,7 +153,12 @@ def run_demo(
     editing = run_editing_study(out / "editing", scale, callbacks_for=callbacks_for)
     timings["rewrite: editing study"] = time.perf_counter() - mark
 
-    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory, editing]
+    mark = time.perf_counter()
+    real_scale = editing_real.SCALES["demo" if scale == "demo" else "demo-smoke"]
+    real = editing_real.run_real_editing_study(out / "editing-real", real_scale, scale)
+    timings["rewrite: real model (SmolLM2-135M)"] = time.perf_counter() - mark
+
+    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory, editing, real]
     summary = {
         "kind": "demo",
         "scale": scale,

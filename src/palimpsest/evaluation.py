@@ -20,7 +20,7 @@ from palimpsest.data import (
     unigram_baseline,
 )
 from palimpsest.errors import ModelError
-from palimpsest.models import load_pretrained, objective_of
+from palimpsest.models import load_pretrained, objective_of, resolve_pretrained
 from palimpsest.training import evaluate_lm
 
 
@@ -33,8 +33,12 @@ def evaluate_saved_lm(
     validation_fraction: float = 0.05,
     split_seed: int = 0,
 ) -> dict[str, Any]:
-    """Perplexity on the validation split of ``corpus_name`` (same split as pretraining)."""
-    model_dir = Path(model_dir)
+    """Perplexity on the validation split of ``corpus_name`` (same split as pretraining).
+
+    ``model_dir`` is a saved folder or a built-in name (``smollm2-135m``).
+    """
+    name = str(model_dir)
+    model_dir = Path(resolve_pretrained(name))
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
     model = load_pretrained(str(model_dir))
@@ -52,7 +56,7 @@ def evaluate_saved_lm(
     baseline = unigram_baseline(train_blocks, eval_set, len(tokenizer))
     return {
         "kind": "evaluate",
-        "model": str(model_dir),
+        "model": name,
         "corpus": corpus_name,
         "objective": objective,
         "metrics": {**metrics, "unigram_loss": baseline.loss, "unigram_perplexity": baseline.perplexity},
@@ -65,7 +69,7 @@ def is_classifier(model_dir: str | Path) -> bool:
 
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    config_file = Path(model_dir) / "config.json"
+    config_file = Path(resolve_pretrained(str(model_dir))) / "config.json"
     if not config_file.is_file():
         raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
     architectures = set(json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or ())

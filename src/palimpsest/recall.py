@@ -37,6 +37,9 @@ class Probe:
     input_ids: list[int]
     answer_positions: list[int]
     answer_ids: list[int]
+    #: Where the subject's tokens stand in ``input_ids`` (empty where the tokenizer merges the
+    #: subject with its neighbours, so that no token boundary marks it).
+    subject_positions: tuple[int, ...] = ()
 
 
 def build_probe(
@@ -53,12 +56,14 @@ def build_probe(
     if with_answer[: len(prompt_ids)] != prompt_ids or len(with_answer) == len(prompt_ids):
         return None
     answer_ids = with_answer[len(prompt_ids) :]
+    subject = _subject_span(encode, fact, template, with_answer)
     if causal:
         start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
         prefix = [start] if start is not None else []
         ids = prefix + with_answer
         first = len(prefix) + len(prompt_ids)
-        return Probe(ids, list(range(first, first + len(answer_ids))), answer_ids)
+        shifted = tuple(len(prefix) + p for p in subject)
+        return Probe(ids, list(range(first, first + len(answer_ids))), answer_ids, shifted)
     full = encode(before + answer_text + after)
     if full[: len(with_answer)] != with_answer or tokenizer.mask_token_id is None:
         return None
@@ -71,7 +76,18 @@ def build_probe(
     prefix = [first] if first is not None else []
     wrapped = prefix + masked + ([last] if last is not None else [])
     positions = [len(prefix) + p for p in range(len(prompt_ids), len(with_answer))]
-    return Probe(wrapped, positions, answer_ids)
+    return Probe(wrapped, positions, answer_ids, tuple(len(prefix) + p for p in subject))
+
+
+def _subject_span(encode, fact: Fact, template: int, statement_ids: list[int]) -> range:
+    """Token positions of the subject inside ``statement_ids`` (empty if no boundary marks it)."""
+    text = fact.relation.templates[template % len(fact.relation.templates)]
+    lead = text.split("{subject}")[0]
+    before = encode(lead.rstrip()) if lead.strip() else []  # the space belongs to the subject's token
+    through = encode(lead + fact.subject)
+    if through[: len(before)] != before or statement_ids[: len(through)] != through:
+        return range(0)
+    return range(len(before), len(through))
 
 
 @dataclass

@@ -138,7 +138,7 @@ def evaluate_section(runs: Sequence[dict[str, Any]], plots_dir: Path) -> Section
     return Section("Evaluation", [Table(["model", "corpus", "ppl", "unigram ppl", "tokens"], rows)])
 
 
-def _pm(pair: Any, scale: float = 1.0, digits: int = 3) -> str:
+def pm(pair: Any, scale: float = 1.0, digits: int = 3) -> str:
     """``mean ± std`` from a ``(mean, std)`` pair."""
     if not pair or pair[0] is None or (isinstance(pair[0], float) and math.isnan(pair[0])):
         return "–"
@@ -182,14 +182,14 @@ def plasticity_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> Se
                 [
                     cell["language"],
                     cell["budget"],
-                    f"{_pm(cell['early_gap'])} (step {cell['early_step']})",
-                    _pm(s["final_loss"]),
-                    _pm(f["final_loss"]),
+                    f"{pm(cell['early_gap'])} (step {cell['early_step']})",
+                    pm(s["final_loss"]),
+                    pm(f["final_loss"]),
                     "/".join("–" if x is None else str(x) for x in thresholds["forgetting"])
                     + " vs "
                     + "/".join("–" if x is None else str(x) for x in thresholds["standard"]),
-                    _pm(s["zero_shot_accuracy"], 100, 1),
-                    _pm(f["zero_shot_accuracy"], 100, 1),
+                    pm(s["zero_shot_accuracy"], 100, 1),
+                    pm(f["zero_shot_accuracy"], 100, 1),
                     100 * s["majority_baseline"],
                     f"{100 * cell['relative_gain']:+.1f}%",
                 ]
@@ -330,12 +330,12 @@ def memory_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> 
                 [
                     arm,
                     row["parameters"][0],
-                    _pm(row["validation_loss"]),
-                    _pm(row["recall"], 100, 1),
-                    _pm(row["kl_weights"]) if usage else "–",
-                    _pm(row["slots_90"], 100, 1) if usage else "–",
-                    _pm(row["gini"]) if usage else "–",
-                    _pm(row["outdated"], 100, 1) if usage else "–",
+                    pm(row["validation_loss"]),
+                    pm(row["recall"], 100, 1),
+                    pm(row["kl_weights"]) if usage else "–",
+                    pm(row["slots_90"], 100, 1) if usage else "–",
+                    pm(row["gini"]) if usage else "–",
+                    pm(row["outdated"], 100, 1) if usage else "–",
                     row["train_seconds"][0],
                 ]
             )
@@ -482,8 +482,8 @@ def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) ->
         )
         rows = [
             [
-                r["family"], r["edits"], r["label"], _pm(r["A_M"]), _pm(r[kept]), _pm(r[kept + " before"]),
-                _pm(r["A_mean"]), _pm(r["paraphrase"]), _pm(r["efficacy"]), _pm(r["neighbourhood"]),
+                r["family"], r["edits"], r["label"], pm(r["A_M"]), pm(r[kept]), pm(r[kept + " before"]),
+                pm(r["A_mean"]), pm(r["paraphrase"]), pm(r["efficacy"]), pm(r["neighbourhood"]),
                 f"{r['steps'][0]:.0f}", f"{r['seconds'][0]:.2f}",
             ]
             for r in summary["rows"]
@@ -547,7 +547,14 @@ def editing_study_section(studies: Sequence[dict[str, Any]], plots_dir: Path) ->
     return section
 
 
+def _editing_real_section(studies: Sequence[dict[str, Any]], plots_dir: Path) -> Section:
+    from palimpsest.experiments.editing_real import report_section  # the study owns its section
+
+    return report_section(studies, plots_dir)
+
+
 SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "editing-real": _editing_real_section,
     "editing-study": editing_study_section,
     "edit": edit_section,
     "memory-study": memory_study_section,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from palimpsest.data.facts import Fact
 from palimpsest.editing.metrics import edit_metrics, probe_or_fail
 from palimpsest.editing.requests import EditRequest
 from palimpsest.errors import ConfigError, DataError, ModelError
-from palimpsest.models import objective_of, transformer_blocks
+from palimpsest.models import hidden_size, objective_of, transformer_blocks
 from palimpsest.recall import Probe
 
 logger = logging.getLogger(__name__)
@@ -53,30 +54,76 @@ Norm = Literal["linf", "l2"]
 Objective = Literal["auto", "mlm", "ft-m", "ft-l"]
 FFN_CHILDREN = ("mlp", "intermediate", "output", "feed_forward", "ffn")
 ATTENTION_CHILDREN = ("attn", "attention", "self_attn", "self_attention")
-MODULE_KINDS = ("ffn", "attention", "block", "embeddings")
+MODULE_KINDS = ("ffn", "ffn-out", "attention", "block", "embeddings")
 
 
-def block_indices(layers: str | Sequence[int], count: int) -> list[int]:
-    """Block indices from ``"first"``, ``"last"``, ``"first+last"``, ``"all"`` or a list."""
+def relative_block(depth: float, count: int) -> int:
+    """The block at relative depth ``depth`` (0 = first, 1 = last) of ``count`` blocks."""
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"layers: a relative depth must be in [0, 1], got {depth}")
+    return round(depth * (count - 1))
+
+
+def block_indices(layers: str | Sequence[int | float], count: int) -> list[int]:
+    """Block indices from names, indices or relative depths.
+
+    Names: ``"first"``, ``"last"``, ``"all"``, joined with ``+`` (``"first+last"``); an int is
+    a block index (negative from the end); a float, or a string with a decimal point such as
+    ``"0.7"``, is a relative depth, so one setting means the same place in a 4-block and a
+    30-block model.
+    """
     if isinstance(layers, str):
         named = {"first": [0], "last": [count - 1], "all": list(range(count))}
         indices: list[int] = []
         for part in layers.split("+"):
-            if part not in named:
+            if part in named:
+                indices += named[part]
+                continue
+            try:
+                indices.append(relative_block(float(part), count) if "." in part else int(part))
+            except ValueError:
                 raise ConfigError(
-                    f"layers: unknown choice '{part}' (first, last, first+last, all, or indices)"
-                )
-            indices += named[part]
-        return sorted(set(indices))
-    bad = [i for i in layers if not -count <= i < count]
-    if bad or not layers:
+                    f"layers: unknown choice '{part}' (first, last, all, indices, or depths like 0.7)"
+                ) from None
+        return block_indices(indices, count)
+    if not layers:
+        raise ConfigError(f"layers: name at least one block of 0..{count - 1}")
+    resolved = [relative_block(i, count) if isinstance(i, float) else i for i in layers]
+    bad = [i for i in resolved if not -count <= i < count]
+    if bad:
         raise ConfigError(f"layers {list(layers)} are not all block indices in 0..{count - 1}")
-    return sorted({i % count for i in layers})
+    return sorted({i % count for i in resolved})
+
+
+def _matrix_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(inputs, outputs) of a Linear or of GPT-2's Conv1D; None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and weight is not None and weight.dim() == 2:
+        return int(weight.shape[0]), int(weight.shape[1])
+    return None
+
+
+def ffn_output_projections(ffn_parts: Sequence[nn.Module], hidden: int) -> list[nn.Module]:
+    """The FFN's output projection(s): matrices from a wider space back to the hidden size.
+
+    Found by shape, not by name: Llama's ``down_proj``, GPT-2's ``c_proj``, BERT's
+    ``output.dense`` all map ``intermediate -> hidden``. This is the weight EasyEdit's FT-M and
+    ROME edit: the FFN's "value" side, where a key-value reading of the FFN stores facts.
+    """
+    found = []
+    for part in ffn_parts:
+        for module in part.modules():
+            shape = _matrix_shape(module)
+            if shape is not None and shape[1] == hidden and shape[0] != hidden:
+                found.append(module)
+    return found
 
 
 def select_parameters(
     model: nn.Module,
-    layers: str | Sequence[int] = "first+last",
+    layers: str | Sequence[int | float] = "first+last",
     modules: Sequence[str] = ("ffn",),
     patterns: Sequence[str] = (),
 ) -> dict[str, nn.Parameter]:
@@ -92,8 +139,10 @@ def select_parameters(
         for index in block_indices(layers, len(blocks)):
             block = blocks[index]
             for kind in block_kinds:
-                wanted = {"ffn": FFN_CHILDREN, "attention": ATTENTION_CHILDREN}.get(kind)
-                parts = [m for n, m in block.named_children() if wanted is None or n in wanted]
+                wanted = {"ffn": FFN_CHILDREN, "ffn-out": FFN_CHILDREN, "attention": ATTENTION_CHILDREN}
+                parts = [m for n, m in block.named_children() if kind not in wanted or n in wanted[kind]]
+                if parts and kind == "ffn-out":
+                    parts = ffn_output_projections(parts, hidden_size(model))
                 if not parts:
                     children = ", ".join(f"{n} ({type(m).__name__})" for n, m in block.named_children())
                     raise ModelError(
@@ -120,33 +169,69 @@ def select_parameters(
 
 @dataclass
 class EditConfig:
-    """How an edit is made (defaults follow the FT-L settings of ROME's code, scaled to tiny models)."""
+    """How an edit is made.
 
-    layers: str | list[int] = "first+last"
+    The defaults were measured on the built-in real model (SmolLM2-135M, see the README's
+    editing section); the study grids pass their own settings.
+    """
+
+    layers: str | list[int | float] = "first+last"
     modules: list[str] = field(default_factory=lambda: ["ffn"])
     parameters: list[str] = field(default_factory=list)
     norm: Norm | None = "linf"
     delta: float = 5e-3
+    #: ``"absolute"``: δ in the weights' own units; ``"weight"``: δ times each edited tensor's
+    #: scale (its RMS for L-inf, its Frobenius norm for L2), so one δ means the same relative
+    #: change in a 64-wide and a 576-wide model.
+    delta_units: Literal["absolute", "weight"] = "absolute"
     objective: Objective = "auto"
+    #: ``"adam"`` moves every selected weight by about ``learning_rate`` per step, whatever its
+    #: gradient; ``"sgd"`` follows the gradient itself, which for one fact at one position is a
+    #: low-rank matrix that touches little but that fact.
+    optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float = 1e-3
     steps: int = 100
-    #: Stop when the training loss falls below this (None: always run every step).
+    #: Stop when the training loss falls below this (None: no loss threshold).
     stop_loss: float | None = 1e-2
+    #: Stop as soon as every trained token of the edits is the model's argmax (the edit has
+    #: taken, as recall measures it) — the smallest change that makes the edit.
+    stop_on_success: bool = False
     batch_size: int = 64
     edit_template: int = 0
+    #: Where the edited weights learn from: every position (``"all"``, plain fine-tuning), or
+    #: only the subject's tokens (``"subject"``): the weights still change everywhere they are
+    #: used, but the change is built from the subject's own activations, so prompts about other
+    #: subjects — which share the template's tokens, not the subject's — are barely moved.
+    edit_positions: Literal["all", "subject"] = "all"
+    #: Train each edit through its edit template only (``"edit"``), or through every template
+    #: of its relation except its held-out paraphrase (``"paraphrases"``): what the templates
+    #: share is the subject, so the change attaches to the subject more than to one phrasing.
+    train_templates: Literal["edit", "paraphrases"] = "edit"
 
     def __post_init__(self) -> None:
         if self.norm is not None and self.norm not in ("linf", "l2"):
             raise ConfigError(f"edit.norm: expected linf, l2 or none, got {self.norm!r}")
-        if self.norm is not None and self.delta <= 0:
-            raise ConfigError(f"edit.delta must be positive, got {self.delta}")
+        if self.norm is not None and not (math.isfinite(self.delta) and self.delta > 0):
+            raise ConfigError(f"edit.delta must be a positive number, got {self.delta}")
+        if self.delta_units not in ("absolute", "weight"):
+            raise ConfigError(f"edit.delta_units: expected absolute or weight, got {self.delta_units!r}")
+        if self.edit_positions not in ("all", "subject"):
+            raise ConfigError(f"edit.edit_positions: expected all or subject, got {self.edit_positions!r}")
+        if self.train_templates not in ("edit", "paraphrases"):
+            raise ConfigError(
+                f"edit.train_templates: expected edit or paraphrases, got {self.train_templates!r}"
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"edit.optimizer: expected adam or sgd, got {self.optimizer!r}")
         if self.objective not in ("auto", "mlm", "ft-m", "ft-l"):
             raise ConfigError(f"edit.objective: expected auto, mlm, ft-m or ft-l, got {self.objective!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"edit.{name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"edit.learning_rate must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"edit.learning_rate must be a positive number, got {self.learning_rate}")
+        if self.stop_loss is not None and not math.isfinite(self.stop_loss):
+            raise ConfigError(f"edit.stop_loss must be a number, got {self.stop_loss}")
 
 
 @dataclass
@@ -196,6 +281,7 @@ class ConstrainedFinetune:
             model, self.config.layers, self.config.modules, self.config.parameters
         )
         self.original = {name: p.detach().clone() for name, p in self.parameters.items()}
+        self.radius = {name: self._radius(weight) for name, weight in self.original.items()}
 
     # ----------------------------------------------------------------------------- public
 
@@ -227,8 +313,12 @@ class ConstrainedFinetune:
         groups = [[request] for request in requests] if sequential else [list(requests)]
         steps, loss = 0, float("nan")
         for group in groups:
-            probes = [self._probe(r.fact, r.new_object) for r in group] + support_probes
-            used, loss = self._finetune(probes)
+            edit_probes = [
+                self._probe(r.fact, r.new_object, template)
+                for r in group
+                for template in self._templates(r.fact)
+            ]
+            used, loss = self._finetune(edit_probes + support_probes, edits=len(edit_probes))
             steps += used
         seconds = time.perf_counter() - started
         after = (
@@ -259,11 +349,27 @@ class ConstrainedFinetune:
 
     # ---------------------------------------------------------------------------- helpers
 
-    def _probe(self, fact: Fact, answer: str) -> Probe:
-        return probe_or_fail(self.tokenizer, fact, self.config.edit_template, answer, self.causal)
+    def _probe(self, fact: Fact, answer: str, template: int | None = None) -> Probe:
+        chosen = self.config.edit_template if template is None else template
+        probe = probe_or_fail(self.tokenizer, fact, chosen, answer, self.causal)
+        if self.config.edit_positions == "subject" and not probe.subject_positions:
+            raise DataError(
+                f"cannot edit at the subject of '{fact.statement(chosen, answer)}': the tokenizer merges "
+                "the subject with the words around it; use edit_positions='all'"
+            )
+        return probe
 
-    def _batches(self, probes: Sequence[Probe]) -> list[tuple[torch.Tensor, ...]]:
-        """Padded inputs and the (row, position, target) of every trained token, per batch."""
+    def _templates(self, fact: Fact) -> list[int]:
+        """The templates an edit of ``fact`` is trained through (see ``train_templates``)."""
+        edit = self.config.edit_template % len(fact.relation.templates)
+        if self.config.train_templates == "edit":
+            return [edit]
+        held_out = fact.held_out_template(self.config.edit_template)
+        return [edit] + [t for t in range(len(fact.relation.templates)) if t not in (edit, held_out)]
+
+    def _batches(self, probes: Sequence[Probe], edits: int) -> list[tuple[torch.Tensor, ...]]:
+        """Padded inputs, the (row, position, target) of every trained token and whether it
+        belongs to an edit (the first ``edits`` probes), per batch."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         shift = 1 if self.causal else 0  # a causal LM predicts token i at position i - 1
@@ -273,61 +379,116 @@ class ConstrainedFinetune:
             width = max(len(p.input_ids) for p in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            rows, positions, targets = [], [], []
+            subject = torch.zeros((len(chunk), width), dtype=torch.bool)
+            rows, positions, targets, is_edit = [], [], [], []
             for row, probe in enumerate(chunk):
                 ids[row, : len(probe.input_ids)] = torch.tensor(probe.input_ids)
                 mask[row, : len(probe.input_ids)] = 1
+                subject[row, list(probe.subject_positions)] = True
                 keep = 1 if self.objective == "ft-l" else len(probe.answer_ids)
                 rows += [row] * keep
                 positions += [p - shift for p in probe.answer_positions[:keep]]
                 targets += probe.answer_ids[:keep]
-            tensors = (ids, mask, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets))
+                is_edit += [start + row < edits] * keep
+            tensors = (
+                ids, mask, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets),
+                torch.tensor(is_edit, dtype=torch.bool), subject,
+            )  # fmt: skip
             batches.append(tuple(t.to(device) for t in tensors))
         return batches
 
-    def _finetune(self, probes: Sequence[Probe]) -> tuple[int, float]:
-        """Projected gradient descent on ``probes``; returns (steps taken, last loss)."""
-        batches = self._batches(probes)
+    def _finetune(self, probes: Sequence[Probe], edits: int | None = None) -> tuple[int, float]:
+        """Projected gradient descent on ``probes``; returns (steps taken, last loss).
+
+        The first ``edits`` probes are edits (the rest support facts); only they decide
+        ``stop_on_success``.
+        """
+        batches = self._batches(probes, len(probes) if edits is None else edits)
         tokens = sum(len(batch[4]) for batch in batches)
         was_training = self.model.training
         flags = {name: p.requires_grad for name, p in self.model.named_parameters()}
         selected = {id(p) for p in self.parameters.values()}
         for parameter in self.model.parameters():
             parameter.requires_grad_(id(parameter) in selected)
-        optimizer = torch.optim.Adam(list(self.parameters.values()), lr=self.config.learning_rate)
+        chosen = list(self.parameters.values())
+        if self.config.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(chosen, lr=self.config.learning_rate)
+        else:
+            optimizer = torch.optim.Adam(chosen, lr=self.config.learning_rate)
         self.model.eval()
         loss_value, taken = float("nan"), 0
+        gate: dict[str, torch.Tensor | None] = {"positions": None}
+        hooks = self._position_hooks(gate) if self.config.edit_positions == "subject" else []
         try:
             while taken < self.config.steps:
                 taken += 1
                 optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for ids, mask, rows, positions, targets in batches:
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits
-                    loss = (
-                        nn.functional.cross_entropy(logits[rows, positions].float(), targets, reduction="sum")
-                        / tokens
-                    )
+                total, taken_all = 0.0, True
+                for ids, mask, rows, positions, targets, edit_tokens, subject in batches:
+                    gate["positions"] = subject
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, positions].float()
+                    loss = nn.functional.cross_entropy(logits, targets, reduction="sum") / tokens
                     loss.backward()
                     total += loss.detach().item()
+                    hits = logits.detach().argmax(-1) == targets
+                    taken_all = taken_all and bool(hits[edit_tokens].all())
+                if self.config.stop_on_success and taken_all:
+                    # the edit had taken before this step: no further change is needed
+                    optimizer.zero_grad(set_to_none=True)
+                    taken -= 1
+                    loss_value = total
+                    break
                 optimizer.step()
                 self._project()
                 loss_value = total
                 if self.config.stop_loss is not None and total < self.config.stop_loss:
                     break
         finally:
+            for hook in hooks:
+                hook.remove()
             for name, parameter in self.model.named_parameters():
                 parameter.requires_grad_(flags[name])
             self.model.train(was_training)
         logger.info("edited %d facts in %d steps (loss %.4f)", len(probes), taken, loss_value)
         return taken, loss_value
 
+    def _position_hooks(self, gate: dict[str, torch.Tensor | None]) -> list[Any]:
+        """Forward hooks that pass gradient to the edited weights only at ``gate["positions"]``.
+
+        Each module owning an edited tensor keeps its output as it is, but detached at every
+        other position, so the weights learn only from the subject's tokens. The output
+        embeddings (a tied LM head) are left alone: their gradient is the answer itself.
+        """
+        selected = {id(p) for p in self.parameters.values()}
+        head = self.model.get_output_embeddings()
+        owners = [
+            module for module in self.model.modules()
+            if module is not head and any(id(p) in selected for p in module.parameters(recurse=False))
+        ]  # fmt: skip
+
+        def only_at_positions(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            positions = gate["positions"]
+            first = output[0] if isinstance(output, tuple) else output
+            if positions is None or not isinstance(first, torch.Tensor) or first.shape[:2] != positions.shape:
+                return output
+            gated = torch.where(positions.unsqueeze(-1), first, first.detach())
+            return (gated, *output[1:]) if isinstance(output, tuple) else gated
+
+        return [module.register_forward_hook(only_at_positions) for module in owners]
+
+    def _radius(self, weight: torch.Tensor) -> float:
+        """δ for one tensor: as given, or scaled by the tensor's own size (``delta_units="weight"``)."""
+        if self.config.delta_units == "absolute":
+            return self.config.delta
+        scale = weight.float().norm() if self.config.norm == "l2" else weight.float().pow(2).mean().sqrt()
+        return self.config.delta * float(scale)
+
     @torch.no_grad()
     def _project(self) -> None:
         """Back into the ball of radius δ around the original weights, tensor by tensor."""
-        delta = self.config.delta
         for name, parameter in self.parameters.items():
             origin = self.original[name]
+            delta = self.radius[name]
             if self.config.norm == "linf":
                 torch.minimum(parameter, origin + delta, out=parameter)
                 torch.maximum(parameter, origin - delta, out=parameter)

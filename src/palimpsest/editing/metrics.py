@@ -119,3 +119,88 @@ def edit_metrics(
             metrics["neighbourhood"] = _share(true_beats_new)
         metrics["A_mean"] = (metrics["A_M"] + metrics["A_F\\S"]) / 2
     return metrics
+
+
+def greedy_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+) -> list[str]:
+    """What a causal LM writes after each prompt, greedily, ``max_new_tokens`` tokens at most.
+
+    Each prompt is started after the end-of-document token, as recall probes are (see
+    :mod:`palimpsest.recall`), and left-padded so that a batch decodes together.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (start or 0)
+    texts: list[str] = []
+    for first in range(0, len(prompts), batch_size):
+        encoded = [
+            ([start] if start is not None else []) + tokenizer(p, add_special_tokens=False)["input_ids"]
+            for p in prompts[first : first + batch_size]
+        ]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=pad, eos_token_id=None,
+            )  # fmt: skip
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return texts
+
+
+def generation_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    unmodified: Sequence[Fact] = (),
+    *,
+    edit_template: int = 0,
+    max_new_tokens: int = 8,
+) -> dict[str, Any]:
+    """Success read from what the model *writes*, not from teacher-forced scores.
+
+    ``generation``: share of edit prompts whose greedy continuation (``max_new_tokens``
+    tokens) contains the new object; ``generation_paraphrase`` the same through the held-out
+    paraphrase; ``generation_kept``: share of unmodified facts whose continuation still
+    contains the true object. Teacher-forced scores overstate edits ("The Mirage of Model
+    Editing", ACL 2025); a continuation that names the new object is what a user sees.
+    Returns the continuations too (``texts``).
+    """
+    edit_prompts = [r.fact.prompt(edit_template) for r in requests]
+    para = [(r, r.fact.held_out_template(edit_template)) for r in requests]
+    para = [(r, t) for r, t in para if t is not None]
+    kept_prompts = [f.prompt(edit_template) for f in unmodified]
+    texts = greedy_continuations(
+        model, tokenizer, edit_prompts + [r.fact.prompt(t) for r, t in para] + kept_prompts,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    edits, rest = texts[: len(requests)], texts[len(requests) :]
+    paraphrases, kept = rest[: len(para)], rest[len(para) :]
+    metrics: dict[str, Any] = {
+        "generation": _share([r.new_object in text for r, text in zip(requests, edits, strict=True)]),
+        "texts": {
+            "edits": [{"prompt": p, "continuation": c} for p, c in zip(edit_prompts, edits, strict=True)],
+            "kept": [{"prompt": p, "continuation": c} for p, c in zip(kept_prompts, kept, strict=True)],
+        },
+    }
+    if para:
+        metrics["generation_paraphrase"] = _share(
+            [r.new_object in text for (r, _), text in zip(para, paraphrases, strict=True)]
+        )
+    if unmodified:
+        metrics["generation_kept"] = _share(
+            [f.object in text for f, text in zip(unmodified, kept, strict=True)]
+        )
+    return metrics

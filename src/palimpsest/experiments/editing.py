@@ -263,7 +263,21 @@ def run_editing_study(
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
+    """Run (or resume) the study into ``out``; returns and writes ``results.json``.
+
+    ``real`` (or a :class:`~palimpsest.experiments.editing_real.RealEditingScale`) edits the
+    built-in pretrained SmolLM2-135M instead of models pretrained here.
+    """
+    from palimpsest.experiments import editing_real
+
+    if scale == "real" or isinstance(scale, editing_real.RealEditingScale):
+        name, real = resolve_scale(scale, {"real": editing_real.SCALES["real"]}, "editing")
+        return editing_real.run_real_editing_study(out, real, name, callbacks_for=callbacks_for)
+    if scale == "real-smoke":
+        return editing_real.run_real_editing_study(out, editing_real.SCALES["smoke"], "real-smoke")
+    if isinstance(scale, str) and scale not in SCALES:
+        known = ", ".join([*SCALES, "real", "real-smoke"])
+        raise ConfigError(f"unknown scale '{scale}' for the editing study (known: {known})")
     scale_name, settings = resolve_scale(scale, SCALES, "editing")
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:

@@ -30,7 +30,7 @@ from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
-from palimpsest.models import transformer_blocks
+from palimpsest.models import MEMORY_CONFIG_KEY, hidden_size, transformer_blocks
 
 CONFIG_FILE = "memory_config.json"
 WEIGHTS_FILE = "memory.safetensors"
@@ -125,18 +125,6 @@ class _PassThrough(nn.Module):
         return hidden
 
 
-def _hidden_size(model: nn.Module) -> int:
-    config = model.config
-    size = (
-        getattr(config, "hidden_size", None)
-        or getattr(config, "n_embd", None)
-        or getattr(config, "d_model", None)
-    )
-    if size is None:
-        raise ModelError(f"cannot read the hidden size of {type(model).__name__} from its config")
-    return int(size)
-
-
 def attach_to_ffn(
     model: nn.Module,
     layers: list[int],
@@ -155,7 +143,7 @@ def attach_to_ffn(
     bad = [index for index in layers if not -len(blocks) <= index < len(blocks)]
     if bad or not layers:
         raise ModelError(f"memory layers {layers or '[]'} are not all in 0..{len(blocks) - 1}")
-    dim = _hidden_size(model)
+    dim = hidden_size(model)
     context = _MaskContext()
     reference = next(model.parameters())
     replace = mode == "replace"
@@ -209,7 +197,7 @@ def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
 
     attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
     model._palimpsest_memory = config  # type: ignore[attr-defined]
-    model.config.palimpsest_memory = asdict(config)
+    setattr(model.config, MEMORY_CONFIG_KEY, asdict(config))
     return model
 
 
@@ -277,21 +265,44 @@ def write_memory_config(config: PKMConfig, base_model_type: str, path: str | Pat
     write_text(Path(path) / CONFIG_FILE, json.dumps(document, indent=2))
 
 
-def load_merged(path: str | Path) -> nn.Module:
-    """Load a model saved by :func:`save_merged`: base structure, memories, then every weight."""
+def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:
+    """Load a model saved with its memories (:func:`save_merged`, ``pretrain --memory-layer``, or
+    any ``save_pretrained`` of a model with memory): base structure, memories, then every weight.
+
+    The result has the saved model's outputs exactly; a weight file that lacks a tensor the
+    rebuilt model has, or holds one it does not, is refused rather than loaded partially.
+    """
     from palimpsest.config import from_dict
-    from palimpsest.models import load_pretrained
+    from palimpsest.models import MEMORY_CONFIG_KEY, load_base, load_config
 
     path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise ModelError(f"no merged memory model at '{path}' (expected {CONFIG_FILE})")
-    document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    model = load_pretrained(str(path))
-    add_product_key_memory(model, from_dict(PKMConfig, document["memory"]))
-    stored = load_file(str(path / "model.safetensors"))
+    config = load_config(str(path))
+    document = getattr(config, MEMORY_CONFIG_KEY, None)
+    base_type = config.model_type
+    if document is None and (path / CONFIG_FILE).is_file():
+        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        document, base_type = saved["memory"], saved.get("base_model_type", base_type)
+    if document is None:
+        raise ModelError(f"no merged memory model at '{path}' (its config names no memory)")
+    if base_type != config.model_type:
+        raise ModelError(
+            f"'{path}': the memory was saved for a {base_type} model, the folder holds a {config.model_type}"
+        )
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file():
+        raise ModelError(f"'{path}' has no model.safetensors (a sharded or .bin checkpoint is not read here)")
+    model = load_base(str(path), task=task, num_labels=num_labels)  # type: ignore[arg-type]
+    model.config.__dict__.pop(MEMORY_CONFIG_KEY, None)  # add_product_key_memory writes it again
+    add_product_key_memory(model, from_dict(PKMConfig, dict(document)))
+    stored = load_file(str(weights_file))
+    names = dict(model.named_parameters(remove_duplicate=False))
+    buffers = {name for name, _ in model.named_buffers()}
+    unexpected = sorted(set(stored) - set(names) - buffers)
+    if unexpected:
+        raise ModelError(f"{weights_file} holds weights this model does not have, e.g. {unexpected[0]}")
     model.load_state_dict(stored, strict=False)
-    loaded = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in stored}
-    unloaded = [name for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in loaded]
+    loaded = {id(parameter) for name, parameter in names.items() if name in stored}
+    unloaded = [name for name, parameter in names.items() if id(parameter) not in loaded]
     if unloaded:
-        raise ModelError(f"{path / 'model.safetensors'} lacks weights, e.g. {unloaded[0]}")
+        raise ModelError(f"{weights_file} lacks weights, e.g. {unloaded[0]}")
     return model

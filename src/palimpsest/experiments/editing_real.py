@@ -1,0 +1,554 @@
+"""The editing study on a real pretrained model (``palimpsest experiment editing --scale real``).
+
+Protocol (PAPERS.md section 2, on the built-in SmolLM2-135M instead of a model trained here):
+
+1. *What the model knows*: exact-match recall of every built-in country and element relation
+   (reported per relation); edits are drawn from the facts it recalls in the ``edit_sets``.
+2. *Edits*: per seed, counterfactual requests (a new object the same relation has for another
+   subject) at each size — single edits (``singles`` of them per seed, each made and undone
+   alone), batches of 16 and 64 at once, and 64 one after another — with an unmodified set of
+   known facts to score (A_F\\S) and a disjoint support set (for ``ft+support`` only). Every
+   method sees the same requests and is undone exactly before the next.
+3. Methods: ``ft`` (unconstrained fine-tuning of every block's MLP), ``ft+support``, ``ft-l``
+   and ``ft-m`` (EasyEdit's settings: one MLP down-projection at relative depth 0.7, 25 steps
+   at lr 5e-4, loss at the last prompt token / teacher-forced on the object), palimpsest's
+   default editor, and constrained FT-M (L-inf and L2 bounds in units of each weight) of one
+   block's MLP down-projection at a time across depth.
+4. Measured before and after: A_M, A_F\\S, their mean, paraphrase, efficacy, neighbourhood (see
+   :mod:`palimpsest.editing.metrics`), *generation* success (greedy continuation of up to 8
+   tokens names the new object; the kept facts' continuations still name theirs), wiki-en
+   perplexity (fluency), steps and seconds. Mean ± std over every draw.
+
+The ``smoke`` scale runs the same code on a random model of SmolLM2's structure (no facts
+known: the numbers mean nothing, the plumbing is tested).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from palimpsest.data import causal_eval_set, encode_blocks, load_corpus, load_tokenizer, split_corpus
+from palimpsest.data.facts import Fact, builtin_facts
+from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.metrics import edit_metrics, generation_metrics
+from palimpsest.editing.requests import counterfactual_requests
+from palimpsest.errors import DataError
+from palimpsest.experiments.common import mean_std
+from palimpsest.models import build_smollm2_like, load_pretrained, resolve_pretrained, transformer_blocks
+from palimpsest.pretraining import machine_info
+from palimpsest.recall import fact_recall
+from palimpsest.storage import save_model, write_json
+from palimpsest.training import evaluate_lm
+
+logger = logging.getLogger(__name__)
+
+KEPT = "A_F\\S"
+KNOWLEDGE_SETS = (
+    "country-capital", "country-language", "country-currency", "country-continent",
+    "element-symbol", "atomic-number",
+)  # fmt: skip
+#: EasyEdit's fine-tuning baselines on Llama (FT-L / FT-M): one MLP down-projection at block 21
+#: of 32 (relative depth 0.7), 25 steps of Adam at lr 5e-4, no bound.
+EASYEDIT = {"layers": "0.7", "modules": ["ffn-out"], "norm": None, "learning_rate": 5e-4, "steps": 25}
+#: Anchors printed beside the table (EasyEdit / KnowEdit, Llama-2-7b-chat, ZsRE; PAPERS.md).
+ANCHORS = (
+    ("FT-L (EasyEdit, Llama-2-7b-chat, ZsRE)", 53.9, 73.4),
+    ("FT-M (EasyEdit, Llama-2-7b-chat, ZsRE)", 99.98, 89.8),
+    ("FT+L (ROME paper, GPT-2 XL, CounterFact)", 99.1, 70.3),
+)
+
+
+@dataclass(frozen=True)
+class RealEditingScale:
+    """Sizes of one run of the real-model study."""
+
+    #: A built-in name, folder or hub id; ``None`` builds a random SmolLM2-shaped model (smoke).
+    model: str | None = "smollm2-135m"
+    knowledge_sets: tuple[str, ...] = KNOWLEDGE_SETS
+    edit_sets: tuple[str, ...] = ("country-capital", "country-language", "element-symbol")
+    #: Edit only facts the model recalls (off for a random model, which knows none).
+    known_only: bool = True
+    sizes: tuple[int, ...] = (1, 16, 64)
+    sequential: tuple[int, ...] = (64,)
+    #: Single edits per seed at size 1 (each made and undone alone).
+    singles: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)
+    kept: int = 40
+    support: int = 16
+    #: The per-depth sweep: every ``depth_every``-th block (and the last), at these sizes.
+    depth_every: int = 3
+    depth_sizes: tuple[int, ...] = (1,)
+    linf_deltas: tuple[float, ...] = (0.05, 0.2)
+    l2_deltas: tuple[float, ...] = (0.05,)
+    #: Methods at the larger sizes and one after another (the sweep is too costly there).
+    large_methods: tuple[str, ...] = ("ft", "ft+support", "ft-l", "ft-m", "default")
+    sequential_methods: tuple[str, ...] = ("ft-m", "default")
+    steps: int = 25
+    learning_rate: float = 5e-4
+    perplexity_blocks: int = 8
+    block_size: int = 128
+    generation_tokens: int = 8
+
+
+SCALES: dict[str, RealEditingScale] = {
+    "smoke": RealEditingScale(
+        model=None,
+        edit_sets=("country-capital",),
+        known_only=False,
+        sizes=(1, 4),
+        sequential=(3,),
+        singles=1,
+        seeds=(0,),
+        kept=6,
+        support=2,
+        depth_every=2,
+        depth_sizes=(1,),
+        linf_deltas=(0.2,),
+        l2_deltas=(0.05,),
+        large_methods=("ft", "ft-m", "default"),
+        sequential_methods=("default",),
+        steps=3,
+        perplexity_blocks=2,
+        block_size=32,
+        generation_tokens=3,
+    ),
+    # The demo's part: three single edits on the real model by the default editor beside FT-M,
+    # with before/after continuations and the perplexity change (about a minute on 2 cores).
+    "demo": RealEditingScale(
+        knowledge_sets=("country-capital",),
+        edit_sets=("country-capital",),
+        sizes=(1,),
+        sequential=(),
+        singles=3,
+        seeds=(0,),
+        kept=20,
+        depth_sizes=(),
+        large_methods=("ft-m", "default"),
+        perplexity_blocks=4,
+    ),
+    # The demo's part at smoke scale: the same steps on a random SmolLM2-shaped model.
+    "demo-smoke": RealEditingScale(
+        model=None,
+        knowledge_sets=("country-capital",),
+        edit_sets=("country-capital",),
+        known_only=False,
+        sizes=(1,),
+        sequential=(),
+        singles=1,
+        seeds=(0,),
+        kept=4,
+        depth_sizes=(),
+        large_methods=("default",),
+        steps=3,
+        perplexity_blocks=2,
+        block_size=32,
+        generation_tokens=3,
+    ),
+    # Per-depth sweep at single edits only, and two methods one after another: ~70 minutes here.
+    "real": RealEditingScale(),
+}
+
+
+def method_grid(
+    scale: RealEditingScale, blocks: int, size: int, sequential: bool
+) -> list[tuple[str, EditConfig]]:
+    """(label, config) of every method the study runs at one size."""
+    common = {"steps": scale.steps, "learning_rate": scale.learning_rate}
+    named = {
+        "ft": EditConfig(layers="all", modules=["ffn"], norm=None, **common),
+        "ft+support": EditConfig(layers="all", modules=["ffn"], norm=None, **common),
+        "ft-l": EditConfig(objective="ft-l", **{**EASYEDIT, **common}),
+        "ft-m": EditConfig(objective="ft-m", **{**EASYEDIT, **common}),
+        "default": EditConfig(),
+    }
+    if sequential:
+        return [(name, named[name]) for name in scale.sequential_methods]
+    chosen = scale.large_methods if size not in scale.depth_sizes else tuple(named)
+    grid = [(name, named[name]) for name in chosen]
+    if size in scale.depth_sizes:
+        depths = sorted({*range(0, blocks, scale.depth_every), blocks - 1})
+        for norm, deltas in (("linf", scale.linf_deltas), ("l2", scale.l2_deltas)):
+            for delta in deltas:
+                for block in depths:
+                    config = EditConfig(
+                        layers=[block], modules=["ffn-out"], norm=norm, delta=delta, delta_units="weight",
+                        objective="ft-m", learning_rate=1e-3, steps=scale.steps,
+                    )  # fmt: skip
+                    grid.append((f"{norm} δ={delta:g} block {block}", config))
+    return grid
+
+
+def _model_and_tokenizer(scale: RealEditingScale, out: Path):
+    if scale.model is not None:
+        return load_pretrained(scale.model), load_tokenizer(resolve_pretrained(scale.model))
+    folder = out / "random-model"
+    if (folder / "config.json").is_file():
+        return load_pretrained(str(folder)), load_tokenizer(folder)
+    from palimpsest.data import train_tokenizer
+
+    tokenizer = train_tokenizer(load_corpus("wiki-en", max_documents=200).texts, 600)
+    model = build_smollm2_like(tokenizer, seed=0)
+    save_model(model, tokenizer, folder)
+    return model, tokenizer
+
+
+def _perplexity_set(tokenizer, scale: RealEditingScale):
+    """A fixed slice of wiki-en's held-out documents in the model's own tokenizer."""
+    wiki = split_corpus(load_corpus("wiki-en"), 0.05, seed=0).validation
+    blocks = encode_blocks(wiki, tokenizer, scale.block_size)
+    return causal_eval_set(blocks.select(range(min(scale.perplexity_blocks, len(blocks)))))
+
+
+def knowledge(model, tokenizer, scale: RealEditingScale) -> tuple[dict[str, Any], list[Fact]]:
+    """Recall per relation, and the facts of ``edit_sets`` the study may edit."""
+    per_set, editable = {}, []
+    for name in dict.fromkeys((*scale.knowledge_sets, *scale.edit_sets)):
+        facts = builtin_facts(name)
+        recall = fact_recall(model, tokenizer, facts)
+        probed = [f for f in facts if _probeable(tokenizer, f)]
+        known = [f for f, hit in zip(probed, recall.recalled, strict=True) if hit]
+        per_set[name] = {"facts": len(facts), "known": len(known), "recall": recall.accuracy}
+        if name in scale.edit_sets:
+            editable += known if scale.known_only else probed
+    return per_set, editable
+
+
+def _probeable(tokenizer, fact: Fact) -> bool:
+    from palimpsest.recall import build_probe
+
+    return build_probe(tokenizer, fact, causal=True) is not None
+
+
+def _draw(facts: list[Fact], size: int, seed: int, scale: RealEditingScale):
+    """(requests, unmodified facts to score, support facts): disjoint, reproducible."""
+    requests = counterfactual_requests(facts, size, seed=seed)
+    edited = {(r.fact.subject, r.fact.relation.name) for r in requests}
+    rest = [f for f in facts if (f.subject, f.relation.name) not in edited]
+    random.Random(seed + 1).shuffle(rest)
+    kept = rest[: min(scale.kept, len(rest) // 2)]
+    support = rest[len(kept) : len(kept) + scale.support]
+    return requests, kept, support
+
+
+def _measure(model, tokenizer, requests, kept, perplexity_set, scale) -> dict[str, Any]:
+    metrics = edit_metrics(model, tokenizer, requests, kept)
+    generated = generation_metrics(model, tokenizer, requests, kept, max_new_tokens=scale.generation_tokens)
+    metrics.update({k: v for k, v in generated.items() if k != "texts"})
+    metrics["perplexity"] = math.exp(evaluate_lm(model, perplexity_set)["loss"])
+    metrics["texts"] = generated["texts"]
+    return metrics
+
+
+def _run_unit(
+    model, tokenizer, facts, grid, requests_sets, perplexity_set, scale, *, sequential: bool
+) -> list[dict[str, Any]]:
+    """Every method on each request set of one unit; undone exactly after each."""
+    runs = []
+    for draw, (requests, kept, support) in enumerate(requests_sets):
+        before = _measure(model, tokenizer, requests, kept, perplexity_set, scale)
+        for label, config in grid:
+            editor = ConstrainedFinetune(model, tokenizer, config=config)
+            started = time.perf_counter()
+            result = editor.apply(
+                requests,
+                support=support if label == "ft+support" else (),
+                sequential=sequential,
+                measure=False,
+            )
+            seconds = time.perf_counter() - started
+            after = _measure(model, tokenizer, requests, kept, perplexity_set, scale)
+            editor.undo()
+            runs.append(
+                {
+                    "draw": draw, "label": label, "method": label.split(" ")[0], "layers": config.layers,
+                    "norm": config.norm, "delta": config.delta if config.norm else None,
+                    "before": {k: v for k, v in before.items() if k != "texts"},
+                    "after": {k: v for k, v in after.items() if k != "texts"},
+                    "examples": _examples(before["texts"], after["texts"]),
+                    "steps": result.steps, "seconds": seconds, "edited_parameters": result.edited_parameters,
+                }
+            )  # fmt: skip
+            logger.info("%s: A_M %.2f, A_F\\S %.2f", label, after["A_M"], after[KEPT])
+    return runs
+
+
+def _examples(before: dict[str, Any], after: dict[str, Any], count: int = 2) -> dict[str, Any]:
+    """A few continuations before and after an edit, of edited and of kept prompts."""
+    return {
+        "before": before["edits"][:count], "after": after["edits"][:count],
+        "kept_before": before["kept"][:count], "kept_after": after["kept"][:count],
+    }  # fmt: skip
+
+
+def run_real_editing_study(
+    out: str | Path,
+    scale: RealEditingScale,
+    scale_name: str = "custom",
+    *,
+    callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
+) -> dict[str, Any]:
+    """Run (or resume: every unit is saved as it finishes) the study into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = _model_and_tokenizer(scale, out)
+    model.eval()
+    known, facts = knowledge(model, tokenizer, scale)
+    needed = max((*scale.sizes, *scale.sequential)) * 2 + 2
+    if len(facts) < needed:
+        raise DataError(
+            f"the model knows {len(facts)} facts of {', '.join(scale.edit_sets)}; the study needs {needed}"
+        )
+    perplexity_set = _perplexity_set(tokenizer, scale)
+    blocks = len(transformer_blocks(model)[1])
+    settings = json.loads(json.dumps(asdict(scale)))
+    runs: list[dict[str, Any]] = []
+    units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]
+    for size, sequential in units:
+        grid = method_grid(scale, blocks, size, sequential)
+        for seed in scale.seeds:
+            name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
+            path = out / "units" / f"{name}.json"
+            if path.is_file():
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                if saved.get("settings") == settings:
+                    runs += saved["runs"]
+                    continue
+            draws = scale.singles if size == 1 else 1
+            request_sets = [_draw(facts, size, seed * 100 + i, scale) for i in range(draws)]
+            started = time.perf_counter()
+            unit_runs = _run_unit(
+                model, tokenizer, facts, grid, request_sets, perplexity_set, scale, sequential=sequential
+            )
+            for run in unit_runs:
+                run.update(size=size, sequential=sequential, seed=seed)
+            write_json(path, {"settings": settings, "runs": unit_runs})
+            logger.info("unit %s done in %.0f s", name, time.perf_counter() - started)
+            runs += json.loads(json.dumps(unit_runs))
+    results = {
+        "kind": "editing-real",
+        "scale": scale_name,
+        "settings": settings,
+        "model": scale.model or "random SmolLM2-shaped model",
+        "blocks": blocks,
+        "knowledge": known,
+        "editable_facts": len(facts),
+        "runs": runs,
+        "summary": summarise(runs, known, blocks, scale),
+        "machine": machine_info(),
+    }
+    write_json(out / "results.json", results)
+    return results
+
+
+METRICS = (
+    "A_M", KEPT, "A_mean", "paraphrase", "efficacy", "neighbourhood", "generation", "generation_paraphrase",
+    "generation_kept", "perplexity",
+)  # fmt: skip
+
+
+def summarise(runs: Sequence[dict[str, Any]], known, blocks: int, scale: RealEditingScale) -> dict[str, Any]:
+    """Per (size, mode, label): mean ± std over every draw of every metric, and the verdicts."""
+    cells: dict[tuple[int, bool, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["size"], run["sequential"], run["label"]), []).append(run)
+    rows = []
+    for (size, sequential, label), group in cells.items():
+        first = group[0]
+        row: dict[str, Any] = {
+            "family": "sequential" if sequential else "batch", "edits": size, "sequential": sequential,
+            "label": label, "method": first["method"], "layers": first["layers"], "norm": first["norm"],
+            "delta": first["delta"], "draws": len(group),
+        }  # fmt: skip
+        for metric in METRICS:
+            row[metric] = mean_std([r["after"].get(metric) for r in group])
+            row[f"{metric} before"] = mean_std([r["before"].get(metric) for r in group])
+        row["steps"] = mean_std([r["steps"] for r in group])
+        row["seconds"] = mean_std([r["seconds"] for r in group])
+        rows.append(row)
+    return {"rows": rows, "verdict": _verdict(rows, known, blocks, scale)}
+
+
+def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
+    from palimpsest.experiments.editing import _layer_outcome, best_single_blocks
+
+    parts = [
+        "The model recalls "
+        + ", ".join(f"{v['known']} of {v['facts']} {name}" for name, v in known.items())
+        + " (exact match)."
+    ]
+    for size in scale.sizes:
+        cell = {r["label"]: r for r in rows if r["edits"] == size and not r["sequential"]}
+        if not cell:
+            continue
+        named = [
+            f"{label} A_M {100 * r['A_M'][0]:.0f}% / A_F\\S {100 * r[KEPT][0]:.0f}% / generation "
+            f"{100 * r['generation'][0]:.0f}% / perplexity {r['perplexity'][0]:.1f}"
+            for label, r in cell.items()
+            if len(label.split(" ")) == 1
+        ]
+        first = next(iter(cell.values()))
+        parts.append(
+            f"{size} edit(s) at once (A_F\\S before {100 * first[KEPT + ' before'][0]:.0f}%, "
+            f"perplexity before {first['perplexity before'][0]:.1f}): " + "; ".join(named) + "."
+        )
+        if size in scale.depth_sizes:
+            for norm, deltas in (("linf", scale.linf_deltas), ("l2", scale.l2_deltas)):
+                best = best_single_blocks(rows, "batch", size, norm, deltas)
+                if len(best) >= 3:
+                    outcome, sentence = _layer_outcome(best)
+                    tops = sorted(best, key=lambda r: -r["A_mean"][0])[:3]
+                    parts.append(
+                        f"{size} edit(s), {norm}, one block's MLP at a time (best A mean: "
+                        + ", ".join(f"block {r['layers'][0]} {100 * r['A_mean'][0]:.0f}%" for r in tops)
+                        + f"; first {100 * best[0]['A_mean'][0]:.0f}%, "
+                        + f"last {100 * best[-1]['A_mean'][0]:.0f}%): "
+                        + f"'first and last most effective' — {outcome}: {sentence}"
+                    )
+    for size in scale.sequential:
+        cell = [r for r in rows if r["edits"] == size and r["sequential"]]
+        if cell:
+            parts.append(
+                f"{size} edits one after another: "
+                + "; ".join(
+                    f"{r['label']} A_M {100 * r['A_M'][0]:.0f}% / A_F\\S {100 * r[KEPT][0]:.0f}% / "
+                    f"perplexity {r['perplexity'][0]:.1f}"
+                    for r in cell
+                )
+                + "."
+            )
+    default = [r for r in rows if r["label"] == "default" and r["edits"] == 1 and not r["sequential"]]
+    if default:
+        r = default[0]
+        goal = r["A_M"][0] >= 0.99 and r[KEPT][0] >= 0.9
+        parts.append(
+            f"Goal (single edits at A_M 100% keeping A_F\\S >= 90%) with the default editor: "
+            f"{'MET' if goal else 'NOT met'} (A_M {100 * r['A_M'][0]:.0f}%, A_F\\S {100 * r[KEPT][0]:.0f}% "
+            f"± {100 * r[KEPT][1]:.0f}, over {r['draws']} single edits)."
+        )
+    return " ".join(parts)
+
+
+def report_section(studies: Sequence[dict[str, Any]], plots_dir: Path):
+    """The study's own report section: knowledge, the table, anchors, verdict, examples, plots."""
+    from palimpsest.plotting import plot_bars, plot_points
+    from palimpsest.report import Figure, Section, Table, pm
+
+    section = Section("Rewrite on a real model: SmolLM2-135M (built in)")
+    for study in studies:
+        settings, rows = study["settings"], study["summary"]["rows"]
+        section.blocks.append(
+            f"Scale '{study['scale']}': {study['model']} ({study['blocks']} blocks), nothing trained before. "
+            f"Edits are counterfactual (another subject's object of the same relation) drawn from the "
+            f"{study['editable_facts']} facts of {', '.join(settings['edit_sets'])} it recalls; A_F\\S is "
+            f"measured on up to {settings['kept']} other recalled facts (never trained on), generation = the "
+            f"greedy continuation ({settings['generation_tokens']} tokens) names the new object, generation "
+            "kept = the kept facts' continuations still name theirs, perplexity on held-out wiki-en. "
+            f"Mean ± std over {len(settings['seeds'])} seed(s) of draws (single edits: "
+            f"{settings['singles']} per seed, each made and undone alone)."
+        )
+        section.blocks.append(
+            Table(
+                ["relation", "facts", "recalled", "recall %"],
+                [[name, v["facts"], v["known"], 100 * v["recall"]] for name, v in study["knowledge"].items()],
+            )
+        )
+        section.blocks.append(
+            Table(
+                [
+                    "edits",
+                    "mode",
+                    "method",
+                    "A_M",
+                    "A_F\\S",
+                    "A_F\\S before",
+                    "paraphrase",
+                    "generation",
+                    "generation kept",
+                    "perplexity",
+                    "perplexity before",
+                    "steps",
+                    "seconds",
+                    "draws",
+                ],
+                [
+                    [
+                        r["edits"],
+                        r["family"],
+                        r["label"],
+                        pm(r["A_M"]),
+                        pm(r[KEPT]),
+                        pm(r[KEPT + " before"]),
+                        pm(r["paraphrase"]),
+                        pm(r["generation"]),
+                        pm(r["generation_kept"]),
+                        pm(r["perplexity"], digits=2),
+                        pm(r["perplexity before"], digits=2),
+                        f"{r['steps'][0]:.0f}",
+                        f"{r['seconds'][0]:.1f}",
+                        r["draws"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        section.blocks.append(
+            Table(
+                ["anchor (not this model)", "edit success %", "locality / neighbourhood %"],
+                [list(anchor) for anchor in ANCHORS],
+            )
+        )
+        section.blocks.append(study["summary"]["verdict"])
+        examples = [r for r in study["runs"] if r["size"] == min(settings["sizes"]) and not r["sequential"]]
+        shown = [
+            r for r in examples if r["label"] in ("default", "ft-m") and r["seed"] == settings["seeds"][0]
+        ]
+        if shown:
+            lines = []
+            for run in shown[:6]:
+                for kind, (before_key, after_key) in (
+                    ("edit", ("before", "after")),
+                    ("kept", ("kept_before", "kept_after")),
+                ):
+                    for b, a in zip(run["examples"][before_key], run["examples"][after_key], strict=False):
+                        lines.append([run["label"], kind, b["prompt"], b["continuation"], a["continuation"]])
+            section.blocks.append(Table(["method", "prompt", "prompt text", "before", "after"], lines))
+        for size in sorted({r["edits"] for r in rows}):
+            for sequential in (False, True):
+                cell = [r for r in rows if r["edits"] == size and r["sequential"] == sequential]
+                if not cell:
+                    continue
+                mode = "sequential" if sequential else "batch"
+                path = plot_points(
+                    {r["label"]: (r[KEPT][0], r["A_M"][0]) for r in cell},
+                    plots_dir / f"editing-real-frontier-{mode}-{size}.png",
+                    title=f"SmolLM2-135M, {size} edit(s) ({mode}): edits made vs facts kept",
+                    xlabel="A_F\\S (recalled facts still right)", ylabel="A_M (edits that took)",
+                    reference_x=cell[0][KEPT + " before"][0],
+                )  # fmt: skip
+                section.blocks.append(Figure(path, f"{size} edit(s), {mode}: one point per method"))
+                single = [
+                    r for r in cell if r["norm"] and isinstance(r["layers"], list) and len(r["layers"]) == 1
+                ]
+                if single:
+                    groups: dict[str, dict[str, tuple[float, float]]] = {}
+                    for r in sorted(single, key=lambda r: r["layers"][0]):
+                        groups.setdefault(str(r["layers"][0]), {})[f"{r['norm']} δ={r['delta']:g}"] = tuple(
+                            r["A_mean"]
+                        )
+                    path = plot_bars(
+                        groups, plots_dir / f"editing-real-depth-{size}.png",
+                        title=f"SmolLM2-135M, {size} edit(s): one block's MLP at a time (by block)",
+                        ylabel="A mean (edits made and facts kept)",
+                    )  # fmt: skip
+                    section.blocks.append(Figure(path, f"{size} edit(s): A mean by depth"))
+    return section

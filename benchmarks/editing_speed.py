@@ -34,6 +34,8 @@ ARMS = {
     "linf": {"layers": "first+last", "modules": ["ffn"], "norm": "linf", "delta": 5e-3},
     "l2": {"layers": "first+last", "modules": ["ffn"], "norm": "l2", "delta": 0.5},
 }
+#: Every arm as plain (Zhu-style) fine-tuning: every position, δ in absolute units.
+PLAIN = {"delta_units": "absolute", "edit_positions": "all", "stop_on_success": False}
 EDITS = 32
 
 
@@ -53,7 +55,7 @@ def worker(model_name: str, arm: str, steps: int) -> dict:
     keep = [f for f in facts if f.subject not in chosen][:64]
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     editor = ConstrainedFinetune(
-        model, tokenizer, steps=steps, stop_loss=None, learning_rate=1e-3, **ARMS[arm]
+        model, tokenizer, steps=steps, stop_loss=None, learning_rate=1e-3, **PLAIN, **ARMS[arm]
     )
     editor.apply(requests[:2], measure=False)  # warm-up
     editor.undo()

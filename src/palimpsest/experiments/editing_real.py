@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 
 from palimpsest.data import causal_eval_set, encode_blocks, load_corpus, load_tokenizer, split_corpus
 from palimpsest.data.facts import Fact, builtin_facts
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
 from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
@@ -163,7 +163,7 @@ def method_grid(
     scale: RealEditingScale, blocks: int, size: int, sequential: bool
 ) -> list[tuple[str, EditConfig]]:
     """(label, config) of every method the study runs at one size."""
-    common = {"steps": scale.steps, "learning_rate": scale.learning_rate}
+    common = {"steps": scale.steps, "learning_rate": scale.learning_rate, **PLAIN_FINETUNING}
     named = {
         "ft": EditConfig(layers="all", modules=["ffn"], norm=None, **common),
         "ft+support": EditConfig(layers="all", modules=["ffn"], norm=None, **common),
@@ -185,6 +185,8 @@ def method_grid(
                         objective="ft-m", learning_rate=1e-3, steps=scale.steps,
                     )  # fmt: skip
                     grid.append((f"{norm} δ={delta:g} block {block}", config))
+        for block in depths:  # the default editor moved across depth
+            grid.append((f"default block {block}", EditConfig(layers=[block])))
     return grid
 
 
@@ -290,6 +292,17 @@ def _examples(before: dict[str, Any], after: dict[str, Any], count: int = 2) -> 
     }  # fmt: skip
 
 
+def _unit_key(scale: RealEditingScale, grid: list[tuple[str, EditConfig]]) -> Any:
+    """What a saved unit depends on: the model, the draws and the methods (not the other units)."""
+    from palimpsest.config import to_dict
+
+    draws = ("model", "edit_sets", "known_only", "singles", "kept", "support", "perplexity_blocks",
+             "block_size", "generation_tokens")  # fmt: skip
+    document = {name: getattr(scale, name) for name in draws}
+    document["grid"] = [[label, to_dict(config)] for label, config in grid]
+    return json.loads(json.dumps(document))
+
+
 def run_real_editing_study(
     out: str | Path,
     scale: RealEditingScale,
@@ -318,9 +331,10 @@ def run_real_editing_study(
         for seed in scale.seeds:
             name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
             path = out / "units" / f"{name}.json"
+            key = _unit_key(scale, grid)
             if path.is_file():
                 saved = json.loads(path.read_text(encoding="utf-8"))
-                if saved.get("settings") == settings:
+                if saved.get("key") == key:
                     runs += saved["runs"]
                     continue
             draws = scale.singles if size == 1 else 1
@@ -331,7 +345,7 @@ def run_real_editing_study(
             )
             for run in unit_runs:
                 run.update(size=size, sequential=sequential, seed=seed)
-            write_json(path, {"settings": settings, "runs": unit_runs})
+            write_json(path, {"key": key, "runs": unit_runs})
             logger.info("unit %s done in %.0f s", name, time.perf_counter() - started)
             runs += json.loads(json.dumps(unit_runs))
     results = {
@@ -402,13 +416,17 @@ def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
             f"perplexity before {first['perplexity before'][0]:.1f}): " + "; ".join(named) + "."
         )
         if size in scale.depth_sizes:
-            for norm, deltas in (("linf", scale.linf_deltas), ("l2", scale.l2_deltas)):
+            default = EditConfig()
+            for name, norm, deltas in (
+                ("FT-M, linf", "linf", scale.linf_deltas), ("FT-M, l2", "l2", scale.l2_deltas),
+                ("the default editor", default.norm, (default.delta,)),
+            ):  # fmt: skip
                 best = best_single_blocks(rows, "batch", size, norm, deltas)
                 if len(best) >= 3:
                     outcome, sentence = _layer_outcome(best)
                     tops = sorted(best, key=lambda r: -r["A_mean"][0])[:3]
                     parts.append(
-                        f"{size} edit(s), {norm}, one block's MLP at a time (best A mean: "
+                        f"{size} edit(s), {name}, one block's MLP at a time (best A mean: "
                         + ", ".join(f"block {r['layers'][0]} {100 * r['A_mean'][0]:.0f}%" for r in tops)
                         + f"; first {100 * best[0]['A_mean'][0]:.0f}%, "
                         + f"last {100 * best[-1]['A_mean'][0]:.0f}%): "

@@ -5,7 +5,8 @@ that the transformer body cannot lean on any particular lexical embedding, which
 lets a new language's embeddings be learned quickly from little data. What is reset:
 
 * the input token embeddings, N(0, initializer_range) (``init="normal"``) or drawn to
-  match their current mean and std (``init="match"``); the padding row is zeroed again;
+  match their current mean and std (``init="match"``); the padding row is zeroed again
+  (unless the padding token is also the bos/eos/unk token, as in many decoders);
 * a tied output head follows automatically (it *is* the same tensor) and its
   vocabulary-specific bias is zeroed, since a bias per old token means nothing for the
   new rows; an untied head is reset only with ``reset_output_head=True``;
@@ -76,14 +77,24 @@ def find_token_embeddings(model: nn.Module) -> nn.Embedding:
 
 
 def _parameter_names(model: nn.Module) -> dict[int, str]:
-    return {id(p): name for name, p in _unwrap(model).named_parameters(remove_duplicate=False)}
+    """Each tensor's first name (a tied head's weight is named as the embeddings it is)."""
+    names: dict[int, str] = {}
+    for name, parameter in _unwrap(model).named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), name)
+    return names
 
 
 def _padding_index(model: nn.Module, embedding: nn.Embedding) -> int | None:
-    if embedding.padding_idx is not None:
-        return int(embedding.padding_idx)
-    pad = getattr(getattr(_unwrap(model), "config", None), "pad_token_id", None)
-    return int(pad) if isinstance(pad, int) and 0 <= pad < embedding.num_embeddings else None
+    """The row to zero, or None. Many decoders (SmolLM2, Llama fine-tunes) pad with their
+    end-of-text token: that row is a real token the model reads, so it is drawn like the others."""
+    config = getattr(_unwrap(model), "config", None)
+    pad = (
+        embedding.padding_idx if embedding.padding_idx is not None else getattr(config, "pad_token_id", None)
+    )
+    if not isinstance(pad, int) or not 0 <= pad < embedding.num_embeddings:
+        return None
+    used = {getattr(config, name, None) for name in ("bos_token_id", "eos_token_id", "unk_token_id")}
+    return None if pad in used else int(pad)
 
 
 def output_head(model: nn.Module) -> tuple[nn.Module | None, bool]:

@@ -68,7 +68,7 @@ DEMO_SCALES: dict[str, DemoScale] = {
         vocab_size=2048,
         block_size=128,
         batch_size=16,
-        clm_steps=400,
+        clm_steps=300,
         eval_every=100,
         max_eval_blocks=256,
     ),

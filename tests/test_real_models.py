@@ -95,13 +95,13 @@ def _inputs_of(module, model, input_ids):
 
 def test_stop_on_success_stops_at_the_first_step_that_makes_the_edit(tokenizer):
     model = smol_like(tokenizer)
-    settings = dict(layers="all", modules=["block"], norm=None, learning_rate=3e-3, stop_loss=None)
+    settings = dict(layers="all", modules=["block"], norm=None, learning_rate=3e-3, edit_positions="all")
     editor = ConstrainedFinetune(model, tokenizer, steps=200, stop_on_success=True, **settings)
     result = editor.apply([REQUEST], measure=False)
     assert 0 < result.steps < 200
     assert fact_recall(model, tokenizer, [REQUEST.new_fact]).accuracy == 1.0
     editor.undo()
-    shorter = ConstrainedFinetune(model, tokenizer, steps=result.steps - 1, **settings)
+    shorter = ConstrainedFinetune(model, tokenizer, steps=result.steps - 1, stop_on_success=False, **settings)
     shorter.apply([REQUEST], measure=False)
     assert fact_recall(model, tokenizer, [REQUEST.new_fact]).accuracy == 0.0
 
@@ -110,7 +110,7 @@ def test_bound_in_units_of_each_weight(tokenizer):
     model = smol_like(tokenizer)
     editor = ConstrainedFinetune(
         model, tokenizer, layers="first+last", modules=["ffn"], norm="linf", delta=0.02,
-        delta_units="weight", learning_rate=1e-2, steps=5, stop_loss=None,
+        delta_units="weight", learning_rate=1e-2, steps=5, stop_on_success=False, edit_positions="all",
     )  # fmt: skip
     editor.apply([REQUEST], measure=False)
     for name, change in editor.changes().items():
@@ -197,11 +197,19 @@ def test_forgetting_on_a_tied_decoder_that_pads_with_its_end_token(tokenizer):
 # ------------------------------------------------------------- every command on the real structure
 
 
+def palimpsest(*args: str):
+    """The command line, in this process (typer's runner: no interpreter start per command)."""
+    from typer.testing import CliRunner
+
+    from palimpsest.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
     """evaluate, edit (defaults), memory add|stats, adapt language and continued pretraining on a
     tied grouped-query Llama; a model with memory evaluates exactly as the loaded model does."""
     from palimpsest.evaluation import evaluate_saved_lm
-    from test_cli import palimpsest
 
     base = tmp_path / "smol"
     model = smol_like(tokenizer)
@@ -209,7 +217,7 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
     tokenizer.save_pretrained(str(base))
     evaluate = ["--block-size", "32", "--max-blocks", "4"]
     done = palimpsest("evaluate", "--model", str(base), *evaluate)
-    assert done.returncode == 0 and "perplexity" in done.stdout, done.stderr
+    assert done.exit_code == 0 and "perplexity" in done.stdout, done.stderr
 
     facts = tmp_path / "edits.jsonl"
     facts.write_text(
@@ -217,17 +225,17 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
         '{"subject": "Italy", "relation": "capital", "object": "Rome"}\n'
     )
     done = palimpsest("edit", "--model", str(base), "--facts", str(facts), "--out", str(tmp_path / "e"))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     edited = json.loads((tmp_path / "e" / "results.json").read_text())
     assert edited["edited_parameters"] > 0 and (tmp_path / "e" / "model" / "model.safetensors").is_file()
 
     memory = ["--layer", "2", "--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16"]
     done = palimpsest("memory", "add", "--model", str(base), "--out", str(tmp_path / "m"), *memory)
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     done = palimpsest("memory", "stats", "--model", str(tmp_path / "m"), *evaluate)
-    assert done.returncode == 0 and "kl_counts" in done.stdout, done.stderr
+    assert done.exit_code == 0 and "kl_counts" in done.stdout, done.stderr
     done = palimpsest("evaluate", "--model", str(tmp_path / "m"), *evaluate, "--out", str(tmp_path / "me"))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     reported = json.loads((tmp_path / "me" / "results.json").read_text())["metrics"]["perplexity"]
     direct = evaluate_saved_lm(tmp_path / "m", "wiki-en", block_size=32, max_blocks=4)["metrics"][
         "perplexity"
@@ -238,17 +246,17 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
         "adapt", "language", "--model", str(base), "--corpus", "wiki-fr", "--tokens", "4k", "--steps", "2",
         "--vocab-size", "300", "--block-size", "32", "--eval-every", "1", "--out", str(tmp_path / "fr"),
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     done = palimpsest(
         "pretrain", "--pretrained", str(base), "--steps", "2", "--batch-size", "2", "--block-size", "32",
         "--out", str(tmp_path / "continued"),
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
 
 
 def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
     """The issue's case: `evaluate` of a `pretrain --memory-layer` model gives the run's perplexity."""
-    from test_cli import SMOKE, palimpsest
+    from test_cli import SMOKE
 
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -257,13 +265,13 @@ def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
     out = tmp_path / "pre"
     memory = ["--memory-layer", "1", "--memory-keys", "32"]
     done = palimpsest("pretrain", "--config", str(config), "--out", str(out), *memory, *SMOKE)
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     run = json.loads((out / "results.json").read_text())["metrics"]["validation_perplexity"]
     done = palimpsest(
         "evaluate", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "8",
         "--validation-fraction", "0.05", "--out", str(tmp_path / "ev"),
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     evaluated = json.loads((tmp_path / "ev" / "results.json").read_text())["metrics"]["perplexity"]
     assert evaluated == pytest.approx(run, rel=1e-4)
 
@@ -274,7 +282,6 @@ def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
 def test_edit_the_real_model_with_the_defaults(tmp_path):
     """`palimpsest edit --model smollm2-135m` with its defaults makes a one-fact edit and keeps most
     other recalled facts — element symbols, a relation the defaults were not chosen on."""
-    from test_cli import palimpsest
 
     kept = [("Hydrogen", "H"), ("Lithium", "Li"), ("Nitrogen", "N"), ("Oxygen", "O"), ("Sodium", "Na"),
             ("Silicon", "Si"), ("Chlorine", "Cl"), ("Potassium", "K"), ("Titanium", "Ti"), ("Zinc", "Zn"),
@@ -284,7 +291,7 @@ def test_edit_the_real_model_with_the_defaults(tmp_path):
     facts = tmp_path / "facts.jsonl"
     facts.write_text("".join(json.dumps(line) + "\n" for line in lines))
     done = palimpsest("edit", "--model", "smollm2-135m", "--facts", str(facts), "--out", str(tmp_path / "e"))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     results = json.loads((tmp_path / "e" / "results.json").read_text())
     assert results["before"]["A_M"] == 0.0 and results["before"]["A_F\\S"] == 1.0
     assert results["after"]["A_M"] == 1.0

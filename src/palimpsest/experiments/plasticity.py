@@ -173,8 +173,9 @@ SCALES: dict[str, PlasticityScale] = {
         max_eval_blocks=16,
         language_specs={"wiki-fr": NewLanguage("wiki-fr", max_documents=600)},
     ),
-    # Two seeds of adaptation: the demo must fit 10 minutes on 2 cores with every study in it.
-    "demo": PlasticityScale(seeds=(0, 1)),
+    # The demo must fit 10 minutes on 2 cores with every study in it: 400 pretraining updates
+    # with a reset every 100 (three resets), two seeds of adaptation.
+    "demo": PlasticityScale(pretrain_steps=400, reset_every=100, seeds=(0, 1)),
     "cpu": PlasticityScale(
         pretrain_steps=10_000,
         reset_every=1000,

@@ -248,7 +248,7 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
     )  # fmt: skip
     assert done.exit_code == 0, done.stderr
     done = palimpsest(
-        "pretrain", "--pretrained", str(base), "--steps", "2", "--batch-size", "2", "--block-size", "32",
+        "pretrain", "--model", str(base), "--steps", "2", "--batch-size", "2", "--block-size", "32",
         "--out", str(tmp_path / "continued"),
     )  # fmt: skip
     assert done.exit_code == 0, done.stderr

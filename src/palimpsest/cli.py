@@ -114,7 +114,12 @@ def pretrain(
     family: Annotated[str | None, typer.Option(help="bert, roberta, gpt2 or llama.")] = None,
     size: Annotated[str | None, typer.Option(help="micro, tiny, small or base.")] = None,
     pretrained: Annotated[
-        str | None, typer.Option(help="Start from these weights (folder, minilm-l6, hub id).")
+        str | None,
+        typer.Option(
+            "--pretrained",
+            "--model",
+            help="Continue pretraining these weights (folder, smollm2-135m, hub id).",
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer updates.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Blocks per device and step.")] = None,

@@ -12,8 +12,9 @@ Protocol (PAPERS.md section 2, on the built-in SmolLM2-135M instead of a model t
 3. Methods: ``ft`` (unconstrained fine-tuning of every block's MLP), ``ft+support``, ``ft-l``
    and ``ft-m`` (EasyEdit's settings: one MLP down-projection at relative depth 0.7, 25 steps
    at lr 5e-4, loss at the last prompt token / teacher-forced on the object), palimpsest's
-   default editor, and constrained FT-M (L-inf and L2 bounds in units of each weight) of one
-   block's MLP down-projection at a time across depth.
+   default editor; and across depth, one block's MLP down-projection at a time: the default
+   editor moved to that block, and the editor's recipe (subject positions, stop at success)
+   at lr 1e-3 for 25 steps under each L-inf and L2 bound of the grid (in units of the weight).
 4. Measured before and after: A_M, A_F\\S, their mean, paraphrase, efficacy, neighbourhood (see
    :mod:`palimpsest.editing.metrics`), *generation* success (greedy continuation of up to 8
    tokens names the new object; the kept facts' continuations still name theirs), wiki-en
@@ -89,11 +90,15 @@ class RealEditingScale:
     #: The per-depth sweep: every ``depth_every``-th block (and the last), at these sizes.
     depth_every: int = 3
     depth_sizes: tuple[int, ...] = (1,)
+    #: Seeds whose draws the per-depth sweep runs on (None: every seed).
+    depth_seeds: tuple[int, ...] | None = None
     linf_deltas: tuple[float, ...] = (0.05, 0.2)
     l2_deltas: tuple[float, ...] = (0.05,)
     #: Methods at the larger sizes and one after another (the sweep is too costly there).
     large_methods: tuple[str, ...] = ("ft", "ft+support", "ft-l", "ft-m", "default")
     sequential_methods: tuple[str, ...] = ("ft-m", "default")
+    #: Seeds of the sequential runs (None: every seed); 64 edits in a row are the costliest unit.
+    sequential_seeds: tuple[int, ...] | None = None
     steps: int = 25
     learning_rate: float = 5e-4
     perplexity_blocks: int = 8
@@ -155,13 +160,14 @@ SCALES: dict[str, RealEditingScale] = {
         block_size=32,
         generation_tokens=3,
     ),
-    # Per-depth sweep at single edits only, and two methods one after another: ~70 minutes here.
-    "real": RealEditingScale(),
+    # Every method at 1, 16 and 64 edits on three seeds; the per-depth sweep (single edits) on
+    # the first seed's draws and 64 edits in a row on one seed: about 100 minutes on 2 cores.
+    "real": RealEditingScale(depth_seeds=(0,), sequential_seeds=(0,)),
 }
 
 
 def method_grid(
-    scale: RealEditingScale, blocks: int, size: int, sequential: bool
+    scale: RealEditingScale, blocks: int, size: int, sequential: bool, seed: int = 0
 ) -> list[tuple[str, EditConfig]]:
     """(label, config) of every method the study runs at one size."""
     common = {"steps": scale.steps, "learning_rate": scale.learning_rate, **PLAIN_FINETUNING}
@@ -174,10 +180,13 @@ def method_grid(
     }
     if sequential:
         return [(name, named[name]) for name in scale.sequential_methods]
-    chosen = scale.large_methods if size not in scale.depth_sizes else tuple(named)
+    sweep = size in scale.depth_sizes and (scale.depth_seeds is None or seed in scale.depth_seeds)
+    chosen = tuple(named) if size in scale.depth_sizes else scale.large_methods
     grid = [(name, named[name]) for name in chosen]
-    if size in scale.depth_sizes:
+    if sweep:
         depths = sorted({*range(0, blocks, scale.depth_every), blocks - 1})
+        # The editor's own recipe (subject positions, stop at success; FT-M loss) with a
+        # faster rate, 25 steps and each bound of the grid, one block's MLP down-projection at a time.
         for norm, deltas in (("linf", scale.linf_deltas), ("l2", scale.l2_deltas)):
             for delta in deltas:
                 for block in depths:
@@ -328,8 +337,9 @@ def run_real_editing_study(
     runs: list[dict[str, Any]] = []
     units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]
     for size, sequential in units:
-        grid = method_grid(scale, blocks, size, sequential)
-        for seed in scale.seeds:
+        seeds = scale.sequential_seeds if sequential and scale.sequential_seeds is not None else scale.seeds
+        for seed in seeds:
+            grid = method_grid(scale, blocks, size, sequential, seed)
             name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
             path = out / "units" / f"{name}.json"
             key = _unit_key(scale, grid)
@@ -420,7 +430,7 @@ def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
         if size in scale.depth_sizes:
             default = EditConfig()
             for name, norm, deltas in (
-                ("FT-M, linf", "linf", scale.linf_deltas), ("FT-M, l2", "l2", scale.l2_deltas),
+                ("linf at lr 1e-3", "linf", scale.linf_deltas), ("l2 at lr 1e-3", "l2", scale.l2_deltas),
                 ("the default editor", default.norm, (default.delta,)),
             ):  # fmt: skip
                 best = best_single_blocks(rows, "batch", size, norm, deltas)

@@ -432,7 +432,7 @@ def _layer_outcome(best: list[dict[str, Any]]) -> tuple[str, str]:
     margin = min(scores[0], scores[-1]) - max(scores[1:-1])
     if margin < 0:
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:2]
-        return "failed", f"NOT first and last (best: blocks {sorted(ranked)})."
+        return "failed", f"NOT first and last (best: blocks {sorted(best[i]['layers'][0] for i in ranked)})."
     if margin <= spread:
         return "within spread", "first and last ahead, but by less than the spread over seeds."
     return "held", "first and last blocks most effective."

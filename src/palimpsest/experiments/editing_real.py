@@ -468,6 +468,11 @@ def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
     return " ".join(parts)
 
 
+def _one_line(text: str) -> str:
+    """A continuation as one table cell: line breaks shown, not rendered."""
+    return text.replace("\n", " ⏎ ")
+
+
 def report_section(studies: Sequence[dict[str, Any]], plots_dir: Path):
     """The study's own report section: knowledge, the table, anchors, verdict, examples, plots."""
     from palimpsest.plotting import plot_bars, plot_points
@@ -550,7 +555,8 @@ def report_section(studies: Sequence[dict[str, Any]], plots_dir: Path):
                     ("kept", ("kept_before", "kept_after")),
                 ):
                     for b, a in zip(run["examples"][before_key], run["examples"][after_key], strict=False):
-                        lines.append([run["label"], kind, b["prompt"], b["continuation"], a["continuation"]])
+                        before, after = _one_line(b["continuation"]), _one_line(a["continuation"])
+                        lines.append([run["label"], kind, b["prompt"], before, after])
             section.blocks.append(Table(["method", "prompt", "prompt text", "before", "after"], lines))
         for size in sorted({r["edits"] for r in rows}):
             for sequential in (False, True):
@@ -559,20 +565,22 @@ def report_section(studies: Sequence[dict[str, Any]], plots_dir: Path):
                     continue
                 mode = "sequential" if sequential else "batch"
                 path = plot_points(
-                    {r["label"]: (r[KEPT][0], r["A_M"][0]) for r in cell},
+                    {r["label"]: (r[KEPT][0], r["A_M"][0]) for r in cell if " block " not in r["label"]},
                     plots_dir / f"editing-real-frontier-{mode}-{size}.png",
                     title=f"SmolLM2-135M, {size} edit(s) ({mode}): edits made vs facts kept",
                     xlabel="A_F\\S (recalled facts still right)", ylabel="A_M (edits that took)",
                     reference_x=cell[0][KEPT + " before"][0],
                 )  # fmt: skip
-                section.blocks.append(Figure(path, f"{size} edit(s), {mode}: one point per method"))
+                section.blocks.append(
+                    Figure(path, f"{size} edit(s), {mode}: one point per method (per-block runs: next plot)")
+                )
                 single = [
                     r for r in cell if r["norm"] and isinstance(r["layers"], list) and len(r["layers"]) == 1
                 ]
                 if single:
                     groups: dict[str, dict[str, tuple[float, float]]] = {}
                     for r in sorted(single, key=lambda r: r["layers"][0]):
-                        groups.setdefault(str(r["layers"][0]), {})[f"{r['norm']} δ={r['delta']:g}"] = tuple(
+                        groups.setdefault(str(r["layers"][0]), {})[r["label"].rsplit(" block", 1)[0]] = tuple(
                             r["A_mean"]
                         )
                     path = plot_bars(

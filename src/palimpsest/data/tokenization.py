@@ -88,7 +88,12 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer of a saved folder, a built-in model name (``smollm2-135m``) or a hub id."""
     from transformers import AutoTokenizer
+
+    from palimpsest.models import resolve_pretrained
+
+    path = resolve_pretrained(str(path))
 
     try:
         return AutoTokenizer.from_pretrained(str(path))

@@ -199,7 +199,7 @@ def test_memory_add_and_stats(tmp_path):
     pretrained = str(tmp_path / "pre" / "model")
     done = palimpsest("memory", "add", "--model", pretrained, "--out", str(tmp_path / "m"), *arguments)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "m" / "memory_config.json").is_file()
+    assert "palimpsest_memory" in json.loads((tmp_path / "m" / "config.json").read_text())
     done = palimpsest(
         "memory", "stats", "--model", str(tmp_path / "m"), "--block-size", "32", "--max-blocks", "8",
         "--out", str(tmp_path / "stats"),

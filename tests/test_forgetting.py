@@ -70,9 +70,38 @@ def test_reset_touches_exactly_the_embeddings_and_their_state(family, tokenizer)
         assert float(state["step"]) == 0
     if tied:
         assert head.weight is embedding.weight
-        bias = getattr(head, "bias", None)
-        if bias is not None:
-            assert torch.count_nonzero(bias) == 0
+    assert reset == {id(embedding.weight)}  # by default nothing but the token embeddings
+
+
+def test_head_bias_and_its_state_are_left_alone_by_default(tokenizer):
+    """The official code resets only embed_tokens: RoBERTa's tied head bias keeps training."""
+    model = build_model("roberta", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    head, tied = output_head(model)
+    assert tied and isinstance(head.bias, nn.Parameter)
+    optimizer = trained_with_adam(model)
+    bias, bias_state = (
+        head.bias.detach().clone(),
+        {k: v.clone() for k, v in optimizer.state[head.bias].items()},
+    )
+    assert torch.count_nonzero(bias) > 0
+    report = forget_embeddings(model, optimizer, seed=1)
+    assert torch.equal(head.bias, bias)
+    assert all(torch.equal(optimizer.state[head.bias][k], v) for k, v in bias_state.items())
+    assert report.optimizer_states_reset == 1 and len(report.reset) == 1
+
+    report = forget_embeddings(model, optimizer, seed=2, reset_output_bias=True)
+    assert torch.count_nonzero(head.bias) == 0
+    assert torch.count_nonzero(optimizer.state[head.bias]["exp_avg"]) == 0
+    assert report.optimizer_states_reset == 2 and any("bias" in name for name in report.reset)
+
+
+def test_forgetting_group_holds_the_bias_only_on_request(tokenizer):
+    model = build_model("roberta", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    head, _ = output_head(model)
+    default = ActiveForgettingCallback(reset_every=10).param_groups(model)[0]["params"]
+    assert [id(p) for p in default] == [id(find_token_embeddings(model).weight)]
+    with_bias = ActiveForgettingCallback(reset_every=10, reset_output_bias=True).param_groups(model)[0]
+    assert any(p is head.bias for p in with_bias["params"])
 
 
 def test_untied_head_is_left_alone_unless_asked(tokenizer):

@@ -43,8 +43,10 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
     after = load_pretrained(result["model_path"])
     assert [step for step, _ in result["curve"]] == [0, 3, 6]
     assert result["curve"][-1][1] < result["curve"][0][1]
-    assert set(result["trainable"]) <= {"roberta.embeddings.word_embeddings.weight", "lm_head.bias"}
+    # the paper: embeddings (and the tied head weight, the same tensor) train; the head's bias is frozen
+    assert result["trainable"] == ["roberta.embeddings.word_embeddings.weight"]
     assert find_token_embeddings(after).weight.shape[0] == result["vocab_size"] != len(tokenizer)
+    assert torch.equal(after.lm_head.bias, before.lm_head.bias[: result["vocab_size"]])
     new_embeddings = {id(p) for p in [find_token_embeddings(after).weight, after.lm_head.bias]}
     old = dict(before.named_parameters())
     for name, parameter in after.named_parameters():

@@ -132,86 +132,62 @@ def pretrain(
         int | None, typer.Option(help="Active forgetting: reset the token embeddings every K updates.")
     ] = None,
     episode_schedule: Annotated[
-        bool, typer.Option(help="With --forget-every: the embeddings' own per-episode LR schedule.")
-    ] = True,
+        bool | None,
+        typer.Option(help="With forgetting: the embeddings' own per-episode LR schedule (default on)."),
+    ] = None,
     memory_layers: Annotated[
         list[int] | None,
         typer.Option("--memory-layer", help="Product-key memory in this block (repeatable)."),
     ] = None,
-    memory_mode: Annotated[str, typer.Option(help="With --memory-layer: residual or replace.")] = "residual",
-    memory_keys: Annotated[int, typer.Option(help="With --memory-layer: sub-keys per half.")] = 128,
+    memory_mode: Annotated[
+        str | None, typer.Option(help="With a memory: residual (default) or replace.")
+    ] = None,
+    memory_keys: Annotated[
+        int | None, typer.Option(help="With a memory: sub-keys per half (default 512: 262,144 slots).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
-    """Pretrain a language model on a corpus (masked LM for bert/roberta, causal for gpt2/llama)."""
+    """Pretrain a language model on a corpus (masked LM for bert/roberta, causal for gpt2/llama),
+    optionally with active forgetting and/or product-key memory; OUT/config.yaml re-runs it."""
     _setup_logging(verbose)
     from palimpsest.config import load_config
-    from palimpsest.pretraining import PretrainConfig, run_pretrain
+    from palimpsest.errors import ConfigError
+    from palimpsest.pretraining import PretrainConfig, build_extensions, run_pretrain
     from palimpsest.progress import RichProgressCallback, make_progress
     from palimpsest.report import write_report
 
-    settings = load_config(
-        PretrainConfig,
-        config,
-        {
-            "data.corpus": corpus,
-            "data.vocab_size": vocab_size,
-            "data.block_size": block_size,
-            "model.family": family,
-            "model.size": size,
-            "model.pretrained": pretrained,
-            "training.steps": steps,
-            "training.batch_size": batch_size,
-            "training.learning_rate": lr,
-            "training.seed": seed,
-            "training.tensorboard": tensorboard,
-        },
-    )
-    callbacks: list[Any] = []
-    param_groups = None
-    if forget_every is not None:
-        from palimpsest.forgetting import ActiveForgettingCallback
-
-        forgetting = ActiveForgettingCallback(
-            reset_every=forget_every, seed=settings.training.seed + 1000, episode_schedule=episode_schedule
-        )
-        callbacks.append(forgetting)
-        param_groups = forgetting.param_groups
-    model_hook = None
-    if memory_layers:
-        from palimpsest.config import from_dict
-        from palimpsest.memory import (
-            MemoryUsageCallback,
-            PKMConfig,
-            add_product_key_memory,
-            memory_param_groups,
-        )
-
-        memory = from_dict(PKMConfig, {"layers": memory_layers, "mode": memory_mode, "n_keys": memory_keys})
-        model_hook = lambda model: add_product_key_memory(model, memory)  # noqa: E731
-        other_groups = param_groups
-        param_groups = lambda model: [  # noqa: E731
-            *(other_groups(model) if other_groups else []),
-            *memory_param_groups(model),
-        ]
-        callbacks.append(MemoryUsageCallback())
+    overrides = {
+        "data.corpus": corpus, "data.vocab_size": vocab_size, "data.block_size": block_size,
+        "model.family": family, "model.size": size, "model.pretrained": pretrained,
+        "training.steps": steps, "training.batch_size": batch_size, "training.learning_rate": lr,
+        "training.seed": seed, "training.tensorboard": tensorboard,
+        "forgetting.reset_every": forget_every, "memory.layers": memory_layers,
+    }  # fmt: skip
+    # options that only refine a section: refused when nothing turned the section on
+    refinements = {
+        "forgetting.episode_schedule": ("--episode-schedule", "--forget-every", episode_schedule),
+        "memory.mode": ("--memory-mode", "--memory-layer", memory_mode),
+        "memory.n_keys": ("--memory-keys", "--memory-layer", memory_keys),
+    }
+    sections = load_config(PretrainConfig, config, overrides).extensions
+    for dotted, (flag, needs, value) in refinements.items():
+        section = dotted.split(".")[0]
+        if value is not None and section not in sections:
+            raise ConfigError(f"{flag} needs {needs} (or a {section}: section in --config)")
+    refined = {dotted: value for dotted, (_flag, _needs, value) in refinements.items()}
+    settings = load_config(PretrainConfig, config, {**overrides, **refined})
+    build_extensions(settings)  # every section checked before anything is written
     with make_progress(console) as progress:
-        callbacks.append(RichProgressCallback(progress, "pretrain"))
         results = run_pretrain(
-            settings,
-            out,
-            callbacks=callbacks,
-            param_groups=param_groups,
-            resume=resume,
-            model_hook=model_hook,
+            settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume
         )
-    if memory_layers:
-        from palimpsest.memory.inject import write_memory_config
-
-        write_memory_config(memory, results["model"]["family"], out / "model")
     write_report([results], out, title=f"palimpsest pretrain: {results['name']}")
     _print_pretrain(results)
-    console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model")
+    console.print(
+        f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model; "
+        f"re-run with --config {out}/config.yaml"
+    )
 
 
 @app.command()

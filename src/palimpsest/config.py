@@ -95,18 +95,52 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
+#: A config dataclass with this class attribute set holds the sections of training
+#: extensions (``memory:``, ``forgetting:``) in its ``extensions`` field; in YAML they are
+#: top-level keys, each checked against its extension's own config class.
+EXTENSION_SECTIONS = "EXTENSION_SECTIONS"
+
+
+def _extension_sections(
+    cls: type, data: dict[str, Any], prefix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``data`` into the class's own keys and typed extension sections."""
+    if not getattr(cls, EXTENSION_SECTIONS, False):
+        return data, {}
+    from palimpsest.extensions import extension_classes
+
+    installed = extension_classes()
+    own = {key: value for key, value in data.items() if key not in installed}
+    sections = {
+        name: from_dict(installed[name].config_class, value, prefix=f"{prefix}{name}.")
+        for name, value in data.items()
+        if name in installed and value is not None
+    }
+    if "extensions" in own:
+        raise ConfigError(
+            f"{prefix}extensions: write each extension as its own section ({', '.join(installed)})"
+        )
+    return own, sections
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data, sections = _extension_sections(cls, data, prefix)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(fields))})"
-        )
+        known = sorted(set(fields) - ({"extensions"} if getattr(cls, EXTENSION_SECTIONS, False) else set()))
+        if getattr(cls, EXTENSION_SECTIONS, False):
+            from palimpsest.extensions import extension_classes
+
+            known += [f"{name} (extension)" for name in extension_classes()]
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys: {', '.join(known)})")
     values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    if sections:
+        values["extensions"] = sections
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
@@ -125,7 +159,10 @@ def to_dict(config: Any) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return plain(dataclasses.asdict(config))
+    data = plain(dataclasses.asdict(config))
+    if getattr(config, EXTENSION_SECTIONS, False):
+        data.update(data.pop("extensions", {}))
+    return data
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

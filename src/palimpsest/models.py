@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from palimpsest.errors import ModelError
+from palimpsest.extensions import saved_extension
 
 logger = logging.getLogger(__name__)
 
@@ -353,11 +354,6 @@ def load_config(name_or_path: str) -> PretrainedConfig:
         raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
 
 
-#: The key a model's config carries when palimpsest added a product-key memory to it (see
-#: :mod:`palimpsest.memory.inject`); ``save_pretrained`` writes it into config.json.
-MEMORY_CONFIG_KEY = "palimpsest_memory"
-
-
 def load_pretrained(
     name_or_path: str,
     *,
@@ -367,16 +363,16 @@ def load_pretrained(
 ) -> PreTrainedModel:
     """Load a model exactly as it was saved: a local folder, a built-in name or a hub id.
 
-    A folder saved with a product-key memory is rebuilt with its memory and every weight
-    (outputs identical to the saved model); a plain ``from_pretrained`` would silently
-    re-initialise the wrapped FFN and drop the memory. Everything else is :func:`load_base`.
+    A folder saved with modules a training extension added (a product-key memory) is
+    rebuilt by that extension with every weight (outputs identical to the saved model); a
+    plain ``from_pretrained`` would drop them. The spine does not know which extensions
+    exist: the saved config names one (:func:`palimpsest.extensions.saved_extension`).
+    Everything else is :func:`load_base`.
     """
     config = load_config(name_or_path)
-    if getattr(config, MEMORY_CONFIG_KEY, None) is not None:
-        # The one saved format of a pillar the spine must recognise; the memory package loads it.
-        from palimpsest.memory.inject import load_merged
-
-        return load_merged(resolve_pretrained(name_or_path), task=task, num_labels=num_labels)
+    extension = saved_extension(config)
+    if extension is not None:
+        return extension.load_saved(resolve_pretrained(name_or_path), task=task, num_labels=num_labels)
     return load_base(name_or_path, task=task, num_labels=num_labels, objective=objective)
 
 

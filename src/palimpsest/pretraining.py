@@ -1,21 +1,24 @@
-"""Pretraining a language model from a corpus name: the spine every study builds on.
+"""Pretraining a language model from a corpus name: the one run the pillars plug into.
 
-corpus -> deterministic split -> tokenizer -> packed blocks -> model -> Trainer ->
-evaluation beside a unigram baseline -> ``results.json`` + the saved model. Each arrow is
-a function of :mod:`palimpsest.data`, :mod:`palimpsest.models` or
+corpus -> deterministic split -> tokenizer -> packed blocks -> model (+ extensions) ->
+Trainer -> evaluation beside a unigram baseline -> ``results.json`` + the saved model.
+Each arrow is a function of :mod:`palimpsest.data`, :mod:`palimpsest.models` or
 :mod:`palimpsest.training`; this module only wires them and records what happened.
+
+Memory and forgetting are :class:`~palimpsest.extensions.TrainingExtension` s: sections of
+the run's config (``memory:``, ``forgetting:``) or objects passed as ``extensions=``. Either
+way the saved ``config.yaml`` records them with every seed resolved, so
+``palimpsest pretrain --config OUT/config.yaml`` repeats the run exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
@@ -34,9 +37,10 @@ from palimpsest.data import (
     unigram_baseline,
 )
 from palimpsest.errors import ConfigError
+from palimpsest.extensions import TrainingExtension, extension_class
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained, objective_of
-from palimpsest.storage import save_model, write_json, write_text
-from palimpsest.training import ParamGroupsFn, TrainingConfig, evaluate_lm, train
+from palimpsest.storage import machine_info, save_model, write_json, write_text
+from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
 
@@ -79,22 +83,50 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Everything ``palimpsest pretrain`` reads from its YAML file (flags override it)."""
+    """Everything ``palimpsest pretrain`` reads from its YAML file (flags override it).
+
+    ``extensions`` holds the sections of the run's training extensions by name, each the
+    config object of the installed extension that owns it (``{"memory": PKMConfig(...),
+    "forgetting": ForgettingConfig(...)}``); in YAML they are top-level keys.
+    """
+
+    EXTENSION_SECTIONS: ClassVar[bool] = True
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     name: str | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
+def build_extensions(
+    config: PretrainConfig, extensions: Iterable[TrainingExtension] = ()
+) -> list[TrainingExtension]:
+    """The run's extensions: those passed, then one per config section not passed, by section.
+
+    A passed extension whose section the config also holds must agree with it. Afterwards
+    ``config.extensions`` holds every extension's settings with its seed resolved, so the
+    config written to ``config.yaml`` re-runs the same run.
+    """
+    chosen: dict[str, TrainingExtension] = {}
+    for extension in extensions:
+        name = extension.section
+        if name in chosen:
+            raise ConfigError(f"two '{name}' extensions passed to one run")
+        given = config.extensions.get(name)
+        if given is not None and to_dict(given) != to_dict(extension.config):
+            differing = sorted(k for k, v in to_dict(given).items() if to_dict(extension.config).get(k) != v)
+            raise ConfigError(
+                f"the '{name}' extension passed differs from the config's '{name}' section "
+                f"({', '.join(differing)}); give it once"
+            )
+        chosen[name] = extension
+    for name, settings in config.extensions.items():
+        if name not in chosen:
+            chosen[name] = extension_class(name)(settings, run_seed=config.training.seed)
+    ordered = [chosen[name] for name in sorted(chosen)]
+    config.extensions = {extension.section: extension.resolved_config() for extension in ordered}
+    return ordered
 
 
 @dataclass
@@ -151,17 +183,18 @@ def run_pretrain(
     config: PretrainConfig,
     out: str | Path,
     *,
+    extensions: Iterable[TrainingExtension] = (),
     callbacks: Iterable[TrainerCallback] = (),
-    param_groups: ParamGroupsFn | None = None,
     resume: bool = True,
-    model_hook: Any = None,
 ) -> dict[str, Any]:
     """Pretrain per ``config`` into ``out`` and return (and write) its results dict.
 
-    ``model_hook(model) -> model`` lets a caller change the model before training (add a
-    memory layer, for instance). Re-running with the same ``out`` resumes: the saved
-    tokenizer is reused and training continues from the last checkpoint.
+    ``extensions`` (memory, forgetting, ...) join those the config's sections name (see
+    :func:`build_extensions`); ``callbacks`` are the caller's own (progress display).
+    Re-running with the same ``out`` resumes: the saved tokenizer is reused and training
+    continues from the last checkpoint.
     """
+    active = build_extensions(config, extensions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -186,8 +219,8 @@ def run_pretrain(
             dropout=config.model.dropout,
             seed=config.training.seed,
         )
-    if model_hook is not None:
-        model = model_hook(model)
+    for extension in active:
+        model = extension.prepare_model(model)
 
     result = train(
         model,
@@ -198,12 +231,14 @@ def run_pretrain(
         objective=objective,
         eval_dataset=data.eval_set,
         callbacks=callbacks,
-        param_groups=param_groups,
+        extensions=active,
         resume=resume,
     )
     final = evaluate_lm(model, data.eval_set, batch_size=config.training.eval_batch_size)
     baseline = unigram_baseline(data.train_blocks, data.eval_set, len(data.tokenizer))
     save_model(model, data.tokenizer, out / "model")
+    for extension in active:
+        extension.save(model, out / "model")
 
     results = {
         "kind": "pretrain",
@@ -229,6 +264,7 @@ def run_pretrain(
             "tokens_per_second": result.tokens_per_second,
             "resumed_from": result.resumed_from,
         },
+        "extensions": {extension.section: extension.summary() for extension in active},
         "curves": {
             "train_loss": result.curve("loss"),
             "eval_loss": result.curve("eval_loss"),

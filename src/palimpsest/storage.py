@@ -14,7 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from palimpsest.errors import ModelError
+
+SINGLE_FILE = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
 
 
 def is_main_process() -> bool:
@@ -67,3 +75,44 @@ def remove_tree(path: str | Path) -> None:
     if is_main_process():
         shutil.rmtree(path, ignore_errors=True)
     wait_for_everyone()
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors checkpoint: a file, or a model folder holding one file
+    (``model.safetensors``) or shards listed in ``model.safetensors.index.json``."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / SINGLE_FILE).is_file():
+            files = [path / SINGLE_FILE]
+        elif (path / SHARD_INDEX).is_file():
+            try:
+                index = json.loads((path / SHARD_INDEX).read_text(encoding="utf-8"))
+                files = [path / name for name in sorted(set(index["weight_map"].values()))]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as error:
+                raise ModelError(f"{path / SHARD_INDEX} is not a safetensors shard index ({error})") from None
+        else:
+            raise ModelError(f"'{path}' has no {SINGLE_FILE} or {SHARD_INDEX} (only safetensors are read)")
+    else:
+        files = [path]
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.is_file():
+            raise ModelError(f"checkpoint file not found: {file}")
+        try:
+            tensors.update(load_file(str(file)))
+        except (SafetensorError, OSError) as error:
+            raise ModelError(f"{file} is not a readable safetensors file ({error})") from None
+    return tensors
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a result was measured: platform, versions, threads, device."""
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }

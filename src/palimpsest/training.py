@@ -35,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from palimpsest.data.lm import mlm_mask
 from palimpsest.errors import ConfigError
+from palimpsest.extensions import TrainingExtension
 from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def train(
     eval_dataset: Dataset | None = None,
     callbacks: Iterable[TrainerCallback] = (),
     param_groups: ParamGroupsFn | None = None,
+    extensions: Sequence[TrainingExtension] = (),
     resume: bool = True,
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     training_arguments: dict[str, Any] | None = None,
@@ -282,6 +284,8 @@ def train(
     ``output_dir/checkpoint-N``. A run killed at any point and started again with the same
     arguments continues from its last checkpoint and ends with the same weights as an
     uninterrupted run. ``training_arguments`` passes extra ``TrainingArguments`` through.
+    ``extensions`` (already applied to the model by ``prepare_model``) add their optimizer
+    groups after ``param_groups``' and their callbacks before ``callbacks``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -301,10 +305,10 @@ def train(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*(c for extension in extensions for c in extension.callbacks()), *callbacks],
         objective=objective,
         mlm_probability=config.mlm_probability,
-        param_groups=param_groups,
+        param_groups=_with_extension_groups(param_groups, extensions),
         compute_metrics=compute_metrics,
     )
     # With tqdm off the Trainer prints every log dict to stdout; the library does not print
@@ -328,6 +332,19 @@ def train(
         history=list(trainer.state.log_history),
         resumed_from=checkpoint,
     )
+
+
+def _with_extension_groups(
+    param_groups: ParamGroupsFn | None, extensions: Sequence[TrainingExtension]
+) -> ParamGroupsFn | None:
+    if not extensions:
+        return param_groups
+
+    def groups(model: nn.Module) -> list[dict[str, Any]]:
+        own = param_groups(model) if param_groups is not None else []
+        return [*own, *(group for extension in extensions for group in extension.param_groups(model))]
+
+    return groups
 
 
 def _tokens_per_example(dataset: Dataset) -> int:

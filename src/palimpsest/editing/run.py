@@ -15,8 +15,7 @@ from palimpsest.data import load_tokenizer
 from palimpsest.editing.datasets import read_edit_file
 from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
 from palimpsest.models import load_pretrained, resolve_pretrained
-from palimpsest.pretraining import machine_info
-from palimpsest.storage import write_json
+from palimpsest.storage import machine_info, write_json
 
 
 def edit_saved_model(

@@ -41,9 +41,8 @@ from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
-from palimpsest.pretraining import machine_info
 from palimpsest.recall import fact_recall
-from palimpsest.storage import save_model, write_json
+from palimpsest.storage import machine_info, save_model, write_json
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)

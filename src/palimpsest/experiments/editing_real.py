@@ -47,9 +47,8 @@ from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
 from palimpsest.experiments.common import mean_std
 from palimpsest.models import build_smollm2_like, load_pretrained, resolve_pretrained, transformer_blocks
-from palimpsest.pretraining import machine_info
 from palimpsest.recall import fact_recall
-from palimpsest.storage import save_model, write_json
+from palimpsest.storage import machine_info, save_model, write_json
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)

@@ -56,9 +56,8 @@ from palimpsest.memory import (
 from palimpsest.memory.inject import attach_to_ffn
 from palimpsest.memory.report import cumulative_curve, slot_mass
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained
-from palimpsest.pretraining import machine_info
 from palimpsest.recall import fact_recall
-from palimpsest.storage import remove_tree, write_json
+from palimpsest.storage import machine_info, remove_tree, write_json
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import mean_std, resolve_scale
-from palimpsest.forgetting.callback import ActiveForgettingCallback
+from palimpsest.forgetting.callback import FORGETTING_SEED_OFFSET
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
     TaskAdaptation,
@@ -260,6 +260,12 @@ def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
                 "save_every": scale.reset_every,
                 "seed": 0,
             },
+            # one pretraining per arm, seed 0: the resets draw from 0 + FORGETTING_SEED_OFFSET
+            **(
+                {"forgetting": {"reset_every": scale.reset_every, "seed": FORGETTING_SEED_OFFSET}}
+                if variant == "forgetting"
+                else {}
+            ),
         },
     )
 
@@ -365,13 +371,7 @@ def run_plasticity(
         if previous is not None and previous.get("config") == to_dict(config):
             pretrain[variant] = previous
             continue
-        extra: dict[str, Any] = {}
-        callbacks = list(callbacks_for(f"pretrain {variant}"))
-        if variant == "forgetting":
-            forgetting = ActiveForgettingCallback(reset_every=settings.reset_every, seed=1000)
-            callbacks.append(forgetting)
-            extra["param_groups"] = forgetting.param_groups
-        results = run_pretrain(config, run_dir, callbacks=callbacks, **extra)
+        results = run_pretrain(config, run_dir, callbacks=callbacks_for(f"pretrain {variant}"))
         results["variant"] = variant
         results["reset_every"] = settings.reset_every if variant == "forgetting" else None
         write_json(run_dir / "results.json", results)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,50 @@ class EpisodeSchedule:
         return max(0.0, (self.reset_every - position) / (self.reset_every - self.warmup))
 
 
+#: A forgetting run's resets draw from ``training seed + FORGETTING_SEED_OFFSET`` unless
+#: ``ForgettingConfig.seed`` is set: never the seed of the model's own initialisation.
+FORGETTING_SEED_OFFSET = 1000
+
+
+@dataclass
+class ForgettingConfig:
+    """Active forgetting during a training run: the ``forgetting:`` section of its config.
+
+    Defaults follow the official code: reset only the token embeddings (a tied head's
+    weight is the same tensor) every 1000 updates, N(0, initializer_range), their Adam
+    state restarted, the embeddings on their own per-episode schedule.
+    """
+
+    reset_every: int = 1000
+    #: Reset ``i`` draws from ``seed + i``; ``None``: the run's seed + FORGETTING_SEED_OFFSET.
+    seed: int | None = None
+    init: Init = "normal"
+    #: Also re-draw an untied output head (a tied one always follows the embeddings).
+    reset_output_head: bool = False
+    #: Also zero the head's per-token bias (the official code leaves it training normally).
+    reset_output_bias: bool = False
+    episode_schedule: bool = True
+    warmup_fraction: float = 0.08
+    save_at_episode_end: bool = True
+
+    def __post_init__(self) -> None:
+        if self.reset_every <= 0:
+            raise ConfigError(
+                f"forgetting.reset_every must be a positive number of updates, got {self.reset_every}"
+            )
+        if self.init not in ("normal", "match"):
+            raise ConfigError(f"forgetting.init: expected 'normal' or 'match', got {self.init!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"forgetting.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
 class ActiveForgettingCallback(TrainerCallback):
     """Reset the token embeddings every ``reset_every`` optimizer updates.
 
     ``seed`` makes reset number ``i`` draw from seed ``seed + i``: identical on every DDP
     rank and in a resumed run. ``episode_schedule`` enables the per-episode learning rate
-    for the embeddings (through :meth:`param_groups`).
+    for the embeddings (through :meth:`param_groups`). The keywords are the fields of
+    :class:`ForgettingConfig` (``seed`` defaults to 0 here).
     """
 
     def __init__(
@@ -63,30 +102,43 @@ class ActiveForgettingCallback(TrainerCallback):
         seed: int = 0,
         init: Init = "normal",
         reset_output_head: bool = False,
+        reset_output_bias: bool = False,
         episode_schedule: bool = True,
         warmup_fraction: float = 0.08,
         save_at_episode_end: bool = True,
     ):
-        if reset_every <= 0:
-            raise ConfigError(f"reset_every must be a positive number of updates, got {reset_every}")
+        self.config = ForgettingConfig(
+            reset_every=reset_every, seed=seed, init=init, reset_output_head=reset_output_head,
+            reset_output_bias=reset_output_bias, episode_schedule=episode_schedule,
+            warmup_fraction=warmup_fraction, save_at_episode_end=save_at_episode_end,
+        )  # fmt: skip
         self.reset_every = reset_every
         self.seed = seed
-        self.init = init
-        self.reset_output_head = reset_output_head
-        self.episode_schedule = episode_schedule
-        self.warmup_fraction = warmup_fraction
-        self.save_at_episode_end = save_at_episode_end
         self.resets: list[int] = []
+
+    @classmethod
+    def from_config(cls, config: ForgettingConfig, *, run_seed: int = 0) -> ActiveForgettingCallback:
+        """The callback of a ``forgetting:`` section (``seed=None`` resolved from the run's seed)."""
+        seed = run_seed + FORGETTING_SEED_OFFSET if config.seed is None else config.seed
+        settings = {name: getattr(config, name) for name in config.__dataclass_fields__ if name != "seed"}
+        return cls(seed=seed, **settings)
+
+    def _reset_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return embedding_parameters(
+            model,
+            include_output_head=self.config.reset_output_head,
+            include_output_bias=self.config.reset_output_bias,
+        )
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """One optimizer group holding the reset parameters, on the per-episode schedule."""
         group: dict[str, Any] = {
-            "params": embedding_parameters(model, include_output_head=self.reset_output_head),
+            "params": self._reset_parameters(model),
             "weight_decay": 0.0,
             "name": "forgotten-embeddings",
         }
-        if self.episode_schedule:
-            group["lr_lambda"] = EpisodeSchedule(self.reset_every, self.warmup_fraction)
+        if self.config.episode_schedule:
+            group["lr_lambda"] = EpisodeSchedule(self.reset_every, self.config.warmup_fraction)
         return [group]
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -97,14 +149,15 @@ class ActiveForgettingCallback(TrainerCallback):
                 model,
                 optimizer,
                 seed=self.seed + index,
-                init=self.init,
-                reset_output_head=self.reset_output_head,
+                init=self.config.init,
+                reset_output_head=self.config.reset_output_head,
+                reset_output_bias=self.config.reset_output_bias,
             )
             self.resets.append(step)
             logger.info("active forgetting: reset %d after %d updates", index, step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.save_at_episode_end and state.global_step % self.reset_every == 0:
+        if self.config.save_at_episode_end and state.global_step % self.reset_every == 0:
             control.should_save = True
         return control
 

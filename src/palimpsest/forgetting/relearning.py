@@ -2,8 +2,9 @@
 
 1. **Language adaptation** — a new tokenizer for the new language, the token embeddings
    re-drawn (N(0, initializer_range), fixed seed: for the standard and the forgetting
-   model alike), the body frozen, and only the embeddings (+ a tied head and its
-   per-token bias) trained with the model's own LM objective on a token budget of text.
+   model alike), the body frozen, and only the embeddings (a tied head's weight is the
+   same tensor) trained with the model's own LM objective on a token budget of text; the
+   head's per-token bias stays frozen, as in the paper's code.
 2. **Task adaptation** — the body (+ a fresh task head) fine-tuned on the English task,
    the token embeddings frozen.
 3. **Assembly** — the body and head from step 2 with the embeddings and tokenizer from
@@ -120,7 +121,8 @@ def swap_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 
 def freeze_all_but_embeddings(model: PreTrainedModel) -> list[str]:
-    """Only the token embeddings (+ tied head and its bias) stay trainable; returns their names."""
+    """Only the token embeddings (a tied head's weight is the same tensor) stay trainable; the
+    head's bias is frozen as in the paper. Returns the trainable parameters' names."""
     keep = {id(p) for p in embedding_parameters(model)}
     names = []
     for name, parameter in model.named_parameters():

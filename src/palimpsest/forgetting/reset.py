@@ -7,10 +7,12 @@ lets a new language's embeddings be learned quickly from little data. What is re
 * the input token embeddings, N(0, initializer_range) (``init="normal"``) or drawn to
   match their current mean and std (``init="match"``); the padding row is zeroed again
   (unless the padding token is also the bos/eos/unk token, as in many decoders);
-* a tied output head follows automatically (it *is* the same tensor) and its
-  vocabulary-specific bias is zeroed, since a bias per old token means nothing for the
-  new rows; an untied head is reset only with ``reset_output_head=True``;
-* the optimizer state of exactly those tensors: Adam's moments are zeroed and their step
+* a tied output head follows automatically (it *is* the same tensor); an untied head is
+  reset only with ``reset_output_head=True``;
+* the head's per-token bias is *not* touched, as in the official code (it resets only
+  ``embed_tokens``; the LM-head bias, dense and LayerNorm keep training normally);
+  ``reset_output_bias=True`` zeroes it too, for those who want no trace of old tokens;
+* the optimizer state of exactly the tensors reset: Adam's moments are zeroed and their step
   count restarts, so bias correction restarts for them alone (without it the first
   updates of the new rows are scaled by up to 1/(1-beta2)^0.5 wrongly).
 
@@ -107,16 +109,19 @@ def output_head(model: nn.Module) -> tuple[nn.Module | None, bool]:
     return head, tied
 
 
-def embedding_parameters(model: nn.Module, *, include_output_head: bool = False) -> list[nn.Parameter]:
-    """The parameters a reset re-draws: embeddings, a tied head's bias, optionally an untied head."""
+def embedding_parameters(
+    model: nn.Module, *, include_output_head: bool = False, include_output_bias: bool = False
+) -> list[nn.Parameter]:
+    """The parameters a reset re-draws: the token embeddings (a tied head's weight is the same
+    tensor), optionally an untied head's weight and the head's per-token bias."""
     embedding = find_token_embeddings(model)
     parameters = [embedding.weight]
     head, tied = output_head(model)
-    if head is not None and (tied or include_output_head):
-        if not tied:
+    if head is not None:
+        if include_output_head and not tied:
             parameters.append(head.weight)
         bias = getattr(head, "bias", None)
-        if isinstance(bias, nn.Parameter):
+        if include_output_bias and isinstance(bias, nn.Parameter):
             parameters.append(bias)
     return parameters
 
@@ -146,6 +151,7 @@ def forget_embeddings(
     init: Init = "normal",
     std: float | None = None,
     reset_output_head: bool = False,
+    reset_output_bias: bool = False,
 ) -> ForgetReport:
     """Re-initialise the token embeddings (and what depends on them); see the module doc.
 
@@ -178,7 +184,9 @@ def forget_embeddings(
 
     names = _parameter_names(model)
     report = ForgetReport(reset=[names.get(id(weight), "embeddings")], mean=mean, std=spread, seed=seed)
-    parameters = embedding_parameters(model, include_output_head=reset_output_head)
+    parameters = embedding_parameters(
+        model, include_output_head=reset_output_head, include_output_bias=reset_output_bias
+    )
     head, tied = output_head(model)
     if head is not None and reset_output_head and not tied:
         head_fresh = torch.randn(head.weight.shape, generator=generator, dtype=torch.float32) * spread

@@ -1,8 +1,7 @@
-"""Adding product-key memory to a Hugging Face model, and saving only what was added.
+"""Adding product-key memory to a Hugging Face model, PEFT-style: by config, removable, and
+saved either with the model (base names unchanged) or on its own.
 
-Like PEFT adapters, the memory is injected by config into an existing model and saved on
-its own (``memory_config.json`` + ``memory.safetensors``), so the base weights stay where
-they are. Two ways to use a layer's feed-forward network (FFN):
+Two ways to use a layer's feed-forward network (FFN):
 
 ``"residual"`` (Kim & Jung 2020)
     the memory output is *added* to the FFN output: the memory runs in parallel with the
@@ -14,6 +13,12 @@ FFNs are found by the model's structure, not its name: the block list is the
 ``nn.ModuleList`` with one entry per layer; in a block, a ``mlp`` child (GPT-2, Llama,
 most decoders) or the BERT pair ``intermediate`` + ``output`` (post-LayerNorm encoders),
 or a child the user names with ``PKMConfig(ffn_module=...)``.
+
+Every base parameter keeps its name: a residual memory becomes a ``memory`` child of the
+FFN module (``...mlp.memory.keys``) whose read a forward hook adds to the FFN's output, so
+a merged checkpoint is the base checkpoint plus the memory's tensors. The memory's
+settings have one home, the model's config (``palimpsest_memory``, written into
+``config.json`` by ``save_pretrained``); :class:`MemoryHandle` undoes the injection.
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
-from palimpsest.models import MEMORY_CONFIG_KEY, hidden_size, transformer_blocks
+from palimpsest.models import hidden_size, transformer_blocks
+from palimpsest.storage import is_main_process, read_safetensors, wait_for_everyone, write_text
 
+#: The key of the memory's settings in a model's config (and so in its config.json).
+MEMORY_CONFIG_KEY = "palimpsest_memory"
+#: The adapter format (:func:`save_memory`): the settings and the added tensors alone.
 CONFIG_FILE = "memory_config.json"
 WEIGHTS_FILE = "memory.safetensors"
+#: The name of the memory module inside the FFN it joins (``...mlp.memory``).
+MEMORY_CHILD = "memory"
 
 
 @dataclass
@@ -57,6 +68,10 @@ class PKMConfig:
     sparse_updates: bool = False
     #: Name of the FFN child inside a block, for families the structure rules do not know.
     ffn_module: str | None = None
+    #: Seed of the memories' initialisation; ``None`` draws from torch's global generator.
+    seed: int | None = None
+    #: Learning rate of the memory values in training (XLM: a constant 1e-3, no weight decay).
+    value_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -74,40 +89,63 @@ class PKMConfig:
             raise ConfigError(f"memory.k ({self.k}) cannot exceed memory.n_keys ({self.n_keys})")
         if self.k_dim % 2:
             raise ConfigError(f"memory.k_dim must be even (two half-keys), got {self.k_dim}")
+        for name in ("input_dropout", "query_dropout", "value_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"memory.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.value_lr > 0.0 or self.value_lr == float("inf"):
+            raise ConfigError(f"memory.value_lr must be a positive number, got {self.value_lr}")
 
 
 class _MaskContext:
-    """The attention mask of the current forward pass, shared with the memories (for BatchNorm)."""
+    """The attention mask of the current forward pass, shared with the memories (for BatchNorm).
+
+    Hooks are objects with methods, not closures: ``copy.deepcopy`` of a model then gives
+    hooks that talk to the copy's modules, not the original's.
+    """
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
 
+    def remember(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.mask = kwargs.get("attention_mask")
+
+
+class _AddMemoryRead:
+    """Forward hook of an FFN with a residual memory: ``ffn(h) + memory(h)``."""
+
+    def __init__(self, memory: nn.Module, context: _MaskContext):
+        self.memory = memory
+        self.context = context
+
+    def __call__(self, _ffn: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        hidden = args[0] if args else next(iter(kwargs.values()))
+        return output + self.memory(hidden, self.context.mask)
+
 
 class MemoryFFN(nn.Module):
-    """A decoder-style FFN (``hidden -> hidden``) with a memory beside it or in its place.
+    """A memory in an FFN's place (``"replace"``): ``hidden -> memory(hidden)``."""
 
-    ``memory`` is any module called as ``memory(hidden, attention_mask)``.
-    """
-
-    def __init__(self, ffn: nn.Module | None, memory: ProductKeyMemory, context: _MaskContext):
+    def __init__(self, memory: nn.Module, context: _MaskContext):
         super().__init__()
-        self.ffn = ffn
         self.memory = memory
         self._context = context
 
     def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        read = self.memory(hidden, self._context.mask)
-        return read if self.ffn is None else self.ffn(hidden, *args, **kwargs) + read
+        return self.memory(hidden, self._context.mask)
 
 
 class MemoryBertOutput(nn.Module):
-    """BERT's FFN output (``LayerNorm(dropout(dense(h)) + x)``) with a memory of ``x`` added or instead."""
+    """BERT's FFN output (``LayerNorm(dropout(dense(h)) + x)``) with a memory of ``x`` added or instead.
 
-    def __init__(self, output: nn.Module, memory: ProductKeyMemory, context: _MaskContext, replace: bool):
+    The attribute names are BertOutput's (``dense``, ``LayerNorm``), so pretrained weights
+    keep their names; the memory is ``output.memory``.
+    """
+
+    def __init__(self, output: nn.Module, memory: nn.Module, context: _MaskContext, replace: bool):
         super().__init__()
         self.dense = None if replace else output.dense
+        self.LayerNorm = output.LayerNorm
         self.dropout = output.dropout
-        self.LayerNorm = output.LayerNorm  # keep the HF name: pretrained LayerNorm weights stay addressable
         self.memory = memory
         self._context = context
 
@@ -125,6 +163,9 @@ class _PassThrough(nn.Module):
         return hidden
 
 
+Undo = Callable[[], None]
+
+
 def attach_to_ffn(
     model: nn.Module,
     layers: list[int],
@@ -132,12 +173,13 @@ def attach_to_ffn(
     *,
     mode: Literal["residual", "replace"],
     ffn_module: str | None = None,
-) -> None:
+) -> list[Undo]:
     """Put ``make(dim)`` beside (``"residual"``) or in place of (``"replace"``) each listed FFN.
 
     The module is called as ``module(hidden, attention_mask)`` on the FFN's input and
     returns a tensor of the same shape. The product-key memory is one such module; the
-    memory study also attaches dense FFNs and an empty one as capacity controls.
+    memory study also attaches dense FFNs and an empty one as capacity controls. Returns
+    the steps that undo the change (run them in reverse order).
     """
     prefix, blocks = transformer_blocks(model)
     bad = [index for index in layers if not -len(blocks) <= index < len(blocks)]
@@ -147,6 +189,7 @@ def attach_to_ffn(
     context = _MaskContext()
     reference = next(model.parameters())
     replace = mode == "replace"
+    undo: list[Undo] = []
     for index in layers:
         block = blocks[index]
         module = make(dim).to(device=reference.device, dtype=reference.dtype)
@@ -157,13 +200,23 @@ def attach_to_ffn(
             if not isinstance(ffn, nn.Module):
                 children = ", ".join(n for n, _ in block.named_children())
                 raise ModelError(f"block {index} has no module '{name}' (children: {children})")
-            setattr(block, name, MemoryFFN(None if replace else ffn, module, context))
+            if replace:
+                setattr(block, name, MemoryFFN(module, context))
+                undo.append(_restore(block, name, ffn))
+            else:
+                if MEMORY_CHILD in dict(ffn.named_children()):
+                    raise ModelError(f"block {index}'s {name} already has a child named '{MEMORY_CHILD}'")
+                ffn.add_module(MEMORY_CHILD, module)
+                hook = ffn.register_forward_hook(_AddMemoryRead(module, context), with_kwargs=True)
+                undo.append(_detach(ffn, hook))
         elif all(
             hasattr(getattr(block, part, None), attr)
             for part, attr in (("intermediate", "dense"), ("output", "LayerNorm"))
         ):
+            undo.append(_restore(block, "output", block.output))
             block.output = MemoryBertOutput(block.output, module, context, replace)
             if replace:
+                undo.append(_restore(block, "intermediate", block.intermediate))
                 block.intermediate = _PassThrough()
         else:
             children = ", ".join(f"{n} ({type(m).__name__})" for n, m in block.named_children())
@@ -171,33 +224,95 @@ def attach_to_ffn(
                 f"cannot find the FFN of block {index} of {prefix}; its children are: {children}. "
                 "Name it with PKMConfig(ffn_module=...)"
             )
-
-    def remember_mask(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        context.mask = kwargs.get("attention_mask")
-
-    model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    mask_hook = model.register_forward_pre_hook(context.remember, with_kwargs=True)
+    undo.append(mask_hook.remove)
+    return undo
 
 
-def add_product_key_memory(model: nn.Module, config: PKMConfig) -> nn.Module:
+def _restore(parent: nn.Module, name: str, original: nn.Module) -> Undo:
+    return lambda: setattr(parent, name, original)
+
+
+def _detach(ffn: nn.Module, hook: Any) -> Undo:
+    def undo() -> None:
+        hook.remove()
+        del ffn._modules[MEMORY_CHILD]
+
+    return undo
+
+
+class MemoryHandle:
+    """The memories added to one model: their settings and how to take them out again.
+
+    ``model.palimpsest_memory`` holds it after :func:`add_product_key_memory`; the settings
+    live in the model's config (one home, saved in config.json) and are read from there.
+    """
+
+    def __init__(self, model: nn.Module, undo: list[Undo]):
+        self._model = model
+        self._undo = undo
+
+    @property
+    def config(self) -> PKMConfig:
+        from palimpsest.config import from_dict
+
+        return from_dict(PKMConfig, dict(getattr(self._model.config, MEMORY_CONFIG_KEY)), prefix="memory.")
+
+    @property
+    def layers(self) -> dict[str, ProductKeyMemory]:
+        return memories(self._model)
+
+    def remove(self) -> nn.Module:
+        """Take every memory out: the model computes exactly what it did before they were added.
+
+        A ``"replace"`` memory can be removed only from the model it was added to (a model
+        reloaded with its memory never had the replaced FFN's weights).
+        """
+        if not self._undo:
+            raise ModelError(
+                "this memory replaced FFNs of a model loaded from disk; the original FFN weights are "
+                "not there to restore"
+            )
+        for step in reversed(self._undo):
+            step()
+        self._undo = []
+        self._model.config.__dict__.pop(MEMORY_CONFIG_KEY, None)
+        del self._model.palimpsest_memory
+        return self._model
+
+
+def memory_handle(model: nn.Module) -> MemoryHandle | None:
+    """The :class:`MemoryHandle` of a model with product-key memory, else ``None``."""
+    handle = getattr(model, "palimpsest_memory", None)
+    return handle if isinstance(handle, MemoryHandle) else None
+
+
+def add_product_key_memory(
+    model: nn.Module, config: PKMConfig, *, generator: torch.Generator | None = None
+) -> nn.Module:
     """Insert one memory per ``config.layers`` block, in place; returns the model.
 
-    The model's config records the memory settings (``palimpsest_memory``), and
-    :func:`save_memory` / :func:`load_memory` move the added weights alone.
+    The memories draw their initial weights from ``generator`` (else from one seeded with
+    ``config.seed``, else from torch's global generator). ``model.palimpsest_memory`` is
+    the :class:`MemoryHandle` (``.remove()``); the model's config records the settings, so
+    ``save_pretrained`` carries them and :func:`load_merged` rebuilds the memories.
     """
-    if getattr(model, "_palimpsest_memory", None) is not None:
+    if memory_handle(model) is not None:
         raise ModelError("this model already has product-key memory")
+    if generator is None and config.seed is not None:
+        generator = torch.Generator().manual_seed(config.seed)
 
     def make(dim: int) -> ProductKeyMemory:
         return ProductKeyMemory(
             dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
             query_norm=config.query_norm, input_dropout=config.input_dropout,
             query_dropout=config.query_dropout, value_dropout=config.value_dropout,
-            zero_values=config.zero_values, sparse_updates=config.sparse_updates,
+            zero_values=config.zero_values, sparse_updates=config.sparse_updates, generator=generator,
         )  # fmt: skip
 
-    attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
-    model._palimpsest_memory = config  # type: ignore[attr-defined]
+    undo = attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
     setattr(model.config, MEMORY_CONFIG_KEY, asdict(config))
+    model.palimpsest_memory = MemoryHandle(model, undo)
     return model
 
 
@@ -213,96 +328,105 @@ def memory_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_memory(model: nn.Module, path: str | Path) -> Path:
-    """``memory_config.json`` + ``memory.safetensors`` (the added weights alone)."""
-    config = getattr(model, "_palimpsest_memory", None)
-    if config is None:
+    """The adapter format: ``memory_config.json`` (settings + base model type) and
+    ``memory.safetensors`` (the added tensors alone). Written by the main process only."""
+    handle = memory_handle(model)
+    if handle is None:
         raise ModelError("this model has no product-key memory to save")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
-    save_file(tensors, str(path / WEIGHTS_FILE))
-    write_memory_config(config, model.config.model_type, path)
+    if is_main_process():
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
+        save_file(tensors, str(path / WEIGHTS_FILE))
+    document = {"memory": asdict(handle.config), "base_model_type": model.config.model_type}
+    write_text(path / CONFIG_FILE, json.dumps(document, indent=2))
     return path
 
 
 def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
-    """Inject the memories saved at ``path`` into ``model`` and load their weights."""
+    """Inject the memories saved at ``path`` (adapter format) into ``model`` and load their weights.
+
+    Refused with one line when the memory was saved for another model type or width.
+    """
+    from palimpsest.config import from_dict
+
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise ModelError(f"no saved memory at '{path}' (expected {CONFIG_FILE})")
-    from palimpsest.config import from_dict
-
-    document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    add_product_key_memory(model, from_dict(PKMConfig, document["memory"]))
-    weights_file = path / WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else path / "model.safetensors"
-    stored = load_file(str(weights_file))
+    try:
+        document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        settings = from_dict(PKMConfig, document["memory"], prefix="memory.")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ModelError(f"{path / CONFIG_FILE} is not a palimpsest memory config ({error})") from None
+    base_type = document.get("base_model_type")
+    if base_type is not None and base_type != model.config.model_type:
+        raise ModelError(
+            f"the memory at '{path}' was saved for a {base_type} model, not a {model.config.model_type}"
+        )
+    add_product_key_memory(model, settings)
+    stored = read_safetensors(path / WEIGHTS_FILE)
     expected = memory_state_dict(model)
     missing = sorted(set(expected) - set(stored))
     if missing:
-        raise ModelError(f"{weights_file} lacks memory weights, e.g. {missing[0]}")
+        raise ModelError(f"{path / WEIGHTS_FILE} lacks memory weights, e.g. {missing[0]}")
+    wrong = [key for key in expected if stored[key].shape != expected[key].shape]
+    if wrong:
+        raise ModelError(
+            f"the memory at '{path}' does not fit this model: {wrong[0]} is {tuple(stored[wrong[0]].shape)}, "
+            f"the model needs {tuple(expected[wrong[0]].shape)}"
+        )
     model.load_state_dict({key: stored[key] for key in expected}, strict=False)
     return model
 
 
 def save_merged(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
-    """The whole model (base + memories) in one folder: ``save_pretrained`` plus the memory config.
+    """The whole model (base + memories) in one folder by ``save_pretrained``, main process only.
 
-    Reload with :func:`load_merged` (``from_pretrained`` alone would not know the memories).
+    The base tensors keep their names and config.json carries the memory settings;
+    :func:`palimpsest.models.load_pretrained` (or :func:`load_merged`) rebuilds it exactly.
     """
+    if memory_handle(model) is None:
+        raise ModelError("this model has no product-key memory to save")
     path = Path(path)
-    model.save_pretrained(str(path))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
-    write_memory_config(model._palimpsest_memory, model.config.model_type, path)  # type: ignore[attr-defined]
+    if is_main_process():
+        model.save_pretrained(str(path))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+    wait_for_everyone()
     return path
 
 
-def write_memory_config(config: PKMConfig, base_model_type: str, path: str | Path) -> None:
-    """``memory_config.json`` beside a saved model: :func:`load_merged` reads it back."""
-    from palimpsest.storage import write_text
-
-    document = {"memory": asdict(config), "base_model_type": base_model_type}
-    write_text(Path(path) / CONFIG_FILE, json.dumps(document, indent=2))
-
-
 def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:
-    """Load a model saved with its memories (:func:`save_merged`, ``pretrain --memory-layer``, or
+    """Load a model saved with its memories (:func:`save_merged`, ``pretrain`` with a memory, or
     any ``save_pretrained`` of a model with memory): base structure, memories, then every weight.
 
     The result has the saved model's outputs exactly; a weight file that lacks a tensor the
     rebuilt model has, or holds one it does not, is refused rather than loaded partially.
+    Single-file and sharded (``model.safetensors.index.json``) checkpoints are read.
     """
     from palimpsest.config import from_dict
-    from palimpsest.models import MEMORY_CONFIG_KEY, load_base, load_config
+    from palimpsest.models import load_base, load_config
 
     path = Path(path)
     config = load_config(str(path))
     document = getattr(config, MEMORY_CONFIG_KEY, None)
-    base_type = config.model_type
-    if document is None and (path / CONFIG_FILE).is_file():
-        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        document, base_type = saved["memory"], saved.get("base_model_type", base_type)
     if document is None:
         raise ModelError(f"no merged memory model at '{path}' (its config names no memory)")
-    if base_type != config.model_type:
-        raise ModelError(
-            f"'{path}': the memory was saved for a {base_type} model, the folder holds a {config.model_type}"
-        )
-    weights_file = path / "model.safetensors"
-    if not weights_file.is_file():
-        raise ModelError(f"'{path}' has no model.safetensors (a sharded or .bin checkpoint is not read here)")
+    settings = from_dict(PKMConfig, dict(document), prefix=f"{path}/config.json: memory.")
+    stored = read_safetensors(path)
     model = load_base(str(path), task=task, num_labels=num_labels)  # type: ignore[arg-type]
     model.config.__dict__.pop(MEMORY_CONFIG_KEY, None)  # add_product_key_memory writes it again
-    add_product_key_memory(model, from_dict(PKMConfig, dict(document)))
-    stored = load_file(str(weights_file))
+    add_product_key_memory(model, settings)
+    if settings.mode == "replace":
+        model.palimpsest_memory._undo = []  # the replaced FFNs were never saved: nothing to restore
     names = dict(model.named_parameters(remove_duplicate=False))
     buffers = {name for name, _ in model.named_buffers()}
     unexpected = sorted(set(stored) - set(names) - buffers)
     if unexpected:
-        raise ModelError(f"{weights_file} holds weights this model does not have, e.g. {unexpected[0]}")
+        raise ModelError(f"{path} holds weights this model does not have, e.g. {unexpected[0]}")
     model.load_state_dict(stored, strict=False)
     loaded = {id(parameter) for name, parameter in names.items() if name in stored}
     unloaded = [name for name, parameter in names.items() if id(parameter) not in loaded]
     if unloaded:
-        raise ModelError(f"{weights_file} lacks weights, e.g. {unloaded[0]}")
+        raise ModelError(f"{path} lacks weights, e.g. {unloaded[0]}")
     return model

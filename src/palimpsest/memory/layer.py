@@ -116,6 +116,7 @@ class ProductKeyMemory(nn.Module):
         value_dropout: float = 0.0,
         zero_values: bool = False,
         sparse_updates: bool = False,
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         if k_dim % 2:
@@ -128,23 +129,26 @@ class ProductKeyMemory(nn.Module):
         half = k_dim // 2
 
         self.input_dropout = nn.Dropout(input_dropout)
-        self.query = nn.Linear(dim, heads * k_dim)
-        if query_norm == "layernorm":
-            self.query_norm: nn.Module | None = nn.LayerNorm(heads * k_dim)
-        elif query_norm == "batchnorm":
-            self.query_norm = MaskedBatchNorm(heads * k_dim)
-        elif query_norm == "none":
-            self.query_norm = None
-        else:
-            raise ValueError(f"query_norm must be layernorm, batchnorm or none, got {query_norm!r}")
         self.query_dropout = nn.Dropout(query_dropout)
-        bound = 1 / math.sqrt(half)
-        self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, half).uniform_(-bound, bound))
-        self.values = nn.EmbeddingBag(self.size, self.value_dim, mode="sum")
-        if zero_values:
-            nn.init.zeros_(self.values.weight)
-        else:
-            nn.init.normal_(self.values.weight, mean=0.0, std=self.value_dim**-0.5)
+        if query_norm not in ("layernorm", "batchnorm", "none"):
+            raise ValueError(f"query_norm must be layernorm, batchnorm or none, got {query_norm!r}")
+        self.zero_values = zero_values
+        # Without a generator, the draws come from torch's global generator in the order of
+        # earlier versions (the same weights per seed); with one, every draw comes from it and
+        # the global generator is left as it was.
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self.query = nn.Linear(dim, heads * k_dim)
+            self.query_norm: nn.Module | None = {
+                "layernorm": lambda: nn.LayerNorm(heads * k_dim),
+                "batchnorm": lambda: MaskedBatchNorm(heads * k_dim),
+                "none": lambda: None,
+            }[query_norm]()
+            bound = 1 / math.sqrt(half)
+            self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, half).uniform_(-bound, bound))
+            self.values = nn.EmbeddingBag(self.size, self.value_dim, mode="sum")
+            self._init_values(None)
+        if generator is not None:
+            self.reset_parameters(generator)
         self.value_dropout = nn.Dropout(value_dropout)
         self.sparse_updates = sparse_updates
         ranks = [(a, b) for a in range(k) for b in range(k) if (a + 1) * (b + 1) <= k]
@@ -152,6 +156,25 @@ class ProductKeyMemory(nn.Module):
         self.register_buffer("candidate_columns", torch.tensor([b for _, b in ranks]), persistent=False)
         self.last_selection: Selection | None = None
         self.record_selection = False
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw every weight again: query as ``nn.Linear`` does, sub-keys U(+-1/sqrt(k_dim/2)),
+        values N(0, 1/value_dim) (or zeros), all from ``generator`` when given."""
+        nn.init.kaiming_uniform_(self.query.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(self.query.in_features)
+        nn.init.uniform_(self.query.bias, -bound, bound, generator=generator)
+        half = self.k_dim // 2
+        nn.init.uniform_(self.keys, -1 / math.sqrt(half), 1 / math.sqrt(half), generator=generator)
+        self._init_values(generator)
+        if self.query_norm is not None:
+            self.query_norm.reset_parameters()
+
+    def _init_values(self, generator: torch.Generator | None) -> None:
+        if self.zero_values:
+            nn.init.zeros_(self.values.weight)
+        else:
+            nn.init.normal_(self.values.weight, mean=0.0, std=self.value_dim**-0.5, generator=generator)
 
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k slots per head: ``(scores, indices)``, each ``(tokens, heads, k)``."""

@@ -10,7 +10,7 @@ import torch
 
 from palimpsest.data import encode_blocks, load_corpus, load_tokenizer, split_corpus
 from palimpsest.errors import ModelError
-from palimpsest.memory.inject import CONFIG_FILE, load_memory, load_merged, memories
+from palimpsest.memory.inject import load_memory, memories, memory_handle
 from palimpsest.memory.usage import memory_usage, recording
 from palimpsest.models import load_pretrained
 from palimpsest.plotting import plot_curves
@@ -19,12 +19,12 @@ from palimpsest.storage import write_json
 
 def load_with_memory(model_dir: str | Path, memory_dir: str | Path | None = None) -> Any:
     """A model with its memories: merged folder, or base folder + memory adapter folder."""
-    model_dir = Path(model_dir)
+    model = load_pretrained(str(model_dir))
     if memory_dir is not None:
-        return load_memory(load_pretrained(str(model_dir)), memory_dir)
-    if (model_dir / CONFIG_FILE).is_file():
-        return load_merged(model_dir)
-    raise ModelError(f"'{model_dir}' holds no product-key memory (no {CONFIG_FILE}); pass --memory")
+        return load_memory(model, memory_dir)
+    if memory_handle(model) is None:
+        raise ModelError(f"'{model_dir}' holds no product-key memory (its config names none); pass --memory")
+    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,59 @@
+"""Product-key memory as an extension of one training run (the ``memory:`` config section).
+
+The run's config records the memory's settings, the model's config carries them into
+``config.json`` (so the saved model reloads with its memory), the values train at their
+own learning rate, and a usage callback logs how many slots went unread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from palimpsest.extensions import TrainingExtension
+from palimpsest.memory.inject import MEMORY_CONFIG_KEY, PKMConfig, add_product_key_memory, load_merged
+from palimpsest.memory.usage import MemoryUsageCallback, memory_param_groups
+
+#: A training run's memories are drawn from ``run seed + MEMORY_SEED_OFFSET`` unless
+#: ``PKMConfig.seed`` is set: never the same stream as the model's own initialisation.
+MEMORY_SEED_OFFSET = 7
+
+
+class MemoryExtension(TrainingExtension):
+    """Add product-key memories before training; values on their own (constant) learning rate."""
+
+    section = "memory"
+    config_class = PKMConfig
+    model_config_key = MEMORY_CONFIG_KEY
+
+    def __init__(self, config: PKMConfig | None = None, *, run_seed: int = 0):
+        super().__init__(config or PKMConfig(), run_seed=run_seed)
+        self.usage = MemoryUsageCallback()
+
+    @property
+    def seed(self) -> int:
+        return self.run_seed + MEMORY_SEED_OFFSET if self.config.seed is None else self.config.seed
+
+    def resolved_config(self) -> PKMConfig:
+        return replace(self.config, seed=self.seed)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return add_product_key_memory(model, self.resolved_config())
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return memory_param_groups(model, lr=self.config.value_lr)
+
+    def callbacks(self) -> list[TrainerCallback]:
+        return [self.usage]
+
+    def summary(self) -> dict[str, Any]:
+        last = self.usage.history[-1] if self.usage.history else {}
+        return {key: value for key, value in last.items() if key != "step"}
+
+    @classmethod
+    def load_saved(cls, path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:
+        return load_merged(path, task=task, num_labels=num_labels)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
+from cli_helpers import palimpsest
 from palimpsest.data.facts import CAPITAL, Fact
 from palimpsest.editing import ConstrainedFinetune, EditRequest, select_parameters
 from palimpsest.editing.editor import block_indices
@@ -23,7 +24,7 @@ from palimpsest.models import (
     resolve_pretrained,
 )
 from palimpsest.recall import build_probe, fact_recall
-from test_cli import SMOKE, palimpsest
+from test_cli import SMOKE
 
 REQUEST = EditRequest(Fact("France", CAPITAL, "Paris"), "Lyon")
 

@@ -9,11 +9,13 @@ puts memories into a HF model by config, beside its FFN or in its place, and
 """
 
 from palimpsest.memory.inject import (
+    MemoryHandle,
     PKMConfig,
     add_product_key_memory,
     load_memory,
     load_merged,
     memories,
+    memory_handle,
     memory_state_dict,
     save_memory,
     save_merged,
@@ -29,6 +31,7 @@ from palimpsest.memory.usage import (
 
 __all__ = [
     "MaskedBatchNorm",
+    "MemoryHandle",
     "MemoryUsageCallback",
     "PKMConfig",
     "ProductKeyMemory",
@@ -38,6 +41,7 @@ __all__ = [
     "load_memory",
     "load_merged",
     "memories",
+    "memory_handle",
     "memory_param_groups",
     "memory_state_dict",
     "memory_usage",

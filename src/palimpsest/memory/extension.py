@@ -51,8 +51,7 @@ class MemoryExtension(TrainingExtension):
         return [self.usage]
 
     def summary(self) -> dict[str, Any]:
-        last = self.usage.history[-1] if self.usage.history else {}
-        return {key: value for key, value in last.items() if key != "step"}
+        return self.usage.snapshot()
 
     @classmethod
     def load_saved(cls, path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:

@@ -229,16 +229,25 @@ def attach_to_ffn(
     return undo
 
 
-def _restore(parent: nn.Module, name: str, original: nn.Module) -> Undo:
-    return lambda: setattr(parent, name, original)
+class _restore:  # noqa: N801 - used like a function; an object so that deepcopy follows the copy
+    """Undo step: put ``original`` back as ``parent.name``."""
+
+    def __init__(self, parent: nn.Module, name: str, original: nn.Module):
+        self.parent, self.name, self.original = parent, name, original
+
+    def __call__(self) -> None:
+        setattr(self.parent, self.name, self.original)
 
 
-def _detach(ffn: nn.Module, hook: Any) -> Undo:
-    def undo() -> None:
-        hook.remove()
-        del ffn._modules[MEMORY_CHILD]
+class _detach:  # noqa: N801
+    """Undo step: remove a residual memory's hook and child from its FFN."""
 
-    return undo
+    def __init__(self, ffn: nn.Module, hook: Any):
+        self.ffn, self.hook = ffn, hook
+
+    def __call__(self) -> None:
+        self.hook.remove()
+        del self.ffn._modules[MEMORY_CHILD]
 
 
 class MemoryHandle:

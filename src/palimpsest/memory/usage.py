@@ -124,6 +124,7 @@ class MemoryUsageCallback(TrainerCallback):
         self.log_every = log_every
         self.last_seen: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, Any]] = []
+        self.step = 0
         self._layers: dict[str, Any] = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -136,14 +137,20 @@ class MemoryUsageCallback(TrainerCallback):
         for name, layer in self._layers.items():
             if layer.last_selection is not None:
                 self.last_seen[name][layer.last_selection.indices.reshape(-1).cpu()] = state.global_step
+        self.step = state.global_step
         if state.global_step % self.log_every == 0:
-            entry: dict[str, Any] = {"step": state.global_step}
-            for name, seen in self.last_seen.items():
-                recent = seen > state.global_step - self.window
-                entry[f"memory/{name}/outdated"] = float(1 - recent.float().mean())
-                entry[f"memory/{name}/ever_used"] = float((seen >= 0).float().mean())
+            entry = self.snapshot()
             self.history.append(entry)
             state.log_history.append(entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``outdated`` and ``ever_used`` per layer after the last update seen."""
+        entry: dict[str, Any] = {"step": self.step}
+        for name, seen in self.last_seen.items():
+            recent = seen > self.step - self.window
+            entry[f"memory/{name}/outdated"] = float(1 - recent.float().mean())
+            entry[f"memory/{name}/ever_used"] = float((seen >= 0).float().mean())
+        return entry
 
     def on_train_end(self, args, state, control, **kwargs):
         for layer in self._layers.values():

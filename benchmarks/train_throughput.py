@@ -107,7 +107,7 @@ def main() -> None:
             continue
         objective = "mlm" if family == "roberta" else "clm"
         config = TrainingConfig(
-            steps=steps, batch_size=BATCH, save_every=10**6, eval_every=10**6, log_every=10
+            steps=steps, batch_size=BATCH, save_every=None, eval_every=None, log_every=10
         )
         plain, ours = [], []
         for _ in range(args.repeats):

@@ -69,6 +69,13 @@ def test_pretrain_then_evaluate_then_report(tmp_path):
     done = palimpsest("evaluate", "--model", str(out / "model"), "--block-size", "32", "--max-blocks", "8")
     assert done.returncode == 0, done.stderr
     assert "perplexity" in done.stdout
+    (tmp_path / "e.yaml").write_text("block_size: 32\nmax_blocks: 8\n")
+    from_file = palimpsest("evaluate", "--model", out / "model", "--config", tmp_path / "e.yaml")
+    assert from_file.stdout == done.stdout
+    (tmp_path / "e.yaml").write_text("max_blocks: 0\n")
+    assert "max_blocks" in one_error_line(
+        palimpsest("evaluate", "--model", out / "model", "--config", tmp_path / "e.yaml")
+    )
 
     done = palimpsest("report", str(out / "results.json"), "--out", str(tmp_path / "rep"))
     assert done.returncode == 0, done.stderr
@@ -158,6 +165,26 @@ def test_unknown_scale_is_one_line(tmp_path):
     assert "galactic" in line
 
 
+@pytest.mark.parametrize("study", ["plasticity", "memory", "editing"])
+def test_a_study_config_changes_fields_of_its_scale_and_names_bad_keys(tmp_path, study):
+    config = tmp_path / "s.yaml"
+    config.write_text("seedz: [0, 1]\n")
+    line = one_error_line(
+        palimpsest("experiment", study, "--scale", "smoke", "--config", config, "--out", tmp_path / "o")
+    )
+    assert "seedz" in line and not (tmp_path / "o").exists()
+
+
+def test_a_scale_loads_from_yaml_on_top_of_a_named_one(tmp_path):
+    from palimpsest.config import load_config
+    from palimpsest.experiments.memory import SCALES
+
+    config = tmp_path / "s.yaml"
+    config.write_text("seeds: [3]\n")
+    loaded = load_config(type(SCALES["demo"]), config, base=SCALES["demo"])
+    assert loaded.seeds == (3,) and loaded.steps == SCALES["demo"].steps
+
+
 def test_memory_add_and_stats(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -167,6 +194,14 @@ def test_memory_add_and_stats(tmp_path):
     assert done.returncode == 0, done.stderr
     arguments = ["--layer", "1", "--n-keys", "16", "--heads", "2", "--k", "4", "--k-dim", "16"]
     pretrained = str(tmp_path / "pre" / "model")
+    (tmp_path / "memory.yaml").write_text("layers: [0]\nn_keys: 8\nheads: 2\nk: 4\nk_dim: 16\n")
+    done = palimpsest(  # the file's settings, the flag's layer
+        "memory", "add", "--model", pretrained, "--out", tmp_path / "m", "--config", tmp_path / "memory.yaml",
+        "--layer", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["palimpsest_memory"]
+    assert saved["layers"] == [1] and saved["n_keys"] == 8 and saved["seed"] == 0
     done = palimpsest("memory", "add", "--model", pretrained, "--out", str(tmp_path / "m"), *arguments)
     assert done.returncode == 0, done.stderr
     assert "palimpsest_memory" in json.loads((tmp_path / "m" / "config.json").read_text())

@@ -173,3 +173,16 @@ def test_counterfactuals_never_keep_the_old_object():
         EditRequest(Fact("France", CAPITAL, "Paris"), "Paris")
     with pytest.raises(DataError, match="single object"):
         counterfactual_requests([Fact("A", CAPITAL, "X"), Fact("B", CAPITAL, "X")], 1)
+
+
+def test_config_and_keywords_merge_never_ignore(tokenizer):
+    from palimpsest.editing.editor import EditConfig
+    from palimpsest.models import build_model
+
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, seed=0)
+    config = EditConfig(layers=[0], delta=0.3, steps=7)
+    editor = ConstrainedFinetune(model, tokenizer, config=config, delta=0.1)
+    assert editor.config.delta == 0.1 and editor.config.steps == 7 and editor.config.layers == [0]
+    assert ConstrainedFinetune(model, tokenizer, config=config).config is config
+    with pytest.raises(ConfigError, match="delta"):
+        ConstrainedFinetune(model, tokenizer, config=config, delta=-1.0)

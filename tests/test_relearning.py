@@ -36,7 +36,7 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
     french = split_corpus(load_corpus("wiki-fr", max_documents=300), 0.2)
     settings = LanguageAdaptation(
         tokens=4000, vocab_size=300, block_size=32, max_eval_blocks=8,
-        training=TrainingConfig(steps=6, batch_size=4, learning_rate=5e-3, eval_every=3, save_every=10**6),
+        training=TrainingConfig(steps=6, batch_size=4, learning_rate=5e-3, eval_every=3, save_every=None),
     )  # fmt: skip
     result = adapt_language(pretrained, french, settings, tmp_path / "fr")
     before = load_pretrained(str(pretrained))
@@ -57,7 +57,7 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
 def test_task_adaptation_freezes_embeddings_and_assembly_combines(tmp_path, tokenizer, wiki_small):
     pretrained = _pretrained(tmp_path, tokenizer)
     settings = TaskAdaptation(
-        max_length=32, training=TrainingConfig(steps=5, batch_size=4, learning_rate=1e-3, save_every=10**6)
+        max_length=32, training=TrainingConfig(steps=5, batch_size=4, learning_rate=1e-3, save_every=None)
     )
     task = adapt_task(
         pretrained, topic_task(load_corpus("wiki-en", max_documents=400)), settings, tmp_path / "t"
@@ -79,7 +79,7 @@ def test_task_adaptation_freezes_embeddings_and_assembly_combines(tmp_path, toke
     adapted = adapt_language(
         pretrained, language,
         LanguageAdaptation(tokens=3000, vocab_size=300, block_size=32, max_eval_blocks=4,
-                           training=TrainingConfig(steps=2, batch_size=4, save_every=10**6)),
+                           training=TrainingConfig(steps=2, batch_size=4, save_every=None)),
         tmp_path / "es",
     )  # fmt: skip
     out = assemble(task["model_path"], adapted["model_path"], tmp_path / "assembled")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from palimpsest.data import causal_eval_set, encode_blocks, split_corpus
+from palimpsest.errors import ConfigError
 from palimpsest.models import build_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 from torchrun_helper import torchrun
@@ -112,3 +113,13 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     rank1 = json.loads((tmp_path / "final-rank1.json").read_text())
     assert rank0["weights"] == rank1["weights"]
     assert torch.isfinite(torch.tensor(rank0["eval_loss"]))
+
+
+def test_never_save_is_none(blocks, tokenizer, tmp_path):
+    from palimpsest.training import make_training_arguments
+
+    config = TrainingConfig(steps=2, batch_size=4, save_every=None, eval_every=None)
+    arguments = make_training_arguments(config, tmp_path, has_eval=True)
+    assert arguments.save_strategy == "no" and arguments.eval_strategy == "no"
+    with pytest.raises(ConfigError, match="save_every"):
+        TrainingConfig(save_every=0)

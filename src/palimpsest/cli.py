@@ -79,13 +79,30 @@ def _progress_callbacks(progress: Any) -> Callable[[str], list[Any]]:
     return lambda name: [RichProgressCallback(progress, name)]
 
 
-def _run_study(run: Callable[..., dict[str, Any]], out: Path, scale: str, title: str) -> None:
-    """Run (or resume) a study with a progress display, write its report, print its verdict."""
+def _run_study(
+    run: Callable[..., dict[str, Any]],
+    out: Path,
+    scale: str,
+    title: str,
+    config: Path | None = None,
+    scales: dict[str, Any] | None = None,
+) -> None:
+    """Run (or resume) a study with a progress display, write its report, print its verdict.
+
+    ``config`` (YAML) changes fields of the named scale: ``--scale demo --config more-seeds.yaml``.
+    """
     from palimpsest.progress import make_progress
     from palimpsest.report import write_report
 
+    chosen: Any = scale
+    if config is not None and scales is not None:
+        from palimpsest.config import load_config
+        from palimpsest.experiments.common import resolve_scale
+
+        _name, base = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
+        chosen = load_config(type(base), config, base=base)
     with make_progress(console) as progress:
-        results = run(out, scale, callbacks_for=_progress_callbacks(progress))
+        results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
     write_report([results], out, title=title)
     console.print(results["summary"]["verdict"], highlight=False)
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
@@ -193,35 +210,43 @@ def pretrain(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Option(help="A saved model folder (with its tokenizer).")],
-    corpus: Annotated[str, typer.Option(help="Corpus to evaluate on.")] = "wiki-en",
+    model: Annotated[
+        Path, typer.Option(help="A saved model folder (with its tokenizer) or a built-in name.")
+    ],
+    config: ConfigOption = None,
+    corpus: Annotated[str | None, typer.Option(help="Corpus to evaluate on (default wiki-en).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write results.json here.")] = None,
-    block_size: Annotated[int, typer.Option(help="Tokens per evaluation block.")] = 128,
-    max_blocks: Annotated[int, typer.Option(help="Evaluate at most this many blocks.")] = 256,
-    validation_fraction: Annotated[float, typer.Option(help="Held-out share of the corpus.")] = 0.05,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per evaluation block (default 128).")] = None,
+    max_blocks: Annotated[
+        int | None, typer.Option(help="Evaluate at most this many blocks (default 256).")
+    ] = None,
+    validation_fraction: Annotated[
+        float | None, typer.Option(help="Held-out share of the corpus (default 0.05).")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Score a saved model on a corpus: perplexity beside the unigram baseline for a language
     model, shared-topic accuracy beside the majority class for a topic classifier."""
     _setup_logging(verbose)
-    from palimpsest.evaluation import evaluate_saved_lm, is_classifier
+    from palimpsest.config import load_config
+    from palimpsest.evaluation import EvaluateConfig, evaluate_saved_lm, is_classifier
     from palimpsest.forgetting.relearning import evaluate_saved_classifier
 
+    settings = load_config(
+        EvaluateConfig,
+        config,
+        {"corpus": corpus, "block_size": block_size, "max_blocks": max_blocks,
+         "validation_fraction": validation_fraction},
+    )  # fmt: skip
     if is_classifier(model):
-        results = evaluate_saved_classifier(model, corpus, max_length=block_size)
+        results = evaluate_saved_classifier(model, settings.corpus, max_length=settings.block_size)
         m = results["metrics"]
         console.print(
             f"{results['model']} on {results['corpus']}: topic accuracy {100 * m['accuracy']:.1f}% "
             f"(majority class {100 * m['majority_baseline']:.1f}%, {m['examples']:,} documents)"
         )
     else:
-        results = evaluate_saved_lm(
-            model,
-            corpus,
-            block_size=block_size,
-            max_blocks=max_blocks,
-            validation_fraction=validation_fraction,
-        )
+        results = evaluate_saved_lm(model, settings)
         m = results["metrics"]
         console.print(
             f"{results['model']} on {results['corpus']}: perplexity {m['perplexity']:.2f} "
@@ -264,39 +289,46 @@ def adapt_language_command(
     model: Annotated[Path, typer.Option(help="Pretrained LM folder (from `pretrain`).")],
     corpus: Annotated[str, typer.Option(help="Text of the new language: built-in name, file or hf:NAME.")],
     out: Annotated[Path, typer.Option(help="Output folder; the adapted model goes to OUT/model.")],
-    tokens: Annotated[str, typer.Option(help="Token budget of new-language text, e.g. 100k or 5M.")] = "100k",
+    config: ConfigOption = None,
+    tokens: Annotated[
+        str | None, typer.Option(help="Token budget of new-language text, e.g. 100k or 5M (default 100k).")
+    ] = None,
     synthetic: Annotated[
         str | None, typer.Option(help="Turn the corpus into a synthetic language, e.g. permute+scramble.")
     ] = None,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the new tokenizer.")] = 2048,
-    steps: Annotated[int, typer.Option(help="Updates of the embeddings.")] = 300,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-3,
-    batch_size: Annotated[int, typer.Option(help="Blocks per step.")] = 16,
-    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 128,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N updates.")] = 25,
-    seed: Annotated[int, typer.Option(help="Seed of the embedding draw, data order and masking.")] = 0,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="Vocabulary of the new tokenizer (default 2048).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Updates of the embeddings (default 300).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Blocks per step (default 16).")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per block (default 128).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N updates (default 25).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the embedding draw, data order and masking.")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Step 1: new tokenizer, embeddings re-drawn, body frozen; train only the embeddings."""
     _setup_logging(verbose)
+    from palimpsest.config import load_config
     from palimpsest.data import load_corpus, split_corpus, synthetic_language
     from palimpsest.forgetting.relearning import LanguageAdaptation, adapt_language
     from palimpsest.progress import RichProgressCallback, make_progress
     from palimpsest.storage import write_json
-    from palimpsest.training import TrainingConfig
 
+    settings = load_config(
+        LanguageAdaptation,
+        config,
+        {
+            "tokens": _parse_tokens(tokens) if tokens is not None else None, "vocab_size": vocab_size,
+            "block_size": block_size, "seed": seed, "training.steps": steps, "training.learning_rate": lr,
+            "training.batch_size": batch_size, "training.eval_every": eval_every,
+        },
+    )  # fmt: skip
     text = load_corpus(corpus)
     if synthetic:
-        text = synthetic_language(text, synthetic, seed=seed)
-    settings = LanguageAdaptation(
-        tokens=_parse_tokens(tokens),
-        vocab_size=vocab_size,
-        block_size=block_size,
-        seed=seed,
-        training=TrainingConfig(
-            steps=steps, learning_rate=lr, batch_size=batch_size, eval_every=eval_every, save_every=10**9
-        ),
-    )
+        text = synthetic_language(text, synthetic, seed=settings.seed)
     with make_progress(console) as progress:
         result = adapt_language(
             model, split_corpus(text, 0.1), settings, out, callbacks=[RichProgressCallback(progress, "adapt")]
@@ -313,29 +345,31 @@ def adapt_language_command(
 def adapt_task_command(
     model: Annotated[Path, typer.Option(help="Pretrained LM folder (from `pretrain`).")],
     out: Annotated[Path, typer.Option(help="Output folder; the task model goes to OUT/model.")],
+    config: ConfigOption = None,
     corpus: Annotated[str, typer.Option(help="Labelled corpus of the task language.")] = "wiki-en",
-    steps: Annotated[int, typer.Option(help="Updates.")] = 300,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="Documents per step.")] = 16,
-    max_length: Annotated[int, typer.Option(help="Tokens per document.")] = 128,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Updates (default 300).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 5e-4).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Documents per step (default 16).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per document (default 128).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Step 2: fine-tune body + topic head on the (English) task with the embeddings frozen."""
     _setup_logging(verbose)
+    from palimpsest.config import load_config
     from palimpsest.data import load_corpus
     from palimpsest.forgetting.relearning import TaskAdaptation, adapt_task, topic_task
     from palimpsest.progress import RichProgressCallback, make_progress
     from palimpsest.storage import write_json
-    from palimpsest.training import TrainingConfig
 
-    settings = TaskAdaptation(
-        max_length=max_length,
-        seed=seed,
-        training=TrainingConfig(
-            steps=steps, learning_rate=lr, batch_size=batch_size, eval_every=steps, save_every=10**9
-        ),
-    )
+    settings = load_config(
+        TaskAdaptation,
+        config,
+        {
+            "max_length": max_length, "seed": seed, "training.steps": steps, "training.learning_rate": lr,
+            "training.batch_size": batch_size,
+        },
+    )  # fmt: skip
     with make_progress(console) as progress:
         result = adapt_task(
             model,
@@ -374,38 +408,48 @@ app.add_typer(memory_app, name="memory")
 @memory_app.command("add")
 @user_errors
 def memory_add(
-    model: Annotated[str, typer.Option(help="Model folder, built-in name (minilm-l6) or hub id.")],
+    model: Annotated[str, typer.Option(help="Model folder, built-in name (smollm2-135m) or hub id.")],
     out: Annotated[Path, typer.Option(help="Where to save.")],
+    config: ConfigOption = None,
     layers: Annotated[
-        list[int], typer.Option("--layer", help="Block index to give a memory (repeatable).")
-    ] = [0],  # noqa: B006
+        list[int] | None,
+        typer.Option("--layer", help="Block index to give a memory (repeatable; default 0)."),
+    ] = None,
     mode: Annotated[
-        str, typer.Option(help="residual (beside the FFN) or replace (instead of it).")
-    ] = "residual",
-    n_keys: Annotated[int, typer.Option(help="Sub-keys per half: n_keys^2 slots.")] = 128,
-    heads: Annotated[int, typer.Option(help="Memory heads.")] = 4,
-    k: Annotated[int, typer.Option(help="Slots read per head.")] = 32,
-    k_dim: Annotated[int, typer.Option(help="Query/key width.")] = 256,
-    query_norm: Annotated[str, typer.Option(help="layernorm, batchnorm or none.")] = "layernorm",
-    zero_values: Annotated[bool, typer.Option(help="Start from all-zero values (model unchanged).")] = False,
+        str | None, typer.Option(help="residual (beside the FFN, default) or replace (instead of it).")
+    ] = None,
+    n_keys: Annotated[
+        int | None, typer.Option(help="Sub-keys per half: n_keys^2 slots (default 512).")
+    ] = None,
+    heads: Annotated[int | None, typer.Option(help="Memory heads (default 4).")] = None,
+    k: Annotated[int | None, typer.Option(help="Slots read per head (default 32).")] = None,
+    k_dim: Annotated[int | None, typer.Option(help="Query/key width (default 256).")] = None,
+    query_norm: Annotated[str | None, typer.Option(help="layernorm (default), batchnorm or none.")] = None,
+    zero_values: Annotated[
+        bool | None, typer.Option(help="Start from all-zero values (model unchanged).")
+    ] = None,
     sparse_updates: Annotated[
-        bool, typer.Option(help="Sparse value gradients: later training updates only the rows read.")
-    ] = False,
+        bool | None, typer.Option(help="Sparse value gradients: later training updates only the rows read.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the memory's initial weights.")] = 0,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
     verbose: VerboseOption = False,
 ) -> None:
-    """Insert product-key memory into a model and save it (PEFT-style adapter or merged)."""
+    """Insert product-key memory into a model and save it (merged, or the memory alone as an adapter)."""
     _setup_logging(verbose)
-    from palimpsest.config import from_dict
+    from palimpsest.config import load_config
     from palimpsest.data import load_tokenizer
     from palimpsest.memory import PKMConfig, add_product_key_memory, save_memory, save_merged
     from palimpsest.models import count_parameters, load_pretrained, resolve_pretrained
 
-    settings = from_dict(
+    settings = load_config(
         PKMConfig,
+        config,
         {"layers": layers, "mode": mode, "n_keys": n_keys, "heads": heads, "k": k, "k_dim": k_dim,
          "query_norm": query_norm, "zero_values": zero_values, "sparse_updates": sparse_updates},
     )  # fmt: skip
+    if settings.seed is None:
+        settings.seed = seed
     network = load_pretrained(model)
     before = count_parameters(network)
     add_product_key_memory(network, settings)
@@ -414,7 +458,7 @@ def memory_add(
     else:
         save_memory(network, out)
     console.print(
-        f"added {len(layers)} memory layer(s) ({n_keys**2:,} slots each, {mode}): "
+        f"added {len(settings.layers)} memory layer(s) ({settings.n_keys**2:,} slots each, {settings.mode}): "
         f"{before:,} -> {count_parameters(network):,} parameters; "
         f"saved {'the model' if merged else 'the memory alone'} in {out}"
     )
@@ -427,22 +471,25 @@ def memory_stats(
     memory: Annotated[
         Path | None, typer.Option(help="A memory saved on its own (adapter), for --model.")
     ] = None,
-    corpus: Annotated[str, typer.Option(help="Evaluation text.")] = "wiki-en",
+    config: ConfigOption = None,
+    corpus: Annotated[str | None, typer.Option(help="Evaluation text (default wiki-en).")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write results.json, a usage plot and a report here.")
     ] = None,
-    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 128,
-    max_blocks: Annotated[int, typer.Option(help="Blocks to read.")] = 128,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per block (default 128).")] = None,
+    max_blocks: Annotated[int | None, typer.Option(help="Blocks to read (default 128).")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Usage metrics of every memory layer on a corpus's validation split."""
     _setup_logging(verbose)
-    from palimpsest.memory.report import memory_stats_of_saved
+    from palimpsest.config import load_config
+    from palimpsest.memory.report import UsageConfig, memory_stats_of_saved
 
-    results = memory_stats_of_saved(
-        model, memory, corpus, block_size=block_size, max_blocks=max_blocks, out=out
+    settings = load_config(
+        UsageConfig, config, {"corpus": corpus, "block_size": block_size, "max_blocks": max_blocks}
     )
-    table = Table(title=f"memory usage on {corpus} ({results['tokens']:,} tokens)")
+    results = memory_stats_of_saved(model, memory, settings, out=out)
+    table = Table(title=f"memory usage on {settings.corpus} ({results['tokens']:,} tokens)")
     columns = ["used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99"]
     table.add_column("metric")
     for name in results["layers"]:
@@ -465,14 +512,17 @@ def edit(
         "runs/edit"
     ),
     layers: Annotated[
-        str | None, typer.Option(help="first, last, first+last (default), all, or block indices: 0,3.")
+        str | None,
+        typer.Option(help="first, last, first+last, all, block indices (0,3) or depths (0.15, the default)."),
     ] = None,
     modules: Annotated[
-        str | None, typer.Option(help="Comma list of ffn (default), attention, block, embeddings.")
+        str | None, typer.Option(help="Comma list of ffn-out (default), ffn, attention, block, embeddings.")
     ] = None,
     norm: Annotated[str | None, typer.Option(help="linf (default), l2 or none (unconstrained).")] = None,
-    delta: Annotated[float | None, typer.Option(help="Radius of the bound (default 5e-3).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3).")] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Radius of the bound (default 0.08 x each weight's RMS).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4, Adam).")] = None,
     steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 100; early stop).")] = None,
     objective: Annotated[str | None, typer.Option(help="auto (default), mlm, ft-m or ft-l.")] = None,
     sequential: Annotated[
@@ -529,13 +579,16 @@ app.add_typer(experiment_app, name="experiment")
 def experiment_plasticity(
     scale: Annotated[str, typer.Option(help="smoke, demo or cpu (about 90 minutes on 2 cores).")] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/plasticity"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
     _setup_logging(verbose)
-    from palimpsest.experiments.plasticity import run_plasticity
+    from palimpsest.experiments.plasticity import SCALES, run_plasticity
 
-    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study")
+    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study", config, SCALES)
 
 
 @experiment_app.command("memory")
@@ -545,13 +598,16 @@ def experiment_memory(
         str, typer.Option(help="smoke, demo, cpu (about an hour on 2 cores) or full (GPUs).")
     ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/memory"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """No memory vs replace/residual memory, from scratch or from a model pretrained without it."""
     _setup_logging(verbose)
-    from palimpsest.experiments.memory import run_memory_study
+    from palimpsest.experiments.memory import SCALES, run_memory_study
 
-    _run_study(run_memory_study, out, scale, "palimpsest: memory study")
+    _run_study(run_memory_study, out, scale, "palimpsest: memory study", config, SCALES)
 
 
 @experiment_app.command("editing")
@@ -561,13 +617,18 @@ def experiment_editing(
         str, typer.Option(help="smoke, demo, cpu, full, or real (the built-in SmolLM2-135M).")
     ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/editing"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Unconstrained vs constrained fine-tuning of facts, by layer choice and bound (Zhu et al. 2020)."""
     _setup_logging(verbose)
-    from palimpsest.experiments.editing import run_editing_study
+    from palimpsest.experiments import editing_real
+    from palimpsest.experiments.editing import SCALES, run_editing_study
 
-    _run_study(run_editing_study, out, scale, "palimpsest: editing study")
+    scales = {**SCALES, "real": editing_real.SCALES["real"], "real-smoke": editing_real.SCALES["smoke"]}
+    _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, scales)
 
 
 @app.command()

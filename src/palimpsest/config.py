@@ -54,7 +54,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        (_key_type, value_type) = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -176,10 +177,29 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` on top of ``base``, section by section."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    base: T | None = None,
+) -> T:
     """Read ``path`` (YAML) into ``cls``, then apply ``overrides`` (dotted keys; flags win).
 
     Overrides whose value is ``None`` are skipped, so unset CLI flags keep the file's value.
+    ``base`` (a ``cls`` object, e.g. a study's named scale) supplies the values the file
+    does not set; without it the dataclass defaults do.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -197,6 +217,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
         data = loaded
+    if base is not None:
+        data = _merge(to_dict(base), data)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,44 @@ from palimpsest.data import (
     split_corpus,
     unigram_baseline,
 )
-from palimpsest.errors import ModelError
+from palimpsest.errors import ConfigError, ModelError
 from palimpsest.models import load_pretrained, objective_of, resolve_pretrained
 from palimpsest.training import evaluate_lm
 
 
-def evaluate_saved_lm(
-    model_dir: str | Path,
-    corpus_name: str,
-    *,
-    block_size: int = 128,
-    max_blocks: int = 256,
-    validation_fraction: float = 0.05,
-    split_seed: int = 0,
-) -> dict[str, Any]:
-    """Perplexity on the validation split of ``corpus_name`` (same split as pretraining).
+@dataclass
+class EvaluateConfig:
+    """What ``palimpsest evaluate`` scores on: the validation split a pretraining run held out."""
 
-    ``model_dir`` is a saved folder or a built-in name (``smollm2-135m``).
+    corpus: str = "wiki-en"
+    block_size: int = 128
+    max_blocks: int = 256
+    validation_fraction: float = 0.05
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_blocks"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+
+
+def evaluate_saved_lm(
+    model_dir: str | Path, settings: EvaluateConfig | str = "wiki-en", **overrides: Any
+) -> dict[str, Any]:
+    """Perplexity on the validation split of a corpus (the same split as pretraining).
+
+    ``model_dir`` is a saved folder or a built-in name (``smollm2-135m``); ``settings`` an
+    :class:`EvaluateConfig` or a corpus name, with any of its fields as keywords.
     """
+    from dataclasses import replace
+
+    if isinstance(settings, str):
+        settings = EvaluateConfig(corpus=settings)
+    settings = replace(settings, **overrides)
+    corpus_name, block_size, max_blocks = settings.corpus, settings.block_size, settings.max_blocks
+    validation_fraction, split_seed = settings.validation_fraction, settings.split_seed
     name = str(model_dir)
     model_dir = Path(resolve_pretrained(name))
     if not (model_dir / "config.json").is_file():

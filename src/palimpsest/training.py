@@ -66,9 +66,11 @@ class TrainingConfig:
     adam_epsilon: float = 1e-6
     max_grad_norm: float = 1.0
     mlm_probability: float = 0.15
-    eval_every: int = 100
+    #: Evaluate every N updates (``None``: never during training).
+    eval_every: int | None = 100
     eval_batch_size: int = 32
-    save_every: int = 200
+    #: Checkpoint every N updates for resuming (``None``: never; a killed run starts over).
+    save_every: int | None = 200
     save_total_limit: int = 2
     log_every: int = 10
     seed: int = 0
@@ -77,7 +79,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"training.{name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
@@ -240,10 +242,10 @@ def make_training_arguments(
         "adam_epsilon": config.adam_epsilon,
         "max_grad_norm": config.max_grad_norm,
         "logging_steps": config.log_every,
-        "eval_strategy": "steps" if has_eval else "no",
+        "eval_strategy": "steps" if has_eval and config.eval_every is not None else "no",
         "eval_steps": config.eval_every,
-        "save_strategy": "steps",
-        "save_steps": config.save_every,
+        "save_strategy": "no" if config.save_every is None else "steps",
+        "save_steps": config.save_every or 500,
         "save_total_limit": config.save_total_limit,
         "seed": config.seed,
         "data_seed": config.seed,

@@ -278,16 +278,26 @@ class ConstrainedFinetune:
     """Edit facts in ``model`` by constrained fine-tuning; :meth:`undo` restores it exactly.
 
     ``ConstrainedFinetune(model, tokenizer, layers="first+last", norm="linf", delta=1e-3)``;
-    any :class:`EditConfig` field can be passed as a keyword. The bound is always relative
-    to the weights the editor first saw, so sequential edits share one budget δ.
+    any :class:`EditConfig` field can be passed as a keyword, on top of ``config=`` when
+    both are given (``ConstrainedFinetune(m, t, config=cfg, delta=0.1)`` is ``cfg`` with
+    δ 0.1). The bound is always relative to the weights the editor first saw, so
+    sequential edits share one budget δ.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **settings: Any):
-        from palimpsest.config import from_dict
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        config: EditConfig | None = None,
+        **settings: Any,
+    ):
+        from palimpsest.config import from_dict, to_dict
 
         self.model = model
         self.tokenizer = tokenizer
-        self.config = settings.pop("config", None) or from_dict(EditConfig, settings)
+        base = to_dict(config) if config is not None else {}
+        self.config = from_dict(EditConfig, {**base, **settings}) if settings or config is None else config
         self.causal = objective_of(model.config) == "clm"
         objective = self.config.objective
         if objective == "auto":

@@ -387,7 +387,7 @@ def run_plasticity(
                 max_length=settings.block_size,
                 training=TrainingConfig(
                     steps=settings.task_steps, batch_size=settings.batch_size, learning_rate=settings.task_lr,
-                    eval_every=max(1, settings.task_steps), save_every=10**9, warmup_ratio=0.1,
+                    eval_every=max(1, settings.task_steps), save_every=None, warmup_ratio=0.1,
                 ),
             )  # fmt: skip
             previous = adapt_task(
@@ -460,7 +460,7 @@ def _language_unit(
         seed=seed,
         training=TrainingConfig(
             steps=settings.adapt_steps, batch_size=settings.batch_size, learning_rate=settings.adapt_lr,
-            eval_every=settings.adapt_eval_every, save_every=10**9, mlm_probability=settings.mlm_probability,
+            eval_every=settings.adapt_eval_every, save_every=None, mlm_probability=settings.mlm_probability,
             warmup_ratio=0.0,
         ),
     )  # fmt: skip

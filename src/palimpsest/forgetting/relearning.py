@@ -66,7 +66,7 @@ class LanguageAdaptation:
     max_eval_blocks: int = 64
     seed: int = 0
     training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(steps=300, learning_rate=2e-3, eval_every=25, save_every=10**9)
+        default_factory=lambda: TrainingConfig(steps=300, learning_rate=2e-3, eval_every=25, save_every=None)
     )
 
 
@@ -79,7 +79,7 @@ class TaskAdaptation:
     seed: int = 0
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(
-            steps=300, learning_rate=5e-4, batch_size=16, eval_every=100, save_every=10**9, warmup_ratio=0.1
+            steps=300, learning_rate=5e-4, batch_size=16, eval_every=100, save_every=None, warmup_ratio=0.1
         )
     )
 

@@ -229,7 +229,7 @@ def attach_to_ffn(
     return undo
 
 
-class _restore:  # noqa: N801 - used like a function; an object so that deepcopy follows the copy
+class _restore:
     """Undo step: put ``original`` back as ``parent.name``."""
 
     def __init__(self, parent: nn.Module, name: str, original: nn.Module):
@@ -239,7 +239,7 @@ class _restore:  # noqa: N801 - used like a function; an object so that deepcopy
         setattr(self.parent, self.name, self.original)
 
 
-class _detach:  # noqa: N801
+class _detach:
     """Undo step: remove a residual memory's hook and child from its FFN."""
 
     def __init__(self, ffn: nn.Module, hook: Any):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from palimpsest.data import encode_blocks, load_corpus, load_tokenizer, split_corpus
-from palimpsest.errors import ModelError
+from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.inject import load_memory, memories, memory_handle
 from palimpsest.memory.usage import memory_usage, recording
 from palimpsest.models import load_pretrained
@@ -43,17 +44,32 @@ def slot_mass(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> dict[st
     return {name: (m.sort(descending=True).values / m.sum()).tolist() for name, m in mass.items()}
 
 
+@dataclass
+class UsageConfig:
+    """What ``palimpsest memory stats`` reads: blocks of a corpus's validation split."""
+
+    corpus: str = "wiki-en"
+    block_size: int = 128
+    max_blocks: int = 128
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_blocks", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+
 def memory_stats_of_saved(
     model_dir: str | Path,
     memory_dir: str | Path | None,
-    corpus_name: str,
+    settings: UsageConfig | None = None,
     *,
-    block_size: int = 128,
-    max_blocks: int = 128,
-    batch_size: int = 16,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Usage metrics of each memory of a saved model on a corpus's validation split."""
+    settings = settings or UsageConfig()
+    corpus_name, block_size = settings.corpus, settings.block_size
+    max_blocks, batch_size = settings.max_blocks, settings.batch_size
     model = load_with_memory(model_dir, memory_dir)
     tokenizer = load_tokenizer(model_dir)
     validation = split_corpus(load_corpus(corpus_name), 0.05).validation

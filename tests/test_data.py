@@ -211,3 +211,17 @@ def test_hf_dataset_names_go_through_datasets(tmp_path):
     assert corpus.texts[0] == "document number 0" and corpus.labels[1] == "odd"
     with pytest.raises(DataError, match="no column 'body'"):
         load_corpus(f"hf:{folder}", hf_text_field="body")
+
+
+def test_a_masked_eval_set_is_masked_at_the_runs_rate(tokenizer, wiki_small):
+    from palimpsest.data import encode_blocks, lm_eval_set
+
+    blocks = encode_blocks(wiki_small, tokenizer, 64)
+    rates = {}
+    for probability in (0.15, 0.3):
+        eval_set = lm_eval_set(blocks, tokenizer, "mlm", mlm_probability=probability)
+        labels = [label for row in eval_set["labels"] for label in row]
+        rates[probability] = sum(label != -100 for label in labels) / len(labels)
+    assert abs(rates[0.15] - 0.15) < 0.03 and abs(rates[0.3] - 0.3) < 0.03
+    causal = lm_eval_set(blocks, tokenizer, "clm", mlm_probability=0.3)
+    assert causal[0]["labels"] == causal[0]["input_ids"]

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from palimpsest.data import (
-    causal_eval_set,
     default_cache_dir,
     encode_blocks,
-    fixed_mlm_eval_set,
+    lm_eval_set,
     load_corpus,
     load_tokenizer,
     split_corpus,
@@ -70,9 +69,7 @@ def evaluate_saved_lm(
     train_blocks = encode_blocks(split.train, tokenizer, block_size, cache_dir=cache)
     eval_blocks = encode_blocks(split.validation, tokenizer, block_size, cache_dir=cache)
     eval_blocks = eval_blocks.select(range(min(max_blocks, len(eval_blocks))))
-    eval_set = (
-        fixed_mlm_eval_set(eval_blocks, tokenizer) if objective == "mlm" else causal_eval_set(eval_blocks)
-    )
+    eval_set = lm_eval_set(eval_blocks, tokenizer, objective)
     metrics = evaluate_lm(model, eval_set)
     baseline = unigram_baseline(train_blocks, eval_set, len(tokenizer))
     return {

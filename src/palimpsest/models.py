@@ -37,6 +37,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from palimpsest.data.tokenization import boundary_ids
 from palimpsest.errors import ModelError
 from palimpsest.extensions import saved_extension
 
@@ -96,15 +97,8 @@ BUILTIN_NAMES = (*BUILTIN_PRETRAINED, *BUILTIN_GGUF)
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
-    return {
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id
-        if tokenizer.bos_token_id is not None
-        else tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.eos_token_id
-        if tokenizer.eos_token_id is not None
-        else tokenizer.sep_token_id,
-    }
+    bos, eos = boundary_ids(tokenizer)
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": bos, "eos_token_id": eos}
 
 
 def build_config(

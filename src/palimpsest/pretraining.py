@@ -25,10 +25,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from palimpsest.config import to_dict
 from palimpsest.data import (
     Corpus,
-    causal_eval_set,
     default_cache_dir,
     encode_blocks,
-    fixed_mlm_eval_set,
+    lm_eval_set,
     load_corpus,
     load_tokenizer,
     split_corpus,
@@ -39,6 +38,7 @@ from palimpsest.data import (
 from palimpsest.errors import ConfigError
 from palimpsest.extensions import TrainingExtension, extension_class
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained, objective_of
+from palimpsest.seeds import HOLDOUT_SEED
 from palimpsest.storage import machine_info, save_model, write_json, write_text
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
@@ -57,7 +57,7 @@ class DataConfig:
     #: Documents set aside from training *and* validation (e.g. to derive a synthetic
     #: language from text the model never saw); see :func:`holdout_split`.
     holdout_fraction: float = 0.0
-    holdout_seed: int = 99
+    holdout_seed: int = HOLDOUT_SEED
     vocab_size: int = 4096
     tokenizer_model: str = "bpe"
     block_size: int = 128
@@ -138,9 +138,15 @@ class PreparedData:
 
 
 def prepare_data(
-    config: DataConfig, *, objective: str, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0
+    config: DataConfig,
+    *,
+    objective: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    seed: int = 0,
+    mlm_probability: float = 0.15,
 ) -> PreparedData:
-    """Load, split and tokenize the corpus; train a tokenizer unless one is given."""
+    """Load, split and tokenize the corpus; train a tokenizer unless one is given. A masked LM's
+    validation set is masked at ``mlm_probability``, the run's own rate."""
     corpus = load_corpus(config.corpus, max_documents=config.max_documents)
     corpus = holdout_split(corpus, config.holdout_fraction, config.holdout_seed)[0]
     if config.synthetic:
@@ -153,9 +159,7 @@ def prepare_data(
     eval_blocks = encode_blocks(split.validation, tokenizer, config.block_size, cache_dir=cache)
     if config.max_eval_blocks is not None and len(eval_blocks) > config.max_eval_blocks:
         eval_blocks = eval_blocks.select(range(config.max_eval_blocks))
-    eval_set = (
-        fixed_mlm_eval_set(eval_blocks, tokenizer) if objective == "mlm" else causal_eval_set(eval_blocks)
-    )
+    eval_set = lm_eval_set(eval_blocks, tokenizer, objective, mlm_probability=mlm_probability)
     info = {
         "corpus": corpus.name,
         "language": corpus.language,
@@ -171,7 +175,7 @@ def prepare_data(
     return PreparedData(tokenizer=tokenizer, train_blocks=train_blocks, eval_set=eval_set, info=info)
 
 
-def holdout_split(corpus: Corpus, fraction: float, seed: int = 99) -> tuple[Corpus, Corpus | None]:
+def holdout_split(corpus: Corpus, fraction: float, seed: int = HOLDOUT_SEED) -> tuple[Corpus, Corpus | None]:
     """``(kept, held_out)``: a deterministic share of documents a pretraining run never sees."""
     if fraction <= 0.0:
         return corpus, None
@@ -208,7 +212,13 @@ def run_pretrain(
     else:
         objective = FAMILY_OBJECTIVE[config.model.family]
         tokenizer = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
-    data = prepare_data(config.data, objective=objective, tokenizer=tokenizer, seed=config.training.seed)
+    data = prepare_data(
+        config.data,
+        objective=objective,
+        tokenizer=tokenizer,
+        seed=config.training.seed,
+        mlm_probability=config.training.mlm_probability,
+    )
     save_model(None, data.tokenizer, tokenizer_dir)
     if not config.model.pretrained:
         model = build_model(

@@ -27,6 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from palimpsest.data.facts import Fact
+from palimpsest.data.tokenization import boundary_ids
 from palimpsest.models import objective_of
 
 
@@ -71,8 +72,7 @@ def build_probe(
     for position in range(len(prompt_ids), len(with_answer)):
         masked[position] = tokenizer.mask_token_id
     # the framing of a training block and of BERT's inputs: [CLS]/<s> ... [SEP]/</s>
-    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    first, last = boundary_ids(tokenizer)
     prefix = [first] if first is not None else []
     wrapped = prefix + masked + ([last] if last is not None else [])
     positions = [len(prefix) + p for p in range(len(prompt_ids), len(with_answer))]

@@ -584,10 +584,6 @@ def build_sections(results: Sequence[dict[str, Any]], plots_dir: Path) -> list[S
 # --------------------------------------------------------------------------- rendering
 
 
-def _cell(value: Any) -> str:
-    return fmt(value)
-
-
 def render_markdown(title: str, sections: Sequence[Section], root: Path, preface: str = "") -> str:
     lines = [f"# {title}", ""]
     if preface:
@@ -598,7 +594,7 @@ def render_markdown(title: str, sections: Sequence[Section], root: Path, preface
             if isinstance(block, Table):
                 lines.append("| " + " | ".join(block.headers) + " |")
                 lines.append("|" + "---|" * len(block.headers))
-                lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in block.rows]
+                lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in block.rows]
             elif isinstance(block, Figure):
                 lines.append(f"![{block.caption}]({block.path.relative_to(root).as_posix()})")
                 lines.append(f"*{block.caption}*")
@@ -632,7 +628,7 @@ def render_html(title: str, sections: Sequence[Section], preface: str = "") -> s
             if isinstance(block, Table):
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
                 body = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                    "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
                     for row in block.rows
                 )
                 parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

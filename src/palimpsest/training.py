@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
@@ -410,9 +409,3 @@ def evaluate_classification(
         total += len(rows)
     model.train(was_training)
     return {"accuracy": correct / max(total, 1), "loss": loss_sum / max(total, 1), "examples": total}
-
-
-def accuracy_metrics(prediction: Any) -> dict[str, float]:
-    """``compute_metrics`` for the Trainer's classification evaluation."""
-    logits, labels = prediction.predictions, prediction.label_ids
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}

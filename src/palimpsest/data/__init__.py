@@ -7,6 +7,7 @@ from palimpsest.data.lm import (
     default_cache_dir,
     encode_blocks,
     fixed_mlm_eval_set,
+    lm_eval_set,
     unigram_baseline,
 )
 from palimpsest.data.synthetic import (
@@ -16,7 +17,7 @@ from palimpsest.data.synthetic import (
     synthetic_language,
 )
 from palimpsest.data.tasks import encode_classification
-from palimpsest.data.tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from palimpsest.data.tokenization import SPECIAL_TOKENS, boundary_ids, load_tokenizer, train_tokenizer
 from palimpsest.data.topics import SHARED_TOPICS, TOPIC_MAP, shared_topic_corpus
 
 __all__ = [
@@ -27,12 +28,14 @@ __all__ = [
     "Corpus",
     "CorpusSplit",
     "UnigramBaseline",
+    "boundary_ids",
     "causal_eval_set",
     "change_script",
     "default_cache_dir",
     "encode_blocks",
     "encode_classification",
     "fixed_mlm_eval_set",
+    "lm_eval_set",
     "load_corpus",
     "load_tokenizer",
     "permute_vocabulary",

@@ -24,7 +24,9 @@ from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from palimpsest.data.corpora import Corpus
+from palimpsest.data.tokenization import boundary_ids
 from palimpsest.errors import DataError
+from palimpsest.seeds import EVAL_MASK_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,7 @@ def encode_blocks(
     """
     if block_size < 4:
         raise DataError(f"block_size must be at least 4, got {block_size}")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos, eos = boundary_ids(tokenizer)
     if bos is None or eos is None:
         raise DataError("the tokenizer needs a bos/cls and an eos/sep token to pack blocks")
     key = hashlib.sha256(
@@ -144,7 +145,7 @@ def fixed_mlm_eval_set(
     tokenizer: PreTrainedTokenizerBase,
     *,
     mlm_probability: float = 0.15,
-    seed: int = 1234,
+    seed: int = EVAL_MASK_SEED,
 ) -> Dataset:
     """Mask an evaluation set once, with a seeded generator (see :func:`mlm_mask`).
 
@@ -202,3 +203,14 @@ def unigram_baseline(train_blocks: Dataset, eval_set: Dataset, vocab_size: int) 
         raise DataError("the evaluation set has no labelled positions")
     loss = nll / n
     return UnigramBaseline(loss=loss, perplexity=math.exp(loss), tokens=n)
+
+
+def lm_eval_set(
+    blocks: Dataset, tokenizer: PreTrainedTokenizerBase, objective: str, *, mlm_probability: float = 0.15
+) -> Dataset:
+    """The evaluation set of a language model: masked once at the run's own masking rate for a
+    masked LM (so validation scores the task training optimises), the blocks as they are for a
+    causal one. The one place this choice is made."""
+    if objective == "mlm":
+        return fixed_mlm_eval_set(blocks, tokenizer, mlm_probability=mlm_probability)
+    return causal_eval_set(blocks)

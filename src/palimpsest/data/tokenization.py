@@ -8,14 +8,13 @@ paper used for its new languages.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from palimpsest.errors import DataError
 
@@ -82,9 +81,12 @@ def train_tokenizer(
     return wrapped
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """A content hash of a fast tokenizer (its full JSON), used as a cache key."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+def boundary_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int | None, int | None]:
+    """The ids that open and close a sequence: bos/eos, or BERT's cls/sep when a tokenizer has
+    no bos/eos. The one rule for packing blocks, framing probes and a model's config."""
+    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    last = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return first, last
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

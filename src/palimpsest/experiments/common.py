@@ -11,10 +11,9 @@ from typing import Any, TypeVar
 
 from palimpsest.data import (
     Corpus,
-    causal_eval_set,
     default_cache_dir,
     encode_blocks,
-    fixed_mlm_eval_set,
+    lm_eval_set,
     load_corpus,
     load_tokenizer,
     split_corpus,
@@ -66,12 +65,14 @@ def fact_mixture(
     vocab_size: int = 4096,
     block_size: int = 128,
     max_eval_blocks: int = 128,
+    mlm_probability: float = 0.15,
 ) -> FactMixture:
     """Every fact stated ``fact_repeats`` times (differently shuffled) beside the corpus's training split.
 
     The tokenizer is trained once and saved under ``out/tokenizer`` (a resumed study reuses
     it); validation is on the corpus's held-out documents only, so it measures language
-    modelling, not fact recall. ``hold_out`` leaves each fact's held-out paraphrase out.
+    modelling, not fact recall (masked at the run's ``mlm_probability`` for a masked LM).
+    ``hold_out`` leaves each fact's held-out paraphrase out.
     """
     wiki = split_corpus(load_corpus(corpus, max_documents=max_documents), 0.05, seed=0)
     statements = [fact_corpus(facts, hold_out=hold_out, seed=repeat) for repeat in range(fact_repeats)]
@@ -87,9 +88,7 @@ def fact_mixture(
     train_blocks = encode_blocks(mixed, tokenizer, block_size, cache_dir=cache)
     eval_blocks = encode_blocks(wiki.validation, tokenizer, block_size, cache_dir=cache)
     eval_blocks = eval_blocks.select(range(min(max_eval_blocks, len(eval_blocks))))
-    eval_set = (
-        fixed_mlm_eval_set(eval_blocks, tokenizer) if objective == "mlm" else causal_eval_set(eval_blocks)
-    )
+    eval_set = lm_eval_set(eval_blocks, tokenizer, objective, mlm_probability=mlm_probability)
     info = {
         "wiki_train_documents": len(wiki.train),
         "facts": len(facts),

@@ -42,6 +42,7 @@ from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
 from palimpsest.recall import fact_recall
+from palimpsest.seeds import SUPPORT_FACTS_SEED_OFFSET
 from palimpsest.storage import machine_info, save_model, write_json
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
@@ -187,6 +188,7 @@ def _pretrain(scale: EditingScale, family: str, facts: list[Fact], out: Path, ca
         facts, run_dir, objective=objective, corpus=scale.corpus, max_documents=scale.max_documents,
         fact_repeats=scale.fact_repeats, hold_out=True, vocab_size=scale.vocab_size,
         block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
+        mlm_probability=scale.mlm_probability,
     )  # fmt: skip
     model = build_model(
         family, scale.size, mixture.tokenizer, max_positions=scale.block_size, dropout=0.0, seed=0
@@ -328,7 +330,7 @@ def support_split(facts: list[Fact], requests, seed: int) -> tuple[list[Fact], l
     """
     edited = {(r.fact.subject, r.fact.relation.name) for r in requests}
     rest = [f for f in facts if (f.subject, f.relation.name) not in edited]
-    support = random.Random(seed + 10_000).sample(rest, min(len(requests), len(rest) // 2))
+    support = random.Random(seed + SUPPORT_FACTS_SEED_OFFSET).sample(rest, min(len(requests), len(rest) // 2))
     chosen = {(f.subject, f.relation.name) for f in support}
     return support, [f for f in rest if (f.subject, f.relation.name) not in chosen]
 

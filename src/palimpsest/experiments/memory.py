@@ -57,6 +57,7 @@ from palimpsest.memory.inject import attach_to_ffn
 from palimpsest.memory.report import cumulative_curve, slot_mass
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained
 from palimpsest.recall import fact_recall
+from palimpsest.seeds import CONTINUED_DATA_SEED_OFFSET, MEMORY_SEED_OFFSET
 from palimpsest.storage import machine_info, remove_tree, write_json
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
@@ -284,7 +285,7 @@ def _run_unit(
     extra_callbacks: list[TrainerCallback] = []
     usage_callback: MemoryUsageCallback | None = None
     if arm in MEMORY_ARMS:
-        torch.manual_seed(seed + 7)  # the memory's own initialisation, the same for every mode
+        torch.manual_seed(seed + MEMORY_SEED_OFFSET)  # the memory's own initialisation, every mode
         add_product_key_memory(model, _pkm_config(scale, arm.split("-")[0]))
         param_groups = lambda m: memory_param_groups(m, lr=scale.memory_lr)  # noqa: E731
         usage_callback = MemoryUsageCallback(window=scale.usage_window, log_every=scale.usage_window)
@@ -292,7 +293,7 @@ def _run_unit(
     elif arm == "no-ffn":
         attach_to_ffn(model, [scale.layer], lambda dim: _Nothing(), mode="replace")
     elif arm == "wide-ffn":
-        torch.manual_seed(seed + 7)
+        torch.manual_seed(seed + MEMORY_SEED_OFFSET)
         attach_to_ffn(model, [scale.layer], lambda dim: _DenseFFN(dim, scale.wide_ffn), mode="residual")
     steps = scale.steps - start_step
     save_every = scale.pretrained_step() if arm == "no-memory" else steps
@@ -302,7 +303,7 @@ def _run_unit(
         unit_dir / "trainer", objective=objective, eval_dataset=data.eval_set,
         callbacks=[*callbacks, *extra_callbacks], param_groups=param_groups,
         # a continuation sees a fresh shuffle, not the first half of the no-memory run again
-        training_arguments={"data_seed": seed + 1000} if start_step else None,
+        training_arguments={"data_seed": seed + CONTINUED_DATA_SEED_OFFSET} if start_step else None,
     )  # fmt: skip
     final = evaluate_lm(model, data.eval_set)
     recall = fact_recall(model, data.tokenizer, data.facts)

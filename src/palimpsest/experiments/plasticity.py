@@ -47,7 +47,6 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import mean_std, resolve_scale
-from palimpsest.forgetting.callback import FORGETTING_SEED_OFFSET
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
     TaskAdaptation,
@@ -57,6 +56,7 @@ from palimpsest.forgetting.relearning import (
     evaluate_classifier,
 )
 from palimpsest.pretraining import PretrainConfig, holdout_split, run_pretrain
+from palimpsest.seeds import FORGETTING_SEED_OFFSET
 from palimpsest.storage import remove_tree, write_json
 from palimpsest.training import TrainingConfig
 
@@ -335,14 +335,6 @@ def _load(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
-
-
-@dataclass
-class _Unit:
-    key: str
-    path: Path
-    result: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_plasticity(

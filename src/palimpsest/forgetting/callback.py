@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from palimpsest.errors import ConfigError
 from palimpsest.forgetting.reset import Init, embedding_parameters, forget_embeddings
+from palimpsest.seeds import FORGETTING_SEED_OFFSET
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ class EpisodeSchedule:
         if position < self.warmup:
             return (position + 1) / self.warmup
         return max(0.0, (self.reset_every - position) / (self.reset_every - self.warmup))
-
-
-#: A forgetting run's resets draw from ``training seed + FORGETTING_SEED_OFFSET`` unless
-#: ``ForgettingConfig.seed`` is set: never the seed of the model's own initialisation.
-FORGETTING_SEED_OFFSET = 1000
 
 
 @dataclass

@@ -36,10 +36,10 @@ from palimpsest.data import (
     SHARED_TOPICS,
     Corpus,
     CorpusSplit,
-    causal_eval_set,
+    boundary_ids,
     encode_blocks,
     encode_classification,
-    fixed_mlm_eval_set,
+    lm_eval_set,
     load_corpus,
     load_tokenizer,
     shared_topic_corpus,
@@ -101,12 +101,7 @@ def budget_texts(corpus: Corpus, tokens: int) -> Corpus:
 def _set_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     config = model.config
     config.pad_token_id = tokenizer.pad_token_id
-    config.bos_token_id = (
-        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    )
-    config.eos_token_id = (
-        tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    )
+    config.bos_token_id, config.eos_token_id = boundary_ids(tokenizer)
     config.vocab_size = len(tokenizer)
     embedding = find_token_embeddings(model)
     if embedding.padding_idx is not None:
@@ -155,10 +150,8 @@ def adapt_language(
     train_blocks = encode_blocks(text, tokenizer, settings.block_size, max_tokens=settings.tokens)
     eval_blocks = encode_blocks(language.validation, tokenizer, settings.block_size)
     eval_blocks = eval_blocks.select(range(min(settings.max_eval_blocks, len(eval_blocks))))
-    eval_set = (
-        fixed_mlm_eval_set(eval_blocks, tokenizer, mlm_probability=settings.training.mlm_probability)
-        if objective == "mlm"
-        else causal_eval_set(eval_blocks)
+    eval_set = lm_eval_set(
+        eval_blocks, tokenizer, objective, mlm_probability=settings.training.mlm_probability
     )
     swap_vocabulary(model, tokenizer, seed=settings.seed)
     trainable = freeze_all_but_embeddings(model)

@@ -17,10 +17,7 @@ from transformers import TrainerCallback
 from palimpsest.extensions import TrainingExtension
 from palimpsest.memory.inject import MEMORY_CONFIG_KEY, PKMConfig, add_product_key_memory, load_merged
 from palimpsest.memory.usage import MemoryUsageCallback, memory_param_groups
-
-#: A training run's memories are drawn from ``run seed + MEMORY_SEED_OFFSET`` unless
-#: ``PKMConfig.seed`` is set: never the same stream as the model's own initialisation.
-MEMORY_SEED_OFFSET = 7
+from palimpsest.seeds import MEMORY_SEED_OFFSET
 
 
 class MemoryExtension(TrainingExtension):

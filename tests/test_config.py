@@ -85,3 +85,11 @@ def test_invalid_values_are_rejected():
 def test_round_trip():
     config = from_dict(PretrainConfig, {"training": {"steps": 3}, "data": {"corpus": "wiki-fr"}})
     assert from_dict(PretrainConfig, to_dict(config)) == config
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(path):
+    from palimpsest.pretraining import PretrainConfig, build_extensions
+
+    config = load_config(PretrainConfig, path)
+    assert [extension.section for extension in build_extensions(config)] == sorted(config.extensions)

@@ -106,9 +106,7 @@ def main() -> None:
         if args.models and f"{family}-{size}" not in args.models:
             continue
         objective = "mlm" if family == "roberta" else "clm"
-        config = TrainingConfig(
-            steps=steps, batch_size=BATCH, save_every=None, eval_every=None, log_every=10
-        )
+        config = TrainingConfig(steps=steps, batch_size=BATCH, save_every=None, eval_every=None, log_every=10)
         plain, ours = [], []
         for _ in range(args.repeats):
             model = build_model(family, size, tokenizer, max_positions=BLOCK, seed=0)

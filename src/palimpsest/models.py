@@ -43,7 +43,7 @@ from palimpsest.extensions import saved_extension
 
 logger = logging.getLogger(__name__)
 
-Objective = Literal["mlm", "clm"]
+LMObjective = Literal["mlm", "clm"]
 Task = Literal["lm", "classification"]
 
 
@@ -62,7 +62,7 @@ SIZES: dict[str, Size] = {
     "small": Size(hidden=256, layers=8, heads=4, ffn=1024),
     "base": Size(hidden=768, layers=12, heads=12, ffn=3072),
 }
-FAMILY_OBJECTIVE: dict[str, Objective] = {"bert": "mlm", "roberta": "mlm", "gpt2": "clm", "llama": "clm"}
+FAMILY_OBJECTIVE: dict[str, LMObjective] = {"bert": "mlm", "roberta": "mlm", "gpt2": "clm", "llama": "clm"}
 
 #: Pretrained models that ship inside packages (no network needed).
 BUILTIN_PRETRAINED: dict[str, tuple[str, str]] = {
@@ -288,7 +288,7 @@ def resolve_pretrained(name_or_path: str) -> str:
     return name_or_path
 
 
-def objective_of(config: PretrainedConfig) -> Objective:
+def objective_of(config: PretrainedConfig) -> LMObjective:
     """Masked or causal LM, decided by the config's architecture, not by a name substring."""
     architectures = set(config.architectures or ())
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
@@ -311,7 +311,7 @@ def load_base(
     *,
     task: Task = "lm",
     num_labels: int | None = None,
-    objective: Objective | None = None,
+    objective: LMObjective | None = None,
 ) -> PreTrainedModel:
     """``from_pretrained`` of a local folder, built-in name or hub id, and nothing more.
 
@@ -353,7 +353,7 @@ def load_pretrained(
     *,
     task: Task = "lm",
     num_labels: int | None = None,
-    objective: Objective | None = None,
+    objective: LMObjective | None = None,
 ) -> PreTrainedModel:
     """Load a model exactly as it was saved: a local folder, a built-in name or a hub id.
 

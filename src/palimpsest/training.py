@@ -39,7 +39,7 @@ from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
 
 logger = logging.getLogger(__name__)
 
-Objective = Literal["mlm", "clm", "classification"]
+TrainingObjective = Literal["mlm", "clm", "classification"]
 #: A function from the model to extra optimizer groups: ``[{"params": [...], "lr": ..., ...}]``.
 #: Parameters not claimed by any group go to the default decay / no-decay groups. A group
 #: with ``"constant_lr": True`` keeps its learning rate instead of following the schedule;
@@ -114,7 +114,7 @@ class PalimpsestTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        objective: Objective = "clm",
+        objective: TrainingObjective = "clm",
         mlm_probability: float = 0.15,
         param_groups: ParamGroupsFn | None = None,
         **kwargs: Any,
@@ -270,7 +270,7 @@ def train(
     config: TrainingConfig,
     output_dir: str | Path,
     *,
-    objective: Objective,
+    objective: TrainingObjective,
     eval_dataset: Dataset | None = None,
     callbacks: Iterable[TrainerCallback] = (),
     param_groups: ParamGroupsFn | None = None,

@@ -60,7 +60,7 @@ from palimpsest.recall import Probe
 logger = logging.getLogger(__name__)
 
 Norm = Literal["linf", "l2"]
-Objective = Literal["auto", "mlm", "ft-m", "ft-l"]
+EditObjective = Literal["auto", "mlm", "ft-m", "ft-l"]
 FFN_CHILDREN = ("mlp", "intermediate", "output", "feed_forward", "ffn")
 ATTENTION_CHILDREN = ("attn", "attention", "self_attn", "self_attention")
 MODULE_KINDS = ("ffn", "ffn-out", "attention", "block", "embeddings")
@@ -205,7 +205,7 @@ class EditConfig:
     #: scale (its RMS for L-inf, its Frobenius norm for L2), so one δ means the same relative
     #: change in a 64-wide and a 576-wide model.
     delta_units: Literal["absolute", "weight"] = "weight"
-    objective: Objective = "auto"
+    objective: EditObjective = "auto"
     #: ``"adam"`` moves every selected weight by about ``learning_rate`` per step, whatever its
     #: gradient; ``"sgd"`` follows the gradient itself.
     optimizer: Literal["adam", "sgd"] = "adam"

@@ -170,7 +170,7 @@ def pretrain(
     _setup_logging(verbose)
     from palimpsest.config import load_config
     from palimpsest.errors import ConfigError
-    from palimpsest.pretraining import PretrainConfig, build_extensions, run_pretrain
+    from palimpsest.pretraining import PretrainConfig, run_pretrain
     from palimpsest.progress import RichProgressCallback, make_progress
     from palimpsest.report import write_report
 
@@ -194,7 +194,6 @@ def pretrain(
             raise ConfigError(f"{flag} needs {needs} (or a {section}: section in --config)")
     refined = {dotted: value for dotted, (_flag, _needs, value) in refinements.items()}
     settings = load_config(PretrainConfig, config, {**overrides, **refined})
-    build_extensions(settings)  # every section checked before anything is written
     with make_progress(console) as progress:
         results = run_pretrain(
             settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume

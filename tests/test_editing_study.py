@@ -5,7 +5,14 @@ import json
 import pytest
 
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.editing import SCALES, EditingScale, method_grid, per_layer, run_editing_study
+from palimpsest.experiments.editing import (
+    SCALES,
+    EditingScale,
+    EditingStudyResults,
+    method_grid,
+    per_layer,
+    run_editing_study,
+)
 from palimpsest.report import write_report
 
 
@@ -22,19 +29,23 @@ def test_method_grid_covers_methods_layers_and_bounds():
 def test_smoke_study_end_to_end(tmp_path):
     results = run_editing_study(tmp_path, "smoke")
     settings = SCALES["smoke"]
-    assert set(results["pretrained"]) == set(settings.families)
-    for info in results["pretrained"].values():
-        assert 0.0 <= info["recall"] <= 1.0 and info["unprobeable"] == 0
-    labels = {run["label"] for run in results["runs"]}
+    assert set(results.pretrained) == set(settings.families)
+    for info in results.pretrained.values():
+        assert 0.0 <= info.recall <= 1.0 and info.unprobeable == 0
+    labels = {run["label"] for run in results.runs}
     assert {"ft", "ft+support", "linf δ=0.005 first+last", "linf δ=0.005 block 1"} <= labels
     for family in settings.families:
-        runs = [r for r in results["runs"] if r["family"] == family]
+        runs = [r for r in results.runs if r["family"] == family]
         assert len({json.dumps(r["before"], sort_keys=True) for r in runs}) == 1  # one draw, measured once
-    single = per_layer(results["summary"]["rows"], "gpt2", 4, "linf", 5e-3)
-    assert [r["layers"] for r in single] == [[0], [1]]
-    assert "recalls" in results["summary"]["verdict"]
+    single = per_layer(results.summary.rows, "gpt2", 4, "linf", 5e-3)
+    assert [r.layers for r in single] == [[0], [1]]
+    assert "recalls" in results.summary.verdict
+    # a row's metrics sit beside its fields in results.json and read back into the typed row
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["summary"]["rows"][0]["A_M"] == list(results.summary.rows[0].metrics["A_M"])
+    assert json.dumps(EditingStudyResults.from_json(stored).to_json()) == json.dumps(results.to_json())
     again = run_editing_study(tmp_path, "smoke")  # pretraining and edit units are reused
-    assert again["runs"] == json.loads(json.dumps(results["runs"]))
+    assert again.runs == results.runs
     markdown, _ = write_report([results], tmp_path, title="t")
     text = markdown.read_text()
     assert "Rewrite: modifying facts" in text and "editing-frontier-gpt2-4.png" in text
@@ -86,7 +97,8 @@ def _fake_run(block: int, delta: float, a_m: float, kept: float) -> dict:
 def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loose, conclusion):
     from dataclasses import replace
 
-    from palimpsest.experiments.editing import best_single_blocks, summarise
+    from palimpsest.experiments.common import FactDataInfo
+    from palimpsest.experiments.editing import PretrainedModel, best_single_blocks, summarise
 
     runs = [_fake_run(b, 5e-3, *tight[b]) for b in range(4)] + [
         _fake_run(b, 5e-2, *loose[b]) for b in range(4)
@@ -94,9 +106,12 @@ def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loos
     settings = replace(
         SCALES["demo"], families=("gpt2",), edits=(32,), linf_deltas=(5e-3, 5e-2), l2_deltas=()
     )
-    pretrained = {"gpt2": {"recall": 0.98, "paraphrase_recall": 0.95, "data": {"facts": 100}}}
+    data = FactDataInfo(*([100] * 8))
+    pretrained = {
+        "gpt2": PretrainedModel("gpt2", "clm", "m", data, 3.0, 0.98, {}, 0.95, 0, 1.0, 100),
+    }
     summary = summarise(runs, pretrained, settings)
-    best = best_single_blocks(summary["rows"], "gpt2", 32, "linf", (5e-3, 5e-2))
+    best = best_single_blocks(summary.rows, "gpt2", 32, "linf", (5e-3, 5e-2))
     expected = [max((a + k) / 2 for a, k in (tight[b], loose[b])) for b in range(4)]
-    assert [r["A_mean"][0] for r in best] == pytest.approx(expected)
-    assert conclusion in summary["verdict"]
+    assert [r.mean("A_mean") for r in best] == pytest.approx(expected)
+    assert conclusion in summary.verdict

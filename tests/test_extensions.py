@@ -82,12 +82,12 @@ def test_library_run_records_its_extensions_and_its_config_reruns_it(tmp_path):
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["memory"]["layers"] == [1] and saved["memory"]["seed"] == 7
     assert saved["forgetting"] == {**to_dict(ForgettingConfig(reset_every=3)), "seed": 1000}
-    assert first["config"]["forgetting"]["reset_every"] == 3
-    assert first["extensions"]["forgetting"]["resets_this_run"] == [3]
-    assert any(key.endswith("/outdated") for key in first["extensions"]["memory"])
+    assert first.config.extensions["forgetting"].reset_every == 3
+    assert first.extensions["forgetting"]["resets_this_run"] == [3]
+    assert any(key.endswith("/outdated") for key in first.extensions["memory"])
 
     second = run_pretrain(load_config(PretrainConfig, tmp_path / "a" / "config.yaml"), tmp_path / "b")
-    assert second["metrics"]["validation_loss"] == first["metrics"]["validation_loss"]
+    assert second.metrics.validation_loss == first.metrics.validation_loss
     a = json.loads((tmp_path / "a" / "model" / "config.json").read_text())["palimpsest_memory"]
     b = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["palimpsest_memory"]
     assert a == b

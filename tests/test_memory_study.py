@@ -5,30 +5,42 @@ import json
 import pytest
 
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.memory import SCALES, _compare, run_memory_study, summarise
+from palimpsest.experiments.memory import (
+    SCALES,
+    MemoryStudyResults,
+    MemoryUnit,
+    _compare,
+    run_memory_study,
+    summarise,
+)
 
 
 def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
     results = run_memory_study(tmp_path, "smoke")
     settings = SCALES["smoke"]
-    units = {u["arm"]: u for u in results["units"]}
+    units = {u.arm: u for u in results.units}
     assert set(units) == set(settings.arms)
     start = settings.pretrained_step()
     for arm in ("no-memory-continued", "replace-pretrained", "residual-pretrained"):
-        assert units[arm]["start_step"] == start and units[arm]["steps"] == settings.steps - start
-        assert units[arm]["eval_curve"][0][0] > start
-    base = units["no-memory"]["parameters"]
-    assert units["no-ffn"]["parameters"] < base < units["wide-ffn"]["parameters"]
-    assert units["residual-scratch"]["added_parameters"] > 0
-    assert units["residual-pretrained"]["parameters"] == units["residual-scratch"]["parameters"]
+        assert units[arm].start_step == start and units[arm].steps == settings.steps - start
+        assert units[arm].eval_curve[0][0] > start
+    base = units["no-memory"].parameters
+    assert units["no-ffn"].parameters < base < units["wide-ffn"].parameters
+    assert units["residual-scratch"].added_parameters > 0
+    assert units["residual-pretrained"].parameters == units["residual-scratch"].parameters
     for arm in ("replace-scratch", "residual-pretrained"):
-        assert units[arm]["usage"]["kl_weights"] >= 0 and 0 < units[arm]["usage"]["slots_90"] <= 1
-        assert units[arm]["outdated_curve"]
-    assert "no-memory" not in {u["arm"] for u in results["units"] if "usage" in u}
-    assert results["summary"]["verdict"]
+        assert units[arm].usage["kl_weights"] >= 0 and 0 < units[arm].usage["slots_90"] <= 1
+        assert units[arm].outdated_curve
+    assert "no-memory" not in {u.arm for u in results.units if u.usage is not None}
+    assert results.summary.verdict
     assert not (tmp_path / "no-memory-s0" / "trainer").exists()  # checkpoints removed at the end
-    again = run_memory_study(tmp_path, "smoke")  # every unit is reused
-    assert json.loads(json.dumps(again["units"])) == json.loads(json.dumps(results["units"]))
+    # every unit is reused; the stored results read back to the same typed results
+    marker = tmp_path / "residual-pretrained-s0" / "result.json"
+    mtime = marker.stat().st_mtime
+    again = run_memory_study(tmp_path, "smoke")
+    assert json.dumps(again.to_json()) == json.dumps(results.to_json()) and marker.stat().st_mtime == mtime
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert MemoryStudyResults.from_json(stored).summary.arms.keys() == results.summary.arms.keys()
 
 
 def test_continuations_need_the_no_memory_arm(tmp_path):
@@ -43,8 +55,11 @@ def test_continuations_need_the_no_memory_arm(tmp_path):
 
 
 def _unit(arm, seed, loss):
-    return {"arm": arm, "seed": seed, "validation_loss": loss, "validation_perplexity": 1.0, "recall": 0.0,
-            "train_seconds": 1.0, "parameters": 1}  # fmt: skip
+    return MemoryUnit(
+        arm=arm, seed=seed, start_step=0, steps=1, parameters=1, added_parameters=0, validation_loss=loss,
+        validation_perplexity=1.0, recall=0.0, recall_facts=0, unprobeable_facts=0, train_seconds=1.0,
+        tokens_per_second=1.0, eval_curve=[], train_curve=[],
+    )  # fmt: skip
 
 
 def test_a_finding_holds_only_when_every_seed_agrees():
@@ -53,8 +68,8 @@ def test_a_finding_holds_only_when_every_seed_agrees():
         "replace-scratch": [_unit("replace-scratch", 0, 5.1), _unit("replace-scratch", 1, 4.9)],
     }
     mixed = _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower")
-    assert not mixed["holds"] and mixed["per_seed"] == pytest.approx([-0.1, 0.1])
-    by_arm["replace-scratch"][1]["validation_loss"] = 5.2
-    assert _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower")["holds"]
+    assert not mixed.holds and mixed.per_seed == pytest.approx([-0.1, 0.1])
+    by_arm["replace-scratch"][1].validation_loss = 5.2
+    assert _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower").holds
     summary = summarise([u for group in by_arm.values() for u in group], SCALES["smoke"])
-    assert "Kim & Jung (2)" in summary["verdict"] and "partly reproduced" in summary["verdict"]
+    assert "Kim & Jung (2)" in summary.verdict and "partly reproduced" in summary.verdict

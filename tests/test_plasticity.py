@@ -7,7 +7,13 @@ import pytest
 
 from palimpsest.data import load_corpus
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.plasticity import SCALES, NewLanguage, first_step_at_or_below, run_plasticity
+from palimpsest.experiments.plasticity import (
+    SCALES,
+    NewLanguage,
+    PlasticityResults,
+    first_step_at_or_below,
+    run_plasticity,
+)
 
 
 def test_first_step_at_or_below():
@@ -20,21 +26,21 @@ def test_smoke_study_is_complete_and_resumable(tmp_path):
     results = run_plasticity(tmp_path, "smoke")
     settings = SCALES["smoke"]
     expected = len(settings.languages) * len(settings.budgets) * len(settings.seeds) * 2
-    assert len(results["runs"]) == expected
-    for run in results["runs"]:
+    assert len(results.runs) == expected
+    for run in results.runs:
         steps = [step for step, _ in run["curve"]]
         assert steps[0] == 0 and steps[-1] == settings.adapt_steps
         assert 0.0 <= run["zero_shot_accuracy"] <= 1.0
-    cell = results["summary"]["cells"][0]
-    assert len(cell["standard"]["curve_mean"]) == len(cell["steps"])
-    assert "relative gain" in results["summary"]["verdict"]
+    cell = results.summary.cells[0]
+    assert len(cell.standard.curve_mean) == len(cell.steps)
+    assert "relative gain" in results.summary.verdict
     stored = json.loads((tmp_path / "results.json").read_text())
-    assert stored["summary"]["verdict"] == results["summary"]["verdict"]
+    assert json.dumps(PlasticityResults.from_json(stored).to_json()) == json.dumps(results.to_json())
     # A re-run reuses every finished unit: same numbers, nothing retrained.
     marker = tmp_path / "adapt-standard-wiki-fr-3000-s0" / "result.json"
     mtime = marker.stat().st_mtime
     again = run_plasticity(tmp_path, "smoke")
-    assert again["runs"] == results["runs"] and marker.stat().st_mtime == mtime
+    assert again.runs == results.runs and marker.stat().st_mtime == mtime
 
 
 def test_unknown_language_and_bad_reset_every(tmp_path):
@@ -79,10 +85,10 @@ def test_full_scale_runs_on_local_stand_ins(tmp_path):
     )  # fmt: skip
     assert scale.task.pair_field == "hypothesis" and scale.tokenizer_model == "unigram"
     results = run_plasticity(tmp_path / "out", scale)
-    runs = results["runs"]
+    runs = results.runs
     assert {run["language"] for run in runs} == {"fr"} and len(runs) == 2 * len(full.seeds)
     assert all(run["zero_shot_examples"] == 60 for run in runs)
-    assert set(results["task"]) == {"standard", "forgetting"}
+    assert set(results.task) == {"standard", "forgetting"}
 
 
 @pytest.mark.slow

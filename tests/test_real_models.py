@@ -230,9 +230,7 @@ def test_every_command_runs_on_the_real_structure(tokenizer, tmp_path):
     done = palimpsest("evaluate", "--model", str(tmp_path / "m"), *evaluate, "--out", str(tmp_path / "me"))
     assert done.returncode == 0, done.stderr
     reported = json.loads((tmp_path / "me" / "results.json").read_text())["metrics"]["perplexity"]
-    direct = evaluate_saved_lm(tmp_path / "m", "wiki-en", block_size=32, max_blocks=4)["metrics"][
-        "perplexity"
-    ]
+    direct = evaluate_saved_lm(tmp_path / "m", "wiki-en", block_size=32, max_blocks=4).metrics.perplexity
     assert reported == direct  # the memory was loaded, not dropped
 
     done = palimpsest(

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +20,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from palimpsest.errors import PalimpsestError
+
+if TYPE_CHECKING:
+    from palimpsest.pretraining import PretrainResults
+    from palimpsest.results import Results
 
 app = typer.Typer(
     name="palimpsest",
@@ -104,19 +108,19 @@ def _run_study(
     with make_progress(console) as progress:
         results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
     write_report([results], out, title=title)
-    console.print(results["summary"]["verdict"], highlight=False)
+    console.print(results.headline(), highlight=False)
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
 
-def _print_pretrain(results: dict[str, Any]) -> None:
-    m = results["metrics"]
-    table = Table(title=results["name"], show_header=False)
-    table.add_row("objective", results["model"]["objective"])
-    table.add_row("parameters", f"{results['model']['parameters']:,}")
-    table.add_row("steps", str(m["steps"]))
-    table.add_row("validation perplexity", f"{m['validation_perplexity']:.2f}")
-    table.add_row("unigram-baseline perplexity", f"{m['unigram_perplexity']:.2f}")
-    table.add_row("training throughput", f"{m['tokens_per_second']:,.0f} tokens/s")
+def _print_pretrain(results: PretrainResults) -> None:
+    m = results.metrics
+    table = Table(title=results.name, show_header=False)
+    table.add_row("objective", results.model.objective)
+    table.add_row("parameters", f"{results.model.parameters:,}")
+    table.add_row("steps", str(m.steps))
+    table.add_row("validation perplexity", f"{m.validation_perplexity:.2f}")
+    table.add_row("unigram-baseline perplexity", f"{m.unigram_perplexity:.2f}")
+    table.add_row("training throughput", f"{m.tokens_per_second:,.0f} tokens/s")
     console.print(table)
 
 
@@ -198,7 +202,7 @@ def pretrain(
         results = run_pretrain(
             settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume
         )
-    write_report([results], out, title=f"palimpsest pretrain: {results['name']}")
+    write_report([results], out, title=f"palimpsest pretrain: {results.name}")
     _print_pretrain(results)
     console.print(
         f"wrote {out}/results.json, {out}/report.md, {out}/report.html, model in {out}/model; "
@@ -238,25 +242,25 @@ def evaluate(
          "validation_fraction": validation_fraction},
     )  # fmt: skip
     if is_classifier(model):
-        results = evaluate_saved_classifier(model, settings.corpus, max_length=settings.block_size)
-        m = results["metrics"]
+        task = evaluate_saved_classifier(model, settings.corpus, max_length=settings.block_size)
+        m = task.metrics
         console.print(
-            f"{results['model']} on {results['corpus']}: topic accuracy {100 * m['accuracy']:.1f}% "
-            f"(majority class {100 * m['majority_baseline']:.1f}%, {m['examples']:,} documents)"
+            f"{task.model} on {task.corpus}: topic accuracy {100 * m.accuracy:.1f}% "
+            f"(majority class {100 * m.majority_baseline:.1f}%, {m.examples:,} documents)"
         )
+        results: Results = task
     else:
-        results = evaluate_saved_lm(model, settings)
-        m = results["metrics"]
+        lm = evaluate_saved_lm(model, settings)
         console.print(
-            f"{results['model']} on {results['corpus']}: perplexity {m['perplexity']:.2f} "
-            f"(unigram baseline {m['unigram_perplexity']:.2f}, {m['tokens']:,} tokens)"
+            f"{lm.model} on {lm.corpus}: perplexity {lm.metrics.perplexity:.2f} "
+            f"(unigram baseline {lm.metrics.unigram_perplexity:.2f}, {lm.metrics.tokens:,} tokens)"
         )
+        results = lm
     if out is not None:
         from palimpsest.report import write_report
-        from palimpsest.storage import write_json
 
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "results.json", results)
+        results.write(out / "results.json")
         write_report([results], out, title="palimpsest evaluate")
 
 
@@ -488,13 +492,13 @@ def memory_stats(
         UsageConfig, config, {"corpus": corpus, "block_size": block_size, "max_blocks": max_blocks}
     )
     results = memory_stats_of_saved(model, memory, settings, out=out)
-    table = Table(title=f"memory usage on {settings.corpus} ({results['tokens']:,} tokens)")
+    table = Table(title=f"memory usage on {settings.corpus} ({results.tokens:,} tokens)")
     columns = ["used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99"]
     table.add_column("metric")
-    for name in results["layers"]:
+    for name in results.layers:
         table.add_column(name, justify="right")
     for column in columns:
-        table.add_row(column, *(f"{metrics[column]:.3f}" for metrics in results["layers"].values()))
+        table.add_row(column, *(f"{metrics[column]:.3f}" for metrics in results.layers.values()))
     console.print(table)
     if out is not None:
         console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
@@ -556,15 +560,13 @@ def edit(
     )  # fmt: skip
     results = edit_saved_model(model, facts, out, settings, sequential=sequential)
     write_report([results], out, title="palimpsest edit")
-    table = Table(
-        title=f"{len(results['requests'])} edit(s), {results['steps']} steps, {results['seconds']:.1f} s"
-    )
+    table = Table(title=f"{len(results.requests)} edit(s), {results.steps} steps, {results.seconds:.1f} s")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    for key, value in results["after"].items():
+    for key, value in results.after.items():
         if isinstance(value, float):
-            table.add_row(key, f"{results['before'][key]:.3f}", f"{value:.3f}")
+            table.add_row(key, f"{results.before[key]:.3f}", f"{value:.3f}")
     console.print(table)
     console.print(f"wrote {out}/model, {out}/results.json, {out}/report.md")
 
@@ -643,21 +645,18 @@ def demo(
     """The main job: every study at demo scale, then report.md and report.html."""
     _setup_logging(verbose)
     from palimpsest.demo import run_demo
+    from palimpsest.pretraining import PretrainResults
     from palimpsest.progress import make_progress
 
     with make_progress(console) as progress:
         summary = run_demo(out, scale, callbacks_for=_progress_callbacks(progress), seed=seed)
-    for result in summary["results"]:
-        if result["kind"] == "pretrain":
+    for pillar, result in summary.results:
+        if isinstance(result, PretrainResults):
             _print_pretrain(result)
-        elif result["kind"] == "plasticity":
-            console.print(f"[bold]forget[/]: {result['summary']['verdict']}", highlight=False)
-        elif result["kind"] == "memory-study":
-            console.print(f"[bold]grow[/]: {result['summary']['verdict']}", highlight=False)
-        elif result["kind"] in ("editing-study", "editing-real"):
-            console.print(f"[bold]rewrite[/]: {result['summary']['verdict']}", highlight=False)
+        elif result.headline():
+            console.print(f"[bold]{pillar}[/]: {result.headline()}", highlight=False)
     console.print(
-        f"demo finished in {summary['seconds']:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
+        f"demo finished in {summary.seconds:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
     )
 
 

@@ -48,8 +48,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_type, *_rest) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        args = typing.get_args(tp) or (Any,)
+        if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:  # fixed shape: (mean, std)
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {value!r}")
+            return tuple(
+                _coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args, strict=True))
+            )
+        items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
@@ -96,6 +102,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
+#: A dataclass naming one of its ``dict`` fields in this class attribute keeps that mapping's
+#: entries beside its own keys in a file (a results row: ``{"label": ..., "A_M": ..., ...}``):
+#: keys that are not fields are read into it, and written back flat.
+FLAT_MAPPING = "FLAT_MAPPING"
+
 #: A config dataclass with this class attribute set holds the sections of training
 #: extensions (``memory:``, ``forgetting:``) in its ``extensions`` field; in YAML they are
 #: top-level keys, each checked against its extension's own config class.
@@ -131,6 +142,12 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     data, sections = _extension_sections(cls, data, prefix)
+    flat = getattr(cls, FLAT_MAPPING, None)
+    if flat is not None:
+        data = {
+            **{k: v for k, v in data.items() if k in fields},
+            flat: {k: v for k, v in data.items() if k not in fields},
+        }
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = sorted(set(fields) - ({"extensions"} if getattr(cls, EXTENSION_SECTIONS, False) else set()))
@@ -139,6 +156,13 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
 
             known += [f"{name} (extension)" for name in extension_classes()]
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys: {', '.join(known)})")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
     values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
     if sections:
         values["extensions"] = sections
@@ -149,9 +173,17 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A plain, YAML/JSON-serialisable mapping of a config dataclass."""
+    """A plain, YAML/JSON-serialisable mapping of a config (or results) dataclass."""
 
     def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if getattr(value, EXTENSION_SECTIONS, False):
+                data.update(data.pop("extensions", {}))
+            flat = getattr(value, FLAT_MAPPING, None)
+            if flat is not None:
+                data.update(data.pop(flat))
+            return data
         if isinstance(value, Path):
             return str(value)
         if isinstance(value, (list, tuple)):
@@ -160,10 +192,7 @@ def to_dict(config: Any) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    data = plain(dataclasses.asdict(config))
-    if getattr(config, EXTENSION_SECTIONS, False):
-        data.update(data.pop("extensions", {}))
-    return data
+    return plain(config)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

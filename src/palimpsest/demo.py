@@ -28,13 +28,14 @@ from typing import Any
 from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
-from palimpsest.errors import ConfigError
+from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments import editing_real
 from palimpsest.experiments.editing import run_editing_study
 from palimpsest.experiments.memory import run_memory_study
-from palimpsest.experiments.plasticity import run_plasticity
-from palimpsest.pretraining import PretrainConfig, run_pretrain
+from palimpsest.experiments.plasticity import VARIANTS, run_plasticity
+from palimpsest.pretraining import PretrainConfig, PretrainResults, run_pretrain
 from palimpsest.report import write_report
+from palimpsest.results import Results
 from palimpsest.storage import write_json
 
 logger = logging.getLogger(__name__)
@@ -101,16 +102,36 @@ def causal_config(scale: DemoScale, *, seed: int = 0) -> PretrainConfig:
     )
 
 
-def _finished(run_dir: Path, config: PretrainConfig) -> dict[str, Any] | None:
+def _finished(run_dir: Path, config: PretrainConfig) -> PretrainResults | None:
     """The saved results of a run with exactly this config, if it finished before."""
     path = run_dir / "results.json"
     if not path.is_file():
         return None
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        results = PretrainResults.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, DataError):
         return None
-    return results if results.get("config") == to_dict(config) else None
+    return results if to_dict(results.config) == to_dict(config) else None
+
+
+@dataclass
+class DemoRun:
+    """Every study's typed results, labelled by the pillar it shows, and the time each took."""
+
+    scale: str
+    seconds: float
+    timings: dict[str, float]
+    results: list[tuple[str, Results]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The bundle ``palimpsest report`` reads: ``{"kind": "demo", ..., "results": [...]}``."""
+        return {
+            "kind": "demo",
+            "scale": self.scale,
+            "seconds": self.seconds,
+            "timings": self.timings,
+            "results": [result.to_json() for _pillar, result in self.results],
+        }
 
 
 def run_demo(
@@ -119,7 +140,7 @@ def run_demo(
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
     seed: int = 0,
-) -> dict[str, Any]:
+) -> DemoRun:
     """Run every demo study into ``out`` and write ``results.json`` and the report."""
     if scale not in DEMO_SCALES:
         raise ConfigError(f"unknown scale '{scale}' (known: {', '.join(DEMO_SCALES)})")
@@ -139,10 +160,12 @@ def run_demo(
     plasticity = run_plasticity(out / "plasticity", scale, callbacks_for=callbacks_for)
     timings["forget: plasticity study"] = time.perf_counter() - mark
     masked = [
-        json.loads(
-            (Path(out / "plasticity" / f"pretrain-{variant}" / "results.json")).read_text(encoding="utf-8")
+        PretrainResults.from_json(
+            json.loads(
+                (out / "plasticity" / f"pretrain-{variant}" / "results.json").read_text(encoding="utf-8")
+            )
         )
-        for variant in ("standard", "forgetting")
+        for variant in VARIANTS
     ]
 
     mark = time.perf_counter()
@@ -158,21 +181,22 @@ def run_demo(
     real = editing_real.run_real_editing_study(out / "editing-real", real_scale, scale)
     timings["rewrite: real model (SmolLM2-135M)"] = time.perf_counter() - mark
 
-    results: list[dict[str, Any]] = [*masked, causal, plasticity, memory, editing, real]
-    summary = {
-        "kind": "demo",
-        "scale": scale,
-        "seconds": time.perf_counter() - started,
-        "timings": timings,
-        "results": results,
-    }
-    write_json(out / "results.json", summary)
+    results: list[tuple[str, Results]] = [
+        *(("pretrain", run) for run in masked),
+        ("pretrain", causal),
+        ("forget", plasticity),
+        ("grow", memory),
+        ("rewrite", editing),
+        ("rewrite", real),
+    ]
+    summary = DemoRun(scale=scale, seconds=time.perf_counter() - started, timings=timings, results=results)
+    write_json(out / "results.json", summary.to_json())
     write_report(
-        results,
+        [result for _pillar, result in results],
         out,
         title="palimpsest demo report",
         preface=(
-            f"Scale '{scale}', {summary['seconds']:.0f} s in all. Every number below was measured in this "
+            f"Scale '{scale}', {summary.seconds:.0f} s in all. Every number below was measured in this "
             "run; results.json holds them all."
         ),
     )

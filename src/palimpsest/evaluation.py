@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from palimpsest.data import (
     default_cache_dir,
@@ -21,6 +22,8 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.models import load_pretrained, objective_of, resolve_pretrained
+from palimpsest.report import Section, Table
+from palimpsest.results import Results
 from palimpsest.training import evaluate_lm
 
 
@@ -44,7 +47,7 @@ class EvaluateConfig:
 
 def evaluate_saved_lm(
     model_dir: str | Path, settings: EvaluateConfig | str = "wiki-en", **overrides: Any
-) -> dict[str, Any]:
+) -> LMEvaluation:
     """Perplexity on the validation split of a corpus (the same split as pretraining).
 
     ``model_dir`` is a saved folder or a built-in name (``smollm2-135m``); ``settings`` an
@@ -72,13 +75,47 @@ def evaluate_saved_lm(
     eval_set = lm_eval_set(eval_blocks, tokenizer, objective)
     metrics = evaluate_lm(model, eval_set)
     baseline = unigram_baseline(train_blocks, eval_set, len(tokenizer))
-    return {
-        "kind": "evaluate",
-        "model": name,
-        "corpus": corpus_name,
-        "objective": objective,
-        "metrics": {**metrics, "unigram_loss": baseline.loss, "unigram_perplexity": baseline.perplexity},
-    }
+    return LMEvaluation(
+        model=name,
+        corpus=corpus_name,
+        objective=objective,
+        metrics=LMMetrics(
+            loss=metrics["loss"],
+            perplexity=metrics["perplexity"],
+            tokens=metrics["tokens"],
+            unigram_loss=baseline.loss,
+            unigram_perplexity=baseline.perplexity,
+        ),
+    )
+
+
+@dataclass
+class LMMetrics:
+    loss: float
+    perplexity: float
+    tokens: int
+    unigram_loss: float
+    unigram_perplexity: float
+
+
+@dataclass
+class LMEvaluation(Results):
+    """``palimpsest evaluate`` of a language model: perplexity beside the unigram baseline."""
+
+    KIND: ClassVar[str] = "evaluate"
+
+    model: str
+    corpus: str
+    objective: str
+    metrics: LMMetrics
+
+    @classmethod
+    def report_section(cls, runs: Sequence[LMEvaluation], plots_dir: Path) -> Section:
+        rows = [
+            [r.model, r.corpus, r.metrics.perplexity, r.metrics.unigram_perplexity, r.metrics.tokens]
+            for r in runs
+        ]
+        return Section("Evaluation", [Table(["model", "corpus", "ppl", "unigram ppl", "tokens"], rows)])
 
 
 def is_classifier(model_dir: str | Path) -> bool:

@@ -14,7 +14,7 @@ way the saved ``config.yaml`` records them with every seed resolved, so
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,8 +38,11 @@ from palimpsest.data import (
 from palimpsest.errors import ConfigError
 from palimpsest.extensions import TrainingExtension, extension_class
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained, objective_of
+from palimpsest.plotting import plot_curves
+from palimpsest.report import Figure, Section, Table, machine_line
+from palimpsest.results import Results
 from palimpsest.seeds import HOLDOUT_SEED
-from palimpsest.storage import machine_info, save_model, write_json, write_text
+from palimpsest.storage import machine_info, save_model, write_text
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -130,11 +133,29 @@ def build_extensions(
 
 
 @dataclass
+class DataInfo:
+    """What a run trained and was validated on."""
+
+    corpus: str
+    language: str
+    license: str | None
+    train_documents: int
+    validation_documents: int
+    train_blocks: int
+    validation_blocks: int
+    block_size: int
+    train_tokens: int
+    vocab_size: int
+    #: tokens of the extra training texts (fact statements), when there are any
+    extra_tokens: int | None = None
+
+
+@dataclass
 class PreparedData:
     tokenizer: PreTrainedTokenizerBase
     train_blocks: Any
     eval_set: Any
-    info: dict[str, Any]
+    info: DataInfo
 
 
 def prepare_data(
@@ -144,34 +165,50 @@ def prepare_data(
     tokenizer: PreTrainedTokenizerBase | None = None,
     seed: int = 0,
     mlm_probability: float = 0.15,
+    extra_train_texts: Sequence[str] = (),
 ) -> PreparedData:
-    """Load, split and tokenize the corpus; train a tokenizer unless one is given. A masked LM's
-    validation set is masked at ``mlm_probability``, the run's own rate."""
+    """corpus -> split -> tokenizer -> blocks -> eval set: the one data pipeline of every run.
+
+    A tokenizer is trained on the training texts unless one is given. ``extra_train_texts``
+    (fact statements, say) join the training split only, so validation measures language
+    modelling on held-out documents, not the extra texts. A masked LM's validation set is
+    masked at ``mlm_probability``, the run's own rate.
+    """
     corpus = load_corpus(config.corpus, max_documents=config.max_documents)
     corpus = holdout_split(corpus, config.holdout_fraction, config.holdout_seed)[0]
     if config.synthetic:
         corpus = synthetic_language(corpus, config.synthetic, seed=seed)
     split = split_corpus(corpus, config.validation_fraction, seed=config.split_seed)
+    train = split.train
+    if extra_train_texts:
+        train = Corpus(
+            name=f"{train.name}+facts", language=train.language, texts=train.texts + tuple(extra_train_texts)
+        )
     if tokenizer is None:
-        tokenizer = train_tokenizer(split.train.texts, config.vocab_size, model=config.tokenizer_model)  # type: ignore[arg-type]
+        tokenizer = train_tokenizer(train.texts, config.vocab_size, model=config.tokenizer_model)  # type: ignore[arg-type]
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    train_blocks = encode_blocks(split.train, tokenizer, config.block_size, cache_dir=cache)
+    train_blocks = encode_blocks(train, tokenizer, config.block_size, cache_dir=cache)
     eval_blocks = encode_blocks(split.validation, tokenizer, config.block_size, cache_dir=cache)
     if config.max_eval_blocks is not None and len(eval_blocks) > config.max_eval_blocks:
         eval_blocks = eval_blocks.select(range(config.max_eval_blocks))
     eval_set = lm_eval_set(eval_blocks, tokenizer, objective, mlm_probability=mlm_probability)
-    info = {
-        "corpus": corpus.name,
-        "language": corpus.language,
-        "license": corpus.license,
-        "train_documents": len(split.train),
-        "validation_documents": len(split.validation),
-        "train_blocks": len(train_blocks),
-        "validation_blocks": len(eval_set),
-        "block_size": config.block_size,
-        "train_tokens": len(train_blocks) * config.block_size,
-        "vocab_size": len(tokenizer),
-    }
+    info = DataInfo(
+        corpus=corpus.name,
+        language=corpus.language,
+        license=corpus.license,
+        train_documents=len(split.train),
+        validation_documents=len(split.validation),
+        train_blocks=len(train_blocks),
+        validation_blocks=len(eval_set),
+        block_size=config.block_size,
+        train_tokens=len(train_blocks) * config.block_size,
+        vocab_size=len(tokenizer),
+        extra_tokens=(
+            sum(len(ids) for ids in tokenizer(list(extra_train_texts))["input_ids"])
+            if extra_train_texts
+            else None
+        ),
+    )
     return PreparedData(tokenizer=tokenizer, train_blocks=train_blocks, eval_set=eval_set, info=info)
 
 
@@ -250,36 +287,119 @@ def run_pretrain(
     for extension in active:
         extension.save(model, out / "model")
 
-    results = {
-        "kind": "pretrain",
-        "name": config.name or f"{config.model.pretrained or config.model.family}-{objective}",
-        "config": to_dict(config),
-        "model": {
-            "family": model.config.model_type,
-            "size": None if config.model.pretrained else config.model.size,
-            "pretrained": config.model.pretrained,
-            "objective": objective,
-            "parameters": count_parameters(model),
-            "path": str(out / "model"),
-        },
-        "data": data.info,
-        "metrics": {
-            "validation_loss": final["loss"],
-            "validation_perplexity": final["perplexity"],
-            "validation_tokens": final["tokens"],
-            "unigram_loss": baseline.loss,
-            "unigram_perplexity": baseline.perplexity,
-            "steps": result.steps,
-            "train_seconds": result.train_seconds,
-            "tokens_per_second": result.tokens_per_second,
-            "resumed_from": result.resumed_from,
-        },
-        "extensions": {extension.section: extension.summary() for extension in active},
-        "curves": {
-            "train_loss": result.curve("loss"),
-            "eval_loss": result.curve("eval_loss"),
-        },
-        "machine": machine_info(),
-    }
-    write_json(out / "results.json", results)
+    results = PretrainResults(
+        name=config.name or f"{config.model.pretrained or config.model.family}-{objective}",
+        config=config,
+        model=TrainedModel(
+            family=model.config.model_type,
+            size=None if config.model.pretrained else config.model.size,
+            pretrained=config.model.pretrained,
+            objective=objective,
+            parameters=count_parameters(model),
+            path=str(out / "model"),
+        ),
+        data=data.info,
+        metrics=PretrainMetrics(
+            validation_loss=final["loss"],
+            validation_perplexity=final["perplexity"],
+            validation_tokens=final["tokens"],
+            unigram_loss=baseline.loss,
+            unigram_perplexity=baseline.perplexity,
+            steps=result.steps,
+            train_seconds=result.train_seconds,
+            tokens_per_second=result.tokens_per_second,
+            resumed_from=result.resumed_from,
+        ),
+        extensions={extension.section: extension.summary() for extension in active},
+        curves=LossCurves(train_loss=result.curve("loss"), eval_loss=result.curve("eval_loss")),
+        machine=machine_info(),
+    )
+    results.write(out / "results.json")
     return results
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainedModel:
+    family: str
+    size: str | None
+    pretrained: str | None
+    objective: str
+    parameters: int
+    path: str
+
+
+@dataclass
+class PretrainMetrics:
+    validation_loss: float
+    validation_perplexity: float
+    validation_tokens: int
+    unigram_loss: float
+    unigram_perplexity: float
+    steps: int
+    train_seconds: float
+    tokens_per_second: float
+    resumed_from: int | None
+
+
+@dataclass
+class LossCurves:
+    """``[(step, loss)]`` as logged by the Trainer."""
+
+    train_loss: list[tuple[int, float]]
+    eval_loss: list[tuple[int, float]]
+
+
+@dataclass
+class PretrainResults(Results):
+    """What one pretraining run measured (``results.json`` of ``palimpsest pretrain``)."""
+
+    KIND: ClassVar[str] = "pretrain"
+
+    name: str
+    config: PretrainConfig
+    model: TrainedModel
+    data: DataInfo
+    metrics: PretrainMetrics
+    extensions: dict[str, dict[str, Any]]
+    curves: LossCurves
+    machine: dict[str, Any]
+
+    @classmethod
+    def report_section(cls, runs: Sequence[PretrainResults], plots_dir: Path) -> Section:
+        section = Section("Pretraining")
+        section.blocks.append(
+            "Each model is trained from scratch on the corpus shown and scored on a held-out "
+            "validation split. Perplexity is token-level, on exactly the positions the unigram "
+            "baseline is scored on (masked positions for masked LMs, next tokens for causal LMs); "
+            "the unigram baseline predicts add-one-smoothed training-token frequencies."
+        )
+        headers = [
+            "run", "objective", "corpus", "parameters", "steps", "val. ppl", "unigram ppl", "unigram/val",
+            "tokens/s",
+        ]  # fmt: skip
+        rows = [
+            [
+                run.name, run.model.objective, run.data.corpus, run.model.parameters, run.metrics.steps,
+                run.metrics.validation_perplexity, run.metrics.unigram_perplexity,
+                run.metrics.unigram_perplexity / run.metrics.validation_perplexity,
+                run.metrics.tokens_per_second,
+            ]
+            for run in runs
+        ]  # fmt: skip
+        section.blocks.append(Table(headers, rows))
+        for run in runs:
+            slug = "".join(c if c.isalnum() else "-" for c in run.name)
+            path = plot_curves(
+                {"train loss": run.curves.train_loss, "validation loss": run.curves.eval_loss},
+                plots_dir / f"pretrain-{slug}.png",
+                title=f"{run.name}: training curves",
+                ylabel="cross-entropy (nats/token)",
+                reference_lines={"unigram baseline": run.metrics.unigram_loss},
+            )
+            section.blocks.append(Figure(path, f"{run.name}: training and validation loss vs step"))
+        if runs and runs[0].machine:
+            section.blocks.append(machine_line(runs[0].machine))
+        return section

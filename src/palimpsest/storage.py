@@ -9,10 +9,12 @@ so no two processes write the same file and nobody reads a half-written one. Wit
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from palimpsest.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
@@ -116,3 +122,35 @@ def machine_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so fresh and resumed runs agree."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def resumable(path: str | Path, key: Any, compute: Callable[[], T], *, kind: type[T] | None = None) -> T:
+    """A unit of work that runs once: its stored result when ``key`` matches, else ``compute()``.
+
+    The result is stored at ``path`` beside its key (everything that decides it: settings,
+    inputs), as it finishes, so an interrupted study resumes at the first unfinished unit and
+    a changed setting recomputes only the units it affects. ``kind`` (a dataclass) is how a
+    typed result is written (:func:`~palimpsest.config.to_dict`) and read back
+    (:func:`~palimpsest.config.from_dict`); without it the result is plain JSON. Either way
+    the value returned is the one read back, so a fresh and a resumed run see the same thing.
+    """
+    from palimpsest.config import from_dict, to_dict
+
+    path = Path(path)
+    key = as_stored(key)
+    stored: Any = None
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            logger.warning("%s is unreadable; computing its unit again", path)
+    if not (isinstance(stored, dict) and stored.get("key") == key and "result" in stored):
+        value = compute()
+        stored = as_stored({"key": key, "result": to_dict(value) if kind is not None else value})
+        write_json(path, stored)
+    return from_dict(kind, stored["result"]) if kind is not None else stored["result"]

@@ -8,14 +8,18 @@ interrupted or failed run never leaves a partial model behind.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from palimpsest.data import load_tokenizer
 from palimpsest.editing.datasets import read_edit_file
 from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
 from palimpsest.models import load_pretrained, resolve_pretrained
-from palimpsest.storage import machine_info, write_json
+from palimpsest.report import Section, Table
+from palimpsest.results import Results
+from palimpsest.storage import machine_info
 
 
 def edit_saved_model(
@@ -25,7 +29,7 @@ def edit_saved_model(
     config: EditConfig,
     *,
     sequential: bool = False,
-) -> dict[str, Any]:
+) -> EditResults:
     """Edit the model at ``model_dir`` with the requests in ``facts_path``; write under ``out``."""
     requests, keep = read_edit_file(facts_path)
     model = load_pretrained(str(model_dir))
@@ -40,26 +44,91 @@ def edit_saved_model(
     tokenizer.save_pretrained(str(staging))
     shutil.rmtree(out / "model", ignore_errors=True)
     staging.rename(out / "model")
-    from palimpsest.config import to_dict
-
-    results = {
-        "kind": "edit",
-        "model": str(model_dir),
-        "facts": str(facts_path),
-        "edited_model": str(out / "model"),
-        "config": to_dict(config),
-        "sequential": sequential,
-        "requests": [
-            {
-                "subject": r.fact.subject,
-                "relation": r.fact.relation.name,
-                "old": r.fact.object,
-                "new": r.new_object,
-            }
+    changes = result.changes.values()
+    results = EditResults(
+        model=str(model_dir),
+        facts=str(facts_path),
+        edited_model=str(out / "model"),
+        config=config,
+        sequential=sequential,
+        requests=[
+            EditedFact(
+                subject=r.fact.subject, relation=r.fact.relation.name, old=r.fact.object, new=r.new_object
+            )
             for r in requests
         ],
-        **result.as_dict(),
-        "machine": machine_info(),
-    }
-    write_json(out / "results.json", results)
+        before=result.before,
+        after=result.after,
+        steps=result.steps,
+        seconds=result.seconds,
+        final_loss=result.final_loss,
+        edited_parameters=result.edited_parameters,
+        max_abs_change=max((c["linf"] for c in changes), default=0.0),
+        max_l2_change=max((c["l2"] for c in changes), default=0.0),
+        machine=machine_info(),
+    )
+    results.write(out / "results.json")
     return results
+
+
+@dataclass
+class EditedFact:
+    subject: str
+    relation: str
+    old: str
+    new: str
+
+
+@dataclass
+class EditResults(Results):
+    """What ``palimpsest edit`` did: the requests, both sides' metrics before and after, the cost."""
+
+    KIND: ClassVar[str] = "edit"
+
+    model: str
+    facts: str
+    edited_model: str
+    config: EditConfig
+    sequential: bool
+    requests: list[EditedFact]
+    before: dict[str, int | float]
+    after: dict[str, int | float]
+    steps: int
+    seconds: float
+    final_loss: float
+    edited_parameters: int
+    max_abs_change: float
+    max_l2_change: float
+    machine: dict[str, Any]
+
+    @classmethod
+    def report_section(cls, runs: Sequence[EditResults], plots_dir: Path) -> Section:
+        section = Section("Rewrite: fact edits (constrained fine-tuning, Zhu et al. 2020)")
+        section.blocks.append(
+            "A_M: exact match of the whole new object on the edited facts; A_F\\S: exact match of the true "
+            "object on the facts kept; efficacy / paraphrase efficacy: share with P(new) > P(old) through "
+            "the edit template / a held-out paraphrase; neighbourhood: share of kept facts with "
+            "P(true) > P(a new object of the same relation). Every metric before the edit beside after it."
+        )
+        for run in runs:
+            config = run.config
+            bound = "unconstrained" if config.norm is None else f"{config.norm} ≤ {config.delta:g}"
+            order = " one after another" if run.sequential else ""
+            section.blocks.append(
+                f"{run.model}: {len(run.requests)} edit(s){order}, "
+                f"layers {config.layers} ({', '.join(config.modules)}), {bound}, objective "
+                f"{config.objective}, lr {config.learning_rate:g}: {run.steps} steps in "
+                f"{run.seconds:.1f} s; "
+                f"largest weight change {run.max_abs_change:.2e} (L-inf), {run.max_l2_change:.2e} (L2)."
+            )
+            keys = [key for key, value in run.after.items() if isinstance(value, float)]
+            section.blocks.append(
+                Table(["metric", "before", "after"], [[key, run.before[key], run.after[key]] for key in keys])
+            )
+            section.blocks.append(
+                Table(
+                    ["subject", "relation", "old", "new"],
+                    [[r.subject, r.relation, r.old, r.new] for r in run.requests[:20]],
+                )
+            )
+        return section

@@ -9,18 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from palimpsest.data import (
-    Corpus,
-    default_cache_dir,
-    encode_blocks,
-    lm_eval_set,
-    load_corpus,
-    load_tokenizer,
-    split_corpus,
-    train_tokenizer,
-)
+from palimpsest.data import load_tokenizer
 from palimpsest.data.facts import Fact, fact_corpus
 from palimpsest.errors import ConfigError
+from palimpsest.pretraining import DataConfig, prepare_data
 from palimpsest.storage import save_model
 
 S = TypeVar("S")
@@ -50,7 +42,21 @@ class FactMixture:
     tokenizer: Any
     train_blocks: Any
     eval_set: Any
-    info: dict[str, Any]
+    info: FactDataInfo
+
+
+@dataclass
+class FactDataInfo:
+    """What a fact study trained on: wiki text plus fact statements."""
+
+    wiki_train_documents: int
+    facts: int
+    fact_repeats: int
+    train_blocks: int
+    train_tokens: int
+    fact_tokens: int
+    validation_blocks: int
+    vocab_size: int
 
 
 def fact_mixture(
@@ -69,34 +75,35 @@ def fact_mixture(
 ) -> FactMixture:
     """Every fact stated ``fact_repeats`` times (differently shuffled) beside the corpus's training split.
 
-    The tokenizer is trained once and saved under ``out/tokenizer`` (a resumed study reuses
-    it); validation is on the corpus's held-out documents only, so it measures language
-    modelling, not fact recall (masked at the run's ``mlm_probability`` for a masked LM).
-    ``hold_out`` leaves each fact's held-out paraphrase out.
+    The data come from :func:`palimpsest.pretraining.prepare_data` with the statements as
+    extra training texts; the tokenizer is trained once and saved under ``out/tokenizer`` (a
+    resumed study reuses it). ``hold_out`` leaves each fact's held-out paraphrase out.
     """
-    wiki = split_corpus(load_corpus(corpus, max_documents=max_documents), 0.05, seed=0)
     statements = [fact_corpus(facts, hold_out=hold_out, seed=repeat) for repeat in range(fact_repeats)]
     fact_texts = tuple(text for statement in statements for text in statement.texts)
-    mixed = Corpus(name=f"{wiki.train.name}+facts", language="en", texts=wiki.train.texts + fact_texts)
     tokenizer_dir = out / "tokenizer"
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(tokenizer_dir)
-    else:
-        tokenizer = train_tokenizer(mixed.texts, vocab_size)
-        save_model(None, tokenizer, tokenizer_dir)
-    cache = default_cache_dir()
-    train_blocks = encode_blocks(mixed, tokenizer, block_size, cache_dir=cache)
-    eval_blocks = encode_blocks(wiki.validation, tokenizer, block_size, cache_dir=cache)
-    eval_blocks = eval_blocks.select(range(min(max_eval_blocks, len(eval_blocks))))
-    eval_set = lm_eval_set(eval_blocks, tokenizer, objective, mlm_probability=mlm_probability)
-    info = {
-        "wiki_train_documents": len(wiki.train),
-        "facts": len(facts),
-        "fact_repeats": fact_repeats,
-        "train_blocks": len(train_blocks),
-        "train_tokens": len(train_blocks) * block_size,
-        "fact_tokens": sum(len(ids) for ids in tokenizer(list(fact_texts))["input_ids"]),
-        "validation_blocks": len(eval_set),
-        "vocab_size": len(tokenizer),
-    }
-    return FactMixture(tokenizer, train_blocks, eval_set, info)
+    saved = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
+    config = DataConfig(
+        corpus=corpus, max_documents=max_documents, vocab_size=vocab_size, block_size=block_size,
+        max_eval_blocks=max_eval_blocks,
+    )  # fmt: skip
+    data = prepare_data(
+        config,
+        objective=objective,
+        tokenizer=saved,
+        mlm_probability=mlm_probability,
+        extra_train_texts=fact_texts,
+    )
+    if saved is None:
+        save_model(None, data.tokenizer, tokenizer_dir)
+    info = FactDataInfo(
+        wiki_train_documents=data.info.train_documents,
+        facts=len(facts),
+        fact_repeats=fact_repeats,
+        train_blocks=data.info.train_blocks,
+        train_tokens=data.info.train_tokens,
+        fact_tokens=data.info.extra_tokens or 0,
+        validation_blocks=data.info.validation_blocks,
+        vocab_size=data.info.vocab_size,
+    )
+    return FactMixture(data.tokenizer, data.train_blocks, data.eval_set, info)

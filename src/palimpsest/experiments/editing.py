@@ -23,28 +23,35 @@ Protocol (PAPERS.md section 2, at small scale):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from transformers import TrainerCallback
 
+from palimpsest.data import load_tokenizer
 from palimpsest.data.facts import Fact, builtin_facts
 from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
+from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
+from palimpsest.plotting import plot_bars, plot_points
 from palimpsest.recall import fact_recall
+from palimpsest.report import Figure, Section, Table, pm
+from palimpsest.results import Results
 from palimpsest.seeds import SUPPORT_FACTS_SEED_OFFSET
-from palimpsest.storage import machine_info, save_model, write_json
+from palimpsest.storage import machine_info, resumable, save_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
+
+if TYPE_CHECKING:
+    from palimpsest.experiments.editing_real import RealEditingResults
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +181,10 @@ def study_facts(scale: EditingScale) -> list[Fact]:
     return facts
 
 
-def _pretrain(scale: EditingScale, family: str, facts: list[Fact], out: Path, callbacks) -> dict[str, Any]:
-    """A small model of ``family`` that knows the facts (reused when already trained)."""
-    run_dir = out / f"pretrain-{family}"
-    saved = run_dir / "results.json"
-    settings = {"scale": asdict(scale), "family": family}
-    if saved.is_file():
-        previous = json.loads(saved.read_text(encoding="utf-8"))
-        if previous.get("settings") == json.loads(json.dumps(settings)):
-            return previous
+def _pretrain(
+    scale: EditingScale, family: str, facts: list[Fact], run_dir: Path, callbacks
+) -> PretrainedModel:
+    """A small model of ``family`` that knows the facts."""
     objective = FAMILY_OBJECTIVE[family]
     mixture = fact_mixture(
         facts, run_dir, objective=objective, corpus=scale.corpus, max_documents=scale.max_documents,
@@ -216,22 +218,19 @@ def _pretrain(scale: EditingScale, family: str, facts: list[Fact], out: Path, ca
         name: fact_recall(model, mixture.tokenizer, [f for f in facts if f.relation.name == name]).accuracy
         for name in dict.fromkeys(f.relation.name for f in facts)
     }
-    results = {
-        "settings": settings,
-        "family": family,
-        "objective": objective,
-        "model_path": str(run_dir / "model"),
-        "data": mixture.info,
-        "validation_loss": evaluate_lm(model, mixture.eval_set)["loss"],
-        "recall": recall.accuracy,
-        "recall_by_relation": by_relation,
-        "paraphrase_recall": paraphrased[0] / paraphrased[1] if paraphrased[1] else math.nan,
-        "unprobeable": recall.unprobeable,
-        "train_seconds": result.train_seconds,
-        "steps": result.steps,
-    }
-    write_json(saved, results)
-    return results
+    return PretrainedModel(
+        family=family,
+        objective=objective,
+        model_path=str(run_dir / "model"),
+        data=mixture.info,
+        validation_loss=evaluate_lm(model, mixture.eval_set)["loss"],
+        recall=recall.accuracy,
+        recall_by_relation=by_relation,
+        paraphrase_recall=paraphrased[0] / paraphrased[1] if paraphrased[1] else math.nan,
+        unprobeable=recall.unprobeable,
+        train_seconds=result.train_seconds,
+        steps=result.steps,
+    )
 
 
 def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]]:
@@ -263,8 +262,8 @@ def run_editing_study(
     scale: str | EditingScale = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
-) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns and writes ``results.json``.
+) -> EditingStudyResults | RealEditingResults:
+    """Run (or resume: every unit is stored as it finishes) the study into ``out``.
 
     ``real`` (or a :class:`~palimpsest.experiments.editing_real.RealEditingScale`) edits the
     built-in pretrained SmolLM2-135M instead of models pretrained here.
@@ -287,36 +286,40 @@ def run_editing_study(
     out.mkdir(parents=True, exist_ok=True)
     facts = study_facts(settings)
     pretrained = {
-        family: _pretrain(settings, family, facts, out, list(callbacks_for(f"editing: pretrain {family}")))
+        family: resumable(
+            out / f"pretrain-{family}" / "unit.json", {"scale": asdict(settings), "family": family},
+            partial(
+                _pretrain, settings, family, facts, out / f"pretrain-{family}",
+                list(callbacks_for(f"editing: pretrain {family}")),
+            ),
+            kind=PretrainedModel,
+        )
         for family in settings.families
-    }
+    }  # fmt: skip
     runs: list[dict[str, Any]] = []
     for family in settings.families:
-        model = load_pretrained(pretrained[family]["model_path"])
-        from palimpsest.data import load_tokenizer
-
-        tokenizer = load_tokenizer(pretrained[family]["model_path"])
+        model = load_pretrained(pretrained[family].model_path)
+        tokenizer = load_tokenizer(pretrained[family].model_path)
         grid = method_grid(settings, SIZES[settings.size].layers)
+        key = {
+            "model": asdict(pretrained[family]),
+            "grid": [(label, asdict(config)) for label, config in grid],
+        }
         for edits in settings.edits:
             for seed in settings.seeds:
-                unit = out / f"edits-{family}-{edits}-s{seed}.json"
-                if unit.is_file():
-                    runs += json.loads(unit.read_text(encoding="utf-8"))
-                    continue
-                runs_here = _edit_unit(model, tokenizer, facts, grid, edits, seed, family)
-                write_json(unit, runs_here)
-                runs += json.loads(json.dumps(runs_here))
-    summary = summarise(runs, pretrained, settings)
-    results = {
-        "kind": "editing-study",
-        "scale": scale_name,
-        "settings": asdict(settings),
-        "pretrained": {f: {k: v for k, v in r.items() if k != "settings"} for f, r in pretrained.items()},
-        "runs": runs,
-        "summary": summary,
-        "machine": machine_info(),
-    }
-    write_json(out / "results.json", results)
+                runs += resumable(
+                    out / f"edits-{family}-{edits}-s{seed}.json", {**key, "edits": edits, "seed": seed},
+                    partial(_edit_unit, model, tokenizer, facts, grid, edits, seed, family),
+                )  # fmt: skip
+    results = EditingStudyResults(
+        scale=scale_name,
+        settings=settings,
+        pretrained=pretrained,
+        runs=runs,
+        summary=summarise(runs, pretrained, settings),
+        machine=machine_info(),
+    )
+    results.write(out / "results.json")
     return results
 
 
@@ -363,8 +366,8 @@ METRICS = ("A_M", KEPT, "A_mean", "paraphrase", "efficacy", "neighbourhood")
 
 
 def summarise(
-    runs: list[dict[str, Any]], pretrained: dict[str, dict[str, Any]], settings: EditingScale
-) -> dict[str, Any]:
+    runs: list[dict[str, Any]], pretrained: dict[str, PretrainedModel], settings: EditingScale
+) -> EditingSummary:
     """Per (family, edits, label): mean ± std over seeds of every metric, and the verdict."""
     cells: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for run in runs:
@@ -372,49 +375,53 @@ def summarise(
     rows = []
     for group in cells.values():
         first = group[0]
-        row: dict[str, Any] = {
-            key: first[key] for key in ("family", "edits", "label", "method", "layers", "norm", "delta")
-        }
+        metrics: dict[str, tuple[float, float]] = {}
         for metric in METRICS:
-            row[metric] = mean_std([r["after"].get(metric) for r in group])
-            row[f"{metric} before"] = mean_std([r["before"].get(metric) for r in group])
-        row["steps"] = mean_std([r["steps"] for r in group])
-        row["seconds"] = mean_std([r["seconds"] for r in group])
-        row["seeds"] = len(group)
-        rows.append(row)
-    return {"rows": rows, "verdict": _verdict(rows, pretrained, settings)}
+            metrics[metric] = mean_std([r["after"].get(metric) for r in group])
+            metrics[f"{metric} before"] = mean_std([r["before"].get(metric) for r in group])
+        rows.append(
+            EditingRow(
+                **{
+                    key: first[key]
+                    for key in ("family", "edits", "label", "method", "layers", "norm", "delta")
+                },
+                steps=mean_std([r["steps"] for r in group]),
+                seconds=mean_std([r["seconds"] for r in group]),
+                seeds=len(group),
+                metrics=metrics,
+            )
+        )
+    return EditingSummary(rows=rows, verdict=_verdict(rows, pretrained, settings))
 
 
-def per_layer(
-    rows: list[dict[str, Any]], family: str, edits: int, norm: str, delta: float
-) -> list[dict[str, Any]]:
+def per_layer(rows: list[EditingRow], family: str, edits: int, norm: str, delta: float) -> list[EditingRow]:
     """The single-block rows of one (family, edits, bound), in block order."""
     single = [
         r for r in rows
-        if r["family"] == family and r["edits"] == edits and r["norm"] == norm and r["delta"] == delta
-        and isinstance(r["layers"], list) and len(r["layers"]) == 1
+        if r.family == family and r.edits == edits and r.norm == norm and r.delta == delta
+        and isinstance(r.layers, list) and len(r.layers) == 1
     ]  # fmt: skip
-    return sorted(single, key=lambda r: r["layers"][0])
+    return sorted(single, key=lambda r: r.layers[0])
 
 
 def best_single_blocks(
-    rows: list[dict[str, Any]], family: str, edits: int, norm: str, deltas: Iterable[float]
-) -> list[dict[str, Any]]:
+    rows: list[EditingRow], family: str, edits: int, norm: str, deltas: Iterable[float]
+) -> list[EditingRow]:
     """Per block (in order), its single-block row with the highest A mean over the bounds ``deltas``.
 
     A layer is compared at the bound that suits it, as a paper tuning δ per layer choice would:
     at one fixed δ a block may be unable to move an answer at all while another overshoots.
     """
-    best: dict[int, dict[str, Any]] = {}
+    best: dict[int, EditingRow] = {}
     for delta in deltas:
         for row in per_layer(rows, family, edits, norm, delta):
-            block = row["layers"][0]
-            if block not in best or row["A_mean"][0] > best[block]["A_mean"][0]:
+            block = row.layers[0]
+            if block not in best or row.mean("A_mean") > best[block].mean("A_mean"):
                 best[block] = row
     return [best[block] for block in sorted(best)]
 
 
-def _layer_outcome(best: list[dict[str, Any]]) -> tuple[str, str]:
+def _layer_outcome(best: list[EditingRow]) -> tuple[str, str]:
     """Whether the end blocks lead, for one setting's per-block rows: (outcome, sentence).
 
     A comparison only counts where some block makes at least half of the edits while doing better
@@ -422,10 +429,10 @@ def _layer_outcome(best: list[dict[str, Any]]) -> tuple[str, str]:
     edits fail, the block that changes least "wins", and the ranking says nothing about where facts
     are best modified.
     """
-    scores = [r["A_mean"][0] for r in best]
-    spread = max(r["A_mean"][1] for r in best)
-    unedited = best[0]["A_mean before"][0]
-    if not any(r["A_M"][0] >= 0.5 and r["A_mean"][0] > unedited + spread for r in best):
+    scores = [r.mean("A_mean") for r in best]
+    spread = max(r.metrics["A_mean"][1] for r in best)
+    unedited = best[0].mean("A_mean before")
+    if not any(r.mean("A_M") >= 0.5 and r.mean("A_mean") > unedited + spread for r in best):
         return "untestable", (
             "no block makes half of the edits while doing better than leaving the model unedited "
             f"(A mean {100 * unedited:.0f}%), so this setting says nothing about layers."
@@ -433,20 +440,18 @@ def _layer_outcome(best: list[dict[str, Any]]) -> tuple[str, str]:
     margin = min(scores[0], scores[-1]) - max(scores[1:-1])
     if margin < 0:
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:2]
-        return "failed", f"NOT first and last (best: blocks {sorted(best[i]['layers'][0] for i in ranked)})."
+        return "failed", f"NOT first and last (best: blocks {sorted(best[i].layers[0] for i in ranked)})."
     if margin <= spread:
         return "within spread", "first and last ahead, but by less than the spread over seeds."
     return "held", "first and last blocks most effective."
 
 
-def _verdict(
-    rows: list[dict[str, Any]], pretrained: dict[str, dict[str, Any]], settings: EditingScale
-) -> str:
+def _verdict(rows: list[EditingRow], pretrained: dict[str, PretrainedModel], settings: EditingScale) -> str:
     parts = []
     for family, info in pretrained.items():
         parts.append(
-            f"{family}: recalls {100 * info['recall']:.1f}% of the {info['data']['facts']} facts before any "
-            f"edit ({100 * info['paraphrase_recall']:.1f}% through the held-out paraphrase)."
+            f"{family}: recalls {100 * info.recall:.1f}% of the {info.data.facts} facts before any "
+            f"edit ({100 * info.paraphrase_recall:.1f}% through the held-out paraphrase)."
         )
     blocks = SIZES[settings.size].layers
     outcomes: dict[str, int] = {"held": 0, "within spread": 0, "failed": 0, "untestable": 0}
@@ -462,8 +467,8 @@ def _verdict(
                     f"{family}, {edits} edits, {norm}: A mean editing one block at a time, each at its best "
                     f"δ of {', '.join(f'{d:g}' for d in deltas)} = "
                     + ", ".join(
-                        f"block {i}: {100 * r['A_mean'][0]:.0f}% (A_M {100 * r['A_M'][0]:.0f}%, "
-                        f"δ={r['delta']:g})"
+                        f"block {i}: {100 * r.mean('A_mean'):.0f}% (A_M {100 * r.mean('A_M'):.0f}%, "
+                        f"δ={r.delta:g})"
                         for i, r in enumerate(best)
                     )
                     + f" — {verdict}"
@@ -490,30 +495,197 @@ def _verdict(
         )
     for family in settings.families:
         for edits in settings.edits:
-            cell = [r for r in rows if r["family"] == family and r["edits"] == edits]
-            by_label = {r["label"]: r for r in cell}
-            constrained = [r for r in cell if r["norm"]]
+            cell = [r for r in rows if r.family == family and r.edits == edits]
+            by_label = {r.label: r for r in cell}
+            constrained = [r for r in cell if r.norm]
             if "ft" not in by_label or not constrained:
                 continue
             line = f"{family}, {edits} edits: " + "; ".join(
-                f"{label} keeps A_F\\S {100 * r[KEPT][0]:.0f}% at A_M {100 * r['A_M'][0]:.0f}%"
+                f"{label} keeps A_F\\S {100 * r.mean(KEPT):.0f}% at A_M {100 * r.mean('A_M'):.0f}%"
                 for label, r in by_label.items()
                 if label in ("ft", "ft+support")
             )
-            working = [r for r in constrained if r["A_M"][0] >= 0.5]
+            working = [r for r in constrained if r.mean("A_M") >= 0.5]
             if working:
-                best = max(working, key=lambda r: r["A_mean"][0])
+                best = max(working, key=lambda r: r.mean("A_mean"))
                 line += (
-                    f"; the best constrained setting that makes at least half of the edits ({best['label']}) "
-                    f"keeps {100 * best[KEPT][0]:.0f}% at A_M {100 * best['A_M'][0]:.0f}%"
+                    f"; the best constrained setting that makes at least half of the edits ({best.label}) "
+                    f"keeps {100 * best.mean(KEPT):.0f}% at A_M {100 * best.mean('A_M'):.0f}%"
                 )
             else:
-                top = max(constrained, key=lambda r: r["A_M"][0])
+                top = max(constrained, key=lambda r: r.mean("A_M"))
                 line += (
-                    f"; no constrained setting makes half of the edits (most: {top['label']}, "
-                    f"A_M {100 * top['A_M'][0]:.0f}%)"
+                    f"; no constrained setting makes half of the edits (most: {top.label}, "
+                    f"A_M {100 * top.mean('A_M'):.0f}%)"
                 )
-            parts.append(line + f" (A_F\\S before: {100 * cell[0][KEPT + ' before'][0]:.0f}%).")
+            parts.append(line + f" (A_F\\S before: {100 * cell[0].mean(KEPT + ' before'):.0f}%).")
     seeds = len(settings.seeds)
     parts.append(f"Mean over {seeds} seed(s) of edit requests; each family is pretrained once.")
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class PretrainedModel:
+    """A model pretrained by the study on wiki text and the facts, and what it knows before any edit."""
+
+    family: str
+    objective: str
+    model_path: str
+    data: FactDataInfo
+    validation_loss: float
+    recall: float
+    recall_by_relation: dict[str, float]
+    paraphrase_recall: float
+    unprobeable: int
+    train_seconds: float
+    steps: int
+
+
+@dataclass
+class EditingRow:
+    """One method on one (family, edits) cell: every metric ``(mean, std)`` over seeds.
+
+    ``metrics`` holds each metric of :func:`~palimpsest.editing.metrics.edit_metrics` after the
+    edit and, as "<metric> before", before it; in results.json they sit beside the row's fields.
+    """
+
+    FLAT_MAPPING: ClassVar[str] = "metrics"
+
+    family: str
+    edits: int
+    label: str
+    method: str
+    layers: str | list[int | float]
+    norm: str | None
+    delta: float | None
+    steps: tuple[float, float]
+    seconds: tuple[float, float]
+    metrics: dict[str, tuple[float, float]]
+    #: seeds averaged over (study on small models), or draws and the edit mode (real-model study)
+    seeds: int | None = None
+    sequential: bool = False
+    draws: int | None = None
+
+    def mean(self, metric: str) -> float:
+        """The mean over seeds (or draws) of one metric."""
+        return self.metrics[metric][0]
+
+
+@dataclass
+class EditingSummary:
+    rows: list[EditingRow]
+    verdict: str
+
+
+@dataclass
+class EditingStudyResults(Results):
+    """The study's results.json: settings, the pretrained models, every edit's record, the summary."""
+
+    KIND: ClassVar[str] = "editing-study"
+
+    scale: str
+    settings: EditingScale
+    pretrained: dict[str, PretrainedModel]
+    #: one record per (family, edits, seed, method): before/after metrics, steps, seconds
+    runs: list[dict[str, Any]]
+    summary: EditingSummary
+    machine: dict[str, Any]
+
+    def headline(self) -> str:
+        return self.summary.verdict
+
+    @classmethod
+    def report_section(cls, studies: Sequence[EditingStudyResults], plots_dir: Path) -> Section:
+        section = Section("Rewrite: modifying facts while keeping the rest (Zhu et al. 2020)")
+        for study in studies:
+            section.blocks += _study_blocks(study, plots_dir)
+        return section
+
+
+def _study_blocks(study: EditingStudyResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings, summary = study.settings, study.summary
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': per family a {settings.size} model pretrained from scratch "
+        f"on {settings.corpus} mixed with the facts "
+        f"({', '.join(settings.fact_sets)}; four templates each, every subject's held-out paraphrase "
+        "left out). Then, per seed, counterfactual edits (a new object of the same relation) made by "
+        "every method on the same requests and undone exactly before the next. A_M: exact match of the "
+        "whole new object; A_F\\S: exact match on the unmodified facts (support facts excluded); "
+        "paraphrase: A_M through the held-out template; efficacy / neighbourhood: P(new) > P(old) on the "
+        "edits / P(true) > P(new) on the unmodified facts. Mean ± std over "
+        f"{len(settings.seeds)} seed(s); 'before' is the model before any edit."
+    ]
+    blocks.append(
+        Table(
+            [
+                "model",
+                "pretraining updates",
+                "facts known (recall)",
+                "held-out paraphrase recall %",
+                "validation loss",
+            ],
+            [
+                [
+                    f,
+                    p.steps,
+                    f"{100 * p.recall:.1f}% of {p.data.facts}",
+                    100 * p.paraphrase_recall,
+                    p.validation_loss,
+                ]
+                for f, p in study.pretrained.items()
+            ],
+        )
+    )
+    rows = [
+        [
+            r.family, r.edits, r.label, pm(r.metrics["A_M"]), pm(r.metrics[KEPT]),
+            pm(r.metrics[KEPT + " before"]),
+            pm(r.metrics["A_mean"]), pm(r.metrics["paraphrase"]), pm(r.metrics["efficacy"]),
+            pm(r.metrics["neighbourhood"]), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.2f}",
+        ]
+        for r in summary.rows
+    ]  # fmt: skip
+    headers = [
+        "model", "edits", "method", "A_M", "A_F\\S", "A_F\\S before", "A mean", "paraphrase", "efficacy",
+        "neighbourhood", "steps", "seconds",
+    ]  # fmt: skip
+    blocks.append(Table(headers, rows))
+    blocks.append(summary.verdict)
+    for family in settings.families:
+        for edits in settings.edits:
+            cell = [r for r in summary.rows if r.family == family and r.edits == edits]
+            if not cell:
+                continue
+            path = plot_points(
+                {r.label: (r.mean(KEPT), r.mean("A_M")) for r in cell},
+                plots_dir / f"editing-frontier-{family}-{edits}.png",
+                title=f"{family}, {edits} edits: edit success vs facts kept",
+                xlabel="A_F\\S (unmodified facts still right)",
+                ylabel="A_M (edits that took)",
+                reference_x=cell[0].metrics[KEPT + " before"][0],
+            )
+            blocks.append(Figure(path, f"{family}, {edits} edits: the trade-off, one point per method"))
+            single = sorted(
+                (r for r in cell if isinstance(r.layers, list) and len(r.layers) == 1),
+                key=lambda r: (r.norm, r.delta, r.layers[0]),
+            )
+            for metric, name in (("A_M", "A_M"), ("A_mean", "A mean")):
+                if not single:
+                    break
+                groups: dict[str, dict[str, tuple[float, float]]] = {}
+                for r in single:
+                    bound = f"{r.norm} δ={r.delta:g}"
+                    groups.setdefault(f"block {r.layers[0]}", {})[bound] = tuple(r.metrics[metric])
+                path = plot_bars(
+                    groups,
+                    plots_dir / f"editing-layers-{metric}-{family}-{edits}.png",
+                    title=f"{family}, {edits} edits: editing one block at a time",
+                    ylabel=name,
+                )
+                blocks.append(
+                    Figure(path, f"Per-layer effectiveness, {name} (constrained, FFN of one block)")
+                )
+    return blocks

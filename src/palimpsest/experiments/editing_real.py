@@ -26,19 +26,20 @@ known: the numbers mean nothing, the plumbing is tested).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
+from palimpsest.config import from_dict, to_dict
 from palimpsest.data import causal_eval_set, encode_blocks, load_corpus, load_tokenizer, split_corpus
 from palimpsest.data.facts import Fact, builtin_facts
 from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
@@ -46,9 +47,13 @@ from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
 from palimpsest.experiments.common import mean_std
+from palimpsest.experiments.editing import EditingRow, EditingSummary, _layer_outcome, best_single_blocks
 from palimpsest.models import build_smollm2_like, load_pretrained, resolve_pretrained, transformer_blocks
+from palimpsest.plotting import plot_bars, plot_points
 from palimpsest.recall import fact_recall
-from palimpsest.storage import machine_info, save_model, write_json
+from palimpsest.report import Figure, Section, Table, pm
+from palimpsest.results import Results
+from palimpsest.storage import machine_info, resumable, save_model
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)
@@ -220,7 +225,7 @@ def _perplexity_set(tokenizer, scale: RealEditingScale):
     return causal_eval_set(blocks.select(range(min(scale.perplexity_blocks, len(blocks)))))
 
 
-def knowledge(model, tokenizer, scale: RealEditingScale) -> tuple[dict[str, Any], list[Fact]]:
+def knowledge(model, tokenizer, scale: RealEditingScale) -> tuple[dict[str, Knowledge], list[Fact]]:
     """Recall per relation, and the facts of ``edit_sets`` the study may edit."""
     per_set, editable = {}, []
     for name in dict.fromkeys((*scale.knowledge_sets, *scale.edit_sets)):
@@ -228,7 +233,7 @@ def knowledge(model, tokenizer, scale: RealEditingScale) -> tuple[dict[str, Any]
         recall = fact_recall(model, tokenizer, facts)
         probed = [f for f in facts if _probeable(tokenizer, f)]
         known = [f for f, hit in zip(probed, recall.recalled, strict=True) if hit]
-        per_set[name] = {"facts": len(facts), "known": len(known), "recall": recall.accuracy}
+        per_set[name] = Knowledge(facts=len(facts), known=len(known), recall=recall.accuracy)
         if name in scale.edit_sets:
             editable += known if scale.known_only else probed
     return per_set, editable
@@ -261,9 +266,20 @@ def _measure(model, tokenizer, requests, kept, perplexity_set, scale) -> dict[st
 
 
 def _run_unit(
-    model, tokenizer, facts, grid, requests_sets, perplexity_set, scale, *, sequential: bool
-) -> list[dict[str, Any]]:
+    model,
+    tokenizer,
+    facts,
+    grid,
+    requests_sets,
+    perplexity_set,
+    scale,
+    *,
+    size: int,
+    sequential: bool,
+    seed: int,
+) -> RealEditUnit:
     """Every method on each request set of one unit; undone exactly after each."""
+    started = time.perf_counter()
     runs = []
     for draw, (requests, kept, support) in enumerate(requests_sets):
         before = _measure(model, tokenizer, requests, kept, perplexity_set, scale)
@@ -280,36 +296,39 @@ def _run_unit(
             after = _measure(model, tokenizer, requests, kept, perplexity_set, scale)
             editor.undo()
             runs.append(
-                {
-                    "draw": draw, "label": label, "method": label.split(" ")[0], "layers": config.layers,
-                    "norm": config.norm, "delta": config.delta if config.norm else None,
-                    "before": {k: v for k, v in before.items() if k != "texts"},
-                    "after": {k: v for k, v in after.items() if k != "texts"},
-                    "examples": _examples(before["texts"], after["texts"]),
-                    "steps": result.steps, "seconds": seconds, "edited_parameters": result.edited_parameters,
-                }
+                EditRun(
+                    draw=draw, label=label, method=label.split(" ")[0], layers=config.layers,
+                    norm=config.norm, delta=config.delta if config.norm else None,
+                    before={k: v for k, v in before.items() if k != "texts"},
+                    after={k: v for k, v in after.items() if k != "texts"},
+                    examples=_examples(before["texts"], after["texts"]),
+                    steps=result.steps, seconds=seconds, edited_parameters=result.edited_parameters,
+                    size=size, sequential=sequential, seed=seed,
+                )
             )  # fmt: skip
             logger.info("%s: A_M %.2f, A_F\\S %.2f", label, after["A_M"], after[KEPT])
-    return runs
+    logger.info("unit of %d edit(s), seed %d done in %.0f s", size, seed, time.perf_counter() - started)
+    return RealEditUnit(runs)
 
 
-def _examples(before: dict[str, Any], after: dict[str, Any], count: int = 2) -> dict[str, Any]:
+def _examples(before: dict[str, Any], after: dict[str, Any], count: int = 2) -> Examples:
     """A few continuations before and after an edit, of edited and of kept prompts."""
-    return {
-        "before": before["edits"][:count], "after": after["edits"][:count],
-        "kept_before": before["kept"][:count], "kept_after": after["kept"][:count],
-    }  # fmt: skip
+    return from_dict(
+        Examples,
+        {
+            "before": before["edits"][:count], "after": after["edits"][:count],
+            "kept_before": before["kept"][:count], "kept_after": after["kept"][:count],
+        },
+    )  # fmt: skip
 
 
 def _unit_key(scale: RealEditingScale, grid: list[tuple[str, EditConfig]]) -> Any:
     """What a saved unit depends on: the model, the draws and the methods (not the other units)."""
-    from palimpsest.config import to_dict
-
     draws = ("model", "edit_sets", "known_only", "singles", "kept", "support", "perplexity_blocks",
              "block_size", "generation_tokens")  # fmt: skip
     document = {name: getattr(scale, name) for name in draws}
     document["grid"] = [[label, to_dict(config)] for label, config in grid]
-    return json.loads(json.dumps(document))
+    return document
 
 
 def run_real_editing_study(
@@ -318,8 +337,8 @@ def run_real_editing_study(
     scale_name: str = "custom",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
-) -> dict[str, Any]:
-    """Run (or resume: every unit is saved as it finishes) the study into ``out``."""
+) -> RealEditingResults:
+    """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = _model_and_tokenizer(scale, out)
@@ -332,45 +351,36 @@ def run_real_editing_study(
         )
     perplexity_set = _perplexity_set(tokenizer, scale)
     blocks = len(transformer_blocks(model)[1])
-    settings = json.loads(json.dumps(asdict(scale)))
-    runs: list[dict[str, Any]] = []
+    runs: list[EditRun] = []
     units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]
     for size, sequential in units:
         seeds = scale.sequential_seeds if sequential and scale.sequential_seeds is not None else scale.seeds
         for seed in seeds:
             grid = method_grid(scale, blocks, size, sequential, seed)
             name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
-            path = out / "units" / f"{name}.json"
-            key = _unit_key(scale, grid)
-            if path.is_file():
-                saved = json.loads(path.read_text(encoding="utf-8"))
-                if saved.get("key") == key:
-                    runs += saved["runs"]
-                    continue
             draws = scale.singles if size == 1 else 1
             request_sets = [_draw(facts, size, seed * 100 + i, scale) for i in range(draws)]
-            started = time.perf_counter()
-            unit_runs = _run_unit(
-                model, tokenizer, facts, grid, request_sets, perplexity_set, scale, sequential=sequential
-            )
-            for run in unit_runs:
-                run.update(size=size, sequential=sequential, seed=seed)
-            write_json(path, {"key": key, "runs": unit_runs})
-            logger.info("unit %s done in %.0f s", name, time.perf_counter() - started)
-            runs += json.loads(json.dumps(unit_runs))
-    results = {
-        "kind": "editing-real",
-        "scale": scale_name,
-        "settings": settings,
-        "model": scale.model or "random SmolLM2-shaped model",
-        "blocks": blocks,
-        "knowledge": known,
-        "editable_facts": len(facts),
-        "runs": runs,
-        "summary": summarise(runs, known, blocks, scale),
-        "machine": machine_info(),
-    }
-    write_json(out / "results.json", results)
+            unit = resumable(
+                out / "units" / f"{name}.json", _unit_key(scale, grid),
+                partial(
+                    _run_unit, model, tokenizer, facts, grid, request_sets, perplexity_set, scale,
+                    size=size, sequential=sequential, seed=seed,
+                ),
+                kind=RealEditUnit,
+            )  # fmt: skip
+            runs += unit.runs
+    results = RealEditingResults(
+        scale=scale_name,
+        settings=scale,
+        model=scale.model or "random SmolLM2-shaped model",
+        blocks=blocks,
+        knowledge=known,
+        editable_facts=len(facts),
+        runs=runs,
+        summary=summarise(runs, known, blocks, scale),
+        machine=machine_info(),
+    )
+    results.write(out / "results.json")
     return results
 
 
@@ -380,51 +390,55 @@ METRICS = (
 )  # fmt: skip
 
 
-def summarise(runs: Sequence[dict[str, Any]], known, blocks: int, scale: RealEditingScale) -> dict[str, Any]:
+def summarise(
+    runs: Sequence[EditRun], known: dict[str, Knowledge], blocks: int, scale: RealEditingScale
+) -> EditingSummary:
     """Per (size, mode, label): mean ± std over every draw of every metric, and the verdicts."""
-    cells: dict[tuple[int, bool, str], list[dict[str, Any]]] = {}
+    cells: dict[tuple[int, bool, str], list[EditRun]] = {}
     for run in runs:
-        cells.setdefault((run["size"], run["sequential"], run["label"]), []).append(run)
+        cells.setdefault((run.size, run.sequential, run.label), []).append(run)
     rows = []
     for (size, sequential, label), group in cells.items():
         first = group[0]
-        row: dict[str, Any] = {
-            "family": "sequential" if sequential else "batch", "edits": size, "sequential": sequential,
-            "label": label, "method": first["method"], "layers": first["layers"], "norm": first["norm"],
-            "delta": first["delta"], "draws": len(group),
-        }  # fmt: skip
+        metrics: dict[str, tuple[float, float]] = {}
         for metric in METRICS:
-            row[metric] = mean_std([r["after"].get(metric) for r in group])
-            row[f"{metric} before"] = mean_std([r["before"].get(metric) for r in group])
-        row["steps"] = mean_std([r["steps"] for r in group])
-        # the median: robust to a draw slowed by other work on the machine
-        row["seconds"] = (statistics.median(r["seconds"] for r in group), 0.0)
-        rows.append(row)
-    return {"rows": rows, "verdict": _verdict(rows, known, blocks, scale)}
+            metrics[metric] = mean_std([r.after.get(metric) for r in group])
+            metrics[f"{metric} before"] = mean_std([r.before.get(metric) for r in group])
+        rows.append(
+            EditingRow(
+                family="sequential" if sequential else "batch", edits=size, label=label, method=first.method,
+                layers=first.layers, norm=first.norm, delta=first.delta,
+                steps=mean_std([r.steps for r in group]),
+                # the median: robust to a draw slowed by other work on the machine
+                seconds=(statistics.median(r.seconds for r in group), 0.0),
+                metrics=metrics, sequential=sequential, draws=len(group),
+            )
+        )  # fmt: skip
+    return EditingSummary(rows=rows, verdict=_verdict(rows, known, blocks, scale))
 
 
-def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
-    from palimpsest.experiments.editing import _layer_outcome, best_single_blocks
-
+def _verdict(
+    rows: list[EditingRow], known: dict[str, Knowledge], blocks: int, scale: RealEditingScale
+) -> str:
     parts = [
         "The model recalls "
-        + ", ".join(f"{v['known']} of {v['facts']} {name}" for name, v in known.items())
+        + ", ".join(f"{v.known} of {v.facts} {name}" for name, v in known.items())
         + " (exact match)."
     ]
     for size in scale.sizes:
-        cell = {r["label"]: r for r in rows if r["edits"] == size and not r["sequential"]}
+        cell = {r.label: r for r in rows if r.edits == size and not r.sequential}
         if not cell:
             continue
         named = [
-            f"{label} A_M {100 * r['A_M'][0]:.0f}% / A_F\\S {100 * r[KEPT][0]:.0f}% / generation "
-            f"{100 * r['generation'][0]:.0f}% / perplexity {r['perplexity'][0]:.1f}"
+            f"{label} A_M {100 * r.mean('A_M'):.0f}% / A_F\\S {100 * r.mean(KEPT):.0f}% / generation "
+            f"{100 * r.mean('generation'):.0f}% / perplexity {r.mean('perplexity'):.1f}"
             for label, r in cell.items()
             if len(label.split(" ")) == 1
         ]
         first = next(iter(cell.values()))
         parts.append(
-            f"{size} edit(s) at once (A_F\\S before {100 * first[KEPT + ' before'][0]:.0f}%, "
-            f"perplexity before {first['perplexity before'][0]:.1f}): " + "; ".join(named) + "."
+            f"{size} edit(s) at once (A_F\\S before {100 * first.mean(KEPT + ' before'):.0f}%, "
+            f"perplexity before {first.mean('perplexity before'):.1f}): " + "; ".join(named) + "."
         )
         if size in scale.depth_sizes:
             default = EditConfig()
@@ -435,34 +449,35 @@ def _verdict(rows, known, blocks: int, scale: RealEditingScale) -> str:
                 best = best_single_blocks(rows, "batch", size, norm, deltas)
                 if len(best) >= 3:
                     outcome, sentence = _layer_outcome(best)
-                    tops = sorted(best, key=lambda r: -r["A_mean"][0])[:3]
+                    tops = sorted(best, key=lambda r: -r.mean("A_mean"))[:3]
                     parts.append(
                         f"{size} edit(s), {name}, one block's MLP at a time (best A mean: "
-                        + ", ".join(f"block {r['layers'][0]} {100 * r['A_mean'][0]:.0f}%" for r in tops)
-                        + f"; first {100 * best[0]['A_mean'][0]:.0f}%, "
-                        + f"last {100 * best[-1]['A_mean'][0]:.0f}%): "
+                        + ", ".join(f"block {r.layers[0]} {100 * r.mean('A_mean'):.0f}%" for r in tops)
+                        + f"; first {100 * best[0].mean('A_mean'):.0f}%, "
+                        + f"last {100 * best[-1].mean('A_mean'):.0f}%): "
                         + f"'first and last most effective' — {outcome}: {sentence}"
                     )
     for size in scale.sequential:
-        cell = [r for r in rows if r["edits"] == size and r["sequential"]]
+        cell = [r for r in rows if r.edits == size and r.sequential]
         if cell:
             parts.append(
                 f"{size} edits one after another: "
                 + "; ".join(
-                    f"{r['label']} A_M {100 * r['A_M'][0]:.0f}% / A_F\\S {100 * r[KEPT][0]:.0f}% / "
-                    f"perplexity {r['perplexity'][0]:.1f}"
+                    f"{r.label} A_M {100 * r.mean('A_M'):.0f}% / A_F\\S {100 * r.mean(KEPT):.0f}% / "
+                    f"perplexity {r.mean('perplexity'):.1f}"
                     for r in cell
                 )
                 + "."
             )
-    default = [r for r in rows if r["label"] == "default" and r["edits"] == 1 and not r["sequential"]]
+    default = [r for r in rows if r.label == "default" and r.edits == 1 and not r.sequential]
     if default:
         r = default[0]
-        goal = r["A_M"][0] >= 0.99 and r[KEPT][0] >= 0.9
+        goal = r.mean("A_M") >= 0.99 and r.mean(KEPT) >= 0.9
         parts.append(
             f"Goal (single edits at A_M 100% keeping A_F\\S >= 90%) with the default editor: "
-            f"{'MET' if goal else 'NOT met'} (A_M {100 * r['A_M'][0]:.0f}%, A_F\\S {100 * r[KEPT][0]:.0f}% "
-            f"± {100 * r[KEPT][1]:.0f}, over {r['draws']} single edits)."
+            f"{'MET' if goal else 'NOT met'} (A_M {100 * r.mean('A_M'):.0f}%, "
+            f"A_F\\S {100 * r.mean(KEPT):.0f}% ± {100 * r.metrics[KEPT][1]:.0f}, "
+            f"over {r.draws} single edits)."
         )
     return " ".join(parts)
 
@@ -472,120 +487,173 @@ def _one_line(text: str) -> str:
     return text.replace("\n", " ⏎ ")
 
 
-def report_section(studies: Sequence[dict[str, Any]], plots_dir: Path):
-    """The study's own report section: knowledge, the table, anchors, verdict, examples, plots."""
-    from palimpsest.plotting import plot_bars, plot_points
-    from palimpsest.report import Figure, Section, Table, pm
+# --------------------------------------------------------------------------- results
 
-    section = Section("Rewrite on a real model: SmolLM2-135M (built in)")
-    for study in studies:
-        settings, rows = study["settings"], study["summary"]["rows"]
-        section.blocks.append(
-            f"Scale '{study['scale']}': {study['model']} ({study['blocks']} blocks), nothing trained before. "
-            f"Edits are counterfactual (another subject's object of the same relation) drawn from the "
-            f"{study['editable_facts']} facts of {', '.join(settings['edit_sets'])} it recalls; A_F\\S is "
-            f"measured on up to {settings['kept']} other recalled facts (never trained on), generation = the "
-            f"greedy continuation ({settings['generation_tokens']} tokens) names the new object, generation "
-            "kept = the kept facts' continuations still name theirs, perplexity on held-out wiki-en. "
-            f"Mean ± std over {len(settings['seeds'])} seed(s) of draws (single edits: "
-            f"{settings['singles']} per seed, each made and undone alone); seconds: the median over draws."
+
+@dataclass
+class Knowledge:
+    """How many facts of one relation the model recalls before any edit."""
+
+    facts: int
+    known: int
+    recall: float
+
+
+@dataclass
+class Continuation:
+    prompt: str
+    continuation: str
+
+
+@dataclass
+class Examples:
+    """Greedy continuations of edited and of kept prompts, before and after an edit."""
+
+    before: list[Continuation]
+    after: list[Continuation]
+    kept_before: list[Continuation]
+    kept_after: list[Continuation]
+
+
+@dataclass
+class EditRun:
+    """One method on one draw of requests: every metric before and after, and the cost."""
+
+    draw: int
+    label: str
+    method: str
+    layers: str | list[int | float]
+    norm: str | None
+    delta: float | None
+    before: dict[str, int | float]
+    after: dict[str, int | float]
+    examples: Examples
+    steps: int
+    seconds: float
+    edited_parameters: int
+    size: int
+    sequential: bool
+    seed: int
+
+
+@dataclass
+class RealEditUnit:
+    """Every method on the draws of one (size, mode, seed): the unit a resumed study skips."""
+
+    runs: list[EditRun]
+
+
+@dataclass
+class RealEditingResults(Results):
+    """The study's results.json: what the model knew, every edit's record and the summary."""
+
+    KIND: ClassVar[str] = "editing-real"
+
+    scale: str
+    settings: RealEditingScale
+    model: str
+    blocks: int
+    knowledge: dict[str, Knowledge]
+    editable_facts: int
+    runs: list[EditRun]
+    summary: EditingSummary
+    machine: dict[str, Any]
+
+    def headline(self) -> str:
+        return self.summary.verdict
+
+    @classmethod
+    def report_section(cls, studies: Sequence[RealEditingResults], plots_dir: Path) -> Section:
+        """Knowledge, the table, anchors, verdict, examples, plots."""
+        section = Section("Rewrite on a real model: SmolLM2-135M (built in)")
+        for study in studies:
+            section.blocks += _study_blocks(study, plots_dir)
+        return section
+
+
+def _study_blocks(study: RealEditingResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings, rows = study.settings, study.summary.rows
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': {study.model} ({study.blocks} blocks), nothing trained before. "
+        f"Edits are counterfactual (another subject's object of the same relation) drawn from the "
+        f"{study.editable_facts} facts of {', '.join(settings.edit_sets)} it recalls; A_F\\S is "
+        f"measured on up to {settings.kept} other recalled facts (never trained on), generation = the "
+        f"greedy continuation ({settings.generation_tokens} tokens) names the new object, generation "
+        "kept = the kept facts' continuations still name theirs, perplexity on held-out wiki-en. "
+        f"Mean ± std over {len(settings.seeds)} seed(s) of draws (single edits: "
+        f"{settings.singles} per seed, each made and undone alone); seconds: the median over draws."
+    ]
+    blocks.append(
+        Table(
+            ["relation", "facts", "recalled", "recall %"],
+            [[name, v.facts, v.known, 100 * v.recall] for name, v in study.knowledge.items()],
         )
-        section.blocks.append(
-            Table(
-                ["relation", "facts", "recalled", "recall %"],
-                [[name, v["facts"], v["known"], 100 * v["recall"]] for name, v in study["knowledge"].items()],
-            )
-        )
-        section.blocks.append(
-            Table(
-                [
-                    "edits",
-                    "mode",
-                    "method",
-                    "A_M",
-                    "A_F\\S",
-                    "A_F\\S before",
-                    "paraphrase",
-                    "generation",
-                    "generation kept",
-                    "perplexity",
-                    "perplexity before",
-                    "steps",
-                    "seconds",
-                    "draws",
-                ],
-                [
-                    [
-                        r["edits"],
-                        r["family"],
-                        r["label"],
-                        pm(r["A_M"]),
-                        pm(r[KEPT]),
-                        pm(r[KEPT + " before"]),
-                        pm(r["paraphrase"]),
-                        pm(r["generation"]),
-                        pm(r["generation_kept"]),
-                        pm(r["perplexity"], digits=2),
-                        pm(r["perplexity before"], digits=2),
-                        f"{r['steps'][0]:.0f}",
-                        f"{r['seconds'][0]:.1f}",
-                        r["draws"],
-                    ]
-                    for r in rows
-                ],
-            )
-        )
-        section.blocks.append(
-            Table(
-                ["anchor (not this model)", "edit success %", "locality / neighbourhood %"],
-                [list(anchor) for anchor in ANCHORS],
-            )
-        )
-        section.blocks.append(study["summary"]["verdict"])
-        examples = [r for r in study["runs"] if r["size"] == min(settings["sizes"]) and not r["sequential"]]
-        shown = [
-            r for r in examples if r["label"] in ("default", "ft-m") and r["seed"] == settings["seeds"][0]
+    )
+    headers = [
+        "edits", "mode", "method", "A_M", "A_F\\S", "A_F\\S before", "paraphrase", "generation",
+        "generation kept",
+        "perplexity", "perplexity before", "steps", "seconds", "draws",
+    ]  # fmt: skip
+    table = [
+        [
+            r.edits, r.family, r.label, pm(r.metrics["A_M"]), pm(r.metrics[KEPT]),
+            pm(r.metrics[KEPT + " before"]),
+            pm(r.metrics["paraphrase"]), pm(r.metrics["generation"]), pm(r.metrics["generation_kept"]),
+            pm(r.metrics["perplexity"], digits=2), pm(r.metrics["perplexity before"], digits=2),
+            f"{r.steps[0]:.0f}", f"{r.seconds[0]:.1f}", r.draws,
         ]
-        if shown:
-            lines = []
-            for run in shown[:6]:
-                for kind, (before_key, after_key) in (
-                    ("edit", ("before", "after")),
-                    ("kept", ("kept_before", "kept_after")),
-                ):
-                    for b, a in zip(run["examples"][before_key], run["examples"][after_key], strict=False):
-                        before, after = _one_line(b["continuation"]), _one_line(a["continuation"])
-                        lines.append([run["label"], kind, b["prompt"], before, after])
-            section.blocks.append(Table(["method", "prompt", "prompt text", "before", "after"], lines))
-        for size in sorted({r["edits"] for r in rows}):
-            for sequential in (False, True):
-                cell = [r for r in rows if r["edits"] == size and r["sequential"] == sequential]
-                if not cell:
-                    continue
-                mode = "sequential" if sequential else "batch"
-                path = plot_points(
-                    {r["label"]: (r[KEPT][0], r["A_M"][0]) for r in cell if " block " not in r["label"]},
-                    plots_dir / f"editing-real-frontier-{mode}-{size}.png",
-                    title=f"SmolLM2-135M, {size} edit(s) ({mode}): edits made vs facts kept",
-                    xlabel="A_F\\S (recalled facts still right)", ylabel="A_M (edits that took)",
-                    reference_x=cell[0][KEPT + " before"][0],
+        for r in rows
+    ]  # fmt: skip
+    blocks.append(Table(headers, table))
+    blocks.append(
+        Table(
+            ["anchor (not this model)", "edit success %", "locality / neighbourhood %"],
+            [list(anchor) for anchor in ANCHORS],
+        )
+    )
+    blocks.append(study.summary.verdict)
+    examples = [r for r in study.runs if r.size == min(settings.sizes) and not r.sequential]
+    shown = [r for r in examples if r.label in ("default", "ft-m") and r.seed == settings.seeds[0]]
+    if shown:
+        lines = []
+        for run in shown[:6]:
+            pairs = (
+                ("edit", run.examples.before, run.examples.after),
+                ("kept", run.examples.kept_before, run.examples.kept_after),
+            )
+            for kind, befores, afters in pairs:
+                for b, a in zip(befores, afters, strict=False):
+                    lines.append(
+                        [run.label, kind, b.prompt, _one_line(b.continuation), _one_line(a.continuation)]
+                    )
+        blocks.append(Table(["method", "prompt", "prompt text", "before", "after"], lines))
+    for size in sorted({r.edits for r in rows}):
+        for sequential in (False, True):
+            cell = [r for r in rows if r.edits == size and r.sequential == sequential]
+            if not cell:
+                continue
+            mode = "sequential" if sequential else "batch"
+            path = plot_points(
+                {r.label: (r.mean(KEPT), r.mean("A_M")) for r in cell if " block " not in r.label},
+                plots_dir / f"editing-real-frontier-{mode}-{size}.png",
+                title=f"SmolLM2-135M, {size} edit(s) ({mode}): edits made vs facts kept",
+                xlabel="A_F\\S (recalled facts still right)", ylabel="A_M (edits that took)",
+                reference_x=cell[0].metrics[KEPT + " before"][0],
+            )  # fmt: skip
+            blocks.append(
+                Figure(path, f"{size} edit(s), {mode}: one point per method (per-block runs: next plot)")
+            )
+            single = [r for r in cell if r.norm and isinstance(r.layers, list) and len(r.layers) == 1]
+            if single:
+                groups: dict[str, dict[str, tuple[float, float]]] = {}
+                for r in sorted(single, key=lambda r: r.layers[0]):
+                    groups.setdefault(str(r.layers[0]), {})[r.label.rsplit(" block", 1)[0]] = tuple(
+                        r.metrics["A_mean"]
+                    )
+                path = plot_bars(
+                    groups, plots_dir / f"editing-real-depth-{size}.png",
+                    title=f"SmolLM2-135M, {size} edit(s): one block's MLP at a time (by block)",
+                    ylabel="A mean (edits made and facts kept)",
                 )  # fmt: skip
-                section.blocks.append(
-                    Figure(path, f"{size} edit(s), {mode}: one point per method (per-block runs: next plot)")
-                )
-                single = [
-                    r for r in cell if r["norm"] and isinstance(r["layers"], list) and len(r["layers"]) == 1
-                ]
-                if single:
-                    groups: dict[str, dict[str, tuple[float, float]]] = {}
-                    for r in sorted(single, key=lambda r: r["layers"][0]):
-                        groups.setdefault(str(r["layers"][0]), {})[r["label"].rsplit(" block", 1)[0]] = tuple(
-                            r["A_mean"]
-                        )
-                    path = plot_bars(
-                        groups, plots_dir / f"editing-real-depth-{size}.png",
-                        title=f"SmolLM2-135M, {size} edit(s): one block's MLP at a time (by block)",
-                        ylabel="A mean (edits made and facts kept)",
-                    )  # fmt: skip
-                    section.blocks.append(Figure(path, f"{size} edit(s): A mean by depth"))
-    return section
+                blocks.append(Figure(path, f"{size} edit(s): A mean by depth"))
+    return blocks

@@ -29,14 +29,14 @@ which of Kim & Jung's findings reproduced, with the per-seed evidence.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 
 from palimpsest.data.facts import city_facts
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import fact_mixture, mean_std, resolve_scale
+from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
@@ -56,9 +56,12 @@ from palimpsest.memory import (
 from palimpsest.memory.inject import attach_to_ffn
 from palimpsest.memory.report import cumulative_curve, slot_mass
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained
+from palimpsest.plotting import plot_bars, plot_curves
 from palimpsest.recall import fact_recall
+from palimpsest.report import Figure, Section, Table, mean_curve, pm
+from palimpsest.results import Results
 from palimpsest.seeds import CONTINUED_DATA_SEED_OFFSET, MEMORY_SEED_OFFSET
-from palimpsest.storage import machine_info, remove_tree, write_json
+from palimpsest.storage import machine_info, remove_tree, resumable
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -221,12 +224,22 @@ class _Nothing(nn.Module):
 
 
 @dataclass
+class MemoryData(FactDataInfo):
+    """The fact mixture's record, plus what recall is measured against."""
+
+    cities: int
+    statements: int
+    #: recall of a model that answers every city with the most common country
+    majority_recall: float
+
+
+@dataclass
 class _Data:
     tokenizer: Any
     train_blocks: Any
     eval_set: Any
     facts: list
-    info: dict[str, Any]
+    info: MemoryData
 
 
 def _prepare(scale: MemoryScale, out: Path) -> _Data:
@@ -237,13 +250,12 @@ def _prepare(scale: MemoryScale, out: Path) -> _Data:
         max_documents=scale.max_documents, fact_repeats=scale.fact_repeats, vocab_size=scale.vocab_size,
         block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
     )  # fmt: skip
-    info = {
-        **mixture.info,
-        "cities": len(facts),
-        "statements": len(facts) * len(facts[0].relation.templates),
-        # recall of a model that answers every city with the most common country
-        "majority_recall": max(Counter(f.object for f in facts).values()) / len(facts),
-    }
+    info = MemoryData(
+        **asdict(mixture.info),
+        cities=len(facts),
+        statements=len(facts) * len(facts[0].relation.templates),
+        majority_recall=max(Counter(f.object for f in facts).values()) / len(facts),
+    )
     return _Data(mixture.tokenizer, mixture.train_blocks, mixture.eval_set, facts, info)
 
 
@@ -269,7 +281,8 @@ def _training(scale: MemoryScale, steps: int, seed: int, save_every: int) -> Tra
 
 def _run_unit(
     scale: MemoryScale, data: _Data, arm: str, seed: int, out: Path, callbacks: Iterable[TrainerCallback]
-) -> dict[str, Any]:
+) -> MemoryUnit:
+    """Train one arm with one seed; measure loss, recall and (with a memory) its usage."""
     unit_dir = out / f"{arm}-s{seed}"
     start_step = 0
     if arm in CONTINUED_ARMS:
@@ -307,41 +320,39 @@ def _run_unit(
     )  # fmt: skip
     final = evaluate_lm(model, data.eval_set)
     recall = fact_recall(model, data.tokenizer, data.facts)
-    unit: dict[str, Any] = {
-        "arm": arm,
-        "seed": seed,
-        "start_step": start_step,
-        "steps": result.steps,
-        "parameters": count_parameters(model),
-        "added_parameters": count_parameters(model) - base_parameters,
-        "validation_loss": final["loss"],
-        "validation_perplexity": final["perplexity"],
-        "recall": recall.accuracy,
-        "recall_facts": len(recall.recalled),
-        "unprobeable_facts": recall.unprobeable,
-        "train_seconds": result.train_seconds,
-        "tokens_per_second": result.tokens_per_second,
-        "eval_curve": [(start_step + s, v) for s, v in result.curve("eval_loss")],
-        "train_curve": [(start_step + s, v) for s, v in result.curve("loss")],
-    }
+    unit = MemoryUnit(
+        arm=arm,
+        seed=seed,
+        start_step=start_step,
+        steps=result.steps,
+        parameters=count_parameters(model),
+        added_parameters=count_parameters(model) - base_parameters,
+        validation_loss=final["loss"],
+        validation_perplexity=final["perplexity"],
+        recall=recall.accuracy,
+        recall_facts=len(recall.recalled),
+        unprobeable_facts=recall.unprobeable,
+        train_seconds=result.train_seconds,
+        tokens_per_second=result.tokens_per_second,
+        eval_curve=[(start_step + s, v) for s, v in result.curve("eval_loss")],
+        train_curve=[(start_step + s, v) for s, v in result.curve("loss")],
+    )
     if memories(model):
         batches = [
             {"input_ids": torch.tensor(data.eval_set[i : i + scale.batch_size]["input_ids"])}
             for i in range(0, min(scale.usage_blocks, len(data.eval_set)), scale.batch_size)
         ]
-        usage = memory_usage(model, batches)
-        unit["usage"] = next(iter(usage.values()))
-        unit["slot_mass_curve"] = cumulative_curve(next(iter(slot_mass(model, batches).values())), points=200)
+        unit.usage = next(iter(memory_usage(model, batches).values()))
+        unit.slot_mass_curve = cumulative_curve(next(iter(slot_mass(model, batches).values())), points=200)
         name = next(iter(memories(model)))
         history = usage_callback.history if usage_callback else []
-        unit["outdated_curve"] = [
+        unit.outdated_curve = [
             (start_step + e["step"], e[f"memory/{name}/outdated"])
             for e in history
             if f"memory/{name}/outdated" in e
         ]
-        unit["outdated"] = unit["outdated_curve"][-1][1] if unit["outdated_curve"] else math.nan
-    write_json(unit_dir / "result.json", unit)
-    return json.loads(json.dumps(unit))
+        unit.outdated = unit.outdated_curve[-1][1] if unit.outdated_curve else math.nan
+    return unit
 
 
 def run_memory_study(
@@ -349,8 +360,8 @@ def run_memory_study(
     scale: str | MemoryScale = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
-) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
+) -> MemoryStudyResults:
+    """Run (or resume: every (arm, seed) unit is stored as it finishes) the study into ``out``."""
     scale_name, settings = resolve_scale(scale, SCALES, "memory")
     unknown = [arm for arm in settings.arms if arm not in ARMS]
     if unknown:
@@ -364,29 +375,33 @@ def run_memory_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = _prepare(settings, out)
-    units: list[dict[str, Any]] = []
+    # what decides a unit besides its arm and seed (more seeds or arms reuse the units done)
+    key = {k: v for k, v in asdict(settings).items() if k not in ("arms", "seeds", "keep_models")}
+    units: list[MemoryUnit] = []
     for seed in settings.seeds:
         for arm in arms:
-            saved = out / f"{arm}-s{seed}" / "result.json"
-            unit = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
-            if unit is None:
-                unit = _run_unit(settings, data, arm, seed, out, callbacks_for(f"memory {arm} s{seed}"))
-            units.append(unit)
+            units.append(
+                resumable(
+                    out / f"{arm}-s{seed}" / "result.json", {**key, "arm": arm, "seed": seed},
+                    partial(
+                        _run_unit, settings, data, arm, seed, out, callbacks_for(f"memory {arm} s{seed}")
+                    ),
+                    kind=MemoryUnit,
+                )
+            )  # fmt: skip
     if not settings.keep_models:
         for seed in settings.seeds:
             for arm in arms:
                 remove_tree(out / f"{arm}-s{seed}" / "trainer")
-    summary = summarise(units, settings)
-    results = {
-        "kind": "memory-study",
-        "scale": scale_name,
-        "settings": asdict(settings),
-        "data": data.info,
-        "units": units,
-        "summary": summary,
-        "machine": machine_info(),
-    }
-    write_json(out / "results.json", results)
+    results = MemoryStudyResults(
+        scale=scale_name,
+        settings=settings,
+        data=data.info,
+        units=units,
+        summary=summarise(units, settings),
+        machine=machine_info(),
+    )
+    results.write(out / "results.json")
     return results
 
 
@@ -394,91 +409,89 @@ ARM_METRICS = ("validation_loss", "validation_perplexity", "recall", "train_seco
 USAGE_METRICS = ("used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99")
 
 
-def summarise(units: list[dict[str, Any]], settings: MemoryScale) -> dict[str, Any]:
+def summarise(units: list[MemoryUnit], settings: MemoryScale) -> MemoryStudySummary:
     """Per arm, mean ± std over seeds; paired comparisons; the verdict."""
-    by_arm: dict[str, list[dict[str, Any]]] = {}
+    by_arm: dict[str, list[MemoryUnit]] = {}
     for unit in units:
-        by_arm.setdefault(unit["arm"], []).append(unit)
-    table: dict[str, dict[str, Any]] = {}
+        by_arm.setdefault(unit.arm, []).append(unit)
+    table: dict[str, ArmSummary] = {}
     for arm, group in by_arm.items():
-        row: dict[str, Any] = {name: mean_std([u[name] for u in group]) for name in ARM_METRICS}
-        if "usage" in group[0]:
-            row.update({name: mean_std([u["usage"][name] for u in group]) for name in USAGE_METRICS})
-            row["outdated"] = mean_std([u["outdated"] for u in group])
-        row["seeds"] = len(group)
-        table[arm] = row
+        row: dict[str, Any] = {name: mean_std([getattr(u, name) for u in group]) for name in ARM_METRICS}
+        if group[0].usage is not None:
+            row.update({name: mean_std([u.usage[name] for u in group]) for name in USAGE_METRICS})
+            row["outdated"] = mean_std([u.outdated for u in group])
+        table[arm] = ArmSummary(**row, seeds=len(group))
     comparisons = [
         _compare(by_arm, a, b, metric, better)
-        for a, b, metric, better in (
-            ("no-ffn", "no-memory", "validation_loss", "higher"),
-            ("no-ffn", "no-memory", "recall", "lower"),
-            ("wide-ffn", "no-memory", "validation_loss", "lower"),
-            ("wide-ffn", "no-memory", "recall", "higher"),
-            ("replace-pretrained", "replace-scratch", "kl_weights", "lower"),
-            ("residual-pretrained", "residual-scratch", "kl_weights", "lower"),
-            ("replace-pretrained", "replace-scratch", "slots_90", "higher"),
-            ("residual-pretrained", "residual-scratch", "slots_90", "higher"),
-            ("replace-pretrained", "replace-scratch", "validation_loss", "lower"),
-            ("residual-pretrained", "residual-scratch", "validation_loss", "lower"),
-            ("replace-pretrained", "replace-scratch", "recall", "higher"),
-            ("residual-pretrained", "residual-scratch", "recall", "higher"),
-            ("residual-scratch", "replace-scratch", "validation_loss", "lower"),
-            ("residual-pretrained", "replace-pretrained", "validation_loss", "lower"),
-            ("residual-scratch", "replace-scratch", "recall", "higher"),
-            ("residual-pretrained", "replace-pretrained", "recall", "higher"),
-            ("residual-pretrained", "no-memory-continued", "validation_loss", "lower"),
-            ("residual-pretrained", "no-memory-continued", "recall", "higher"),
-            ("replace-pretrained", "no-memory-continued", "validation_loss", "lower"),
-            ("replace-pretrained", "no-memory-continued", "recall", "higher"),
-        )
+        for a, b, metric, better in COMPARISONS
         if a in by_arm and b in by_arm
     ]
-    return {"arms": table, "comparisons": comparisons, "verdict": _verdict(comparisons, settings)}
+    return MemoryStudySummary(arms=table, comparisons=comparisons, verdict=_verdict(comparisons, settings))
 
 
-def _value(unit: dict[str, Any], metric: str) -> float:
-    return unit["usage"][metric] if metric in USAGE_METRICS else unit[metric]
+#: ``(a, b, metric, expected)``: arm a against arm b, paired by seed; what the papers lead one to expect.
+COMPARISONS = (
+    ("no-ffn", "no-memory", "validation_loss", "higher"),
+    ("no-ffn", "no-memory", "recall", "lower"),
+    ("wide-ffn", "no-memory", "validation_loss", "lower"),
+    ("wide-ffn", "no-memory", "recall", "higher"),
+    ("replace-pretrained", "replace-scratch", "kl_weights", "lower"),
+    ("residual-pretrained", "residual-scratch", "kl_weights", "lower"),
+    ("replace-pretrained", "replace-scratch", "slots_90", "higher"),
+    ("residual-pretrained", "residual-scratch", "slots_90", "higher"),
+    ("replace-pretrained", "replace-scratch", "validation_loss", "lower"),
+    ("residual-pretrained", "residual-scratch", "validation_loss", "lower"),
+    ("replace-pretrained", "replace-scratch", "recall", "higher"),
+    ("residual-pretrained", "residual-scratch", "recall", "higher"),
+    ("residual-scratch", "replace-scratch", "validation_loss", "lower"),
+    ("residual-pretrained", "replace-pretrained", "validation_loss", "lower"),
+    ("residual-scratch", "replace-scratch", "recall", "higher"),
+    ("residual-pretrained", "replace-pretrained", "recall", "higher"),
+    ("residual-pretrained", "no-memory-continued", "validation_loss", "lower"),
+    ("residual-pretrained", "no-memory-continued", "recall", "higher"),
+    ("replace-pretrained", "no-memory-continued", "validation_loss", "lower"),
+    ("replace-pretrained", "no-memory-continued", "recall", "higher"),
+)
 
 
-def _compare(
-    by_arm: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str, expected: str
-) -> dict[str, Any]:
+def _value(unit: MemoryUnit, metric: str) -> float:
+    return unit.usage[metric] if metric in USAGE_METRICS and unit.usage is not None else getattr(unit, metric)
+
+
+def _compare(by_arm: dict[str, list[MemoryUnit]], a: str, b: str, metric: str, expected: str) -> Comparison:
     """``a - b`` on ``metric``, paired by seed.
 
     ``holds`` when every seed goes the expected way *and* the mean difference exceeds its
     standard deviation over seeds (so that one seed's large effect beside another's
     negligible one does not count as a consistent effect).
     """
-    seeds_b = {u["seed"]: u for u in by_arm[b]}
+    seeds_b = {u.seed: u for u in by_arm[b]}
     differences = [
-        _value(u, metric) - _value(seeds_b[u["seed"]], metric) for u in by_arm[a] if u["seed"] in seeds_b
+        _value(u, metric) - _value(seeds_b[u.seed], metric) for u in by_arm[a] if u.seed in seeds_b
     ]
     sign = 1 if expected == "higher" else -1
     mean, spread = mean_std(differences)
     holds = bool(differences) and all(sign * d > 0 for d in differences) and abs(mean) > spread
-    return {
-        "a": a, "b": b, "metric": metric, "expected": expected,
-        "difference": (mean, spread), "per_seed": differences, "holds": holds,
-    }  # fmt: skip
+    return Comparison(a, b, metric, expected, (mean, spread), differences, holds)
 
 
-def _finding(comparisons: list[dict[str, Any]], checks: list[tuple[str, str, str]]) -> str | None:
+def _finding(comparisons: list[Comparison], checks: list[tuple[str, str, str]]) -> str | None:
     """One sentence about a finding from the comparisons it rests on (None if not measured)."""
-    found = [c for c in comparisons if (c["a"], c["b"], c["metric"]) in checks]
+    found = [c for c in comparisons if (c.a, c.b, c.metric) in checks]
     if not found:
         return None
     parts = [
-        f"{c['a']} − {c['b']} {c['metric']}: {c['difference'][0]:+.4f} ± {c['difference'][1]:.4f} "
-        f"({'consistently' if c['holds'] else 'NOT consistently'} {c['expected']})"
+        f"{c.a} − {c.b} {c.metric}: {c.difference[0]:+.4f} ± {c.difference[1]:.4f} "
+        f"({'consistently' if c.holds else 'NOT consistently'} {c.expected})"
         for c in found
     ]
-    verdict = "REPRODUCED" if all(c["holds"] for c in found) else (
-        "partly reproduced" if any(c["holds"] for c in found) else "did NOT reproduce"
+    verdict = "REPRODUCED" if all(c.holds for c in found) else (
+        "partly reproduced" if any(c.holds for c in found) else "did NOT reproduce"
     )  # fmt: skip
     return f"{verdict} — " + "; ".join(parts)
 
 
-def _verdict(comparisons: list[dict[str, Any]], settings: MemoryScale) -> str:
+def _verdict(comparisons: list[Comparison], settings: MemoryScale) -> str:
     findings = {
         "Capacity check (removing block {layer}'s FFN hurts)": [
             ("no-ffn", "no-memory", "validation_loss"), ("no-ffn", "no-memory", "recall"),
@@ -525,3 +538,200 @@ def _verdict(comparisons: list[dict[str, Any]], settings: MemoryScale) -> str:
         else "One seed only: no finding here is evidence of anything beyond this run."
     )
     return " ".join(sentences)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class MemoryUnit:
+    """One arm trained with one seed: what it cost and what it measured."""
+
+    arm: str
+    seed: int
+    start_step: int
+    steps: int
+    parameters: int
+    added_parameters: int
+    validation_loss: float
+    validation_perplexity: float
+    recall: float
+    recall_facts: int
+    unprobeable_facts: int
+    train_seconds: float
+    tokens_per_second: float
+    eval_curve: list[tuple[int, float]]
+    train_curve: list[tuple[int, float]]
+    #: with a memory only: usage metrics on validation text, the cumulative slot mass and outdated slots
+    usage: dict[str, float] | None = None
+    slot_mass_curve: list[tuple[float, float]] | None = None
+    outdated_curve: list[tuple[int, float]] | None = None
+    outdated: float | None = None
+
+
+@dataclass
+class ArmSummary:
+    """One arm, ``(mean, std)`` over seeds; the usage fields only for memory arms."""
+
+    validation_loss: tuple[float, float]
+    validation_perplexity: tuple[float, float]
+    recall: tuple[float, float]
+    train_seconds: tuple[float, float]
+    parameters: tuple[float, float]
+    seeds: int
+    used: tuple[float, float] | None = None
+    kl_counts: tuple[float, float] | None = None
+    kl_weights: tuple[float, float] | None = None
+    gini: tuple[float, float] | None = None
+    slots_50: tuple[float, float] | None = None
+    slots_90: tuple[float, float] | None = None
+    slots_99: tuple[float, float] | None = None
+    outdated: tuple[float, float] | None = None
+
+
+@dataclass
+class Comparison:
+    """Arm ``a`` minus arm ``b`` on one metric, paired by seed, against the expected direction."""
+
+    a: str
+    b: str
+    metric: str
+    expected: str
+    difference: tuple[float, float]
+    per_seed: list[float]
+    holds: bool
+
+
+@dataclass
+class MemoryStudySummary:
+    arms: dict[str, ArmSummary]
+    comparisons: list[Comparison]
+    verdict: str
+
+
+@dataclass
+class MemoryStudyResults(Results):
+    """The study's results.json: settings, data, every unit and the summary."""
+
+    KIND: ClassVar[str] = "memory-study"
+
+    scale: str
+    settings: MemoryScale
+    data: MemoryData
+    units: list[MemoryUnit]
+    summary: MemoryStudySummary
+    machine: dict[str, Any]
+
+    def headline(self) -> str:
+        return self.summary.verdict
+
+    @classmethod
+    def report_section(cls, studies: Sequence[MemoryStudyResults], plots_dir: Path) -> Section:
+        section = Section(
+            "Grow: product-key memory from scratch or from a pretrained model (Kim & Jung 2020)"
+        )
+        for study in studies:
+            section.blocks += _study_blocks(study, plots_dir)
+        return section
+
+
+def _study_blocks(study: MemoryStudyResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings, data, summary = study.settings, study.data, study.summary
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': a {settings.size} {settings.family} trained "
+        f"{settings.steps} updates (batch {settings.batch_size} x {settings.block_size} tokens) "
+        f"on {settings.corpus} mixed with {data.cities:,} city facts ({data.statements:,} "
+        f"statements, {data.fact_tokens:,} of {data.train_tokens:,} training tokens). The memory "
+        f"({settings.n_keys**2:,} slots, {settings.heads} heads, k={settings.k}) sits in "
+        f"block {settings.layer}, instead of its FFN (replace) or beside it (residual); '-pretrained' "
+        f"arms start from the no-memory run at update "
+        f"{round(settings.steps * settings.pretrained_fraction)} and train the remaining updates, "
+        "so every arm makes the same number of updates. Validation loss is on held-out wiki text; "
+        "recall is the exact match of the country for every city (all its tokens, greedy); answering "
+        f"every city with the most common country scores {100 * data.majority_recall:.1f}%. Usage is "
+        f"measured on validation text; 'outdated' is the share of slots not selected in the last "
+        f"{settings.usage_window} updates at the end of training. Mean ± std over "
+        f"{len(settings.seeds)} seed(s)."
+    ]
+    arms = summary.arms
+    rows = []
+    for arm, row in arms.items():
+        usage = row.kl_weights is not None
+        rows.append(
+            [
+                arm,
+                row.parameters[0],
+                pm(row.validation_loss),
+                pm(row.recall, 100, 1),
+                pm(row.kl_weights) if usage else "–",
+                pm(row.slots_90, 100, 1) if usage else "–",
+                pm(row.gini) if usage else "–",
+                pm(row.outdated, 100, 1) if usage else "–",
+                row.train_seconds[0],
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "arm",
+                "parameters",
+                "val. loss",
+                "recall %",
+                "KL from uniform (weights)",
+                "% slots for 90% of weight",
+                "Gini",
+                "% outdated",
+                "train s",
+            ],
+            rows,
+        )
+    )
+    blocks.append(summary.verdict)
+    by_arm: dict[str, list[MemoryUnit]] = {}
+    for unit in study.units:
+        by_arm.setdefault(unit.arm, []).append(unit)
+    curves, bands = {}, {}
+    for arm, units in by_arm.items():
+        curves[arm], low, high = mean_curve([u.eval_curve for u in units])
+        bands[arm] = (low, high)
+    path = plot_curves(
+        curves,
+        plots_dir / "memory-study-validation.png",
+        title="Validation loss on wiki text (mean ± std over seeds)",
+        ylabel="cross-entropy (nats/token)",
+        bands=bands,
+    )
+    blocks.append(Figure(path, "Validation loss vs update, per arm"))
+    path = plot_bars(
+        {arm: {"recall": tuple(arms[arm].recall)} for arm in arms},
+        plots_dir / "memory-study-recall.png",
+        title="City -> country recall",
+        ylabel="exact match",
+    )
+    blocks.append(Figure(path, "Fact recall per arm (mean ± std over seeds)"))
+    memory_arms = [arm for arm, units in by_arm.items() if units[0].slot_mass_curve is not None]
+    if memory_arms:
+        path = plot_curves(
+            {arm: by_arm[arm][0].slot_mass_curve or [] for arm in memory_arms},
+            plots_dir / "memory-study-slot-usage.png",
+            title="Slot usage: cumulative weight mass (first seed)",
+            xlabel="% of slots (most used first)",
+            ylabel="% of weight mass",
+        )
+        blocks.append(
+            Figure(path, "How evenly each memory is read: the closer to the diagonal, the more even")
+        )
+        outdated = {
+            arm: mean_curve([u.outdated_curve or [] for u in by_arm[arm]])[0]
+            for arm in memory_arms
+            if by_arm[arm][0].outdated_curve
+        }
+        if outdated:
+            path = plot_curves(
+                outdated,
+                plots_dir / "memory-study-outdated.png",
+                title=f"Outdated slots (not selected in the last {settings.usage_window} updates)",
+                ylabel="share of slots",
+            )
+            blocks.append(Figure(path, "Share of outdated slots during training (mean over seeds)"))
+    return blocks

@@ -24,14 +24,14 @@ accuracy gains).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
@@ -55,9 +55,12 @@ from palimpsest.forgetting.relearning import (
     assemble,
     evaluate_classifier,
 )
-from palimpsest.pretraining import PretrainConfig, holdout_split, run_pretrain
+from palimpsest.plotting import plot_bars, plot_curves
+from palimpsest.pretraining import PretrainConfig, PretrainResults, holdout_split, run_pretrain
+from palimpsest.report import Figure, Section, Table, pm
+from palimpsest.results import Results
 from palimpsest.seeds import FORGETTING_SEED_OFFSET
-from palimpsest.storage import remove_tree, write_json
+from palimpsest.storage import remove_tree, resumable
 from palimpsest.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -323,27 +326,13 @@ def language_task(name: str, split: CorpusSplit, scale: PlasticityScale) -> Corp
     return _task_corpus(spec.task, scale.task, spec.task_split, None)
 
 
-def _as_stored(result: dict[str, Any]) -> dict[str, Any]:
-    """The result as it reads back from JSON (tuples become lists), so fresh and resumed runs agree."""
-    return json.loads(json.dumps(result, default=str))
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-
-
 def run_plasticity(
     out: str | Path,
     scale: str | PlasticityScale = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
-) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns and writes ``results.json``."""
+) -> PlasticityResults:
+    """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
     scale_name, settings = resolve_scale(scale, SCALES, "plasticity")
     for language in settings.languages:
         settings.language(language)
@@ -353,42 +342,37 @@ def run_plasticity(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = ("standard", "forgetting")
 
-    pretrain: dict[str, dict[str, Any]] = {}
-    for variant in variants:
+    pretrain: dict[str, PretrainDigest] = {}
+    for variant in VARIANTS:
         run_dir = out / f"pretrain-{variant}"
         config = _pretrain_config(settings, variant)
-        previous = _load(run_dir / "results.json")
-        if previous is not None and previous.get("config") == to_dict(config):
-            pretrain[variant] = previous
-            continue
-        results = run_pretrain(config, run_dir, callbacks=callbacks_for(f"pretrain {variant}"))
-        results["variant"] = variant
-        results["reset_every"] = settings.reset_every if variant == "forgetting" else None
-        write_json(run_dir / "results.json", results)
-        pretrain[variant] = _as_stored(results)
+        pretrain[variant] = resumable(
+            run_dir / "unit.json",
+            to_dict(config),
+            partial(_pretrain_unit, config, run_dir, callbacks_for(f"pretrain {variant}")),
+            kind=PretrainDigest,
+        )
 
     english_task = source_task(settings)
+    task_settings = TaskAdaptation(
+        max_length=settings.block_size,
+        training=TrainingConfig(
+            steps=settings.task_steps, batch_size=settings.batch_size, learning_rate=settings.task_lr,
+            eval_every=max(1, settings.task_steps), save_every=None, warmup_ratio=0.1,
+        ),
+    )  # fmt: skip
     task: dict[str, dict[str, Any]] = {}
-    for variant in variants:
+    for variant in VARIANTS:
         unit_dir = out / f"task-{variant}"
-        previous = _load(unit_dir / "result.json")
-        if previous is None:
-            task_settings = TaskAdaptation(
-                max_length=settings.block_size,
-                training=TrainingConfig(
-                    steps=settings.task_steps, batch_size=settings.batch_size, learning_rate=settings.task_lr,
-                    eval_every=max(1, settings.task_steps), save_every=None, warmup_ratio=0.1,
-                ),
-            )  # fmt: skip
-            previous = adapt_task(
-                pretrain[variant]["model"]["path"], english_task, task_settings, unit_dir,
-                label_names=settings.task.labels, callbacks=callbacks_for(f"task {variant}"),
-            )  # fmt: skip
-            remove_tree(unit_dir / "trainer")
-            write_json(unit_dir / "result.json", previous)
-        task[variant] = _as_stored(previous)
+        key = {"model": pretrain[variant].path, "task": to_dict(task_settings), "spec": asdict(settings.task)}
+        task[variant] = resumable(
+            unit_dir / "result.json", key,
+            partial(
+                _task_unit, pretrain[variant].path, english_task, task_settings, unit_dir,
+                settings.task.labels, callbacks_for(f"task {variant}"),
+            ),
+        )  # fmt: skip
 
     runs: list[dict[str, Any]] = []
     for language in settings.languages:
@@ -396,55 +380,59 @@ def run_plasticity(
         evaluation = language_task(language, split, settings)
         for budget in settings.budgets:
             for seed in settings.seeds:
-                for variant in variants:
+                for variant in VARIANTS:
                     unit_dir = out / f"adapt-{variant}-{language}-{budget}-s{seed}"
-                    result = _load(unit_dir / "result.json")
-                    if result is None:
-                        name = f"{variant} {language} {budget} s{seed}"
-                        result = _language_unit(
-                            settings, pretrain[variant], task[variant], split, evaluation, budget, seed,
-                            unit_dir, callbacks_for(name),
-                        )  # fmt: skip
+                    adaptation = _adaptation(settings, budget, seed)
+                    key = {
+                        "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
+                        "adaptation": to_dict(adaptation), "language": asdict(settings.language(language)),
+                        "max_length": settings.block_size, "keep_models": settings.keep_models,
+                    }  # fmt: skip
+                    result = resumable(
+                        unit_dir / "result.json", key,
+                        partial(
+                            _language_unit, settings, adaptation, pretrain[variant].path,
+                            task[variant]["model_path"], split, evaluation, unit_dir,
+                            callbacks_for(f"{variant} {language} {budget} s{seed}"),
+                        ),
+                    )  # fmt: skip
                     result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
                     runs.append(result)
 
-    summary = summarise(runs, task, settings)
-    results = {
-        "kind": "plasticity",
-        "scale": scale_name,
-        "settings": asdict(settings),
-        "pretrain": {v: _pretrain_digest(pretrain[v]) for v in variants},
-        "task": task,
-        "runs": runs,
-        "summary": summary,
-    }
-    write_json(out / "results.json", results)
+    results = PlasticityResults(
+        scale=scale_name,
+        settings=settings,
+        pretrain=pretrain,
+        task=task,
+        runs=runs,
+        summary=summarise(runs, task, settings),
+    )
+    results.write(out / "results.json")
     return results
 
 
-def _pretrain_digest(results: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "path": results["model"]["path"],
-        "validation_loss": results["metrics"]["validation_loss"],
-        "unigram_loss": results["metrics"]["unigram_loss"],
-        "steps": results["metrics"]["steps"],
-        "eval_curve": results["curves"]["eval_loss"],
-        "reset_every": results.get("reset_every"),
-    }
+def _pretrain_unit(
+    config: PretrainConfig, run_dir: Path, callbacks: Iterable[TrainerCallback]
+) -> PretrainDigest:
+    return PretrainDigest.of(run_pretrain(config, run_dir, callbacks=callbacks))
 
 
-def _language_unit(
-    settings: PlasticityScale,
-    pretrained: dict[str, Any],
-    task: dict[str, Any],
-    split: CorpusSplit,
-    evaluation: Corpus,
-    budget: int,
-    seed: int,
+def _task_unit(
+    model_path: str,
+    task: CorpusSplit,
+    settings: TaskAdaptation,
     unit_dir: Path,
+    labels: Sequence[str],
     callbacks: Iterable[TrainerCallback],
 ) -> dict[str, Any]:
-    adaptation = LanguageAdaptation(
+    """Train the task body and head once per variant (English, embeddings frozen)."""
+    result = adapt_task(model_path, task, settings, unit_dir, label_names=labels, callbacks=callbacks)
+    remove_tree(unit_dir / "trainer")
+    return result
+
+
+def _adaptation(settings: PlasticityScale, budget: int, seed: int) -> LanguageAdaptation:
+    return LanguageAdaptation(
         tokens=budget,
         vocab_size=settings.adapt_vocab_size,
         block_size=settings.block_size,
@@ -456,8 +444,21 @@ def _language_unit(
             warmup_ratio=0.0,
         ),
     )  # fmt: skip
-    result = adapt_language(pretrained["model"]["path"], split, adaptation, unit_dir, callbacks=callbacks)
-    assembled = assemble(task["model_path"], result["model_path"], unit_dir / "assembled")
+
+
+def _language_unit(
+    settings: PlasticityScale,
+    adaptation: LanguageAdaptation,
+    pretrained_path: str,
+    task_model_path: str,
+    split: CorpusSplit,
+    evaluation: Corpus,
+    unit_dir: Path,
+    callbacks: Iterable[TrainerCallback],
+) -> dict[str, Any]:
+    """Relearn the language's embeddings, assemble with the task body, score zero-shot."""
+    result = adapt_language(pretrained_path, split, adaptation, unit_dir, callbacks=callbacks)
+    assembled = assemble(task_model_path, result["model_path"], unit_dir / "assembled")
     zero_shot = evaluate_classifier(assembled, evaluation, max_length=settings.block_size)
     result["zero_shot_accuracy"] = zero_shot["accuracy"]
     result["zero_shot_majority"] = zero_shot["majority_baseline"]
@@ -467,8 +468,7 @@ def _language_unit(
         remove_tree(unit_dir / "model")
         remove_tree(unit_dir / "assembled")
         result["model_path"] = None
-    write_json(unit_dir / "result.json", result)
-    return _as_stored(result)
+    return result
 
 
 def first_step_at_or_below(curve: list[list[float]], threshold: float) -> int | None:
@@ -481,9 +481,9 @@ def first_step_at_or_below(curve: list[list[float]], threshold: float) -> int | 
 
 def summarise(
     runs: list[dict[str, Any]], task: dict[str, dict[str, Any]], settings: PlasticityScale
-) -> dict[str, Any]:
+) -> PlasticitySummary:
     """Per (language, budget): curves and figures as mean ± std over seeds, plus verdicts."""
-    cells: list[dict[str, Any]] = []
+    cells: list[PlasticityCell] = []
     for language in settings.languages:
         for budget in settings.budgets:
             by_variant = {
@@ -495,22 +495,22 @@ def summarise(
                     ),
                     key=lambda r: r["seed"],
                 )
-                for v in ("standard", "forgetting")
+                for v in VARIANTS
             }
             standard, forgetting = by_variant["standard"], by_variant["forgetting"]
             steps = [int(s) for s, _ in standard[0]["curve"]] if standard else []
             early_index = max(1, len(steps) // 3)
-            cell: dict[str, Any] = {"language": language, "budget": budget, "steps": steps}
+            variants = {}
             for variant, group in by_variant.items():
                 matrix = [[loss for _, loss in r["curve"]] for r in group]
                 columns = list(zip(*matrix, strict=True))
-                cell[variant] = {
-                    "curve_mean": [statistics.fmean(col) for col in columns],
-                    "curve_std": [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns],
-                    "final_loss": mean_std([r["final_loss"] for r in group]),
-                    "zero_shot_accuracy": mean_std([r["zero_shot_accuracy"] for r in group]),
-                    "majority_baseline": group[0]["zero_shot_majority"] if group else math.nan,
-                }
+                variants[variant] = VariantSummary(
+                    curve_mean=[statistics.fmean(col) for col in columns],
+                    curve_std=[statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns],
+                    final_loss=mean_std([r["final_loss"] for r in group]),
+                    zero_shot_accuracy=mean_std([r["zero_shot_accuracy"] for r in group]),
+                    majority_baseline=group[0]["zero_shot_majority"] if group else math.nan,
+                )
             # Paired over seeds: the same seed draws the same initial embeddings for both.
             pairs = list(zip(standard, forgetting, strict=True))
             early_gaps = [s["curve"][early_index][1] - f["curve"][early_index][1] for s, f in pairs]
@@ -518,44 +518,47 @@ def summarise(
             # Threshold: the standard model's last point of its own curve (the same metric).
             to_threshold = [first_step_at_or_below(f["curve"], s["curve"][-1][1]) for s, f in pairs]
             standard_steps = [first_step_at_or_below(s["curve"], s["curve"][-1][1]) for s in standard]
-            cell["early_step"] = steps[early_index] if steps else None
-            cell["early_gap"] = mean_std(early_gaps)
-            cell["early_gap_positive_seeds"] = sum(gap > 0 for gap in early_gaps)
-            cell["final_gap"] = mean_std(final_gaps)
-            cell["steps_to_standard_final"] = {
-                "forgetting": to_threshold,
-                "standard": standard_steps,
-            }
-            acc_s = cell["standard"]["zero_shot_accuracy"][0]
-            acc_f = cell["forgetting"]["zero_shot_accuracy"][0]
-            cell["relative_gain"] = (acc_f - acc_s) / acc_s if acc_s and not math.isnan(acc_s) else math.nan
-            cells.append(cell)
+            acc_s = variants["standard"].zero_shot_accuracy[0]
+            acc_f = variants["forgetting"].zero_shot_accuracy[0]
+            cells.append(
+                PlasticityCell(
+                    language=language,
+                    budget=budget,
+                    steps=steps,
+                    standard=variants["standard"],
+                    forgetting=variants["forgetting"],
+                    early_step=steps[early_index] if steps else None,
+                    early_gap=mean_std(early_gaps),
+                    early_gap_positive_seeds=sum(gap > 0 for gap in early_gaps),
+                    final_gap=mean_std(final_gaps),
+                    steps_to_standard_final={"forgetting": to_threshold, "standard": standard_steps},
+                    relative_gain=(acc_f - acc_s) / acc_s if acc_s and not math.isnan(acc_s) else math.nan,
+                )
+            )
     gains_by_budget = {
-        budget: mean_std([c["relative_gain"] for c in cells if c["budget"] == budget])
+        budget: mean_std([c.relative_gain for c in cells if c.budget == budget])
         for budget in settings.budgets
     }
-    faster = sum(
-        c["early_gap"][0] > 0 and c["early_gap_positive_seeds"] == len(settings.seeds) for c in cells
+    faster = sum(c.early_gap[0] > 0 and c.early_gap_positive_seeds == len(settings.seeds) for c in cells)
+    return PlasticitySummary(
+        cells=cells,
+        relative_gain_by_budget={str(b): g for b, g in gains_by_budget.items()},
+        english_task_accuracy={v: task[v]["accuracy"] for v in task},
+        cells_forgetting_lower_early_all_seeds=faster,
+        verdict=_verdict(cells, gains_by_budget, settings),
     )
-    return {
-        "cells": cells,
-        "relative_gain_by_budget": {str(b): g for b, g in gains_by_budget.items()},
-        "english_task_accuracy": {v: task[v]["accuracy"] for v in task},
-        "cells_forgetting_lower_early_all_seeds": faster,
-        "verdict": _verdict(cells, gains_by_budget, settings),
-    }
 
 
 def _verdict(
-    cells: list[dict[str, Any]], gains: dict[int, tuple[float, float]], settings: PlasticityScale
+    cells: list[PlasticityCell], gains: dict[int, tuple[float, float]], settings: PlasticityScale
 ) -> str:
     seeds = len(settings.seeds)
     early = [
-        f"{c['language']}@{c['budget']:,}: {c['early_gap'][0]:+.3f} ± {c['early_gap'][1]:.3f} nats at step "
-        f"{c['early_step']} ({c['early_gap_positive_seeds']}/{seeds} seeds favour forgetting)"
+        f"{c.language}@{c.budget:,}: {c.early_gap[0]:+.3f} ± {c.early_gap[1]:.3f} nats at step "
+        f"{c.early_step} ({c.early_gap_positive_seeds}/{seeds} seeds favour forgetting)"
         for c in cells
     ]
-    consistent = [c for c in cells if c["early_gap_positive_seeds"] == seeds and c["early_gap"][0] > 0]
+    consistent = [c for c in cells if c.early_gap_positive_seeds == seeds and c.early_gap[0] > 0]
     parts = [
         "Early relearning (standard minus forgetting validation loss; positive favours forgetting): "
         + "; ".join(early)
@@ -574,10 +577,10 @@ def _verdict(
             f"(± {100 * std:.1f} across languages)."
         )
     useless = [
-        c["language"] + f"@{c['budget']:,}"
+        c.language + f"@{c.budget:,}"
         for c in cells
-        if max(c["standard"]["zero_shot_accuracy"][0], c["forgetting"]["zero_shot_accuracy"][0])
-        <= c["standard"]["majority_baseline"] + 0.02
+        if max(c.standard.zero_shot_accuracy[0], c.forgetting.zero_shot_accuracy[0])
+        <= c.standard.majority_baseline + 0.02
     ]
     if useless:
         parts.append(
@@ -586,3 +589,196 @@ def _verdict(
             "is not evidence either way."
         )
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- results
+
+VARIANTS = ("standard", "forgetting")
+
+
+@dataclass
+class PretrainDigest:
+    """What the study keeps of one variant's pretraining run."""
+
+    path: str
+    validation_loss: float
+    unigram_loss: float
+    steps: int
+    eval_curve: list[tuple[int, float]]
+    reset_every: int | None
+
+    @classmethod
+    def of(cls, run: PretrainResults) -> PretrainDigest:
+        forgetting = run.config.extensions.get("forgetting")
+        return cls(
+            path=run.model.path,
+            validation_loss=run.metrics.validation_loss,
+            unigram_loss=run.metrics.unigram_loss,
+            steps=run.metrics.steps,
+            eval_curve=run.curves.eval_loss,
+            reset_every=forgetting.reset_every if forgetting is not None else None,
+        )
+
+
+@dataclass
+class VariantSummary:
+    """One variant in one (language, budget) cell, over seeds."""
+
+    curve_mean: list[float]
+    curve_std: list[float]
+    final_loss: tuple[float, float]
+    zero_shot_accuracy: tuple[float, float]
+    majority_baseline: float
+
+
+@dataclass
+class PlasticityCell:
+    """Standard beside forgetting for one language and token budget."""
+
+    language: str
+    budget: int
+    steps: list[int]
+    standard: VariantSummary
+    forgetting: VariantSummary
+    early_step: int | None
+    early_gap: tuple[float, float]
+    early_gap_positive_seeds: int
+    final_gap: tuple[float, float]
+    steps_to_standard_final: dict[str, list[int | None]]
+    relative_gain: float
+
+
+@dataclass
+class PlasticitySummary:
+    cells: list[PlasticityCell]
+    relative_gain_by_budget: dict[str, tuple[float, float]]
+    english_task_accuracy: dict[str, float]
+    cells_forgetting_lower_early_all_seeds: int
+    verdict: str
+
+
+@dataclass
+class PlasticityResults(Results):
+    """The study's results.json: settings, each unit's record and the summary."""
+
+    KIND: ClassVar[str] = "plasticity"
+
+    scale: str
+    settings: PlasticityScale
+    pretrain: dict[str, PretrainDigest]
+    #: task adaptation per variant (:func:`~palimpsest.forgetting.relearning.adapt_task`'s record)
+    task: dict[str, dict[str, Any]]
+    #: one record per language-adaptation unit (:func:`~palimpsest.forgetting.relearning.adapt_language`'s
+    #: plus zero-shot accuracy, variant, language, budget and seed)
+    runs: list[dict[str, Any]]
+    summary: PlasticitySummary
+
+    def headline(self) -> str:
+        return self.summary.verdict
+
+    @classmethod
+    def report_section(cls, studies: Sequence[PlasticityResults], plots_dir: Path) -> Section:
+        section = Section("Forget: active forgetting and relearning (Chen et al. 2023)")
+        for study in studies:
+            section.blocks += _study_blocks(study, plots_dir)
+        return section
+
+
+def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings, summary = study.settings, study.summary
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': a {settings.size} {settings.family} pretrained "
+        f"{settings.pretrain_steps} steps on {settings.corpus} twice — standard, and with the "
+        f"token embeddings reset every {settings.reset_every} updates. Then, per new language, "
+        f"token budget and seed ({len(settings.seeds)} seeds), only the embeddings are relearned "
+        f"for {settings.adapt_steps} steps (body frozen), and the assembled model classifies "
+        "topics zero-shot (task head trained on English with embeddings frozen). Spread is over "
+        "language-adaptation seeds; "
+        "each variant is pretrained once."
+    ]
+    blocks.append(
+        Table(
+            ["pretraining", "English val. loss", "unigram loss", "English topic acc. (task step)"],
+            [
+                [
+                    v,
+                    study.pretrain[v].validation_loss,
+                    study.pretrain[v].unigram_loss,
+                    summary.english_task_accuracy[v],
+                ]
+                for v in VARIANTS
+            ],
+        )
+    )
+    rows = []
+    for cell in summary.cells:
+        s, f = cell.standard, cell.forgetting
+        thresholds = cell.steps_to_standard_final
+        rows.append(
+            [
+                cell.language,
+                cell.budget,
+                f"{pm(cell.early_gap)} (step {cell.early_step})",
+                pm(s.final_loss),
+                pm(f.final_loss),
+                "/".join("–" if x is None else str(x) for x in thresholds["forgetting"])
+                + " vs "
+                + "/".join("–" if x is None else str(x) for x in thresholds["standard"]),
+                pm(s.zero_shot_accuracy, 100, 1),
+                pm(f.zero_shot_accuracy, 100, 1),
+                100 * s.majority_baseline,
+                f"{100 * cell.relative_gain:+.1f}%",
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "language",
+                "tokens",
+                "early gap (std − forget, nats)",
+                "final loss std",
+                "final loss forget",
+                "steps to std final: forget vs std (per seed)",
+                "zero-shot acc. std %",
+                "zero-shot acc. forget %",
+                "majority %",
+                "rel. gain",
+            ],
+            rows,
+        )
+    )
+    blocks.append(summary.verdict)
+    for cell in summary.cells:
+        curves, bands = {}, {}
+        for variant in VARIANTS:
+            mean, std = getattr(cell, variant).curve_mean, getattr(cell, variant).curve_std
+            curves[variant] = list(zip(cell.steps, mean, strict=True))
+            bands[variant] = (
+                [(x, m - d) for x, m, d in zip(cell.steps, mean, std, strict=True)],
+                [(x, m + d) for x, m, d in zip(cell.steps, mean, std, strict=True)],
+            )
+        path = plot_curves(
+            curves,
+            plots_dir / f"relearning-{cell.language}-{cell.budget}.png",
+            title=f"Relearning {cell.language} ({cell.budget:,} tokens): embeddings only",
+            ylabel="validation loss (nats/token)",
+            bands=bands,
+        )
+        blocks.append(Figure(path, f"{cell.language}, {cell.budget:,} tokens: mean ± std over seeds"))
+    groups = {
+        f"{c.language}\n{c.budget:,}": {
+            "standard": tuple(c.standard.zero_shot_accuracy),
+            "forgetting": tuple(c.forgetting.zero_shot_accuracy),
+        }
+        for c in summary.cells
+    }
+    majority = statistics.fmean(c.standard.majority_baseline for c in summary.cells)
+    path = plot_bars(
+        groups,
+        plots_dir / "plasticity-zero-shot.png",
+        title="Zero-shot topic accuracy after relearning",
+        ylabel="accuracy",
+        reference_lines={"majority class (mean)": majority},
+    )
+    blocks.append(Figure(path, "Zero-shot topic accuracy (mean ± std over seeds)"))
+    return blocks

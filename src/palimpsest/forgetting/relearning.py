@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import (
@@ -49,6 +49,8 @@ from palimpsest.data import (
 from palimpsest.errors import DataError, ModelError
 from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
 from palimpsest.models import load_pretrained, objective_of
+from palimpsest.report import Section, Table
+from palimpsest.results import Results
 from palimpsest.storage import save_model
 from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train
 
@@ -287,7 +289,36 @@ def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int =
 
 def evaluate_saved_classifier(
     model_dir: str | Path, corpus_name: str, *, max_length: int = 128
-) -> dict[str, Any]:
+) -> TaskEvaluation:
     """Shared-topic accuracy of a saved classifier on every labelled document of a corpus."""
     metrics = evaluate_topics(model_dir, load_corpus(corpus_name), max_length=max_length)
-    return {"kind": "evaluate-task", "model": str(model_dir), "corpus": corpus_name, "metrics": metrics}
+    return TaskEvaluation(model=str(model_dir), corpus=corpus_name, metrics=ClassifierMetrics(**metrics))
+
+
+@dataclass
+class ClassifierMetrics:
+    accuracy: float
+    loss: float
+    examples: int
+    majority_baseline: float
+
+
+@dataclass
+class TaskEvaluation(Results):
+    """``palimpsest evaluate`` of a topic classifier: accuracy beside the majority class."""
+
+    KIND: ClassVar[str] = "evaluate-task"
+
+    model: str
+    corpus: str
+    metrics: ClassifierMetrics
+
+    @classmethod
+    def report_section(cls, runs: Sequence[TaskEvaluation], plots_dir: Path) -> Section:
+        rows = [
+            [r.model, r.corpus, r.metrics.accuracy, r.metrics.majority_baseline, r.metrics.examples]
+            for r in runs
+        ]
+        return Section(
+            "Topic classification", [Table(["model", "corpus", "accuracy", "majority", "documents"], rows)]
+        )

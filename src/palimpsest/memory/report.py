@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -15,7 +15,8 @@ from palimpsest.memory.inject import load_memory, memories, memory_handle
 from palimpsest.memory.usage import memory_usage, recording
 from palimpsest.models import load_pretrained
 from palimpsest.plotting import plot_curves
-from palimpsest.storage import write_json
+from palimpsest.report import Figure, Section, Table, write_report
+from palimpsest.results import Results
 
 
 def load_with_memory(model_dir: str | Path, memory_dir: str | Path | None = None) -> Any:
@@ -65,7 +66,7 @@ def memory_stats_of_saved(
     settings: UsageConfig | None = None,
     *,
     out: str | Path | None = None,
-) -> dict[str, Any]:
+) -> MemoryStats:
     """Usage metrics of each memory of a saved model on a corpus's validation split."""
     settings = settings or UsageConfig()
     corpus_name, block_size = settings.corpus, settings.block_size
@@ -76,14 +77,13 @@ def memory_stats_of_saved(
     blocks = encode_blocks(validation, tokenizer, block_size)
     rows = blocks.select(range(min(max_blocks, len(blocks))))["input_ids"]
     batches = [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]
-    results: dict[str, Any] = {
-        "kind": "memory-stats",
-        "model": str(model_dir),
-        "corpus": corpus_name,
-        "tokens": len(rows) * block_size,
-        "slots": {name: layer.size for name, layer in memories(model).items()},
-        "layers": memory_usage(model, batches),
-    }
+    results = MemoryStats(
+        model=str(model_dir),
+        corpus=corpus_name,
+        tokens=len(rows) * block_size,
+        slots={name: layer.size for name, layer in memories(model).items()},
+        layers=memory_usage(model, batches),
+    )
     if out is not None:
         out = Path(out)
         curves = {name: cumulative_curve(shares) for name, shares in slot_mass(model, batches).items()}
@@ -91,12 +91,47 @@ def memory_stats_of_saved(
             curves, out / "plots" / "memory-usage.png", title="Slot usage: cumulative weight mass",
             xlabel="% of slots (most used first)", ylabel="% of weight mass",
         )  # fmt: skip
-        results["plots"] = [str(path)]
-        write_json(out / "results.json", results)
-        from palimpsest.report import write_report
-
+        results.plots = [str(path)]
+        results.write(out / "results.json")
         write_report([results], out, title="palimpsest memory stats")
     return results
+
+
+@dataclass
+class MemoryStats(Results):
+    """``palimpsest memory stats``: per memory layer, how evenly its slots are used."""
+
+    KIND: ClassVar[str] = "memory-stats"
+
+    model: str
+    corpus: str
+    tokens: int
+    slots: dict[str, int]
+    #: per layer, the metrics of :func:`~palimpsest.memory.usage.memory_usage`
+    layers: dict[str, dict[str, float]]
+    plots: list[str] = field(default_factory=list)
+
+    @classmethod
+    def report_section(cls, runs: Sequence[MemoryStats], plots_dir: Path) -> Section:
+        section = Section("Memory usage")
+        section.blocks.append(
+            "Per memory layer, on validation text: share of slots selected at least once, KL divergence "
+            "from uniform of selection counts and of softmax-weight mass (0 = even), Gini of the mass, and "
+            "the share of slots holding 50/90/99% of the mass."
+        )
+        columns = ["used", "kl_counts", "kl_weights", "gini", "slots_50", "slots_90", "slots_99"]
+        rows = [
+            [f"{run.model} · {name}", run.slots[name], *(metrics[c] for c in columns)]
+            for run in runs
+            for name, metrics in run.layers.items()
+        ]
+        section.blocks.append(Table(["layer", "slots", *columns], rows))
+        for run in runs:
+            for plot in run.plots:
+                section.blocks.append(
+                    Figure(Path(plot), "Cumulative weight mass over slots, most used first")
+                )
+        return section
 
 
 def cumulative_curve(shares: list[float], points: int = 400) -> list[tuple[float, float]]:

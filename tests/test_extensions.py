@@ -152,3 +152,23 @@ def test_training_with_an_extension_uses_its_groups_and_callbacks(tokenizer):
             build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=5)
         ).palimpsest_memory.layers.values())).keys,
     )  # fmt: skip
+
+
+def test_both_extensions_on_fsdp2_sharded_parameters(tmp_path):
+    """Two gloo processes, parameters sharded by FSDP2: a reset draws the same embeddings as
+    an unsharded one and restarts their (sharded) Adam moments; a memory's training step
+    equals the unsharded step; sparse value updates are refused in one line."""
+    from torchrun_helper import torchrun
+
+    done = torchrun("fsdp_extensions.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["embeddings_sharded"] and result["memory_values_sharded"]
+        assert result["local_rows"] < 300  # each rank holds a shard, not the whole table
+        assert result["reset"] == ["roberta.embeddings.word_embeddings.weight"]
+        assert result["embeddings_equal_unsharded_reset"] and result["embedding_moments_zero"]
+        assert result["optimizer_states_reset"] == 1
+        assert result["forgetting_largest_difference"] == 0.0
+        assert result["memory_largest_difference"] < 1e-6
+        assert "sparse_updates is not supported under FSDP" in result["sparse_refused"]

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from palimpsest.errors import ModelError
 
@@ -142,6 +143,24 @@ def _reset_optimizer_state(optimizer: torch.optim.Optimizer, parameters: list[nn
     return count
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, also of a parameter FSDP2 has sharded into a DTensor (gathered)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _assign(parameter: torch.Tensor, value: torch.Tensor) -> None:
+    """Write a full-size ``value`` into ``parameter``, whole or sharded.
+
+    Under FSDP2 a parameter is a DTensor holding this rank's shard: the value is scattered
+    from rank 0 with the parameter's own placements, so every rank keeps its part of one
+    and the same draw (even unseeded).
+    """
+    value = value.to(device=parameter.device, dtype=parameter.dtype)
+    if isinstance(parameter, DTensor):
+        value = distribute_tensor(value, parameter.device_mesh, parameter.placements, src_data_rank=0)
+    parameter.copy_(value)
+
+
 @torch.no_grad()
 def forget_embeddings(
     model: nn.Module,
@@ -157,7 +176,8 @@ def forget_embeddings(
 
     ``std`` defaults to the model's ``initializer_range`` (0.02 when it has none). With
     ``seed=None`` values come from the global generator, which DDP ranks do not share:
-    pass a seed in distributed training.
+    pass a seed in distributed training. Parameters sharded by FSDP2 (DTensors) are reset
+    shard by shard from the same full draw, their optimizer state with them.
     """
     if init not in ("normal", "match"):
         raise ValueError(f"init must be 'normal' or 'match', got {init!r}")
@@ -168,7 +188,8 @@ def forget_embeddings(
         rows = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
         if padding is not None:
             rows[padding] = False
-        mean, spread = weight[rows].float().mean().item(), weight[rows].float().std().item()
+        whole = _full(weight)
+        mean, spread = whole[rows].float().mean().item(), whole[rows].float().std().item()
     else:
         config = getattr(_unwrap(model), "config", None)
         mean, spread = 0.0, std if std is not None else float(getattr(config, "initializer_range", 0.02))
@@ -180,7 +201,7 @@ def forget_embeddings(
     fresh = torch.randn(weight.shape, generator=generator, dtype=torch.float32) * spread + mean
     if padding is not None:
         fresh[padding] = 0.0
-    weight.copy_(fresh.to(device=weight.device, dtype=weight.dtype))
+    _assign(weight, fresh)
 
     names = _parameter_names(model)
     report = ForgetReport(reset=[names.get(id(weight), "embeddings")], mean=mean, std=spread, seed=seed)
@@ -190,7 +211,7 @@ def forget_embeddings(
     head, tied = output_head(model)
     if head is not None and reset_output_head and not tied:
         head_fresh = torch.randn(head.weight.shape, generator=generator, dtype=torch.float32) * spread
-        head.weight.copy_(head_fresh.to(device=head.weight.device, dtype=head.weight.dtype))
+        _assign(head.weight, head_fresh)
         report.reset.append(names.get(id(head.weight), "output_head.weight"))
     for parameter in parameters[1:]:
         if parameter.dim() == 1:  # an output bias, one entry per (old) token

@@ -14,8 +14,15 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from palimpsest.errors import ConfigError
 from palimpsest.extensions import TrainingExtension
-from palimpsest.memory.inject import MEMORY_CONFIG_KEY, PKMConfig, add_product_key_memory, load_merged
+from palimpsest.memory.inject import (
+    MEMORY_CONFIG_KEY,
+    PKMConfig,
+    add_product_key_memory,
+    load_merged,
+    memories,
+)
 from palimpsest.memory.usage import MemoryUsageCallback, memory_param_groups
 from palimpsest.seeds import MEMORY_SEED_OFFSET
 
@@ -45,7 +52,7 @@ class MemoryExtension(TrainingExtension):
         return memory_param_groups(model, lr=self.config.value_lr)
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [self.usage]
+        return [_ShardingCheck(), self.usage]
 
     def summary(self) -> dict[str, Any]:
         return self.usage.snapshot()
@@ -53,3 +60,26 @@ class MemoryExtension(TrainingExtension):
     @classmethod
     def load_saved(cls, path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:
         return load_merged(path, task=task, num_labels=num_labels)
+
+
+class _ShardingCheck(TrainerCallback):
+    """Refuse sparse value updates once the Trainer has wrapped the model for FSDP."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            check_sharding(model)
+
+
+def check_sharding(model: nn.Module) -> None:
+    """One line instead of a failure deep in FSDP's backward: sparse value gradients cannot be
+    sharded (FSDP reduce-scatters dense gradients only); dense memories shard like any layer."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if not any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+        return
+    sparse = [name for name, layer in memories(model).items() if layer.sparse_updates]
+    if sparse:
+        raise ConfigError(
+            f"memory.sparse_updates is not supported under FSDP (memories {', '.join(sparse)}); "
+            "set sparse_updates: false (dense value gradients shard like any other layer)"
+        )

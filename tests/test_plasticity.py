@@ -14,6 +14,7 @@ from palimpsest.experiments.plasticity import (
     first_step_at_or_below,
     run_plasticity,
 )
+from palimpsest.forgetting.callback import ForgettingConfig
 
 
 def test_first_step_at_or_below():
@@ -29,7 +30,7 @@ def test_smoke_study_is_complete_and_resumable(tmp_path):
     assert len(results.runs) == expected
     for run in results.runs:
         steps = [step for step, _ in run["curve"]]
-        assert steps[0] == 0 and steps[-1] == settings.adapt_steps
+        assert steps[0] == 0 and steps[-1] == settings.adaptation.training.steps
         assert 0.0 <= run["zero_shot_accuracy"] <= 1.0
     cell = results.summary.cells[0]
     assert len(cell.standard.curve_mean) == len(cell.steps)
@@ -47,8 +48,8 @@ def test_unknown_language_and_bad_reset_every(tmp_path):
     bad = dataclasses.replace(SCALES["smoke"], languages=("klingon",))
     with pytest.raises(ConfigError, match="klingon"):
         run_plasticity(tmp_path, bad)
-    with pytest.raises(ConfigError, match="multiple of reset_every"):
-        run_plasticity(tmp_path, dataclasses.replace(SCALES["smoke"], pretrain_steps=7))
+    with pytest.raises(ConfigError, match=r"multiple of forgetting\.reset_every"):
+        dataclasses.replace(SCALES["smoke"], forgetting=ForgettingConfig(reset_every=3))
 
 
 def _jsonl(path, rows):
@@ -74,16 +75,36 @@ def test_full_scale_runs_on_local_stand_ins(tmp_path):
     _jsonl(data / "xnli-fr", {"test": nli(french.texts[:60])})
     full = SCALES["full"]
     french_spec = NewLanguage(text=f"hf:{data}/cc100-fr", task=f"hf:{data}/xnli-fr", max_documents=300)
+    pretrain = full.pretrain
+    small = dataclasses.replace(
+        pretrain,
+        data=dataclasses.replace(
+            pretrain.data, corpus=f"hf:{data}/cc100-en", max_documents=300, vocab_size=400, block_size=32,
+            max_eval_blocks=8,
+        ),
+        model=dataclasses.replace(pretrain.model, size="micro"),
+        training=dataclasses.replace(
+            pretrain.training, batch_size=4, gradient_accumulation=1, steps=4, eval_every=2, save_every=2
+        ),
+    )  # fmt: skip
+    adaptation = full.adaptation
     scale = dataclasses.replace(
         full,
-        size="micro", corpus=f"hf:{data}/cc100-en", max_documents=300, vocab_size=400, block_size=32,
-        batch_size=4, gradient_accumulation=1, pretrain_steps=4, reset_every=2, pretrain_eval_every=2,
-        languages=("fr",), budgets=(2000,), adapt_steps=2, adapt_eval_every=1, adapt_vocab_size=300,
-        adapt_eval_blocks=4, task_steps=2, max_eval_blocks=8,
+        pretrain=small,
+        forgetting=dataclasses.replace(full.forgetting, reset_every=2),
+        adaptation=dataclasses.replace(
+            adaptation, block_size=32, vocab_size=300, max_eval_blocks=4,
+            training=dataclasses.replace(adaptation.training, steps=2, eval_every=1, batch_size=4),
+        ),
+        task_adaptation=dataclasses.replace(
+            full.task_adaptation, max_length=32,
+            training=dataclasses.replace(full.task_adaptation.training, steps=2, batch_size=4),
+        ),
+        languages=("fr",), budgets=(2000,),
         task=dataclasses.replace(full.task, corpus=f"hf:{data}/xnli-en"),
         language_specs={"fr": french_spec},
     )  # fmt: skip
-    assert scale.task.pair_field == "hypothesis" and scale.tokenizer_model == "unigram"
+    assert scale.task.pair_field == "hypothesis" and scale.pretrain.data.tokenizer_model == "unigram"
     results = run_plasticity(tmp_path / "out", scale)
     runs = results.runs
     assert {run["language"] for run in runs} == {"fr"} and len(runs) == 2 * len(full.seeds)

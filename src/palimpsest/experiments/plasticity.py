@@ -28,7 +28,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +47,7 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import mean_std, resolve_scale
+from palimpsest.forgetting.callback import ForgettingConfig
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
     TaskAdaptation,
@@ -115,41 +116,88 @@ LANGUAGES: dict[str, NewLanguage] = {
 PAPER_LANGUAGES = ("vi", "sw", "es", "bg", "de", "fr", "el", "ru", "zh", "ur", "hi", "tr", "ar", "th")
 
 
+def _pretraining(
+    *, steps: int = 600, reset_every: int = 200, eval_every: int = 100, **sections: dict[str, Any]
+) -> PretrainConfig:
+    """The pretraining run both variants share (the forgetting variant adds its section).
+
+    Evaluated every ``eval_every`` updates but at least twice per episode, and checkpointed at
+    every episode end (the paper keeps end-of-episode checkpoints)."""
+    data = {"holdout_fraction": 0.25, "vocab_size": 2048, **sections.get("data", {})}
+    training = {
+        "steps": steps, "batch_size": 16, "learning_rate": 2e-3, "mlm_probability": 0.3,
+        "eval_every": max(1, min(reset_every // 2, eval_every)), "save_every": reset_every, "seed": 0,
+        **sections.get("training", {}),
+    }  # fmt: skip
+    model = {"family": "roberta", "size": "tiny", "dropout": 0.0, **sections.get("model", {})}
+    return from_dict(PretrainConfig, {"data": data, "model": model, "training": training})
+
+
+def _adaptation(
+    *, steps: int = 60, eval_every: int = 10, block_size: int = 128, **settings: Any
+) -> LanguageAdaptation:
+    """Step 1 per language, budget and seed: embeddings only, at pretraining's masking rate."""
+    training = TrainingConfig(
+        steps=steps, batch_size=settings.pop("batch_size", 16),
+        learning_rate=settings.pop("learning_rate", 2e-3), eval_every=eval_every, save_every=None,
+        mlm_probability=settings.pop("mlm_probability", 0.3), warmup_ratio=0.0,
+    )  # fmt: skip
+    settings.setdefault("max_eval_blocks", 48)
+    return LanguageAdaptation(block_size=block_size, training=training, **settings)
+
+
+def _task_adaptation(*, steps: int = 150, max_length: int = 128, **training: Any) -> TaskAdaptation:
+    """Step 2, once per variant: the English task, embeddings frozen, scored at the end."""
+    return TaskAdaptation(
+        max_length=max_length,
+        training=TrainingConfig(
+            steps=steps, batch_size=training.pop("batch_size", 16),
+            learning_rate=training.pop("learning_rate", 5e-4), eval_every=max(1, steps), save_every=None,
+            warmup_ratio=0.1,
+        ),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PlasticityScale:
-    """Sizes of one run of the study."""
+    """One run of the study: the library's config of each step, and the study's grid.
 
-    family: str = "roberta"
-    size: str = "tiny"
-    corpus: str = "wiki-en"
-    max_documents: int | None = None
-    holdout_fraction: float = 0.25
-    vocab_size: int = 2048
-    block_size: int = 128
-    batch_size: int = 16
-    pretrain_steps: int = 600
-    pretrain_lr: float = 2e-3
-    mlm_probability: float = 0.3
-    tokenizer_model: str = "bpe"
-    reset_every: int = 200
-    pretrain_eval_every: int = 100
+    ``pretrain`` is the run both variants make (``forgetting`` is added to the second);
+    ``adaptation`` (step 1; its ``tokens`` and ``seed`` come from the grid) and
+    ``task_adaptation`` (step 2) are the relearning pipeline's own settings. The steps must
+    agree on what they share: blocks of one size, adaptation masked at pretraining's rate.
+    """
+
+    pretrain: PretrainConfig = field(default_factory=_pretraining)
+    forgetting: ForgettingConfig = field(default_factory=lambda: ForgettingConfig(reset_every=200))
+    adaptation: LanguageAdaptation = field(default_factory=_adaptation)
+    task_adaptation: TaskAdaptation = field(default_factory=_task_adaptation)
     languages: tuple[str, ...] = ("wiki-fr", "fake-en-distant")
     budgets: tuple[int, ...] = (50_000,)
-    adapt_steps: int = 60
-    adapt_eval_every: int = 10
-    adapt_lr: float = 2e-3
-    adapt_vocab_size: int = 2048
-    adapt_eval_blocks: int = 48
-    task_steps: int = 150
-    task_lr: float = 5e-4
     seeds: tuple[int, ...] = (0, 1, 2)
     language_eval_fraction: float = 0.2
-    max_eval_blocks: int = 256
     keep_models: bool = False
     task: TaskSpec = field(default_factory=TaskSpec)
     #: Languages beyond :data:`LANGUAGES` (or overriding them), by name.
     language_specs: dict[str, NewLanguage] = field(default_factory=dict)
-    gradient_accumulation: int = 1
+
+    def __post_init__(self) -> None:
+        block = self.pretrain.data.block_size
+        shared = {
+            "adaptation.block_size": (self.adaptation.block_size, block),
+            "task_adaptation.max_length": (self.task_adaptation.max_length, block),
+            "adaptation.training.mlm_probability": (
+                self.adaptation.training.mlm_probability, self.pretrain.training.mlm_probability,
+            ),
+        }  # fmt: skip
+        for name, (value, expected) in shared.items():
+            if value != expected:
+                raise ConfigError(f"{name} is {value}, but pretraining's is {expected}: the steps must agree")
+        if self.pretrain.training.steps % self.forgetting.reset_every:
+            raise ConfigError(
+                "pretrain.training.steps must be a multiple of forgetting.reset_every, "
+                "so training ends at an episode end"
+            )
 
     def language(self, name: str) -> NewLanguage:
         known = {**LANGUAGES, **self.language_specs}
@@ -160,34 +208,35 @@ class PlasticityScale:
 
 SCALES: dict[str, PlasticityScale] = {
     "smoke": PlasticityScale(
-        size="micro",
-        max_documents=400,
-        vocab_size=400,
-        block_size=32,
-        batch_size=8,
-        pretrain_steps=8,
-        reset_every=4,
+        pretrain=_pretraining(
+            steps=8,
+            reset_every=4,
+            data={"max_documents": 400, "vocab_size": 400, "block_size": 32, "max_eval_blocks": 16},
+            model={"size": "micro"},
+            training={"batch_size": 8},
+        ),
+        forgetting=ForgettingConfig(reset_every=4),
+        adaptation=_adaptation(
+            steps=4, eval_every=2, block_size=32, batch_size=8, vocab_size=300, max_eval_blocks=8
+        ),
+        task_adaptation=_task_adaptation(steps=4, max_length=32, batch_size=8),
         budgets=(3000,),
-        adapt_steps=4,
-        adapt_eval_every=2,
-        adapt_vocab_size=300,
-        adapt_eval_blocks=8,
-        task_steps=4,
-        max_eval_blocks=16,
         language_specs={"wiki-fr": NewLanguage("wiki-fr", max_documents=600)},
     ),
     # The demo must fit 10 minutes on 2 cores with every study in it: 400 pretraining updates
     # with a reset every 100 (three resets), two seeds of adaptation.
-    "demo": PlasticityScale(pretrain_steps=400, reset_every=100, seeds=(0, 1)),
+    "demo": PlasticityScale(
+        pretrain=_pretraining(steps=400, reset_every=100),
+        forgetting=ForgettingConfig(reset_every=100),
+        seeds=(0, 1),
+    ),
     "cpu": PlasticityScale(
-        pretrain_steps=10_000,
-        reset_every=1000,
-        pretrain_lr=1e-3,
+        pretrain=_pretraining(steps=10_000, reset_every=1000, training={"learning_rate": 1e-3}),
+        forgetting=ForgettingConfig(reset_every=1000),
+        adaptation=_adaptation(steps=300, eval_every=25),
+        task_adaptation=_task_adaptation(steps=600),
         languages=tuple(LANGUAGES),
         budgets=(20_000, 200_000),
-        adapt_steps=300,
-        adapt_eval_every=25,
-        task_steps=600,
     ),
     # The paper's setting (PAPERS.md section 1) for GPUs and a network: RoBERTa-base,
     # English CC100, K=1000, XNLI (trained on English, zero-shot in 14 languages), 5M-token
@@ -195,31 +244,41 @@ SCALES: dict[str, PlasticityScale] = {
     # accumulation = 2048 sequences of 512 tokens per update, as in the paper. The corpus is
     # streamed and capped by max_documents (the whole CC100 does not fit in memory here).
     "full": PlasticityScale(
-        family="roberta",
-        size="base",
-        corpus="hf:statmt/cc100:en",
-        max_documents=5_000_000,
-        holdout_fraction=0.0,
-        vocab_size=50_000,
-        tokenizer_model="unigram",
-        block_size=512,
-        batch_size=32,
-        gradient_accumulation=64,
-        pretrain_steps=125_000,
-        pretrain_lr=7e-4,
-        mlm_probability=0.15,
-        reset_every=1000,
-        pretrain_eval_every=1000,
+        pretrain=_pretraining(
+            steps=125_000,
+            reset_every=1000,
+            eval_every=1000,
+            data={
+                "corpus": "hf:statmt/cc100:en",
+                "max_documents": 5_000_000,
+                "holdout_fraction": 0.0,
+                "vocab_size": 50_000,
+                "tokenizer_model": "unigram",
+                "block_size": 512,
+                "max_eval_blocks": 1024,
+            },
+            model={"size": "base"},
+            training={
+                "batch_size": 32,
+                "gradient_accumulation": 64,
+                "learning_rate": 7e-4,
+                "mlm_probability": 0.15,
+            },
+        ),
+        forgetting=ForgettingConfig(reset_every=1000),
+        adaptation=_adaptation(
+            steps=10_000,
+            eval_every=500,
+            block_size=512,
+            batch_size=32,
+            learning_rate=7e-4,
+            mlm_probability=0.15,
+            vocab_size=50_000,
+            max_eval_blocks=256,
+        ),
+        task_adaptation=_task_adaptation(steps=20_000, max_length=512, batch_size=32, learning_rate=2e-5),
         languages=PAPER_LANGUAGES,
         budgets=(5_000_000,),
-        adapt_steps=10_000,
-        adapt_eval_every=500,
-        adapt_lr=7e-4,
-        adapt_vocab_size=50_000,
-        adapt_eval_blocks=256,
-        task_steps=20_000,
-        task_lr=2e-5,
-        max_eval_blocks=1024,
         task=TaskSpec(
             corpus="hf:facebook/xnli:en",
             labels=("0", "1", "2"),
@@ -239,46 +298,23 @@ SCALES: dict[str, PlasticityScale] = {
 
 
 def _pretrain_config(scale: PlasticityScale, variant: str) -> PretrainConfig:
-    return from_dict(
-        PretrainConfig,
-        {
-            "name": f"plasticity-{variant}",
-            "data": {
-                "corpus": scale.corpus,
-                "max_documents": scale.max_documents,
-                "holdout_fraction": scale.holdout_fraction,
-                "vocab_size": scale.vocab_size,
-                "tokenizer_model": scale.tokenizer_model,
-                "block_size": scale.block_size,
-                "max_eval_blocks": scale.max_eval_blocks,
-            },
-            "model": {"family": scale.family, "size": scale.size, "dropout": 0.0},
-            "training": {
-                "steps": scale.pretrain_steps,
-                "batch_size": scale.batch_size,
-                "gradient_accumulation": scale.gradient_accumulation,
-                "learning_rate": scale.pretrain_lr,
-                "mlm_probability": scale.mlm_probability,
-                "eval_every": max(1, min(scale.reset_every // 2, scale.pretrain_eval_every)),
-                "save_every": scale.reset_every,
-                "seed": 0,
-            },
-            # one pretraining per arm, seed 0: the resets draw from 0 + FORGETTING_SEED_OFFSET
-            **(
-                {"forgetting": {"reset_every": scale.reset_every, "seed": FORGETTING_SEED_OFFSET}}
-                if variant == "forgetting"
-                else {}
-            ),
-        },
+    """One variant's run: named, and with the forgetting section for the forgetting variant
+    (one pretraining per variant, seed 0: the resets draw from 0 + FORGETTING_SEED_OFFSET)."""
+    sections = (
+        {"forgetting": replace(scale.forgetting, seed=FORGETTING_SEED_OFFSET)}
+        if variant == "forgetting"
+        else {}
     )
+    return replace(scale.pretrain, name=f"plasticity-{variant}", extensions=sections)
 
 
 def language_split(name: str, scale: PlasticityScale) -> CorpusSplit:
     """Training text and evaluation documents of a new language (deterministic)."""
     spec = scale.language(name)
     if spec.text == "heldout":
-        english = load_corpus(scale.corpus, max_documents=scale.max_documents)
-        _, held_out = holdout_split(english, scale.holdout_fraction)
+        data = scale.pretrain.data
+        english = load_corpus(data.corpus, max_documents=data.max_documents)
+        _, held_out = holdout_split(english, data.holdout_fraction)
         if held_out is None:
             raise ConfigError(
                 f"language '{name}' is derived from held-out text: holdout_fraction must be > 0"
@@ -305,10 +341,10 @@ def _task_corpus(name: str, task: TaskSpec, split: str, max_documents: int | Non
 
 def source_task(scale: PlasticityScale) -> CorpusSplit:
     """The labelled source-language task, split for training and validation."""
-    task = scale.task
-    if task.corpus == scale.corpus:
+    task, data = scale.task, scale.pretrain.data
+    if task.corpus == data.corpus:
         corpus = holdout_split(
-            load_corpus(scale.corpus, max_documents=scale.max_documents), scale.holdout_fraction
+            load_corpus(data.corpus, max_documents=data.max_documents), data.holdout_fraction
         )[0]
         corpus = shared_topic_corpus(corpus) if task.topics else corpus
     else:
@@ -336,10 +372,6 @@ def run_plasticity(
     scale_name, settings = resolve_scale(scale, SCALES, "plasticity")
     for language in settings.languages:
         settings.language(language)
-    if settings.pretrain_steps % settings.reset_every:
-        raise ConfigError(
-            "pretrain_steps must be a multiple of reset_every, so training ends at an episode end"
-        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -355,13 +387,7 @@ def run_plasticity(
         )
 
     english_task = source_task(settings)
-    task_settings = TaskAdaptation(
-        max_length=settings.block_size,
-        training=TrainingConfig(
-            steps=settings.task_steps, batch_size=settings.batch_size, learning_rate=settings.task_lr,
-            eval_every=max(1, settings.task_steps), save_every=None, warmup_ratio=0.1,
-        ),
-    )  # fmt: skip
+    task_settings = settings.task_adaptation
     task: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:
         unit_dir = out / f"task-{variant}"
@@ -382,11 +408,11 @@ def run_plasticity(
             for seed in settings.seeds:
                 for variant in VARIANTS:
                     unit_dir = out / f"adapt-{variant}-{language}-{budget}-s{seed}"
-                    adaptation = _adaptation(settings, budget, seed)
+                    adaptation = replace(settings.adaptation, tokens=budget, seed=seed)
                     key = {
                         "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
                         "adaptation": to_dict(adaptation), "language": asdict(settings.language(language)),
-                        "max_length": settings.block_size, "keep_models": settings.keep_models,
+                        "max_length": settings.pretrain.data.block_size, "keep_models": settings.keep_models,
                     }  # fmt: skip
                     result = resumable(
                         unit_dir / "result.json", key,
@@ -431,21 +457,6 @@ def _task_unit(
     return result
 
 
-def _adaptation(settings: PlasticityScale, budget: int, seed: int) -> LanguageAdaptation:
-    return LanguageAdaptation(
-        tokens=budget,
-        vocab_size=settings.adapt_vocab_size,
-        block_size=settings.block_size,
-        max_eval_blocks=settings.adapt_eval_blocks,
-        seed=seed,
-        training=TrainingConfig(
-            steps=settings.adapt_steps, batch_size=settings.batch_size, learning_rate=settings.adapt_lr,
-            eval_every=settings.adapt_eval_every, save_every=None, mlm_probability=settings.mlm_probability,
-            warmup_ratio=0.0,
-        ),
-    )  # fmt: skip
-
-
 def _language_unit(
     settings: PlasticityScale,
     adaptation: LanguageAdaptation,
@@ -459,7 +470,7 @@ def _language_unit(
     """Relearn the language's embeddings, assemble with the task body, score zero-shot."""
     result = adapt_language(pretrained_path, split, adaptation, unit_dir, callbacks=callbacks)
     assembled = assemble(task_model_path, result["model_path"], unit_dir / "assembled")
-    zero_shot = evaluate_classifier(assembled, evaluation, max_length=settings.block_size)
+    zero_shot = evaluate_classifier(assembled, evaluation, max_length=settings.pretrain.data.block_size)
     result["zero_shot_accuracy"] = zero_shot["accuracy"]
     result["zero_shot_majority"] = zero_shot["majority_baseline"]
     result["zero_shot_examples"] = zero_shot["examples"]
@@ -685,13 +696,13 @@ class PlasticityResults(Results):
 
 
 def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table | Figure]:
-    settings, summary = study.settings, study.summary
+    settings, summary, pretrain = study.settings, study.summary, study.settings.pretrain
     blocks: list[str | Table | Figure] = [
-        f"Scale '{study.scale}': a {settings.size} {settings.family} pretrained "
-        f"{settings.pretrain_steps} steps on {settings.corpus} twice — standard, and with the "
-        f"token embeddings reset every {settings.reset_every} updates. Then, per new language, "
-        f"token budget and seed ({len(settings.seeds)} seeds), only the embeddings are relearned "
-        f"for {settings.adapt_steps} steps (body frozen), and the assembled model classifies "
+        f"Scale '{study.scale}': a {pretrain.model.size} {pretrain.model.family} pretrained "
+        f"{pretrain.training.steps} steps on {pretrain.data.corpus} twice — standard, and "
+        f"with the token embeddings reset every {settings.forgetting.reset_every} updates. Then, per new "
+        f"language, token budget and seed ({len(settings.seeds)} seeds), only the embeddings are relearned "
+        f"for {settings.adaptation.training.steps} steps (body frozen), and the assembled model classifies "
         "topics zero-shot (task head trained on English with embeddings frozen). Spread is over "
         "language-adaptation seeds; "
         "each variant is pretrained once."

@@ -22,7 +22,7 @@ def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
     assert set(units) == set(settings.arms)
     start = settings.pretrained_step()
     for arm in ("no-memory-continued", "replace-pretrained", "residual-pretrained"):
-        assert units[arm].start_step == start and units[arm].steps == settings.steps - start
+        assert units[arm].start_step == start and units[arm].steps == settings.training.steps - start
         assert units[arm].eval_curve[0][0] > start
     base = units["no-memory"].parameters
     assert units["no-ffn"].parameters < base < units["wide-ffn"].parameters

@@ -62,48 +62,41 @@ class FactDataInfo:
 def fact_mixture(
     facts: list[Fact],
     out: Path,
+    data: DataConfig,
     *,
     objective: str,
-    corpus: str = "wiki-en",
-    max_documents: int | None = None,
     fact_repeats: int = 1,
     hold_out: bool = False,
-    vocab_size: int = 4096,
-    block_size: int = 128,
-    max_eval_blocks: int = 128,
     mlm_probability: float = 0.15,
 ) -> FactMixture:
     """Every fact stated ``fact_repeats`` times (differently shuffled) beside the corpus's training split.
 
-    The data come from :func:`palimpsest.pretraining.prepare_data` with the statements as
-    extra training texts; the tokenizer is trained once and saved under ``out/tokenizer`` (a
-    resumed study reuses it). ``hold_out`` leaves each fact's held-out paraphrase out.
+    The data come from :func:`palimpsest.pretraining.prepare_data` (``data`` says which corpus,
+    how it is split and tokenized) with the statements as extra training texts; the
+    tokenizer is trained once and saved under ``out/tokenizer`` (a resumed study reuses it).
+    ``hold_out`` leaves each fact's held-out paraphrase out.
     """
     statements = [fact_corpus(facts, hold_out=hold_out, seed=repeat) for repeat in range(fact_repeats)]
     fact_texts = tuple(text for statement in statements for text in statement.texts)
     tokenizer_dir = out / "tokenizer"
     saved = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
-    config = DataConfig(
-        corpus=corpus, max_documents=max_documents, vocab_size=vocab_size, block_size=block_size,
-        max_eval_blocks=max_eval_blocks,
-    )  # fmt: skip
-    data = prepare_data(
-        config,
+    prepared = prepare_data(
+        data,
         objective=objective,
         tokenizer=saved,
         mlm_probability=mlm_probability,
         extra_train_texts=fact_texts,
     )
     if saved is None:
-        save_model(None, data.tokenizer, tokenizer_dir)
+        save_model(None, prepared.tokenizer, tokenizer_dir)
     info = FactDataInfo(
-        wiki_train_documents=data.info.train_documents,
+        wiki_train_documents=prepared.info.train_documents,
         facts=len(facts),
         fact_repeats=fact_repeats,
-        train_blocks=data.info.train_blocks,
-        train_tokens=data.info.train_tokens,
-        fact_tokens=data.info.extra_tokens or 0,
-        validation_blocks=data.info.validation_blocks,
-        vocab_size=data.info.vocab_size,
+        train_blocks=prepared.info.train_blocks,
+        train_tokens=prepared.info.train_tokens,
+        fact_tokens=prepared.info.extra_tokens or 0,
+        validation_blocks=prepared.info.validation_blocks,
+        vocab_size=prepared.info.vocab_size,
     )
-    return FactMixture(data.tokenizer, data.train_blocks, data.eval_set, info)
+    return FactMixture(prepared.tokenizer, prepared.train_blocks, prepared.eval_set, info)

@@ -33,7 +33,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +57,7 @@ from palimpsest.memory.inject import attach_to_ffn
 from palimpsest.memory.report import cumulative_curve, slot_mass
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained
 from palimpsest.plotting import plot_bars, plot_curves
+from palimpsest.pretraining import DataConfig, ModelConfig
 from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, mean_curve, pm
 from palimpsest.results import Results
@@ -72,83 +73,79 @@ ARMS = ("no-memory", "no-memory-continued", *CONTROL_ARMS, *MEMORY_ARMS)
 CONTINUED_ARMS = ("no-memory-continued", "replace-pretrained", "residual-pretrained")
 
 
+def _data(**fields: Any) -> DataConfig:
+    return DataConfig(**{"vocab_size": 4096, "max_eval_blocks": 128, **fields})
+
+
+def _memory(**fields: Any) -> PKMConfig:
+    """The memory of the memory arms (their ``mode`` is set per arm; its ``layers[0]`` is the
+    block the capacity controls change too)."""
+    return PKMConfig(**{"layers": [2], "n_keys": 128, "k_dim": 128, **fields})
+
+
+def _training(**fields: Any) -> TrainingConfig:
+    """The full run's schedule (a continuation follows its rest, see :func:`_unit_training`)."""
+    return TrainingConfig(
+        **{"steps": 600, "batch_size": 16, "learning_rate": 2e-3, "eval_every": 100, **fields}
+    )
+
+
 @dataclass(frozen=True)
 class MemoryScale:
-    """Sizes of one run of the study."""
+    """One run of the study: the library's configs of the model, its data, training and memory,
+    and the study's own knobs (facts, arms, seeds, usage measurement)."""
 
-    family: str = "gpt2"
-    size: str = "tiny"
-    corpus: str = "wiki-en"
-    max_documents: int | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(family="gpt2", size="tiny", dropout=0.0))
+    data: DataConfig = field(default_factory=_data)
+    training: TrainingConfig = field(default_factory=_training)
+    memory: PKMConfig = field(default_factory=_memory)
     cities: int | None = 3000
     #: Each fact statement appears this many times (differently shuffled) in the training text.
     fact_repeats: int = 1
-    vocab_size: int = 4096
-    block_size: int = 128
-    batch_size: int = 16
-    steps: int = 600
     #: The pretrained arms start from the no-memory run after this share of the updates.
     pretrained_fraction: float = 0.5
-    learning_rate: float = 2e-3
-    memory_lr: float = 1e-3
-    layer: int = 2
-    n_keys: int = 128
-    heads: int = 4
-    k: int = 32
-    k_dim: int = 128
-    query_norm: str = "layernorm"
-    sparse_updates: bool = False
     wide_ffn: int = 2048
     arms: tuple[str, ...] = ARMS
     seeds: tuple[int, ...] = (0, 1)
-    eval_every: int = 100
-    max_eval_blocks: int = 128
     usage_blocks: int = 64
     usage_window: int = 50
     keep_models: bool = False
 
+    def __post_init__(self) -> None:
+        if len(self.memory.layers) != 1:
+            raise ConfigError(
+                f"memory.layers: the study compares arms in one block, got {self.memory.layers}"
+            )
+
+    @property
+    def layer(self) -> int:
+        """The block the memory joins and the capacity controls change."""
+        return self.memory.layers[0]
+
     def pretrained_step(self) -> int:
-        return max(1, round(self.steps * self.pretrained_fraction))
+        return max(1, round(self.training.steps * self.pretrained_fraction))
 
 
 SCALES: dict[str, MemoryScale] = {
     "smoke": MemoryScale(
-        size="micro",
-        max_documents=300,
+        model=ModelConfig(family="gpt2", size="micro", dropout=0.0),
+        data=_data(max_documents=300, vocab_size=600, block_size=32, max_eval_blocks=16),
+        training=_training(steps=12, batch_size=8, eval_every=6),
+        memory=_memory(layers=[1], n_keys=16, heads=2, k=4, k_dim=32),
         cities=200,
-        vocab_size=600,
-        block_size=32,
-        batch_size=8,
-        steps=12,
-        n_keys=16,
-        heads=2,
-        k=4,
-        k_dim=32,
-        layer=1,
         wide_ffn=256,
         seeds=(0,),
-        eval_every=6,
-        max_eval_blocks=16,
         usage_blocks=8,
         usage_window=4,
     ),
     "demo": MemoryScale(
-        size="micro",
-        max_documents=3000,
+        model=ModelConfig(family="gpt2", size="micro", dropout=0.0),
+        data=_data(max_documents=3000, vocab_size=2048, block_size=64, max_eval_blocks=64),
+        training=_training(steps=200, batch_size=16, eval_every=50),
+        memory=_memory(layers=[1], n_keys=64, heads=4, k=16, k_dim=64),
         cities=500,
         fact_repeats=4,
-        vocab_size=2048,
-        block_size=64,
-        batch_size=16,
-        steps=200,
-        layer=1,
-        n_keys=64,
-        heads=4,
-        k=16,
-        k_dim=64,
         wide_ffn=1024,
-        eval_every=50,
-        max_eval_blocks=64,
         usage_blocks=32,
         usage_window=20,
         arms=("no-memory", "no-memory-continued", *MEMORY_ARMS),
@@ -158,23 +155,14 @@ SCALES: dict[str, MemoryScale] = {
     # 27.9%) and removing the FFN drops that to 24.5%, so capacity matters; at 1,000 updates of
     # the tiny model with 2,000 cities it did not (recall stayed at the baseline).
     "cpu": MemoryScale(
-        size="micro",
-        max_documents=500,
+        model=ModelConfig(family="gpt2", size="micro", dropout=0.0),
+        data=_data(max_documents=500, vocab_size=2048, block_size=64, max_eval_blocks=64),
+        training=_training(steps=3000, batch_size=16, eval_every=300),
+        memory=_memory(layers=[1], n_keys=128, heads=4, k=16, k_dim=64),
         cities=1000,
         fact_repeats=12,
-        vocab_size=2048,
-        block_size=64,
-        batch_size=16,
-        steps=3000,
-        layer=1,
-        n_keys=128,
-        heads=4,
-        k=16,
-        k_dim=64,
         wide_ffn=1024,
         seeds=(0, 1, 2),
-        eval_every=300,
-        max_eval_blocks=64,
         usage_blocks=32,
         usage_window=100,
     ),
@@ -182,23 +170,19 @@ SCALES: dict[str, MemoryScale] = {
     # 512^2 slots (4 heads, k 32, k_dim 256) in one block, trained on WikiText-103 plus the
     # city facts; run under `accelerate launch`.
     "full": MemoryScale(
-        family="bert",
-        size="base",
-        corpus="hf:wikitext:wikitext-103-raw-v1",
-        max_documents=2_000_000,
+        model=ModelConfig(family="bert", size="base", dropout=0.0),
+        data=_data(
+            corpus="hf:wikitext:wikitext-103-raw-v1",
+            max_documents=2_000_000,
+            vocab_size=30_000,
+            block_size=512,
+            max_eval_blocks=1024,
+        ),
+        training=_training(steps=100_000, batch_size=32, learning_rate=1e-4, eval_every=5000),
+        memory=_memory(layers=[6], n_keys=512, k_dim=256),
         cities=None,
-        vocab_size=30_000,
-        block_size=512,
-        batch_size=32,
-        steps=100_000,
-        learning_rate=1e-4,
-        layer=6,
-        n_keys=512,
-        k_dim=256,
         wide_ffn=3072 * 4,
         seeds=(0, 1, 2),
-        eval_every=5000,
-        max_eval_blocks=1024,
         usage_blocks=256,
         usage_window=1000,
     ),
@@ -245,11 +229,8 @@ class _Data:
 def _prepare(scale: MemoryScale, out: Path) -> _Data:
     """The tokenizer (trained on wiki text + statements, saved once), blocks and facts."""
     facts = city_facts(scale.cities)
-    mixture = fact_mixture(
-        facts, out, objective=FAMILY_OBJECTIVE[scale.family], corpus=scale.corpus,
-        max_documents=scale.max_documents, fact_repeats=scale.fact_repeats, vocab_size=scale.vocab_size,
-        block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
-    )  # fmt: skip
+    objective = FAMILY_OBJECTIVE[scale.model.family]
+    mixture = fact_mixture(facts, out, scale.data, objective=objective, fact_repeats=scale.fact_repeats)
     info = MemoryData(
         **asdict(mixture.info),
         cities=len(facts),
@@ -259,23 +240,16 @@ def _prepare(scale: MemoryScale, out: Path) -> _Data:
     return _Data(mixture.tokenizer, mixture.train_blocks, mixture.eval_set, facts, info)
 
 
-def _pkm_config(scale: MemoryScale, mode: str) -> PKMConfig:
-    return PKMConfig(
-        layers=[scale.layer], mode=mode, n_keys=scale.n_keys, heads=scale.heads, k=scale.k, k_dim=scale.k_dim,
-        query_norm=scale.query_norm, sparse_updates=scale.sparse_updates,  # type: ignore[arg-type]
-    )  # fmt: skip
-
-
-def _training(scale: MemoryScale, steps: int, seed: int, save_every: int) -> TrainingConfig:
+def _unit_training(scale: MemoryScale, steps: int, seed: int, save_every: int) -> TrainingConfig:
     """The whole run's schedule, or for a continuation the rest of it (peak lr scaled down)."""
-    config = TrainingConfig(
-        steps=steps, batch_size=scale.batch_size, learning_rate=scale.learning_rate,
-        eval_every=min(scale.eval_every, steps), save_every=save_every, save_total_limit=100,
-        log_every=max(1, min(10, steps // 4)), seed=seed,
+    full = scale.training
+    config = replace(
+        full, steps=steps, eval_every=min(full.eval_every or steps, steps), save_every=save_every,
+        save_total_limit=100, log_every=max(1, min(10, steps // 4)), seed=seed,
     )  # fmt: skip
-    if steps < scale.steps:  # linear decay from the full run's lr at the start step to 0 at its end
-        warmup = config.warmup_ratio * scale.steps
-        config.learning_rate = scale.learning_rate * steps / (scale.steps - warmup)
+    if steps < full.steps:  # linear decay from the full run's lr at the start step to 0 at its end
+        warmup = config.warmup_ratio * full.steps
+        config.learning_rate = full.learning_rate * steps / (full.steps - warmup)
     return config
 
 
@@ -291,7 +265,12 @@ def _run_unit(
         model = load_pretrained(str(checkpoint))
     else:
         model = build_model(
-            scale.family, scale.size, data.tokenizer, max_positions=scale.block_size, dropout=0.0, seed=seed
+            scale.model.family,
+            scale.model.size,
+            data.tokenizer,
+            max_positions=scale.data.block_size,
+            dropout=scale.model.dropout,
+            seed=seed,
         )
     base_parameters = count_parameters(model)
     param_groups = None
@@ -299,8 +278,8 @@ def _run_unit(
     usage_callback: MemoryUsageCallback | None = None
     if arm in MEMORY_ARMS:
         torch.manual_seed(seed + MEMORY_SEED_OFFSET)  # the memory's own initialisation, every mode
-        add_product_key_memory(model, _pkm_config(scale, arm.split("-")[0]))
-        param_groups = lambda m: memory_param_groups(m, lr=scale.memory_lr)  # noqa: E731
+        add_product_key_memory(model, replace(scale.memory, mode=arm.split("-")[0]))
+        param_groups = lambda m: memory_param_groups(m, lr=scale.memory.value_lr)  # noqa: E731
         usage_callback = MemoryUsageCallback(window=scale.usage_window, log_every=scale.usage_window)
         extra_callbacks.append(usage_callback)
     elif arm == "no-ffn":
@@ -308,11 +287,11 @@ def _run_unit(
     elif arm == "wide-ffn":
         torch.manual_seed(seed + MEMORY_SEED_OFFSET)
         attach_to_ffn(model, [scale.layer], lambda dim: _DenseFFN(dim, scale.wide_ffn), mode="residual")
-    steps = scale.steps - start_step
+    steps = scale.training.steps - start_step
     save_every = scale.pretrained_step() if arm == "no-memory" else steps
-    objective = FAMILY_OBJECTIVE[scale.family]
+    objective = FAMILY_OBJECTIVE[scale.model.family]
     result = train(
-        model, data.tokenizer, data.train_blocks, _training(scale, steps, seed, save_every),
+        model, data.tokenizer, data.train_blocks, _unit_training(scale, steps, seed, save_every),
         unit_dir / "trainer", objective=objective, eval_dataset=data.eval_set,
         callbacks=[*callbacks, *extra_callbacks], param_groups=param_groups,
         # a continuation sees a fresh shuffle, not the first half of the no-memory run again
@@ -339,8 +318,8 @@ def _run_unit(
     )
     if memories(model):
         batches = [
-            {"input_ids": torch.tensor(data.eval_set[i : i + scale.batch_size]["input_ids"])}
-            for i in range(0, min(scale.usage_blocks, len(data.eval_set)), scale.batch_size)
+            {"input_ids": torch.tensor(data.eval_set[i : i + scale.training.batch_size]["input_ids"])}
+            for i in range(0, min(scale.usage_blocks, len(data.eval_set)), scale.training.batch_size)
         ]
         unit.usage = next(iter(memory_usage(model, batches).values()))
         unit.slot_mass_curve = cumulative_curve(next(iter(slot_mass(model, batches).values())), points=200)
@@ -636,16 +615,16 @@ class MemoryStudyResults(Results):
 
 
 def _study_blocks(study: MemoryStudyResults, plots_dir: Path) -> list[str | Table | Figure]:
-    settings, data, summary = study.settings, study.data, study.summary
+    settings, data, summary, memory = study.settings, study.data, study.summary, study.settings.memory
     blocks: list[str | Table | Figure] = [
-        f"Scale '{study.scale}': a {settings.size} {settings.family} trained "
-        f"{settings.steps} updates (batch {settings.batch_size} x {settings.block_size} tokens) "
-        f"on {settings.corpus} mixed with {data.cities:,} city facts ({data.statements:,} "
-        f"statements, {data.fact_tokens:,} of {data.train_tokens:,} training tokens). The memory "
-        f"({settings.n_keys**2:,} slots, {settings.heads} heads, k={settings.k}) sits in "
+        f"Scale '{study.scale}': a {settings.model.size} {settings.model.family} trained "
+        f"{settings.training.steps} updates (batch {settings.training.batch_size} x "
+        f"{settings.data.block_size} tokens) on {settings.data.corpus} mixed with {data.cities:,} city facts "
+        f"({data.statements:,} statements, {data.fact_tokens:,} of {data.train_tokens:,} training tokens). "
+        f"The memory ({memory.n_keys**2:,} slots, {memory.heads} heads, k={memory.k}) sits in "
         f"block {settings.layer}, instead of its FFN (replace) or beside it (residual); '-pretrained' "
         f"arms start from the no-memory run at update "
-        f"{round(settings.steps * settings.pretrained_fraction)} and train the remaining updates, "
+        f"{round(settings.training.steps * settings.pretrained_fraction)} and train the remaining updates, "
         "so every arm makes the same number of updates. Validation loss is on held-out wiki text; "
         "recall is the exact match of the country for every city (all its tokens, greedy); answering "
         f"every city with the most common country scores {100 * data.majority_recall:.1f}%. Usage is "

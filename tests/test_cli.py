@@ -180,9 +180,12 @@ def test_a_scale_loads_from_yaml_on_top_of_a_named_one(tmp_path):
     from palimpsest.experiments.memory import SCALES
 
     config = tmp_path / "s.yaml"
-    config.write_text("seeds: [3]\n")
-    loaded = load_config(type(SCALES["demo"]), config, base=SCALES["demo"])
-    assert loaded.seeds == (3,) and loaded.steps == SCALES["demo"].steps
+    config.write_text("seeds: [3]\ntraining:\n  steps: 50\nmemory:\n  n_keys: 32\n")
+    demo = SCALES["demo"]
+    loaded = load_config(type(demo), config, base=demo)  # the library's sections merge key by key
+    assert loaded.seeds == (3,) and loaded.training.steps == 50 and loaded.memory.n_keys == 32
+    assert loaded.training.batch_size == demo.training.batch_size and loaded.memory.layers == demo.memory.layers
+    assert loaded.data == demo.data
 
 
 def test_memory_add_and_stats(tmp_path):

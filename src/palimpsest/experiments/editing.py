@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,6 +43,7 @@ from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
 from palimpsest.plotting import plot_bars, plot_points
+from palimpsest.pretraining import DataConfig
 from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
@@ -58,27 +59,42 @@ logger = logging.getLogger(__name__)
 METHODS = ("ft", "ft+support", "linf", "l2")
 
 
+def _data(**fields: Any) -> DataConfig:
+    return DataConfig(
+        **{"max_documents": 2000, "vocab_size": 2048, "block_size": 64, "max_eval_blocks": 64, **fields}
+    )
+
+
+def _training(**fields: Any) -> TrainingConfig:
+    """Pretraining (evaluated 4 times, checkpointed halfway; see :func:`_family_training`)."""
+    return TrainingConfig(
+        **{"steps": 800, "batch_size": 16, "learning_rate": 3e-3, "mlm_probability": 0.2, **fields}
+    )
+
+
+def _edit(**fields: Any) -> EditConfig:
+    """What every method shares: the paper's plain constrained fine-tuning at one lr and step count
+    (each method sets its layers, modules and bound)."""
+    return EditConfig(**{"learning_rate": 1e-3, "steps": 100, **PLAIN_FINETUNING, **fields})
+
+
 @dataclass(frozen=True)
 class EditingScale:
-    """Sizes of one run of the study."""
+    """One run of the study: the library's configs of the data, pretraining and edits, and the
+    study's own grid (families, facts, edit counts, methods, layer choices, bounds, seeds)."""
 
     families: tuple[str, ...] = ("gpt2", "roberta")
     size: str = "mini"
-    fact_sets: tuple[str, ...] = ("country-capital", "country-continent")
-    #: Keep the facts of this many subjects (a seeded draw, the same for every fact set).
-    max_subjects: int | None = None
-    corpus: str = "wiki-en"
-    max_documents: int | None = 2000
-    fact_repeats: int = 6
-    vocab_size: int = 2048
-    block_size: int = 64
-    batch_size: int = 16
-    pretrain_steps: int = 800
+    data: DataConfig = field(default_factory=_data)
+    training: TrainingConfig = field(default_factory=_training)
     #: Masked LMs learn facts far more slowly (measured on the demo's 120 facts: 0% recall after
     #: 800 updates, 78% after 6,000, where the causal model reaches 94% after 800).
     masked_pretrain_steps: int | None = None
-    pretrain_lr: float = 3e-3
-    mlm_probability: float = 0.2
+    edit: EditConfig = field(default_factory=_edit)
+    fact_sets: tuple[str, ...] = ("country-capital", "country-continent")
+    #: Keep the facts of this many subjects (a seeded draw, the same for every fact set).
+    max_subjects: int | None = None
+    fact_repeats: int = 6
     edits: tuple[int, ...] = (32,)
     seeds: tuple[int, ...] = (0, 1)
     methods: tuple[str, ...] = METHODS
@@ -86,9 +102,6 @@ class EditingScale:
     layer_choices: tuple[str, ...] = ("first", "last", "first+last", "all", "single")
     linf_deltas: tuple[float, ...] = (5e-3,)
     l2_deltas: tuple[float, ...] = (0.5,)
-    edit_lr: float = 1e-3
-    edit_steps: int = 100
-    max_eval_blocks: int = 64
 
 
 FULL_FACT_SETS = (
@@ -100,28 +113,23 @@ SCALES: dict[str, EditingScale] = {
     "smoke": EditingScale(
         families=("gpt2", "bert"),
         size="micro",
+        data=_data(max_documents=200, vocab_size=600, block_size=32, max_eval_blocks=8),
+        training=_training(steps=10, batch_size=8),
+        edit=_edit(steps=3),
         fact_sets=("country-continent",),
-        max_documents=200,
         fact_repeats=2,
-        vocab_size=600,
-        block_size=32,
-        batch_size=8,
-        pretrain_steps=10,
         edits=(4,),
         seeds=(0,),
         layer_choices=("first+last", "single"),
-        edit_steps=3,
-        max_eval_blocks=8,
     ),
     # A causal model only: a masked LM needs several times more updates to learn the facts
     # (measured: 0% recall after 800 updates where the causal model reaches 94%).
     "demo": EditingScale(
         families=("gpt2",),
+        data=_data(max_documents=100),
+        training=_training(steps=800, learning_rate=5e-3),
         max_subjects=60,
-        max_documents=100,
         fact_repeats=16,
-        pretrain_steps=800,
-        pretrain_lr=5e-3,
         layer_choices=("first+last", "single"),
         linf_deltas=(5e-3, 2e-2),
         l2_deltas=(1.0,),
@@ -130,18 +138,15 @@ SCALES: dict[str, EditingScale] = {
     # so that 512 edits leave facts to score). Pretraining lengths measured: the causal model
     # recalls 98.4% of the 988 facts after 5,000 updates, the masked one 96.9% after 25,000.
     "cpu": EditingScale(
-        fact_sets=("country-capital", "country-continent", "country-currency", "country-language"),
-        max_documents=300,
-        fact_repeats=12,
-        pretrain_steps=5000,
+        data=_data(max_documents=300, max_eval_blocks=128),
+        training=_training(steps=5000, learning_rate=3e-3, mlm_probability=0.3),
         masked_pretrain_steps=25_000,
-        pretrain_lr=3e-3,
-        mlm_probability=0.3,
+        fact_sets=("country-capital", "country-continent", "country-currency", "country-language"),
+        fact_repeats=12,
         edits=(32, 128, 512),
         seeds=(0, 1, 2),
         linf_deltas=(5e-3, 2e-2, 5e-2),
         l2_deltas=(0.3, 1.0),
-        max_eval_blocks=128,
     ),
     # For a GPU: 8-block models (so "first and last" are 2 of 8 blocks, not 2 of 4), every
     # built-in country and element relation (~1,230 facts), all of the shipped wiki text, five
@@ -149,22 +154,16 @@ SCALES: dict[str, EditingScale] = {
     # cpu scale's (measured there: causal 98% recall after 5,000 updates) by the model size.
     "full": EditingScale(
         size="small",
-        fact_sets=FULL_FACT_SETS,
-        max_documents=None,
-        fact_repeats=12,
-        vocab_size=8192,
-        block_size=128,
-        batch_size=32,
-        pretrain_steps=20_000,
+        data=_data(max_documents=None, vocab_size=8192, block_size=128, max_eval_blocks=512),
+        training=_training(steps=20_000, batch_size=32, learning_rate=1e-3, mlm_probability=0.3),
         masked_pretrain_steps=100_000,
-        pretrain_lr=1e-3,
-        mlm_probability=0.3,
+        edit=_edit(steps=200),
+        fact_sets=FULL_FACT_SETS,
+        fact_repeats=12,
         edits=(32, 128, 512),
         seeds=(0, 1, 2, 3, 4),
         linf_deltas=(2e-3, 5e-3, 2e-2, 5e-2),
         l2_deltas=(0.3, 1.0, 3.0),
-        edit_steps=200,
-        max_eval_blocks=512,
     ),
 }
 
@@ -181,28 +180,29 @@ def study_facts(scale: EditingScale) -> list[Fact]:
     return facts
 
 
+def _family_training(scale: EditingScale, objective: str) -> TrainingConfig:
+    """The scale's pretraining, longer for a masked LM; evaluated 4 times, checkpointed halfway."""
+    steps = scale.training.steps
+    if objective == "mlm" and scale.masked_pretrain_steps is not None:
+        steps = scale.masked_pretrain_steps
+    return replace(
+        scale.training, steps=steps, eval_every=max(1, steps // 4), save_every=max(1, steps // 2), seed=0
+    )
+
+
 def _pretrain(
     scale: EditingScale, family: str, facts: list[Fact], run_dir: Path, callbacks
 ) -> PretrainedModel:
     """A small model of ``family`` that knows the facts."""
     objective = FAMILY_OBJECTIVE[family]
+    config = _family_training(scale, objective)
     mixture = fact_mixture(
-        facts, run_dir, objective=objective, corpus=scale.corpus, max_documents=scale.max_documents,
-        fact_repeats=scale.fact_repeats, hold_out=True, vocab_size=scale.vocab_size,
-        block_size=scale.block_size, max_eval_blocks=scale.max_eval_blocks,
-        mlm_probability=scale.mlm_probability,
+        facts, run_dir, scale.data, objective=objective, fact_repeats=scale.fact_repeats, hold_out=True,
+        mlm_probability=config.mlm_probability,
     )  # fmt: skip
     model = build_model(
-        family, scale.size, mixture.tokenizer, max_positions=scale.block_size, dropout=0.0, seed=0
+        family, scale.size, mixture.tokenizer, max_positions=scale.data.block_size, dropout=0.0, seed=0
     )
-    steps = scale.pretrain_steps
-    if objective == "mlm" and scale.masked_pretrain_steps is not None:
-        steps = scale.masked_pretrain_steps
-    config = TrainingConfig(
-        steps=steps, batch_size=scale.batch_size, learning_rate=scale.pretrain_lr,
-        mlm_probability=scale.mlm_probability, eval_every=max(1, steps // 4),
-        save_every=max(1, steps // 2), seed=0,
-    )  # fmt: skip
     result = train(
         model, mixture.tokenizer, mixture.train_blocks, config, run_dir / "trainer", objective=objective,
         eval_dataset=mixture.eval_set, callbacks=callbacks,
@@ -239,11 +239,10 @@ def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]
     for choice in scale.layer_choices:
         choices += [[index] for index in range(blocks)] if choice == "single" else [choice]
     grid: list[tuple[str, EditConfig]] = []
-    common = {"learning_rate": scale.edit_lr, "steps": scale.edit_steps, **PLAIN_FINETUNING}
     for method in scale.methods:
         if method in ("ft", "ft+support"):
             grid.append(
-                (method, EditConfig(layers="all", modules=["block", "embeddings"], norm=None, **common))
+                (method, replace(scale.edit, layers="all", modules=["block", "embeddings"], norm=None))
             )
             continue
         deltas = scale.linf_deltas if method == "linf" else scale.l2_deltas
@@ -252,7 +251,7 @@ def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]
                 name = choice if isinstance(choice, str) else f"block {choice[0]}"
                 label = f"{method} δ={delta:g} {name}"
                 grid.append(
-                    (label, EditConfig(layers=choice, modules=["ffn"], norm=method, delta=delta, **common))
+                    (label, replace(scale.edit, layers=choice, modules=["ffn"], norm=method, delta=delta))
                 )
     return grid
 
@@ -609,7 +608,7 @@ def _study_blocks(study: EditingStudyResults, plots_dir: Path) -> list[str | Tab
     settings, summary = study.settings, study.summary
     blocks: list[str | Table | Figure] = [
         f"Scale '{study.scale}': per family a {settings.size} model pretrained from scratch "
-        f"on {settings.corpus} mixed with the facts "
+        f"on {settings.data.corpus} mixed with the facts "
         f"({', '.join(settings.fact_sets)}; four templates each, every subject's held-out paraphrase "
         "left out). Then, per seed, counterfactual edits (a new object of the same relation) made by "
         "every method on the same requests and undone exactly before the next. A_M: exact match of the "

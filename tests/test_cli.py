@@ -184,7 +184,9 @@ def test_a_scale_loads_from_yaml_on_top_of_a_named_one(tmp_path):
     demo = SCALES["demo"]
     loaded = load_config(type(demo), config, base=demo)  # the library's sections merge key by key
     assert loaded.seeds == (3,) and loaded.training.steps == 50 and loaded.memory.n_keys == 32
-    assert loaded.training.batch_size == demo.training.batch_size and loaded.memory.layers == demo.memory.layers
+    assert (
+        loaded.training.batch_size == demo.training.batch_size and loaded.memory.layers == demo.memory.layers
+    )
     assert loaded.data == demo.data
 
 

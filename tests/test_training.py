@@ -10,7 +10,7 @@ import torch
 from palimpsest.data import causal_eval_set, encode_blocks, split_corpus
 from palimpsest.errors import ConfigError
 from palimpsest.models import build_model
-from palimpsest.training import TrainingConfig, evaluate_lm, train
+from palimpsest.training import TrainingConfig, evaluate_lm, last_complete_checkpoint, train
 from torchrun_helper import torchrun
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_micro.py"
@@ -104,6 +104,26 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     b = json.loads((killed / "final-rank0.json").read_text())
     assert a["weights"] == b["weights"]  # ... and came back bit for bit
     assert a["eval_loss"] == b["eval_loss"]
+
+
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_one_before(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([sys.executable, str(SCRIPT), str(straight)], check=True, env=env, capture_output=True)
+    crash = subprocess.run(
+        [sys.executable, str(SCRIPT), str(killed), "--kill-during-save", "8"], env=env, capture_output=True
+    )
+    assert crash.returncode != 0
+    torn = killed / "checkpoint-8"
+    assert (torn / "model.safetensors").is_file() and not (torn / "trainer_state.json").exists()
+    assert last_complete_checkpoint(killed) == str(killed / "checkpoint-4")
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), str(killed)], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = json.loads((straight / "final-rank0.json").read_text())
+    b = json.loads((killed / "final-rank0.json").read_text())
+    assert a["weights"] == b["weights"] and a["eval_loss"] == b["eval_loss"]
 
 
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):

@@ -10,6 +10,7 @@ accumulation, safetensors checkpoints, TensorBoard) is the Trainer's own.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from palimpsest.data.lm import mlm_mask
 from palimpsest.errors import ConfigError
@@ -263,6 +264,31 @@ def make_training_arguments(
     return TrainingArguments(**arguments)
 
 
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None.
+
+    The Trainer writes a checkpoint's ``trainer_state.json`` last, after the weights, the
+    optimizer, the scheduler and the RNG states; a process killed while writing leaves a
+    folder without it (or with a torn one). Such a folder is skipped, with a warning, and
+    training resumes from the checkpoint before it.
+    """
+    folders = []
+    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = folder.name.rsplit("-", 1)[-1]
+        if folder.is_dir() and step.isdigit():
+            folders.append((int(step), folder))
+    for _step, folder in sorted(folders, reverse=True):
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning(
+                "skipping %s: it was not completely written (no readable trainer_state.json)", folder
+            )
+            continue
+        return str(folder)
+    return None
+
+
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -315,7 +341,7 @@ def train(
     # With tqdm off the Trainer prints every log dict to stdout; the library does not print
     # (the log history keeps every value, and callers add their own progress display).
     trainer.remove_callback(PrinterCallback)
-    checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     started = time.perf_counter()

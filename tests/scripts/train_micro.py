@@ -1,10 +1,12 @@
 """Train a micro masked LM through palimpsest.training.train; used by the resume and DDP tests.
 
-usage: train_micro.py OUT [--kill-after-save STEP] [--forget-every K]
+usage: train_micro.py OUT [--kill-after-save STEP | --kill-during-save STEP] [--forget-every K]
 
 Writes OUT/final-rank{R}.json with a hash of the final weights and the final eval loss.
 With --kill-after-save the process SIGKILLs itself right after the checkpoint of STEP is
-written, like a machine that dies mid-run. With --forget-every, active forgetting runs
+written, like a machine that dies mid-run; with --kill-during-save it dies while that
+checkpoint is being written (after the weights, before the optimizer and trainer state).
+With --forget-every, active forgetting runs
 and the embeddings' hash right after each reset is recorded too.
 """
 
@@ -47,6 +49,20 @@ class HashAfterReset(TrainerCallback):
             self.hashes[state.global_step] = weights_hash(find_token_embeddings(model))
 
 
+def kill_during_save(step: int) -> None:
+    """SIGKILL this process once the weights of checkpoint ``step`` are on disk, mid-checkpoint."""
+    from transformers import Trainer
+
+    save = Trainer._save_optimizer_and_scheduler
+
+    def dying(self, output_dir):
+        if Path(output_dir).name == f"checkpoint-{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(self, output_dir)
+
+    Trainer._save_optimizer_and_scheduler = dying
+
+
 def weights_hash(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -68,6 +84,8 @@ def main() -> None:
         steps=12, batch_size=4, learning_rate=1e-3, eval_every=6, save_every=4, log_every=2
     )
     callbacks: list[TrainerCallback] = [KillAfterSave(kill)] if kill is not None else []
+    if "--kill-during-save" in sys.argv:
+        kill_during_save(int(sys.argv[sys.argv.index("--kill-during-save") + 1]))
     groups, probe = None, None
     if "--forget-every" in sys.argv:
         every = int(sys.argv[sys.argv.index("--forget-every") + 1])

@@ -80,3 +80,20 @@ def test_a_typed_unit_reads_back_as_its_class(tmp_path):
     row = resumable(tmp_path / "u.json", "k", lambda: _Row("ft", {"A_M": (1.0, 0.0)}), kind=_Row)
     again = resumable(tmp_path / "u.json", "k", lambda: pytest.fail("recomputed"), kind=_Row)
     assert isinstance(again, _Row) and again == row
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    from palimpsest.storage import atomic_folder
+
+    target = tmp_path / "model"
+    with atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert (target / "a.txt").read_text() == "first"  # the previous folder is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # and nothing half-written is left
+    with atomic_folder(target) as staging:
+        (staging / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,23 +57,55 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (a temporary name, then a rename), on rank 0."""
     path = Path(path)
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    wait_for_everyone()
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A folder written under a temporary name and moved into place only once complete.
+
+    Yields the staging folder (every rank gets it; write on rank 0). A failure or a kill
+    while writing leaves the previous folder, if any, untouched and no half-written one
+    under ``path``; on success an existing folder is replaced.
+    """
+    path = Path(path)
+    staging, previous = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.previous")
+    if is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    wait_for_everyone()
+    try:
+        yield staging
+    except BaseException:
+        if is_main_process():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if is_main_process():
+        shutil.rmtree(previous, ignore_errors=True)
+        if path.exists():
+            path.rename(previous)
+        staging.rename(path)
+        shutil.rmtree(previous, ignore_errors=True)
     wait_for_everyone()
 
 
 def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
-    """``save_pretrained`` of a model (safetensors) and/or its tokenizer into one folder, on rank 0."""
+    """``save_pretrained`` of a model (safetensors) and/or its tokenizer into one folder, on rank 0,
+    atomically: the folder appears complete or not at all (see :func:`atomic_folder`)."""
     path = Path(path)
-    if is_main_process():
-        path.mkdir(parents=True, exist_ok=True)
-        if model is not None:
-            model.save_pretrained(str(path))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(path))
-    wait_for_everyone()
+    with atomic_folder(path) as staging:
+        if is_main_process():
+            if model is not None:
+                model.save_pretrained(str(staging))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(staging))
     return path
 
 

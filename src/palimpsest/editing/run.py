@@ -7,7 +7,6 @@ interrupted or failed run never leaves a partial model behind.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
 from palimpsest.models import load_pretrained, resolve_pretrained
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
-from palimpsest.storage import machine_info
+from palimpsest.storage import machine_info, save_model
 
 
 def edit_saved_model(
@@ -37,13 +36,7 @@ def edit_saved_model(
     editor = ConstrainedFinetune(model, tokenizer, config=config)
     result = editor.apply(requests, unmodified=keep, sequential=sequential)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".model.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    tokenizer.save_pretrained(str(staging))
-    shutil.rmtree(out / "model", ignore_errors=True)
-    staging.rename(out / "model")
+    save_model(model, tokenizer, out / "model")
     changes = result.changes.values()
     results = EditResults(
         model=str(model_dir),

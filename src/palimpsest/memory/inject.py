@@ -36,7 +36,7 @@ from torch import nn
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
 from palimpsest.models import hidden_size, transformer_blocks
-from palimpsest.storage import is_main_process, read_safetensors, wait_for_everyone, write_text
+from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
 
 #: The key of the memory's settings in a model's config (and so in its config.json).
 MEMORY_CONFIG_KEY = "palimpsest_memory"
@@ -343,11 +343,12 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
     if handle is None:
         raise ModelError("this model has no product-key memory to save")
     path = Path(path)
-    if is_main_process():
+    document = {"memory": asdict(handle.config), "base_model_type": model.config.model_type}
+    if is_main_process():  # each file under a temporary name first: a kill never leaves a torn one
         path.mkdir(parents=True, exist_ok=True)
         tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
-        save_file(tensors, str(path / WEIGHTS_FILE))
-    document = {"memory": asdict(handle.config), "base_model_type": model.config.model_type}
+        save_file(tensors, str(path / f".{WEIGHTS_FILE}.tmp"))
+        (path / f".{WEIGHTS_FILE}.tmp").replace(path / WEIGHTS_FILE)
     write_text(path / CONFIG_FILE, json.dumps(document, indent=2))
     return path
 
@@ -396,13 +397,7 @@ def save_merged(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
     """
     if memory_handle(model) is None:
         raise ModelError("this model has no product-key memory to save")
-    path = Path(path)
-    if is_main_process():
-        model.save_pretrained(str(path))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(path))
-    wait_for_everyone()
-    return path
+    return save_model(model, tokenizer, path)
 
 
 def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:

@@ -61,20 +61,43 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def user_errors(function: F) -> F:
-    """Print a :class:`PalimpsestError` as one line and exit 2; Ctrl-C exits 130."""
+    """Print a user error as one line and exit 2; Ctrl-C exits 130.
+
+    User errors are :class:`PalimpsestError` s and the I/O and decoding errors of files the
+    user named (a folder that cannot be written, a file that is not UTF-8); with
+    ``--verbose`` the traceback follows the line. An ``--out`` that names a file or cannot be
+    written is refused before the command does any work.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if isinstance(kwargs.get("out"), Path):
+                from palimpsest.storage import check_output_folder
+
+                check_output_folder(kwargs["out"])
             return function(*args, **kwargs)
-        except PalimpsestError as error:
-            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        except (PalimpsestError, OSError, UnicodeDecodeError) as error:
+            error_console.print(f"[bold red]error:[/] {_describe(error)}", highlight=False, soft_wrap=True)
+            if kwargs.get("verbose"):
+                error_console.print_exception()
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             error_console.print("interrupted: run the same command again to resume from the last checkpoint")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a user error: the file and what is wrong with it."""
+    if isinstance(error, PalimpsestError):
+        return str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return f"a file is not UTF-8 text (byte {error.start}: {error.reason})"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _progress_callbacks(progress: Any) -> Callable[[str], list[Any]]:
@@ -167,6 +190,9 @@ def pretrain(
         int | None, typer.Option(help="With a memory: sub-keys per half (default 512: 262,144 slots).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a run with other settings in OUT (it is refused otherwise).")
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Pretrain a language model on a corpus (masked LM for bert/roberta, causal for gpt2/llama),
@@ -200,7 +226,11 @@ def pretrain(
     settings = load_config(PretrainConfig, config, {**overrides, **refined})
     with make_progress(console) as progress:
         results = run_pretrain(
-            settings, out, callbacks=[RichProgressCallback(progress, "pretrain")], resume=resume
+            settings,
+            out,
+            callbacks=[RichProgressCallback(progress, "pretrain")],
+            resume=resume,
+            overwrite=overwrite,
         )
     write_report([results], out, title=f"palimpsest pretrain: {results.name}")
     _print_pretrain(results)
@@ -673,18 +703,23 @@ def report(
     _setup_logging(False)
     from palimpsest.errors import DataError
     from palimpsest.report import write_report
+    from palimpsest.results import read_results
 
-    collected: list[dict[str, Any]] = []
+    collected = []
     for path in results:
         if not path.is_file():
             raise DataError(f"results file not found: {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise DataError(f"{path} is not valid JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DataError(f"{path} is not a JSON text file") from None
         if not isinstance(data, dict) or ("kind" not in data and "results" not in data):
             raise DataError(f"{path} is not a palimpsest results file")
-        collected.extend(data.get("results", [data]))
+        for document in data.get("results", [data]):
+            try:
+                collected.append(read_results(document))
+            except DataError as error:
+                raise DataError(f"{path}: {error}") from None
     markdown, html = write_report(collected, out, title=title)
     console.print(f"wrote {markdown} and {html}")
 

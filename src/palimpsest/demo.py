@@ -153,7 +153,9 @@ def run_demo(
     run_dir = out / f"pretrain-{config.name}"
     causal = _finished(run_dir, config)
     if causal is None:
-        causal = run_pretrain(config, run_dir, callbacks=callbacks_for(config.name or "pretrain"))
+        causal = run_pretrain(
+            config, run_dir, callbacks=callbacks_for(config.name or "pretrain"), overwrite=True
+        )
     timings["pretrain causal LM"] = time.perf_counter() - started
 
     mark = time.perf_counter()

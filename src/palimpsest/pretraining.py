@@ -42,7 +42,15 @@ from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, machine_line
 from palimpsest.results import Results
 from palimpsest.seeds import HOLDOUT_SEED
-from palimpsest.storage import machine_info, save_model, write_text
+from palimpsest.storage import (
+    OutputLock,
+    as_stored,
+    check_output_folder,
+    machine_info,
+    remove_tree,
+    save_model,
+    write_text,
+)
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -227,28 +235,35 @@ def run_pretrain(
     extensions: Iterable[TrainingExtension] = (),
     callbacks: Iterable[TrainerCallback] = (),
     resume: bool = True,
-) -> dict[str, Any]:
-    """Pretrain per ``config`` into ``out`` and return (and write) its results dict.
+    overwrite: bool = False,
+) -> PretrainResults:
+    """Pretrain per ``config`` into ``out`` and return (and write) its results.
 
     ``extensions`` (memory, forgetting, ...) join those the config's sections name (see
     :func:`build_extensions`); ``callbacks`` are the caller's own (progress display).
-    Re-running with the same ``out`` resumes: the saved tokenizer is reused and training
-    continues from the last checkpoint.
+    Re-running the same run into the same ``out`` resumes: the saved tokenizer is reused and
+    training continues from the last complete checkpoint. A folder holding a run with other
+    settings is refused (naming the keys) unless ``overwrite``, which replaces that run's
+    outputs; one process at a time writes to a folder (:class:`~palimpsest.storage.OutputLock`).
+    Every check that needs no training (model, corpus, extensions) runs before anything is
+    written.
     """
     active = build_extensions(config, extensions)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    out = check_output_folder(out)
+    settings = to_dict(config)
+    same_run = _previous_run(out, settings, overwrite=overwrite)
     tokenizer_dir = out / "tokenizer"
+    saved_tokenizer = same_run and (tokenizer_dir / "tokenizer.json").is_file()
 
+    # Everything that can fail on bad input (model, corpus, tokenizer) runs before anything is written.
     model: PreTrainedModel
     if config.model.pretrained:
         model = load_pretrained(config.model.pretrained)
         objective = objective_of(model.config)
-        tokenizer = load_tokenizer(config.model.pretrained if not tokenizer_dir.exists() else tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir if saved_tokenizer else config.model.pretrained)
     else:
         objective = FAMILY_OBJECTIVE[config.model.family]
-        tokenizer = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
+        tokenizer = load_tokenizer(tokenizer_dir) if saved_tokenizer else None
     data = prepare_data(
         config.data,
         objective=objective,
@@ -256,7 +271,6 @@ def run_pretrain(
         seed=config.training.seed,
         mlm_probability=config.training.mlm_probability,
     )
-    save_model(None, data.tokenizer, tokenizer_dir)
     if not config.model.pretrained:
         model = build_model(
             config.model.family,
@@ -269,25 +283,81 @@ def run_pretrain(
     for extension in active:
         model = extension.prepare_model(model)
 
-    result = train(
-        model,
-        data.tokenizer,
-        data.train_blocks,
-        config.training,
-        out,
-        objective=objective,
-        eval_dataset=data.eval_set,
-        callbacks=callbacks,
-        extensions=active,
-        resume=resume,
-    )
-    final = evaluate_lm(model, data.eval_set, batch_size=config.training.eval_batch_size)
-    baseline = unigram_baseline(data.train_blocks, data.eval_set, len(data.tokenizer))
-    save_model(model, data.tokenizer, out / "model")
-    for extension in active:
-        extension.save(model, out / "model")
+    with OutputLock(out):
+        if not same_run:
+            _clear_run(out)
+        write_text(out / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
+        save_model(None, data.tokenizer, tokenizer_dir)
+        result = train(
+            model,
+            data.tokenizer,
+            data.train_blocks,
+            config.training,
+            out,
+            objective=objective,
+            eval_dataset=data.eval_set,
+            callbacks=callbacks,
+            extensions=active,
+            resume=resume and same_run,
+        )
+        final = evaluate_lm(model, data.eval_set, batch_size=config.training.eval_batch_size)
+        baseline = unigram_baseline(data.train_blocks, data.eval_set, len(data.tokenizer))
+        save_model(model, data.tokenizer, out / "model")
+        for extension in active:
+            extension.save(model, out / "model")
+        results = _results(config, objective, model, out, data, final, baseline, result, active)
+        results.write(out / "results.json")
+    return results
 
-    results = PretrainResults(
+
+#: What a pretraining run writes into its folder (cleared by ``overwrite``; nothing else is touched).
+RUN_OUTPUTS = (
+    "config.yaml", "results.json", "report.md", "report.html", "plots", "model", "tokenizer", "runs",
+)  # fmt: skip
+
+
+def _previous_run(out: Path, settings: dict[str, Any], *, overwrite: bool) -> bool:
+    """Whether ``out`` holds this very run (resume it); a run with other settings is refused
+    unless ``overwrite``, naming the keys that differ."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        previous = None
+    if previous == as_stored(settings):
+        return True
+    if overwrite:
+        return False
+    differing = _differing_keys(previous if isinstance(previous, dict) else {}, as_stored(settings))
+    raise ConfigError(
+        f"{out} holds a run with other settings ({', '.join(differing[:6]) or 'unreadable config.yaml'}); "
+        "choose another --out, or --overwrite to replace that run"
+    )
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b), key=str):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys += _differing_keys(left, right, f"{prefix}{key}.")
+        elif left != right:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's outputs (and only those) before a new run writes its own."""
+    for name in RUN_OUTPUTS:
+        remove_tree(out / name) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
+    for checkpoint in out.glob("checkpoint-*"):
+        remove_tree(checkpoint)
+
+
+def _results(config, objective, model, out, data, final, baseline, result, active) -> PretrainResults:
+    return PretrainResults(
         name=config.name or f"{config.model.pretrained or config.model.family}-{objective}",
         config=config,
         model=TrainedModel(
@@ -314,8 +384,6 @@ def run_pretrain(
         curves=LossCurves(train_loss=result.curve("loss"), eval_loss=result.curve("eval_loss")),
         machine=machine_info(),
     )
-    results.write(out / "results.json")
-    return results
 
 
 # --------------------------------------------------------------------------- results

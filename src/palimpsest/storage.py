@@ -22,7 +22,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from palimpsest.errors import ModelError
+from palimpsest.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +187,77 @@ def resumable(path: str | Path, key: Any, compute: Callable[[], T], *, kind: typ
         stored = as_stored({"key": key, "result": to_dict(value) if kind is not None else value})
         write_json(path, stored)
     return from_dict(kind, stored["result"]) if kind is not None else stored["result"]
+
+
+def check_output_folder(folder: str | Path, *, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written: one naming a file, or
+    one whose nearest existing parent is not writable. Nothing is created here."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{option} {folder} is a file, not a folder")
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"{option} {folder}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{option} {folder}: cannot write in {parent} (permission denied)")
+    return folder
+
+
+class OutputLock:
+    """One process writes to an output folder at a time.
+
+    ``FOLDER/.palimpsest.lock`` holds the writer's process id; a second process that finds
+    the lock of a live process stops with one line, and a lock left by a process that is
+    gone (killed) is taken over. Only the main process of a distributed run takes it.
+    """
+
+    NAME = ".palimpsest.lock"
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / self.NAME
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        if not is_main_process():
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(2):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise DataError(
+                        f"another palimpsest process (pid {owner}) is writing to {self.path.parent}; "
+                        "wait for it to finish or stop it"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a process that is gone
+                continue
+            os.write(handle, str(os.getpid()).encode())
+            os.close(handle)
+            self.held = True
+            return self
+        raise DataError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -11,6 +11,7 @@ so the sharded step must equal it). Writes OUT/rank{R}.json with what was compar
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import sys
 from pathlib import Path
@@ -99,6 +100,11 @@ def main() -> None:
     except ConfigError as error:
         result["sparse_refused"] = str(error)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    # Tear down in order (sharded modules, then the group after a barrier): gloo's threads
+    # otherwise abort now and then at interpreter exit ("terminate called without an active exception").
+    del model, reference, optimizer, values
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -232,19 +232,23 @@ def _load_text_file(path: Path, paragraphs: bool) -> Corpus:
 
 def _load_jsonl(path: Path) -> Corpus:
     texts, labels, pairs = [], [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{number}: not valid JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError(f"{path}:{number}: each line needs a string field 'text'")
-            texts.append(record["text"])
-            labels.append(record.get("label"))
-            pairs.append(record.get("text_pair"))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}:{number}: not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f"{path}:{number}: each line needs a string field 'text'")
+        texts.append(record["text"])
+        labels.append(record.get("label"))
+        pairs.append(record.get("text_pair"))
     has_labels = any(label is not None for label in labels)
     if has_labels and any(label is None for label in labels):
         raise DataError(f"{path}: some lines have a 'label' and some do not")

@@ -440,7 +440,8 @@ def run_plasticity(
 def _pretrain_unit(
     config: PretrainConfig, run_dir: Path, callbacks: Iterable[TrainerCallback]
 ) -> PretrainDigest:
-    return PretrainDigest.of(run_pretrain(config, run_dir, callbacks=callbacks))
+    # the unit is recomputed because its settings changed: a previous run in run_dir is replaced
+    return PretrainDigest.of(run_pretrain(config, run_dir, callbacks=callbacks, overwrite=True))
 
 
 def _task_unit(

@@ -1,0 +1,113 @@
+"""Nothing silently wrong: a run knows what it is, checks come before writes, one writer per folder."""
+
+import json
+import os
+
+import pytest
+
+from cli_helpers import one_error_line, palimpsest
+from palimpsest.errors import DataError
+from palimpsest.storage import OutputLock, check_output_folder
+
+TINY = ["--steps", "2", "--batch-size", "4", "--vocab-size", "300", "--block-size", "32"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  max_documents: 120\n  max_eval_blocks: 4\nmodel:\n  family: gpt2\n  size: micro\n"
+    )
+    return config
+
+
+def test_a_rerun_with_other_settings_is_refused_then_replaced_on_request(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert palimpsest("pretrain", "--config", tiny_config, "--out", out, *TINY).returncode == 0
+    first = (out / "results.json").read_text()
+    other = [*TINY[:4], "--vocab-size", "280", *TINY[6:]]
+    line = one_error_line(palimpsest("pretrain", "--config", tiny_config, "--out", out, *other))
+    assert "other settings (data.vocab_size)" in line and "--overwrite" in line
+    assert (out / "results.json").read_text() == first  # nothing was touched
+    done = palimpsest("pretrain", "--config", tiny_config, "--out", out, *other, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "results.json").read_text())["config"]["data"]["vocab_size"] == 280
+    assert json.loads((out / "tokenizer" / "tokenizer.json").read_text())  # a new tokenizer, not the old one
+    again = palimpsest("pretrain", "--config", tiny_config, "--out", out, *other)  # the same run: resumed
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_bad_corpus_fails_before_anything_is_written(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    line = one_error_line(
+        palimpsest("pretrain", "--config", tiny_config, "--out", out, "--corpus", "nope", *TINY)
+    )
+    assert "nope" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pretrain", *TINY],
+        ["experiment", "memory", "--scale", "smoke"],
+        ["demo", "--scale", "smoke"],
+        ["report", "RESULTS"],
+    ],
+)
+def test_an_out_that_is_a_file_is_one_line(tmp_path, command):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    results = tmp_path / "r.json"
+    metrics = {"loss": 1.0, "perplexity": 2.7, "tokens": 3, "unigram_loss": 2.0, "unigram_perplexity": 7.4}
+    results.write_text(
+        json.dumps({"kind": "evaluate", "model": "m", "corpus": "c", "objective": "clm", "metrics": metrics})
+    )
+    command = [str(results) if part == "RESULTS" else part for part in command]
+    line = one_error_line(palimpsest(*command, "--out", taken))
+    assert "is a file, not a folder" in line
+    assert taken.read_text() == "not a folder"
+
+
+def test_one_writer_per_folder(tmp_path):
+    folder = tmp_path / "out"
+    with OutputLock(folder):
+        assert (folder / OutputLock.NAME).read_text() == str(os.getpid())
+        (folder / OutputLock.NAME).write_text(str(os.getppid()))  # as if the parent process held it
+        with pytest.raises(DataError, match=f"pid {os.getppid()}"):
+            OutputLock(folder).__enter__()
+        (folder / OutputLock.NAME).write_text(str(os.getpid()))
+    assert not (folder / OutputLock.NAME).exists()
+    (folder / OutputLock.NAME).write_text("999999999")  # left by a process that is gone
+    with OutputLock(folder) as lock:
+        assert lock.held
+
+
+def test_output_folder_checks_create_nothing(tmp_path):
+    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        check_output_folder(tmp_path / "f" / "sub")
+
+
+def test_files_that_are_not_utf8_are_one_line_naming_the_file(tmp_path):
+    bad = b'{"kind": "evaluate"}\n\xff\xfe\n'
+    for name, command in (
+        ("c.yaml", ["pretrain", "--config", "FILE", *TINY]),
+        ("facts.jsonl", ["edit", "--model", "smollm2-135m", "--facts", "FILE"]),
+        ("r.json", ["report", "FILE"]),
+    ):
+        path = tmp_path / name
+        path.write_bytes(bad)
+        args = [str(path) if part == "FILE" else part for part in command]
+        line = one_error_line(palimpsest(*args, "--out", tmp_path / f"out-{name}"))
+        assert (str(path) in line and "UTF-8" in line) or "JSON" in line, line
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_a_results_file_of_another_shape_is_one_line(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"kind": "evaluate", "model": "m"}))
+    line = one_error_line(palimpsest("report", path, "--out", tmp_path / "rep"))
+    assert str(path) in line and "missing key" in line

@@ -111,3 +111,49 @@ def test_a_results_file_of_another_shape_is_one_line(tmp_path):
     path.write_text(json.dumps({"kind": "evaluate", "model": "m"}))
     line = one_error_line(palimpsest("report", path, "--out", tmp_path / "rep"))
     assert str(path) in line and "missing key" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--lr", "nan"], "finite"),
+        (["--lr", "inf"], "finite"),
+        (["--lr", "-1"], "learning_rate must be a positive number"),
+        (["--block-size", "2"], "block_size must be at least 4"),
+        (["--vocab-size", "0"], "vocab_size must be at least 32"),
+        (["--steps", "0"], "steps must be positive"),
+    ],
+)
+def test_values_out_of_range_are_refused_before_anything_is_written(tmp_path, tiny_config, flags, expected):
+    out = tmp_path / "run"
+    line = one_error_line(palimpsest("pretrain", "--config", tiny_config, "--out", out, *TINY, *flags))
+    assert expected in line
+    assert not out.exists()
+
+
+def test_a_config_float_must_be_finite(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  learning_rate: .inf\n")
+    line = one_error_line(palimpsest("pretrain", "--config", config, "--out", tmp_path / "o", *TINY))
+    assert "training.learning_rate: expected a finite number" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["edit", "--model", "smollm2-135m", "--facts", "FACTS", "--delta", "nan"], "finite"),
+        (
+            ["adapt", "task", "--model", "smollm2-135m", "--corpus", "wiki-en", "--max-length", "0"],
+            "max_length",
+        ),
+    ],
+)
+def test_other_commands_check_values_first(tmp_path, command, expected):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "country-capital", "object": "Paris", "new_object": "Rome"}\n'
+    )
+    args = [str(facts) if part == "FACTS" else part for part in command]
+    line = one_error_line(palimpsest(*args, "--out", tmp_path / "o"))
+    assert expected in line
+    assert not (tmp_path / "o").exists()

@@ -75,6 +75,23 @@ class DataConfig:
     max_eval_blocks: int | None = 256
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"data.validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        for name, least in (
+            ("vocab_size", 32),
+            ("block_size", 4),
+            ("max_eval_blocks", 1),
+            ("max_documents", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(f"data.{name} must be at least {least}, got {value}")
+        if self.tokenizer_model not in ("bpe", "unigram"):
+            raise ConfigError(f"data.tokenizer_model: expected bpe or unigram, got {self.tokenizer_model!r}")
+
 
 @dataclass
 class ModelConfig:

@@ -81,8 +81,17 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"training.{name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "adam_epsilon", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"training.{name} must be a positive number, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"training.weight_decay must be a number >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"training.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eval_batch_size <= 0 or self.save_total_limit <= 0:
+            raise ConfigError("training.eval_batch_size and training.save_total_limit must be positive")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 < self.mlm_probability < 1.0:

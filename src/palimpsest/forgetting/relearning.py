@@ -46,7 +46,7 @@ from palimpsest.data import (
     split_corpus,
     train_tokenizer,
 )
-from palimpsest.errors import DataError, ModelError
+from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
 from palimpsest.models import load_pretrained, objective_of
 from palimpsest.report import Section, Table
@@ -71,6 +71,11 @@ class LanguageAdaptation:
         default_factory=lambda: TrainingConfig(steps=300, learning_rate=2e-3, eval_every=25, save_every=None)
     )
 
+    def __post_init__(self) -> None:
+        for name, least in (("tokens", 1), ("vocab_size", 32), ("block_size", 4), ("max_eval_blocks", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
+
 
 @dataclass
 class TaskAdaptation:
@@ -84,6 +89,12 @@ class TaskAdaptation:
             steps=300, learning_rate=5e-4, batch_size=16, eval_every=100, save_every=None, warmup_ratio=0.1
         )
     )
+
+    def __post_init__(self) -> None:
+        if self.max_length < 4:
+            raise ConfigError(f"max_length must be at least 4 tokens, got {self.max_length}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
 
 
 def budget_texts(corpus: Corpus, tokens: int) -> Corpus:

@@ -151,9 +151,42 @@ def test_a_config_float_must_be_finite(tmp_path):
 def test_other_commands_check_values_first(tmp_path, command, expected):
     facts = tmp_path / "f.jsonl"
     facts.write_text(
-        '{"subject": "France", "relation": "country-capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
     )
     args = [str(facts) if part == "FACTS" else part for part in command]
     line = one_error_line(palimpsest(*args, "--out", tmp_path / "o"))
     assert expected in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["edit", "--model", "MODEL", "--facts", "FACTS"],
+        ["memory", "add", "--model", "MODEL", "--layer", "1"],
+        ["adapt", "language", "--model", "MODEL", "--corpus", "wiki-fr"],
+        ["adapt", "task", "--model", "MODEL", "--corpus", "wiki-en"],
+        ["assemble", "--task", "MODEL", "--language", "MODEL"],
+        ["evaluate", "--model", "MODEL"],
+    ],
+)
+@pytest.mark.parametrize("model", ["nope/model", "./nope", "no/such/folder"])
+def test_a_missing_model_is_one_line_at_once_never_a_long_hub_wait(tmp_path, monkeypatch, command, model):
+    from palimpsest import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)  # as on this machine
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+    )
+    args = [model if part == "MODEL" else str(facts) if part == "FACTS" else part for part in command]
+    line = one_error_line(palimpsest(*args, "--out", tmp_path / "o"))
+    assert "model at '" in line and model.removeprefix("./") in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_owner_slash_name_is_a_hub_id_where_the_hub_answers(monkeypatch):
+    from palimpsest import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: True)
+    assert models.locate_model("openai-community/gpt2") == "openai-community/gpt2"

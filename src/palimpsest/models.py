@@ -334,14 +334,49 @@ def load_base(
         raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
 
 
-def load_config(name_or_path: str) -> PretrainedConfig:
-    """The config of a local folder, built-in name or hub id (a missing local folder is an error
-    at once, never a hub request)."""
+def locate_model(name_or_path: str, *, needs: tuple[str, ...] = ("config.json",)) -> str:
+    """A built-in name's folder, a local folder, or a hub id worth asking the hub about.
+
+    A name that looks like a path (or exists) must be a folder with one of ``needs``; an
+    ``owner/name`` that is no folder here is a hub id, tried only where the hub can be
+    reached — offline it is "no model at NAME" at once instead of a long wait for retries.
+    """
     location = resolve_pretrained(name_or_path)
     local = Path(location).expanduser()
-    looks_local = location.startswith((".", "/", "~")) or local.exists() or location.count("/") > 1
-    if looks_local and not (local / "config.json").is_file():
-        raise ModelError(f"no model at '{location}' (expected a folder with config.json)")
+    looks_local = location.startswith((".", "/", "~")) or local.exists() or location.count("/") != 1
+    if looks_local:
+        if not any((local / name).is_file() for name in needs):
+            raise ModelError(f"no model at '{location}' (expected a folder with {' or '.join(needs)})")
+        return str(local)
+    if not _hub_reachable():
+        raise ModelError(
+            f"no model at '{location}': no such folder here, and the Hugging Face hub cannot be reached "
+            "to look it up as a hub id"
+        )
+    return location
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub's host answers (False at once in offline mode)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_config(name_or_path: str) -> PretrainedConfig:
+    """The config of a local folder, built-in name or hub id (see :func:`locate_model`)."""
+    location = locate_model(name_or_path)
+    local = Path(location)
     try:
         return AutoConfig.from_pretrained(str(local) if local.exists() else location)
     except (OSError, ValueError) as error:

@@ -93,9 +93,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """The tokenizer of a saved folder, a built-in model name (``smollm2-135m``) or a hub id."""
     from transformers import AutoTokenizer
 
-    from palimpsest.models import resolve_pretrained
+    from palimpsest.errors import ModelError
+    from palimpsest.models import locate_model
 
-    path = resolve_pretrained(str(path))
+    try:
+        path = locate_model(str(path), needs=("tokenizer.json", "tokenizer_config.json"))
+    except ModelError as error:
+        raise DataError(f"cannot load a tokenizer: {error}") from None
 
     try:
         return AutoTokenizer.from_pretrained(str(path))

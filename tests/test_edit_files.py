@@ -39,6 +39,9 @@ PERU = {"subject": "Peru", "relation": "capital", "object": "Lima"}
         (json.dumps({"subject": "Peru", "relation": "capital", "new_object": "Cusco"}), "'object' must be"),
         (json.dumps({**PERU, "colour": "red"}), "unknown field"),
         (json.dumps(["a", "list"]), "expected a JSON object"),
+        # one fact, one outcome: two edits of it to different objects, or an edit and a keep
+        (json.dumps({**GOOD[0], "new_object": "Nice"}), "France / capital is already on line 1"),
+        (json.dumps({k: v for k, v in GOOD[0].items() if k != "new_object"}), "already on line 1 .to 'Lyon'"),
     ],
 )
 def test_bad_lines_name_file_and_line(tmp_path, line, message):

@@ -1,12 +1,22 @@
 """Nothing silently wrong: a run knows what it is, checks come before writes, one writer per folder."""
 
+import contextlib
 import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cli_helpers import one_error_line, palimpsest
-from palimpsest.errors import DataError
+from palimpsest.config import from_dict
+from palimpsest.editing.datasets import read_edit_file
+from palimpsest.editing.editor import EditConfig
+from palimpsest.errors import ConfigError, DataError
+from palimpsest.evaluation import EvaluateConfig
+from palimpsest.experiments.memory import MemoryScale
+from palimpsest.memory import PKMConfig
+from palimpsest.pretraining import PretrainConfig
 from palimpsest.storage import OutputLock, check_output_folder
 
 TINY = ["--steps", "2", "--batch-size", "4", "--vocab-size", "300", "--block-size", "32"]
@@ -190,3 +200,57 @@ def test_an_owner_slash_name_is_a_hub_id_where_the_hub_answers(monkeypatch):
 
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: True)
     assert models.locate_model("openai-community/gpt2") == "openai-community/gpt2"
+
+
+# ----------------------------------------------------------------- properties of the parsers
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_keys = st.sampled_from(
+    ["data", "model", "training", "memory", "forgetting", "name", "steps", "vocab_size", "x"]
+)
+
+
+@pytest.mark.parametrize("cls", [PretrainConfig, EditConfig, PKMConfig, MemoryScale, EvaluateConfig])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    document=st.dictionaries(
+        _keys, _values | st.dictionaries(st.text(max_size=12), _values, max_size=4), max_size=4
+    )
+)
+def test_any_config_mapping_loads_or_is_a_config_error(cls, document):
+    with contextlib.suppress(ConfigError):  # anything else (a TypeError, a KeyError) is a bug
+        from_dict(cls, document)
+
+
+_fields = st.sampled_from(["subject", "relation", "object", "new_object", "extra"])
+_records = st.dictionaries(
+    _fields,
+    st.one_of(st.text(max_size=10), st.integers(), st.none(), st.sampled_from(["capital", "currency"])),
+    max_size=5,
+)
+_lines = st.one_of(
+    _records.map(json.dumps), st.text(max_size=20), st.binary(max_size=12).map(lambda b: b.decode("latin-1"))
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_lines, max_size=6))
+def test_any_fact_file_reads_or_is_a_data_error_naming_it(tmp_path, lines):
+    path = tmp_path / "facts.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        read_edit_file(path)
+    except DataError as error:
+        assert str(path) in str(error) or "no fact file" in str(error)

@@ -96,6 +96,7 @@ def _relation(value: Any, where: str) -> Relation:
 def read_edit_file(path: str | Path) -> tuple[list[EditRequest], list[Fact]]:
     """palimpsest JSONL -> (edit requests, facts to keep). Validates every line first."""
     requests, keep = [], []
+    seen: dict[tuple[str, str], tuple[str, str | None]] = {}  # (subject, relation) -> (line, new object)
     for number, record in _lines(path):
         where = f"{path}:{number}"
         unknown = set(record) - {"subject", "relation", "object", "new_object"}
@@ -106,6 +107,14 @@ def read_edit_file(path: str | Path) -> tuple[list[EditRequest], list[Fact]]:
             _relation(record.get("relation"), where),
             _text(record, "object", where),
         )
+        key, target = (fact.subject, fact.relation.name), record.get("new_object")
+        if key in seen and seen[key][1] != target:
+            first, earlier = seen[key]
+            raise DataError(
+                f"{where}: {fact.subject} / {fact.relation.name} is already on {first} "
+                f"({'to ' + repr(earlier) if earlier else 'to keep'}); one fact, one outcome"
+            )
+        seen.setdefault(key, (f"line {number}", target))
         if "new_object" in record:
             try:
                 requests.append(EditRequest(fact, _text(record, "new_object", where)))

@@ -254,3 +254,57 @@ def test_any_fact_file_reads_or_is_a_data_error_naming_it(tmp_path, lines):
         read_edit_file(path)
     except DataError as error:
         assert str(path) in str(error) or "no fact file" in str(error)
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro") / "run"
+    done = palimpsest(
+        "pretrain", "--corpus", "wiki-en", "--family", "gpt2", "--size", "micro", "--out", out, *TINY
+    )
+    assert done.returncode == 0, done.stderr
+    return out / "model"
+
+
+def test_corrupt_model_files_are_one_line(tmp_path, micro_model):
+    import shutil
+
+    for name, content in (
+        ("model.safetensors", b""),
+        ("model.safetensors", b"\x00" * 100),
+        ("config.json", b"{bad"),
+    ):
+        model = tmp_path / "m"
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.copytree(micro_model, model)
+        (model / name).write_bytes(content)
+        line = one_error_line(
+            palimpsest("evaluate", "--model", model, "--block-size", "32", "--max-blocks", "2")
+        )
+        assert str(model) in line
+
+
+def test_assemble_needs_a_classifier_and_a_language_model(tmp_path, micro_model):
+    line = one_error_line(
+        palimpsest("assemble", "--task", micro_model, "--language", micro_model, "--out", tmp_path / "a")
+    )
+    assert "is not a sequence classifier" in line
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_fact_longer_than_the_model_is_one_line(tmp_path, micro_model):
+    facts = tmp_path / "f.jsonl"
+    subject = " ".join(["Very"] * 60) + " Land"
+    facts.write_text(
+        json.dumps({"subject": subject, "relation": "capital", "object": "Paris", "new_object": "Rome"})
+    )
+    line = one_error_line(
+        palimpsest("edit", "--model", micro_model, "--facts", facts, "--out", tmp_path / "e")
+    )
+    assert "more than the model's 32 positions" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_memory_stats_needs_blocks(tmp_path, micro_model):
+    line = one_error_line(palimpsest("memory", "stats", "--model", micro_model, "--max-blocks", "0"))
+    assert "max_blocks must be positive" in line

@@ -127,5 +127,11 @@ def is_classifier(model_dir: str | Path) -> bool:
     config_file = Path(resolve_pretrained(str(model_dir))) / "config.json"
     if not config_file.is_file():
         raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
-    architectures = set(json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or ())
+    try:
+        document = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{config_file} is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise ModelError(f"{config_file} is not a model config (a JSON object)")
+    architectures = set(document.get("architectures") or ())
     return bool(architectures & set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()))

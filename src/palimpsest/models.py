@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -330,8 +331,9 @@ def load_base(
         chosen = objective or objective_of(config)
         auto = AutoModelForMaskedLM if chosen == "mlm" else AutoModelForCausalLM
         return auto.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing, torn or corrupt files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"cannot load model '{name_or_path}': {reason}") from None
 
 
 def locate_model(name_or_path: str, *, needs: tuple[str, ...] = ("config.json",)) -> str:

@@ -331,6 +331,7 @@ class ConstrainedFinetune:
         """
         if not requests:
             raise DataError("no edit requests")
+        self._check_lengths(requests, [*unmodified, *support])
         template = self.config.edit_template
         before = (
             edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=template)
@@ -377,6 +378,26 @@ class ConstrainedFinetune:
         return sum(p.numel() for p in self.parameters.values())
 
     # ---------------------------------------------------------------------------- helpers
+
+    def _check_lengths(self, requests: Sequence[EditRequest], facts: Sequence[Fact]) -> None:
+        """Every statement an edit or a metric reads must fit the model's positions (one line if not,
+        before anything is measured or trained)."""
+        config = getattr(self.model, "config", None)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not limit:
+            return
+        pairs = [(r.fact, answer) for r in requests for answer in (r.new_object, r.fact.object)]
+        pairs += [(fact, fact.object) for fact in facts]
+        statements = [
+            fact.statement(template, answer)
+            for fact, answer in pairs
+            for template in range(len(fact.relation.templates))
+        ]
+        for statement, ids in zip(statements, self.tokenizer(statements)["input_ids"], strict=True):
+            length = len(ids) + 1  # and a boundary token
+            if length > limit:
+                shown = statement if len(statement) <= 60 else statement[:57] + "..."
+                raise DataError(f"'{shown}' is {length} tokens, more than the model's {limit} positions")
 
     def _probe(self, fact: Fact, answer: str, template: int | None = None) -> Probe:
         chosen = self.config.edit_template if template is None else template

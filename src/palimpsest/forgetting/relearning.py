@@ -262,6 +262,14 @@ def assemble(task_model: str | Path, language_model: str | Path, out: str | Path
     The language model's body must be the body the task model started from (it was
     frozen); its token embeddings and tokenizer replace the task model's.
     """
+    from palimpsest.evaluation import is_classifier
+
+    if not is_classifier(task_model):  # loading it as one would add a random head, silently
+        raise ModelError(
+            f"the task model '{task_model}' is not a sequence classifier (make one with `adapt task`)"
+        )
+    if is_classifier(language_model):
+        raise ModelError(f"the language model '{language_model}' is a classifier, not a language model")
     task = load_pretrained(str(task_model), task="classification")
     language = load_pretrained(str(language_model))
     tokenizer = load_tokenizer(language_model)

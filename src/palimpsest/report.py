@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from palimpsest.results import Results, read_results
+from palimpsest.storage import write_text
 
 
 @dataclass
@@ -171,6 +172,6 @@ def write_report(
     plots_dir.mkdir(parents=True, exist_ok=True)
     sections = build_sections(results, plots_dir)
     markdown_path, html_path = out / "report.md", out / "report.html"
-    markdown_path.write_text(render_markdown(title, sections, out, preface), encoding="utf-8")
-    html_path.write_text(render_html(title, sections, preface), encoding="utf-8")
+    write_text(markdown_path, render_markdown(title, sections, out, preface))  # atomic, rank 0
+    write_text(html_path, render_html(title, sections, preface))
     return markdown_path, html_path

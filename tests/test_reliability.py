@@ -317,3 +317,23 @@ def test_a_fact_longer_than_the_model_is_one_line(tmp_path, micro_model):
 def test_memory_stats_needs_blocks(tmp_path, micro_model):
     line = one_error_line(palimpsest("memory", "stats", "--model", micro_model, "--max-blocks", "0"))
     assert "max_blocks must be positive" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pretrain", "--steps", "x"],
+        ["pretrain", "--bogus", "1"],
+        ["nope"],
+        ["memory"],
+        ["edit", "--lr", "fast"],
+    ],
+)
+def test_usage_errors_are_one_line_too(args):
+    line = one_error_line(palimpsest(*args))
+    assert line.startswith("error:") and "(see --help)" in line
+
+
+def test_help_still_exits_zero():
+    done = palimpsest("--help")
+    assert done.returncode == 0 and "pretrain" in done.stdout

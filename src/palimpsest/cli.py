@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
 from palimpsest.errors import PalimpsestError
 
@@ -25,7 +27,33 @@ if TYPE_CHECKING:
     from palimpsest.pretraining import PretrainResults
     from palimpsest.results import Results
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a value that is not a number, an unknown option) as one line, like every
+    other user error, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            sys.exit(130)
+        except Exception as error:
+            # typer vendors its own click, whose exceptions it does not export: a usage error is
+            # recognised by the ClickException interface (format_message, exit_code, show)
+            if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
+                raise
+            if type(error).__name__ == "NoArgsIsHelpError":
+                error.show()  # the help text, asked for by giving no arguments
+            else:
+                message = f"[bold red]error:[/] {error.format_message()} (see --help)"
+                error_console.print(message, highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="palimpsest",
     help="The memory of language models: grow it, forget it, rewrite it.",
     no_args_is_help=True,

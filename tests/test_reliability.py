@@ -337,3 +337,12 @@ def test_usage_errors_are_one_line_too(args):
 def test_help_still_exits_zero():
     done = palimpsest("--help")
     assert done.returncode == 0 and "pretrain" in done.stdout
+
+
+def test_a_command_refuses_a_folder_another_process_writes_to(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / OutputLock.NAME).write_text(str(os.getppid()))  # a live process (our parent) holds it
+    line = one_error_line(palimpsest("experiment", "memory", "--scale", "smoke", "--out", out))
+    assert f"pid {os.getppid()}" in line
+    assert sorted(p.name for p in out.iterdir()) == [OutputLock.NAME]

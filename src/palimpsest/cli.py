@@ -100,11 +100,19 @@ def user_errors(function: F) -> F:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            if isinstance(kwargs.get("out"), Path):
-                from palimpsest.storage import check_output_folder
+            out = kwargs.get("out")
+            if not isinstance(out, Path):
+                return function(*args, **kwargs)
+            from palimpsest.storage import OutputLock, check_output_folder
 
-                check_output_folder(kwargs["out"])
-            return function(*args, **kwargs)
+            check_output_folder(out)
+            created = not out.exists()
+            try:
+                with OutputLock(out):  # one process writes to a folder at a time
+                    return function(*args, **kwargs)
+            finally:
+                if created and out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()  # a command that failed before writing leaves nothing behind
         except (PalimpsestError, OSError, UnicodeDecodeError) as error:
             error_console.print(f"[bold red]error:[/] {_describe(error)}", highlight=False, soft_wrap=True)
             if kwargs.get("verbose"):

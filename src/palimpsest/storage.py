@@ -210,7 +210,8 @@ class OutputLock:
 
     ``FOLDER/.palimpsest.lock`` holds the writer's process id; a second process that finds
     the lock of a live process stops with one line, and a lock left by a process that is
-    gone (killed) is taken over. Only the main process of a distributed run takes it.
+    gone (killed) is taken over. Taking it again in the same process is a no-op (the outer
+    holder releases it). Only the main process of a distributed run takes it.
     """
 
     NAME = ".palimpsest.lock"
@@ -228,7 +229,9 @@ class OutputLock:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and owner != os.getpid() and _alive(owner):
+                if owner == os.getpid():  # this process holds it already (a command around a run)
+                    return self
+                if owner is not None and _alive(owner):
                     raise DataError(
                         f"another palimpsest process (pid {owner}) is writing to {self.path.parent}; "
                         "wait for it to finish or stop it"

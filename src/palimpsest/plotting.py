@@ -47,7 +47,7 @@ def plot_curves(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    _save(figure, path)
     return path
 
 
@@ -82,7 +82,7 @@ def plot_bars(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    _save(figure, path)
     return path
 
 
@@ -113,5 +113,12 @@ def plot_points(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    _save(figure, path)
     return path
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """PNG under a temporary name, then renamed: a kill never leaves a torn plot."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png")
+    tmp.replace(path)

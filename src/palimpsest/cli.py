@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from palimpsest.pretraining import PretrainResults
     from palimpsest.results import Results
 
+
 class _OneLineErrors(TyperGroup):
     """Usage errors (a value that is not a number, an unknown option) as one line, like every
     other user error, instead of click's usage block."""

@@ -99,7 +99,8 @@ class TrainingConfig:
 
 
 class LMCollator:
-    """Stacks packed blocks into a batch; ``labels`` pass through when examples carry them.
+    """Stacks packed blocks into a batch; ``labels`` and ``attention_mask`` pass through when
+    examples carry them.
 
     Masking is not done here: the Trainer fetches a batch *before* it restores the RNG
     state of a resumed run, so masks drawn in the collator would differ after a resume.
@@ -108,8 +109,9 @@ class LMCollator:
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
-        if "labels" in examples[0]:
-            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        for key in ("labels", "attention_mask"):  # padded examples (facts) carry both
+            if key in examples[0]:
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
         return batch
 
 

@@ -5,7 +5,9 @@ weights in fp32, values read through an ``EmbeddingBag``); :func:`add_product_ke
 puts memories into a HF model by config, beside its FFN or in its place, and
 :func:`save_memory` / :func:`load_memory` move only what was added;
 :func:`memory_usage` and :class:`MemoryUsageCallback` measure how the slots are used, and
-:func:`memory_param_groups` gives the values their own learning rate.
+:func:`memory_param_groups` gives the values their own learning rate;
+:func:`learn_facts` writes new facts into a memory alone (optionally only the slots a fact
+selects specifically: sparse memory fine-tuning).
 """
 
 from palimpsest.memory.inject import (
@@ -22,6 +24,7 @@ from palimpsest.memory.inject import (
     transformer_blocks,
 )
 from palimpsest.memory.layer import MaskedBatchNorm, ProductKeyMemory, Selection
+from palimpsest.memory.learning import LearnedFacts, MemoryLearning, learn_facts
 from palimpsest.memory.usage import (
     MemoryUsageCallback,
     distribution_metrics,
@@ -30,14 +33,17 @@ from palimpsest.memory.usage import (
 )
 
 __all__ = [
+    "LearnedFacts",
     "MaskedBatchNorm",
     "MemoryHandle",
+    "MemoryLearning",
     "MemoryUsageCallback",
     "PKMConfig",
     "ProductKeyMemory",
     "Selection",
     "add_product_key_memory",
     "distribution_metrics",
+    "learn_facts",
     "load_memory",
     "load_merged",
     "memories",

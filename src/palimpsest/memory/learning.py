@@ -1,0 +1,368 @@
+"""Writing new facts into a memory while the rest of the model stays as it was.
+
+A pretrained model gets a residual product-key memory with zero values, so its outputs are
+unchanged (Kim & Jung 2020: a memory beside the FFN, initialised without changing the model);
+then only the memory trains on the new facts. Everything else is frozen, so backward stops at
+the lowest memory block and no other weight can move.
+
+*Sparse memory fine-tuning* (Lin et al. 2025, "Continual learning via sparse memory
+finetuning") goes further: per optimizer step, only the ``top_t`` slots this step's batch
+selects far more than background text does are updated. A slot's score is TF-IDF: its share of
+the batch's selections (TF) times ``log((D + 1) / (df + 1))``, with ``df`` the number of
+background batches (of ``D``) that selected it. The gradient reaching the values is restricted
+to those rows, and the values' optimizer (:class:`palimpsest.optim.LazyAdamW`, with sparse
+value gradients) moves only the rows that have a gradient, so no other slot changes — not even
+through Adam's momentum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+
+from palimpsest.data.facts import Fact
+from palimpsest.errors import ConfigError, DataError, ModelError
+from palimpsest.memory.inject import memories, memory_handle
+from palimpsest.recall import build_probe
+
+if TYPE_CHECKING:
+    from palimpsest.training import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+Trainable = Literal["values", "values+keys", "memory"]
+
+
+@dataclass
+class MemoryLearning:
+    """What trains when facts are written into a memory, and how sparsely."""
+
+    #: "values" (the slots' contents), "values+keys" (and the sub-keys that address them), or
+    #: "memory" (everything the memory added, the query network included).
+    trainable: Trainable = "values"
+    #: Sparse memory fine-tuning: update only this many slots per step (None: every slot read).
+    sparse_top_t: int | None = None
+    #: The background text slot accesses are compared with (its validation split).
+    background: str = "wiki-en"
+    background_blocks: int = 64
+    block_size: int = 64
+    #: Templates of each fact the memory trains on (0: the edit template).
+    templates: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self) -> None:
+        if self.trainable not in ("values", "values+keys", "memory"):
+            raise ConfigError(f"trainable: expected values, values+keys or memory, got {self.trainable!r}")
+        if self.sparse_top_t is not None and self.sparse_top_t < 1:
+            raise ConfigError(f"sparse_top_t must be at least 1 slot, got {self.sparse_top_t}")
+        for name in ("background_blocks", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.templates:
+            raise ConfigError("templates: name at least one template")
+
+
+def trainable_memory_parameters(model: nn.Module, trainable: Trainable = "values") -> dict[str, nn.Parameter]:
+    """The memory parameters that train, by name (values; keys; or all the memory added)."""
+    layers = memories(model)
+    if not layers:
+        raise ModelError("the model has no product-key memory to write into (add one first: memory add)")
+    chosen: dict[str, nn.Parameter] = {}
+    for layer_name, layer in layers.items():
+        for name, parameter in layer.named_parameters():
+            part = name.split(".")[0]
+            if trainable == "memory" or part == "values" or (trainable == "values+keys" and part == "keys"):
+                chosen[f"{layer_name}.{name}"] = parameter
+    return chosen
+
+
+def freeze_all_but_memory(model: nn.Module, trainable: Trainable = "values") -> list[str]:
+    """Freeze every parameter except the memory's ``trainable`` part; returns the names left trainable."""
+    chosen = {id(p) for p in trainable_memory_parameters(model, trainable).values()}
+    names = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(id(parameter) in chosen)
+        if id(parameter) in chosen:
+            names.append(name)
+    return names
+
+
+def fact_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Fact],
+    *,
+    answers: Sequence[str] | None = None,
+    causal: bool,
+    templates: Sequence[int] = (0,),
+) -> Dataset:
+    """Training examples that teach each fact (with ``answers[i]`` as its object, if given):
+    the statement through each template, the loss on the answer's tokens only.
+
+    Examples are padded to one length (``attention_mask`` marks the real tokens) so they batch
+    without a collator of their own. A fact whose answer the tokenizer cannot separate from
+    its prompt is refused, naming it.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows: list[tuple[list[int], list[int]]] = []
+    for index, fact in enumerate(facts):
+        answer = answers[index] if answers is not None else fact.object
+        for template in templates:
+            probe = build_probe(tokenizer, fact, template=template, object_=answer, causal=causal)
+            if probe is None:
+                raise DataError(
+                    f"cannot teach '{fact.statement(template, answer)}': the tokenizer merges the answer"
+                )
+            labels = [-100] * len(probe.input_ids)
+            for position, token in zip(probe.answer_positions, probe.answer_ids, strict=True):
+                labels[position] = token
+            rows.append((probe.input_ids, labels))
+    if not rows:
+        raise DataError("no facts to learn")
+    length = max(len(ids) for ids, _ in rows)
+    return Dataset.from_dict(
+        {
+            "input_ids": [ids + [pad] * (length - len(ids)) for ids, _ in rows],
+            "attention_mask": [[1] * len(ids) + [0] * (length - len(ids)) for ids, _ in rows],
+            "labels": [labels + [-100] * (length - len(labels)) for _, labels in rows],
+        }
+    )
+
+
+@torch.no_grad()
+def slot_document_frequency(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[dict, int]:
+    """Per memory layer, in how many background batches each slot was selected; and the count.
+
+    These are the DF and D of the TF-IDF ranking (Lin et al.: how commonly a slot is used by
+    ordinary text, so that slots a new fact uses *specifically* rank first).
+    """
+    layers = memories(model)
+    frequency = {name: torch.zeros(layer.size, dtype=torch.long) for name, layer in layers.items()}
+    documents = 0
+    was_training = model.training
+    model.eval()
+    with _SlotCounter(layers) as counter:
+        for batch in batches:
+            counter.reset()
+            model(**batch)
+            for name, counts in counter.counts.items():
+                frequency[name] += (counts > 0).long()
+            documents += 1
+    model.train(was_training)
+    return frequency, documents
+
+
+def tfidf_top_slots(
+    counts: torch.Tensor, frequency: torch.Tensor, documents: int, top_t: int
+) -> torch.Tensor:
+    """The ``top_t`` slots (indices) with the highest TF-IDF among those ``counts`` selected."""
+    read = torch.nonzero(counts > 0).reshape(-1)
+    if read.numel() <= top_t:
+        return read
+    tf = counts[read].double() / counts.sum().clamp_min(1).double()
+    idf = torch.log((documents + 1) / (frequency[read].double() + 1))
+    return read[torch.topk(tf * idf, top_t).indices]
+
+
+class _SlotCounter:
+    """Counts, per memory layer, the slots real tokens select (padding excluded) while active."""
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.layers = layers
+        self.counts = {name: torch.zeros(layer.size, dtype=torch.long) for name, layer in layers.items()}
+        self._hooks: list[Any] = []
+        self._recording: dict[str, bool] = {}
+
+    def reset(self) -> None:
+        for counts in self.counts.values():
+            counts.zero_()
+
+    def __enter__(self) -> _SlotCounter:
+        for name, layer in self.layers.items():
+            self._recording[name] = layer.record_selection
+            layer.record_selection = True
+            self._hooks.append(layer.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for name, layer in self.layers.items():
+            layer.record_selection = self._recording.get(name, False)
+            layer.last_selection = None
+
+    def _hook(self, name: str):
+        def count(layer: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
+            indices = layer.last_selection.indices  # (tokens, heads, k)
+            keep = args[1] if len(args) > 1 and args[1] is not None else None
+            if keep is not None:
+                indices = indices[keep.reshape(-1).bool()]
+            self.counts[name] += torch.bincount(indices.reshape(-1).cpu(), minlength=layer.size)
+
+        return count
+
+
+class SparseSlotUpdates(TrainerCallback):
+    """Sparse memory fine-tuning: per optimizer step only the ``top_t`` slots of each memory that
+    this step's batches select most specifically (TF-IDF against background text) keep their
+    gradient. The memories must produce sparse value gradients (``sparse_updates``), which
+    :class:`~palimpsest.optim.LazyAdamW` applies row by row.
+
+    ``updated`` collects, per layer, every slot that was allowed to change.
+    """
+
+    def __init__(self, model: nn.Module, frequency: dict[str, torch.Tensor], documents: int, top_t: int):
+        self.layers = memories(model)
+        dense = [name for name, layer in self.layers.items() if not layer.sparse_updates]
+        if dense:
+            raise ConfigError(
+                f"sparse slot updates need sparse value gradients (sparse_updates) in {dense[0]}"
+            )
+        self.frequency, self.documents, self.top_t = frequency, documents, top_t
+        self.updated = {
+            name: torch.zeros(layer.size, dtype=torch.bool) for name, layer in self.layers.items()
+        }
+        self._counter = _SlotCounter(self.layers)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._counter.__enter__()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._counter.__exit__(None, None, None)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._counter.reset()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for name, layer in self.layers.items():
+            grad = layer.values.weight.grad
+            if grad is None:
+                continue
+            chosen = tfidf_top_slots(
+                self._counter.counts[name], self.frequency[name], self.documents, self.top_t
+            )
+            self.updated[name][chosen] = True
+            layer.values.weight.grad = _rows_only(grad, chosen.to(grad.device))
+
+
+def _rows_only(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The gradient restricted to ``rows`` (sparse stays sparse, so the lazy optimizer skips the rest)."""
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        keep = torch.isin(grad.indices()[0], rows)
+        return torch.sparse_coo_tensor(  # rows of a coalesced gradient: the invariants hold
+            grad.indices()[:, keep],
+            grad.values()[keep],
+            grad.shape,
+            device=grad.device,
+            check_invariants=False,
+        ).coalesce()
+    masked = torch.zeros_like(grad)
+    masked[rows] = grad[rows]
+    return masked
+
+
+def check_learnable(model: nn.Module, settings: MemoryLearning) -> None:
+    """One line before any training when the model cannot learn as asked."""
+    if memory_handle(model) is None:
+        raise ModelError("the model has no product-key memory to write into (add one first: memory add)")
+    if settings.sparse_top_t is not None:
+        too_many = [n for n, layer in memories(model).items() if settings.sparse_top_t > layer.size]
+        if too_many:
+            raise ConfigError(f"sparse_top_t {settings.sparse_top_t} exceeds the slots of {too_many[0]}")
+
+
+def background_batches(
+    tokenizer: PreTrainedTokenizerBase, settings: MemoryLearning, *, batch_size: int = 8
+) -> list[dict[str, torch.Tensor]]:
+    """Blocks of the background corpus's validation split, batched (for the DF of TF-IDF)."""
+    from palimpsest.data import encode_blocks, load_corpus, split_corpus
+
+    text = split_corpus(load_corpus(settings.background), 0.05, seed=0).validation
+    blocks = encode_blocks(text, tokenizer, settings.block_size)
+    rows = blocks.select(range(min(settings.background_blocks, len(blocks))))["input_ids"]
+    return [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]
+
+
+def learn_facts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Fact],
+    settings: MemoryLearning,
+    training: TrainingConfig,
+    output_dir: str | Path,
+    *,
+    answers: Sequence[str] | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+) -> LearnedFacts:
+    """Write ``facts`` (with ``answers`` as their objects, if given) into the model's memory.
+
+    Only the memory's ``settings.trainable`` part trains (everything else is frozen, and
+    unfrozen again afterwards); with ``settings.sparse_top_t`` only the top-t slots per step
+    move. Training goes through :func:`palimpsest.training.train` (so it checkpoints and
+    resumes like every run).
+    """
+    from palimpsest.models import objective_of
+    from palimpsest.training import train
+
+    check_learnable(model, settings)
+    causal = objective_of(model.config) == "clm"
+    dataset = fact_examples(tokenizer, facts, answers=answers, causal=causal, templates=settings.templates)
+    trained = freeze_all_but_memory(model, settings.trainable)
+    extra: list[TrainerCallback] = []
+    sparse: SparseSlotUpdates | None = None
+    layers = memories(model)
+    previous_sparse = {name: layer.sparse_updates for name, layer in layers.items()}
+    try:
+        if settings.sparse_top_t is not None:
+            frequency, documents = slot_document_frequency(model, background_batches(tokenizer, settings))
+            for layer in layers.values():
+                layer.sparse_updates = True
+            sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)
+            extra.append(sparse)
+        result = train(
+            model, tokenizer, dataset, training, output_dir, objective="clm" if causal else "mlm",
+            callbacks=[*extra, *callbacks],
+        )  # fmt: skip
+    finally:
+        for name, layer in layers.items():
+            layer.sparse_updates = previous_sparse[name]
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    updated = {name: int(mask.sum()) for name, mask in sparse.updated.items()} if sparse is not None else None
+    return LearnedFacts(trained=trained, examples=len(dataset), steps=result.steps,
+                        seconds=result.train_seconds, slots_updated=updated)  # fmt: skip
+
+
+@dataclass
+class LearnedFacts:
+    """What :func:`learn_facts` trained: the parameter names, examples, steps, seconds and, for
+    sparse fine-tuning, how many slots per memory were allowed to change."""
+
+    trained: list[str]
+    examples: int
+    steps: int
+    seconds: float
+    slots_updated: dict[str, int] | None
+
+
+__all__ = [
+    "LearnedFacts",
+    "MemoryLearning",
+    "SparseSlotUpdates",
+    "background_batches",
+    "check_learnable",
+    "fact_examples",
+    "freeze_all_but_memory",
+    "learn_facts",
+    "slot_document_frequency",
+    "tfidf_top_slots",
+    "trainable_memory_parameters",
+]

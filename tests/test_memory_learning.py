@@ -105,3 +105,14 @@ def test_fact_examples_put_the_loss_on_the_answer_only(tokenizer):
     examples = fact_examples(tokenizer, FACTS[:1], answers=["Rome"], causal=True)
     labels = [t for t in examples[0]["labels"] if t != -100]
     assert labels == tokenizer(" Rome", add_special_tokens=False)["input_ids"]
+
+
+def test_memory_layers_by_relative_depth(tokenizer):
+    model = build_smollm2_like(tokenizer, hidden=24, layers=5, seed=0)
+    add_product_key_memory(model, PKMConfig(layers=[0.5, 1], zero_values=True, seed=0, **SMALL))
+    assert sorted(memories(model)) == ["model.layers.1.mlp.memory", "model.layers.2.mlp.memory"]
+    with pytest.raises(ModelError, match="one block twice"):
+        add_product_key_memory(
+            build_smollm2_like(tokenizer, hidden=24, layers=5, seed=0),
+            PKMConfig(layers=[0.0, 0], zero_values=True, **SMALL),
+        )

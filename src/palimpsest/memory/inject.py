@@ -24,7 +24,7 @@ settings have one home, the model's config (``palimpsest_memory``, written into
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +51,8 @@ MEMORY_CHILD = "memory"
 class PKMConfig:
     """Where and how big the memories are (one per listed layer)."""
 
-    layers: list[int] = field(default_factory=lambda: [0])
+    #: Block indices (negative from the end) or relative depths (floats in [0, 1], 0.5 = middle).
+    layers: list[int | float] = field(default_factory=lambda: [0])
     mode: Literal["residual", "replace"] = "residual"
     n_keys: int = 512
     heads: int = 4
@@ -168,7 +169,7 @@ Undo = Callable[[], None]
 
 def attach_to_ffn(
     model: nn.Module,
-    layers: list[int],
+    layers: Sequence[int | float],
     make: Callable[[int], nn.Module],
     *,
     mode: Literal["residual", "replace"],
@@ -176,15 +177,24 @@ def attach_to_ffn(
 ) -> list[Undo]:
     """Put ``make(dim)`` beside (``"residual"``) or in place of (``"replace"``) each listed FFN.
 
+    ``layers`` are block indices (negative from the end) or relative depths (a float in [0, 1]:
+    0.5 is the middle block, whatever the model's depth).
+
     The module is called as ``module(hidden, attention_mask)`` on the FFN's input and
     returns a tensor of the same shape. The product-key memory is one such module; the
     memory study also attaches dense FFNs and an empty one as capacity controls. Returns
     the steps that undo the change (run them in reverse order).
     """
     prefix, blocks = transformer_blocks(model)
+    depths = [d for d in layers if isinstance(d, float) and not 0.0 <= d <= 1.0]
+    if depths:
+        raise ModelError(f"memory layers: a relative depth must be in [0, 1], got {depths[0]}")
+    layers = [round(d * (len(blocks) - 1)) if isinstance(d, float) else d for d in layers]
     bad = [index for index in layers if not -len(blocks) <= index < len(blocks)]
     if bad or not layers:
         raise ModelError(f"memory layers {layers or '[]'} are not all in 0..{len(blocks) - 1}")
+    if len({index % len(blocks) for index in layers}) < len(layers):
+        raise ModelError(f"memory layers {layers} name one block twice")
     dim = hidden_size(model)
     context = _MaskContext()
     reference = next(model.parameters())

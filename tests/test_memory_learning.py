@@ -40,7 +40,7 @@ def test_memory_only_training_leaves_every_other_weight_bitwise(tmp_path, tokeni
     before = _snapshot(model)
     training = TrainingConfig(steps=6, batch_size=3, learning_rate=1e-2, eval_every=None, save_every=None)
     learned = learn_facts(
-        model, tokenizer, FACTS, MemoryLearning(trainable=trainable), training, tmp_path, answers=NEW
+        model, tokenizer, FACTS, MemoryLearning(trainable=trainable, training=training), tmp_path, answers=NEW
     )
     after = _snapshot(model)
     moved = {name for name in before if not torch.equal(before[name], after[name])}
@@ -69,7 +69,7 @@ def test_sparse_fine_tuning_moves_only_the_slots_it_chose(tmp_path, tokenizer, m
 
     monkeypatch.setattr(learning, "SparseSlotUpdates", Spy)
     learned = learn_facts(
-        model, tokenizer, FACTS, MemoryLearning(sparse_top_t=2), training, tmp_path, answers=NEW
+        model, tokenizer, FACTS, MemoryLearning(sparse_top_t=2, training=training), tmp_path, answers=NEW
     )
     (spy,) = chosen
     for name, layer in memories(model).items():
@@ -92,11 +92,10 @@ def test_learning_needs_a_memory_and_a_sane_setting(tmp_path, tokenizer):
     model = build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0)
     training = TrainingConfig(steps=1, batch_size=1, eval_every=None, save_every=None)
     with pytest.raises(ModelError, match="no product-key memory"):
-        learn_facts(model, tokenizer, FACTS, MemoryLearning(), training, tmp_path)
+        learn_facts(model, tokenizer, FACTS, MemoryLearning(training=training), tmp_path)
     with pytest.raises(ConfigError, match="exceeds the slots"):
-        learn_facts(
-            _model(tokenizer), tokenizer, FACTS, MemoryLearning(sparse_top_t=1000), training, tmp_path
-        )
+        settings = MemoryLearning(sparse_top_t=1000, training=training)
+        learn_facts(_model(tokenizer), tokenizer, FACTS, settings, tmp_path)
     with pytest.raises(ConfigError, match="trainable"):
         MemoryLearning(trainable="everything")
 

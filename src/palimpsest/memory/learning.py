@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset
@@ -32,13 +32,18 @@ from palimpsest.data.facts import Fact
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.memory.inject import memories, memory_handle
 from palimpsest.recall import build_probe
-
-if TYPE_CHECKING:
-    from palimpsest.training import TrainingConfig
+from palimpsest.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
 Trainable = Literal["values", "values+keys", "memory"]
+
+
+def _learning_schedule() -> TrainingConfig:
+    return TrainingConfig(
+        steps=100, batch_size=16, learning_rate=1e-3, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
+        eval_every=None, save_every=None,
+    )  # fmt: skip
 
 
 @dataclass
@@ -56,6 +61,8 @@ class MemoryLearning:
     block_size: int = 64
     #: Templates of each fact the memory trains on (0: the edit template).
     templates: list[int] = field(default_factory=lambda: [0])
+    #: The run: steps, batch size and the memory's learning rate (constant, no warmup).
+    training: TrainingConfig = field(default_factory=lambda: _learning_schedule())
 
     def __post_init__(self) -> None:
         if self.trainable not in ("values", "values+keys", "memory"):
@@ -296,7 +303,6 @@ def learn_facts(
     tokenizer: PreTrainedTokenizerBase,
     facts: Sequence[Fact],
     settings: MemoryLearning,
-    training: TrainingConfig,
     output_dir: str | Path,
     *,
     answers: Sequence[str] | None = None,
@@ -306,8 +312,8 @@ def learn_facts(
 
     Only the memory's ``settings.trainable`` part trains (everything else is frozen, and
     unfrozen again afterwards); with ``settings.sparse_top_t`` only the top-t slots per step
-    move. Training goes through :func:`palimpsest.training.train` (so it checkpoints and
-    resumes like every run).
+    move. Training (``settings.training``) goes through :func:`palimpsest.training.train`, so it
+    checkpoints and resumes like every run.
     """
     from palimpsest.models import objective_of
     from palimpsest.training import train
@@ -328,7 +334,7 @@ def learn_facts(
             sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)
             extra.append(sparse)
         result = train(
-            model, tokenizer, dataset, training, output_dir, objective="clm" if causal else "mlm",
+            model, tokenizer, dataset, settings.training, output_dir, objective="clm" if causal else "mlm",
             callbacks=[*extra, *callbacks],
         )  # fmt: skip
     finally:

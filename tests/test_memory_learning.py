@@ -1,6 +1,8 @@
 """Writing facts into a memory: the model unchanged at first, only the memory moves, sparse
 fine-tuning moves only the slots it chose."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,49 @@ def test_memory_layers_by_relative_depth(tokenizer):
             build_smollm2_like(tokenizer, hidden=24, layers=5, seed=0),
             PKMConfig(layers=[0.0, 0], zero_values=True, **SMALL),
         )
+
+
+def test_memory_learn_from_the_command_line(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import read_safetensors, save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, base)
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "Peru", "relation": "capital", "object": "Lima"}\n'
+    )
+    line = one_error_line(
+        palimpsest("memory", "learn", "--model", base, "--facts", facts, "--out", tmp_path / "x")
+    )
+    assert "no product-key memory" in line and not (tmp_path / "x").exists()
+
+    done = palimpsest(
+        "memory", "add", "--model", base, "--out", tmp_path / "m", "--layer", "1", "--n-keys", "8",
+        "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for extra in ([], ["--sparse-top-t", "3"]):
+        out = tmp_path / f"learned{len(extra)}"
+        done = palimpsest(
+            "memory",
+            "learn",
+            "--model",
+            tmp_path / "m",
+            "--facts",
+            facts,
+            "--out",
+            out,
+            "--steps",
+            "3",
+            *extra,
+        )
+        assert done.returncode == 0, done.stderr
+        results = json.loads((out / "results.json").read_text())
+        assert results["kind"] == "memory-learn" and results["facts"] == 1 and results["kept_facts"] == 1
+        assert (results["learned"]["slots_updated"] is not None) == bool(extra)
+        before, after = read_safetensors(tmp_path / "m"), read_safetensors(out / "model")
+        assert set(before) == set(after)
+        assert all(torch.equal(before[k], after[k]) for k in before if ".memory." not in k)
+        assert any(not torch.equal(before[k], after[k]) for k in before if "values" in k)

@@ -534,6 +534,58 @@ def memory_add(
     )
 
 
+@memory_app.command("learn")
+@user_errors
+def memory_learn(
+    model: Annotated[str, typer.Option(help="A model with a memory (memory add), folder or built-in name.")],
+    facts: Annotated[
+        Path, typer.Option(help="JSONL as for `edit`: lines with new_object are taught, the rest kept.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Where the model (with its memory), results.json and the report go.")
+    ],
+    config: ConfigOption = None,
+    trainable: Annotated[
+        str | None, typer.Option(help="values (default), values+keys, or memory (the query network too).")
+    ] = None,
+    sparse_top_t: Annotated[
+        int | None, typer.Option(help="Sparse memory fine-tuning: update only this many slots per step.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer updates (default 100).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Statements per step (default 16).")] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Write facts into a model's memory alone (optionally only the slots they select specifically)."""
+    _setup_logging(verbose)
+    from palimpsest.config import load_config
+    from palimpsest.editing.datasets import read_edit_file
+    from palimpsest.memory.learning import MemoryLearning, learn_saved_model
+    from palimpsest.report import write_report
+
+    settings = load_config(
+        MemoryLearning,
+        config,
+        {"trainable": trainable, "sparse_top_t": sparse_top_t, "training.steps": steps,
+         "training.learning_rate": lr, "training.batch_size": batch_size},
+    )  # fmt: skip
+    requests, keep = read_edit_file(facts)
+    results = learn_saved_model(
+        model, [r.fact for r in requests], [r.new_object for r in requests], keep, settings, out
+    )
+    write_report([results], out, title="palimpsest memory learn")
+    kept = (
+        f"; kept facts {100 * results.kept_recall_before:.0f}% -> {100 * results.kept_recall_after:.0f}%"
+        if results.kept_recall_before is not None and results.kept_recall_after is not None
+        else ""
+    )
+    console.print(
+        f"taught {results.facts} fact(s) in {results.learned.steps} steps: recall "
+        f"{100 * results.learned_recall_before:.0f}% -> {100 * results.learned_recall_after:.0f}%{kept}; "
+        f"wrote {out}/model, {out}/results.json, {out}/report.md"
+    )
+
+
 @memory_app.command("stats")
 @user_errors
 def memory_stats(

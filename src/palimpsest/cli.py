@@ -552,7 +552,7 @@ def memory_learn(
         int | None, typer.Option(help="Sparse memory fine-tuning: update only this many slots per step.")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer updates (default 100).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-2).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Statements per step (default 16).")] = None,
     verbose: VerboseOption = False,
 ) -> None:

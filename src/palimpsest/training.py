@@ -275,6 +275,18 @@ def make_training_arguments(
     return TrainingArguments(**arguments)
 
 
+def train_only(model: nn.Module, parameters: Iterable[nn.Parameter]) -> list[str]:
+    """Freeze every parameter of ``model`` except ``parameters`` (by identity, so a tied weight
+    stays trainable under each of its names); returns the names left trainable."""
+    keep = {id(parameter) for parameter in parameters}
+    names = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+        if id(parameter) in keep:
+            names.append(name)
+    return names
+
+
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     """The newest checkpoint the Trainer finished writing, or None.
 

@@ -52,7 +52,7 @@ from palimpsest.models import load_pretrained, objective_of
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
 from palimpsest.storage import save_model
-from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train
+from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train, train_only
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +131,7 @@ def swap_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 def freeze_all_but_embeddings(model: PreTrainedModel) -> list[str]:
     """Only the token embeddings (a tied head's weight is the same tensor) stay trainable; the
     head's bias is frozen as in the paper. Returns the trainable parameters' names."""
-    keep = {id(p) for p in embedding_parameters(model)}
-    names = []
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(id(parameter) in keep)
-        if id(parameter) in keep:
-            names.append(name)
-    return names
+    return train_only(model, embedding_parameters(model))
 
 
 def adapt_language(

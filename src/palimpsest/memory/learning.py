@@ -31,10 +31,11 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from palimpsest.data.facts import Fact
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.memory.inject import memories, memory_handle
+from palimpsest.memory.usage import validation_batches
 from palimpsest.recall import build_probe
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
-from palimpsest.training import TrainingConfig
+from palimpsest.training import TrainingConfig, train_only
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,7 @@ def trainable_memory_parameters(model: nn.Module, trainable: Trainable = "values
 
 def freeze_all_but_memory(model: nn.Module, trainable: Trainable = "values") -> list[str]:
     """Freeze every parameter except the memory's ``trainable`` part; returns the names left trainable."""
-    chosen = {id(p) for p in trainable_memory_parameters(model, trainable).values()}
-    names = []
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(id(parameter) in chosen)
-        if id(parameter) in chosen:
-            names.append(name)
-    return names
+    return train_only(model, trainable_memory_parameters(model, trainable).values())
 
 
 def fact_examples(
@@ -295,12 +290,10 @@ def background_batches(
     tokenizer: PreTrainedTokenizerBase, settings: MemoryLearning, *, batch_size: int = 8
 ) -> list[dict[str, torch.Tensor]]:
     """Blocks of the background corpus's validation split, batched (for the DF of TF-IDF)."""
-    from palimpsest.data import encode_blocks, load_corpus, split_corpus
-
-    text = split_corpus(load_corpus(settings.background), 0.05, seed=0).validation
-    blocks = encode_blocks(text, tokenizer, settings.block_size)
-    rows = blocks.select(range(min(settings.background_blocks, len(blocks))))["input_ids"]
-    return [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]
+    return validation_batches(
+        tokenizer, settings.background, block_size=settings.block_size, max_blocks=settings.background_blocks,
+        batch_size=batch_size,
+    )  # fmt: skip
 
 
 def learn_facts(

@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from palimpsest.data import encode_blocks, load_corpus, load_tokenizer, split_corpus
+from palimpsest.data import load_tokenizer
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.inject import load_memory, memories, memory_handle
-from palimpsest.memory.usage import memory_usage, recording
+from palimpsest.memory.usage import memory_usage, recording, validation_batches
 from palimpsest.models import load_pretrained
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, write_report
@@ -73,14 +73,13 @@ def memory_stats_of_saved(
     max_blocks, batch_size = settings.max_blocks, settings.batch_size
     model = load_with_memory(model_dir, memory_dir)
     tokenizer = load_tokenizer(model_dir)
-    validation = split_corpus(load_corpus(corpus_name), 0.05).validation
-    blocks = encode_blocks(validation, tokenizer, block_size)
-    rows = blocks.select(range(min(max_blocks, len(blocks))))["input_ids"]
-    batches = [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]
+    batches = validation_batches(
+        tokenizer, corpus_name, block_size=block_size, max_blocks=max_blocks, batch_size=batch_size
+    )
     results = MemoryStats(
         model=str(model_dir),
         corpus=corpus_name,
-        tokens=len(rows) * block_size,
+        tokens=sum(batch["input_ids"].numel() for batch in batches),
         slots={name: layer.size for name, layer in memories(model).items()},
         layers=memory_usage(model, batches),
     )

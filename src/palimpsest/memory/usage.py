@@ -165,3 +165,16 @@ def memory_param_groups(model: nn.Module, *, lr: float = 1e-3, constant: bool = 
     return [
         {"params": values, "lr": lr, "weight_decay": 0.0, "constant_lr": constant, "name": "memory-values"}
     ]
+
+
+def validation_batches(
+    tokenizer: Any, corpus: str, *, block_size: int, max_blocks: int, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """Up to ``max_blocks`` blocks of a corpus's validation split (the split pretraining held
+    out), batched as model inputs: the text memory usage and slot frequencies are read on."""
+    from palimpsest.data import encode_blocks, load_corpus, split_corpus
+
+    validation = split_corpus(load_corpus(corpus), 0.05, seed=0).validation
+    blocks = encode_blocks(validation, tokenizer, block_size)
+    rows = blocks.select(range(min(max_blocks, len(blocks))))["input_ids"]
+    return [{"input_ids": torch.tensor(rows[i : i + batch_size])} for i in range(0, len(rows), batch_size)]

@@ -121,7 +121,7 @@ def test_files_that_are_not_utf8_are_one_line_naming_the_file(tmp_path):
         path.write_bytes(bad)
         args = [str(path) if part == "FILE" else part for part in command]
         line = one_error_line(palimpsest(*args, "--out", tmp_path / f"out-{name}"))
-        assert (str(path) in line and "UTF-8" in line) or "JSON" in line, line
+        assert str(path) in line and ("UTF-8" in line or "JSON" in line), line
         assert not (tmp_path / f"out-{name}").exists()
 
 

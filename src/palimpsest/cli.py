@@ -751,6 +751,25 @@ def experiment_editing(
     _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, scales)
 
 
+@experiment_app.command("knowledge")
+@user_errors
+def experiment_knowledge(
+    scale: Annotated[
+        str, typer.Option(help="smoke, demo or real (the built-in SmolLM2-135M; hours on 2 cores).")
+    ] = "demo",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/knowledge"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """New facts into a model: full fine-tuning, LoRA, the editor, a memory, sparse memory updates."""
+    _setup_logging(verbose)
+    from palimpsest.experiments.knowledge import SCALES, run_knowledge_study
+
+    _run_study(run_knowledge_study, out, scale, "palimpsest: knowledge study", config, SCALES)
+
+
 @app.command()
 @user_errors
 def demo(

@@ -100,3 +100,31 @@ def fact_mixture(
         vocab_size=prepared.info.vocab_size,
     )
     return FactMixture(prepared.tokenizer, prepared.train_blocks, prepared.eval_set, info)
+
+
+def real_or_random_model(model: str | None, out: Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: a built-in name, folder or hub id; or, for ``None``, a random model of
+    the built-in SmolLM2-135M's structure with a small tokenizer trained on wiki-en, saved under
+    ``out/random-model`` so a resumed study measures the same one (smoke scales)."""
+    from palimpsest.data import load_corpus, train_tokenizer
+    from palimpsest.models import build_smollm2_like, load_pretrained, resolve_pretrained
+
+    if model is not None:
+        return load_pretrained(model), load_tokenizer(resolve_pretrained(model))
+    folder = out / "random-model"
+    if (folder / "config.json").is_file():
+        return load_pretrained(str(folder)), load_tokenizer(folder)
+    tokenizer = train_tokenizer(load_corpus("wiki-en", max_documents=200).texts, 600)
+    built = build_smollm2_like(tokenizer, seed=0)
+    save_model(built, tokenizer, folder)
+    return built, tokenizer
+
+
+def wiki_perplexity_set(tokenizer: Any, block_size: int, blocks: int) -> Any:
+    """The first ``blocks`` blocks of wiki-en's held-out documents in the model's own tokenizer
+    (a fixed slice, so every method of a study is scored on the same text)."""
+    from palimpsest.data import causal_eval_set, encode_blocks, load_corpus, split_corpus
+
+    wiki = split_corpus(load_corpus("wiki-en"), 0.05, seed=0).validation
+    encoded = encode_blocks(wiki, tokenizer, block_size)
+    return causal_eval_set(encoded.select(range(min(blocks, len(encoded)))))

@@ -40,20 +40,19 @@ from typing import Any, ClassVar
 from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
-from palimpsest.data import causal_eval_set, encode_blocks, load_corpus, load_tokenizer, split_corpus
 from palimpsest.data.facts import Fact, builtin_facts
 from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
 from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
-from palimpsest.experiments.common import mean_std
+from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
 from palimpsest.experiments.editing import EditingRow, EditingSummary, _layer_outcome, best_single_blocks
-from palimpsest.models import build_smollm2_like, load_pretrained, resolve_pretrained, transformer_blocks
+from palimpsest.models import transformer_blocks
 from palimpsest.plotting import plot_bars, plot_points
 from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
-from palimpsest.storage import machine_info, resumable, save_model
+from palimpsest.storage import machine_info, resumable
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)
@@ -204,27 +203,6 @@ def method_grid(
     return grid
 
 
-def _model_and_tokenizer(scale: RealEditingScale, out: Path):
-    if scale.model is not None:
-        return load_pretrained(scale.model), load_tokenizer(resolve_pretrained(scale.model))
-    folder = out / "random-model"
-    if (folder / "config.json").is_file():
-        return load_pretrained(str(folder)), load_tokenizer(folder)
-    from palimpsest.data import train_tokenizer
-
-    tokenizer = train_tokenizer(load_corpus("wiki-en", max_documents=200).texts, 600)
-    model = build_smollm2_like(tokenizer, seed=0)
-    save_model(model, tokenizer, folder)
-    return model, tokenizer
-
-
-def _perplexity_set(tokenizer, scale: RealEditingScale):
-    """A fixed slice of wiki-en's held-out documents in the model's own tokenizer."""
-    wiki = split_corpus(load_corpus("wiki-en"), 0.05, seed=0).validation
-    blocks = encode_blocks(wiki, tokenizer, scale.block_size)
-    return causal_eval_set(blocks.select(range(min(scale.perplexity_blocks, len(blocks)))))
-
-
 def knowledge(model, tokenizer, scale: RealEditingScale) -> tuple[dict[str, Knowledge], list[Fact]]:
     """Recall per relation, and the facts of ``edit_sets`` the study may edit."""
     per_set, editable = {}, []
@@ -341,7 +319,7 @@ def run_real_editing_study(
     """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = _model_and_tokenizer(scale, out)
+    model, tokenizer = real_or_random_model(scale.model, out)
     model.eval()
     known, facts = knowledge(model, tokenizer, scale)
     needed = max((*scale.sizes, *scale.sequential)) * 2 + 2
@@ -349,7 +327,7 @@ def run_real_editing_study(
         raise DataError(
             f"the model knows {len(facts)} facts of {', '.join(scale.edit_sets)}; the study needs {needed}"
         )
-    perplexity_set = _perplexity_set(tokenizer, scale)
+    perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
     blocks = len(transformer_blocks(model)[1])
     runs: list[EditRun] = []
     units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]

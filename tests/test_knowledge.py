@@ -1,0 +1,154 @@
+"""The knowledge study: new facts taught by full fine-tuning, LoRA (peft), the editor and a memory."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from palimpsest.config import from_dict
+from palimpsest.data.facts import CAPITAL, CITY_COUNTRY, Fact
+from palimpsest.errors import ConfigError, DataError
+from palimpsest.experiments import knowledge
+from palimpsest.experiments.common import wiki_perplexity_set
+from palimpsest.experiments.knowledge import Arm, Draw, KnowledgeRow, KnowledgeScale, PeakMemory
+from palimpsest.models import build_smollm2_like
+
+KNOWN = [
+    Fact("France", CAPITAL, "Paris"), Fact("Peru", CAPITAL, "Lima"), Fact("Japan", CAPITAL, "Tokyo"),
+    Fact("Egypt", CAPITAL, "Cairo"), Fact("Norway", CAPITAL, "Oslo"), Fact("Italy", CAPITAL, "Rome"),
+]  # fmt: skip
+WRONG = [Fact(city, CITY_COUNTRY, country) for city, country in
+         [("Lyon", "France"), ("Porto", "Portugal"), ("Kyoto", "Japan"), ("Turin", "Italy")]]  # fmt: skip
+SCALE = replace(knowledge.SCALES["smoke"], kept=2)
+
+
+def test_a_draw_keeps_taught_and_kept_facts_apart():
+    chosen = knowledge.draw(KNOWN, WRONG, 4, seed=3, scale=SCALE)
+    assert chosen.counterfactuals == 2 and len(chosen.taught) == 4 and len(chosen.kept) == 2
+    kept_subjects = {fact.subject for fact in chosen.kept}
+    assert not kept_subjects & {fact.subject for fact in chosen.taught}
+    for fact, previous in zip(chosen.taught, chosen.previous, strict=True):
+        if previous is None:  # a fact it got wrong, taught with its true object
+            assert fact in WRONG
+        else:  # a counterfactual: same subject, another capital
+            assert fact.object != previous and Fact(fact.subject, CAPITAL, previous) in KNOWN
+    assert knowledge.draw(KNOWN, WRONG, 4, seed=3, scale=SCALE) == chosen  # reproducible
+    with pytest.raises(DataError, match="need"):
+        knowledge.draw(KNOWN, WRONG, 12, seed=0, scale=SCALE)
+
+
+def test_arms_and_scales_refuse_what_cannot_run():
+    with pytest.raises(ConfigError, match="lora_rank"):
+        Arm("lora", "lora", learning_rate=1e-3)
+    with pytest.raises(ConfigError, match="learning_rate"):
+        Arm("full", "full")
+    with pytest.raises(ConfigError, match="sparse_top_t"):
+        Arm("full", "full", learning_rate=1e-3, sparse_top_t=4)
+    with pytest.raises(ConfigError, match="method"):
+        from_dict(Arm, {"name": "x", "method": "prompting", "learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="own name"):
+        KnowledgeScale(arms=(Arm("a", "editor"), Arm("a", "editor")))
+    assert KnowledgeScale(min_steps=10, epochs=2, batch_size=4).steps(100) == 50
+
+
+def _tiny(tokenizer):
+    return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0).eval()
+
+
+def _run(tokenizer, tmp_path, arm: Arm, model=None):
+    chosen = Draw(
+        taught=[*WRONG[:2], Fact("Peru", CAPITAL, "Oslo")], previous=[None, None, "Lima"], kept=KNOWN[:2]
+    )
+    model = model if model is not None else _tiny(tokenizer)
+    perplexity = wiki_perplexity_set(tokenizer, 32, 2)
+    run = knowledge.run_arm(model, tokenizer, arm, chosen, perplexity, SCALE, tmp_path, size=3, seed=0)
+    return model, run
+
+
+def test_the_lora_arm_trains_peft_adapters_and_leaves_the_base_weights(tmp_path, tokenizer):
+    model = _tiny(tokenizer)
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _, run = _run(tokenizer, tmp_path, Arm("lora", "lora", learning_rate=1e-2, lora_rank=2), model)
+    assert hasattr(model, "peft_config")  # adapted in place by peft
+    adapters = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert adapters and run.trained_parameters == sum(p.numel() for p in adapters.values())
+    assert any(
+        p.abs().sum() > 0 for n, p in adapters.items() if "lora_B" in n
+    )  # B starts at zero: it trained
+    for name, parameter in model.named_parameters():
+        if "lora_" not in name:
+            original = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(parameter, base[original]), name
+    assert run.steps == SCALE.steps(3) and 0.0 <= run.after["learned"] <= 1.0
+
+
+def test_the_memory_arm_moves_only_its_values_and_counts_the_slots_it_changed(tmp_path, tokenizer):
+    model = _tiny(tokenizer)
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _, run = _run(tokenizer, tmp_path, Arm("sparse", "memory", learning_rate=1e-1, sparse_top_t=3), model)
+    for name, parameter in model.named_parameters():
+        if name in base:
+            assert torch.equal(parameter, base[name]), name
+    values = [p for n, p in model.named_parameters() if n.endswith("values.weight")]
+    changed_rows = sum(int(v.ne(0).any(dim=1).sum()) for v in values)
+    assert run.slots_changed == changed_rows and 0 < changed_rows <= 3 * run.steps
+    assert run.changed_parameters == changed_rows * values[0].shape[1]
+    assert 0 <= run.slots_changed_read_by_wiki <= run.slots_changed
+
+
+def test_the_editor_arm_teaches_facts_it_got_wrong_too(tmp_path, tokenizer):
+    _, run = _run(tokenizer, tmp_path, Arm("editor", "editor"))
+    assert run.method == "editor" and 0 < run.changed_parameters <= run.trained_parameters
+
+
+def _row(arm, method, learned, lost, perplexity):
+    cell = (learned, 0.0)
+    return KnowledgeRow(
+        arm=arm, method=method, size=16, seeds=3, after={"learned": cell}, before={"kept": (0.9, 0.0)},
+        kept_lost=(lost, 0.0), perplexity_change=(perplexity, 0.0), steps=(100, 0), seconds=(1, 0),
+        peak_mib=None, trained_parameters=1, changed_parameters=(1, 0),
+    )  # fmt: skip
+
+
+def test_the_claim_is_judged_only_at_equal_learning():
+    full = _row("full", "full", 1.0, 0.30, 5.0)
+    verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
+    assert "forgets less (reproduced)" in verdict
+    verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.40, 6.0)], 16)
+    assert "forgets more (not reproduced)" in verdict
+    verdict = knowledge._claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)
+    assert "not comparable" in verdict and "reproduced" not in verdict
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block.add_(1)
+    del block
+    if peak.peak_mib is not None:  # a platform without /proc measures nothing
+        assert peak.peak_mib >= 32
+
+
+def test_the_knowledge_study_from_the_command_line(tmp_path):
+    from cli_helpers import one_error_line, palimpsest
+
+    out = tmp_path / "knowledge"
+    result = palimpsest("experiment", "knowledge", "--scale", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["kind"] == "knowledge"
+    arms = {run["arm"] for run in document["runs"]}
+    assert arms == {arm.name for arm in knowledge.SCALES["smoke"].arms}
+    report = (out / "report.md").read_text()
+    assert "Grow meets rewrite: new knowledge" in report and "knowledge-frontier-4.png" in report
+    stored = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    again = palimpsest("experiment", "knowledge", "--scale", "smoke", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == stored  # resumed, not rerun
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arms:\n  - {name: x, method: full}\n")
+    refused = palimpsest(
+        "experiment", "knowledge", "--scale", "smoke", "--config", str(bad), "--out", str(out)
+    )
+    assert "learning_rate" in one_error_line(refused)

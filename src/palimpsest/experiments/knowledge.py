@@ -120,15 +120,18 @@ class Arm:
 
 
 def _real_arms() -> tuple[Arm, ...]:
-    """Learning rates measured on SmolLM2-135M with 16 facts, 100 steps (README, "New knowledge")."""
+    """Learning rates measured on SmolLM2-135M, 16 facts, 100 steps, one seed (README, "The knowledge
+    study"): full fine-tuning at 1e-5 taught all 16 (kept 53%; at 1e-4: kept 23%, perplexity +52%);
+    LoRA r=4 at 1e-4 all 16 (kept 48%; at 1e-3 kept 23%); memory values at 1e-2 all 16 (kept 66%);
+    sparse memory at 1e-2 with t=500 only 31%, hence 1e-1 for the sparse arms."""
     return (
         Arm("full fine-tuning", "full", learning_rate=1e-5),
-        Arm("LoRA r=4", "lora", learning_rate=1e-3, lora_rank=4),
-        Arm("LoRA r=32", "lora", learning_rate=1e-3, lora_rank=32),
+        Arm("LoRA r=4", "lora", learning_rate=1e-4, lora_rank=4),
+        Arm("LoRA r=32", "lora", learning_rate=1e-4, lora_rank=32),
         Arm("editor", "editor"),
         Arm("memory values", "memory", learning_rate=1e-2),
-        Arm("sparse memory t=500", "memory", learning_rate=1e-2, sparse_top_t=500),
-        Arm("sparse memory t=100", "memory", learning_rate=1e-2, sparse_top_t=100),
+        Arm("sparse memory t=1000", "memory", learning_rate=1e-1, sparse_top_t=1000),
+        Arm("sparse memory t=250", "memory", learning_rate=1e-1, sparse_top_t=250),
     )
 
 

@@ -135,11 +135,16 @@ def test_memory_learn_from_the_command_line(tmp_path, tokenizer):
     )
     assert "no product-key memory" in line and not (tmp_path / "x").exists()
 
-    done = palimpsest(
-        "memory", "add", "--model", base, "--out", tmp_path / "m", "--layer", "1", "--n-keys", "8",
-        "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values",
-    )  # fmt: skip
+    small = ["--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values"]
+    line = one_error_line(
+        palimpsest("memory", "add", "--model", base, "--out", tmp_path / "y", "--layer", "middle", *small)
+    )
+    assert "--layer" in line and "middle" in line and not (tmp_path / "y").exists()
+    # a relative depth: 0.5 of 4 blocks is block 2 (``memory_layers_by_relative_depth``)
+    done = palimpsest("memory", "add", "--model", base, "--out", tmp_path / "m", "--layer", "0.5", *small)
     assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["palimpsest_memory"]["layers"] == [0.5]
+    assert next(name.split(".")[2] for name in read_safetensors(tmp_path / "m") if ".memory." in name) == "2"
     for extra in ([], ["--sparse-top-t", "3"]):
         out = tmp_path / f"learned{len(extra)}"
         done = palimpsest(

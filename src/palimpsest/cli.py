@@ -475,6 +475,21 @@ memory_app = typer.Typer(help="Product-key memory: add it to a model, measure ho
 app.add_typer(memory_app, name="memory")
 
 
+def _blocks(values: list[str], option: str) -> list[int | float]:
+    """Block indices (``2``, ``-1``) or relative depths (``0.5``) as typed on the command line."""
+    from palimpsest.errors import ConfigError
+
+    blocks: list[int | float] = []
+    for value in values:
+        try:
+            blocks.append(float(value) if "." in value else int(value))
+        except ValueError:
+            raise ConfigError(
+                f"{option}: expected a block index or a depth like 0.5, got '{value}'"
+            ) from None
+    return blocks
+
+
 @memory_app.command("add")
 @user_errors
 def memory_add(
@@ -482,8 +497,12 @@ def memory_add(
     out: Annotated[Path, typer.Option(help="Where to save.")],
     config: ConfigOption = None,
     layers: Annotated[
-        list[int] | None,
-        typer.Option("--layer", help="Block index to give a memory (repeatable; default 0)."),
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            help="Block to give a memory: an index (2, -1) or a relative depth (0.5 = the middle); "
+            "repeatable; default 0.",
+        ),
     ] = None,
     mode: Annotated[
         str | None, typer.Option(help="residual (beside the FFN, default) or replace (instead of it).")
@@ -515,8 +534,9 @@ def memory_add(
     settings = load_config(
         PKMConfig,
         config,
-        {"layers": layers, "mode": mode, "n_keys": n_keys, "heads": heads, "k": k, "k_dim": k_dim,
-         "query_norm": query_norm, "zero_values": zero_values, "sparse_updates": sparse_updates},
+        {"layers": _blocks(layers, "--layer") if layers else None, "mode": mode, "n_keys": n_keys,
+         "heads": heads, "k": k, "k_dim": k_dim, "query_norm": query_norm, "zero_values": zero_values,
+         "sparse_updates": sparse_updates},
     )  # fmt: skip
     if settings.seed is None:
         settings.seed = seed

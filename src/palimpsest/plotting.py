@@ -94,15 +94,17 @@ def plot_points(
     xlabel: str,
     ylabel: str,
     reference_x: float | None = None,
+    reference_label: str = "before the edit",
 ) -> Path:
-    """A labelled scatter plot (``{label: (x, y)}``), e.g. a trade-off frontier of methods."""
+    """A labelled scatter plot (``{label: (x, y)}``), e.g. a trade-off frontier of methods; a dashed
+    vertical line at ``reference_x`` (e.g. where the model stood before)."""
     figure = Figure(figsize=(6.4, 4.8), dpi=110)
     axes = figure.add_subplot()
     for index, (label, (x, y)) in enumerate(points.items()):
         axes.scatter([x], [y], color=f"C{index % 10}", s=28)
         axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if reference_x is not None:
-        axes.axvline(reference_x, linestyle="--", linewidth=1.0, color="grey", label="before the edit")
+        axes.axvline(reference_x, linestyle="--", linewidth=1.0, color="grey", label=reference_label)
         axes.legend(fontsize=8)
     axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(-0.02, 1.02)

@@ -809,9 +809,9 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
             if r.slots_changed is not None and r.slots_changed_read_by_wiki is not None
             else "-"
         )
+        shares = [r.after[m] for m in ("learned", "paraphrase", "generation", "kept")] + [r.kept_lost]
         table.append([
-            r.size, r.arm, pm(_pct(r.after["learned"])), pm(_pct(r.after["paraphrase"])),
-            pm(_pct(r.after["generation"])), pm(_pct(r.after["kept"])), pm(_pct(r.kept_lost)),
+            r.size, r.arm, *(pm(share, scale=100, digits=0) for share in shares),
             pm(r.perplexity_change, digits=1), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.0f}",
             f"{r.peak_mib[0]:.0f}" if r.peak_mib is not None else "-", f"{r.trained_parameters:,}",
             f"{r.changed_parameters[0]:,.0f}", slots,
@@ -832,10 +832,10 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
                 [
                     [
                         r.size,
-                        pm(_pct(r.before["learned"])),
-                        pm(_pct(r.before["paraphrase"])),
-                        pm(_pct(r.before["kept"])),
-                        pm(_pct(r.before["kept_generation"])),
+                        pm(r.before["learned"], scale=100, digits=0),
+                        pm(r.before["paraphrase"], scale=100, digits=0),
+                        pm(r.before["kept"], scale=100, digits=0),
+                        pm(r.before["kept_generation"], scale=100, digits=0),
                         pm(r.before["perplexity"], digits=2),
                     ]
                     for r in before
@@ -859,10 +859,7 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
             title=f"{study.model}: {size} new facts — learning vs forgetting",
             xlabel="kept facts still recalled (forgetting: left)", ylabel="taught facts recalled (learning)",
             reference_x=cell[0].before["kept"][0],
+            reference_label="kept facts recalled before training",
         )  # fmt: skip
         blocks.append(Figure(path, f"N={size}: one point per arm (mean over seeds); dashed: before training"))
     return blocks
-
-
-def _pct(value: tuple[float, float]) -> tuple[float, float]:
-    return 100 * value[0], 100 * value[1]

@@ -639,6 +639,8 @@ class KnowledgeRow:
     changed_parameters: tuple[float, float]
     slots_changed: tuple[float, float] | None = None
     slots_changed_read_by_wiki: tuple[float, float] | None = None
+    #: Share of all memory slots wiki-en text reads (the background of the TF-IDF ranking).
+    slots_used_by_wiki: tuple[float, float] | None = None
 
 
 @dataclass
@@ -674,6 +676,7 @@ def summarise(
                     trained_parameters=group[0].trained_parameters,
                     changed_parameters=mean_std(r.changed_parameters for r in group),
                     slots_changed=mean_std(r.slots_changed for r in group) if memory else None,
+                    slots_used_by_wiki=mean_std(r.slots_used_by_wiki for r in group) if memory else None,
                     slots_changed_read_by_wiki=(
                         mean_std(r.slots_changed_read_by_wiki for r in group) if memory else None
                     ),
@@ -703,7 +706,26 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
             f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%): {described}."
         )
         parts.append(_claim(cell, size))
-    return " ".join(parts)
+        parts.append(_specific_slots(cell, size))
+    return " ".join(part for part in parts if part)
+
+
+def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
+    """Did the memory arms write into slots ordinary text does not read (sparse fine-tuning's premise)?"""
+    memory = [r for r in cell if r.slots_changed is not None and r.slots_used_by_wiki is not None]
+    if not memory:
+        return ""
+    described = []
+    for r in memory:
+        changed, read = r.slots_changed[0], r.slots_changed_read_by_wiki[0]  # type: ignore[index]
+        share = read / changed if changed else math.nan
+        described.append(
+            f"{r.arm}: {changed:,.0f} slots changed, {100 * share:.0f}% of them read by wiki-en text "
+            f"(which reads {100 * r.slots_used_by_wiki[0]:.0f}% of all slots)"  # type: ignore[index]
+        )
+    return f"Slots written at N={size} (the premise: new facts go to slots ordinary text leaves alone): " + (
+        "; ".join(described) + "."
+    )
 
 
 def _claim(cell: list[KnowledgeRow], size: int) -> str:

@@ -257,26 +257,39 @@ class Draw:
         return sum(p is not None for p in self.previous)
 
 
-def survey(model, tokenizer, scale: KnowledgeScale) -> tuple[dict[str, Known], list[Fact], list[Fact]]:
+def survey(
+    model, tokenizer, scale: KnowledgeScale, *, stored: str | Path | None = None
+) -> tuple[dict[str, Known], list[Fact], list[Fact]]:
     """Per relation, what the model recalls; the recalled facts, and city facts it gets wrong.
 
     Only facts whose answer, through the first template and the held-out paraphrase, the
-    tokenizer keeps apart from the prompt take part (the others cannot be probed).
+    tokenizer keeps apart from the prompt take part (the others cannot be probed). With
+    ``stored`` (a file), the recall of every fact is kept there, so a resumed study does not
+    probe thousands of facts again.
     """
+    sets = {name: builtin_facts(name) for name in scale.known_sets}
+    sets["city-country"] = city_facts(scale.cities)
+    probeable = {name: [f for f in facts if _probeable(tokenizer, f)] for name, facts in sets.items()}
+
+    def recall() -> dict[str, list[bool]]:
+        return {
+            name: fact_recall(model, tokenizer, facts).recalled if facts else []
+            for name, facts in probeable.items()
+        }
+
+    key = {"model": scale.model, "known_sets": scale.known_sets, "cities": scale.cities}
+    hits_by_set = resumable(stored, key, recall) if stored is not None else recall()
     known: dict[str, Known] = {}
     recalled: list[Fact] = []
     wrong: list[Fact] = []
-    sets = [(name, builtin_facts(name)) for name in scale.known_sets]
-    sets.append(("city-country", city_facts(scale.cities)))
-    for name, facts in sets:
-        probeable = [f for f in facts if _probeable(tokenizer, f)]
-        hits = fact_recall(model, tokenizer, probeable).recalled if probeable else []
-        known[name] = Known(facts=len(facts), recalled=sum(hits), recall=sum(hits) / max(len(probeable), 1))
+    for name, facts in probeable.items():
+        hits = hits_by_set[name]
+        known[name] = Known(facts=len(sets[name]), recalled=sum(hits), recall=sum(hits) / max(len(facts), 1))
         if not scale.known_only:
-            hits = [True] * len(probeable) if name != "city-country" else [False] * len(probeable)
-        recalled += [f for f, hit in zip(probeable, hits, strict=True) if hit]
+            hits = [name != "city-country"] * len(facts)
+        recalled += [f for f, hit in zip(facts, hits, strict=True) if hit]
         if name == "city-country":
-            wrong += [f for f, hit in zip(probeable, hits, strict=True) if not hit]
+            wrong += [f for f, hit in zip(facts, hits, strict=True) if not hit]
     if not scale.known_only:  # a random model: half the cities stand in for known facts
         recalled += wrong[1::2]
         wrong = wrong[0::2]
@@ -572,7 +585,7 @@ def run_knowledge_study(
     model, tokenizer = real_or_random_model(scale.model, out)
     model.eval()
     source = scale.model if scale.model is not None else str(out / "random-model")
-    known, recalled, wrong = survey(model, tokenizer, scale)
+    known, recalled, wrong = survey(model, tokenizer, scale, stored=out / "units" / "survey.json")
     perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
     draws = {
         (size, seed): draw(recalled, wrong, size, seed, scale) for size in scale.sizes for seed in scale.seeds
@@ -753,8 +766,10 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
                 outcome = "forgets less (reproduced)"
             elif lost >= other_lost and fluency >= other_fluency:
                 outcome = "forgets more (not reproduced)"
+            elif lost > other_lost:
+                outcome = "mixed: more kept facts lost, less perplexity"
             else:
-                outcome = "mixed (fewer kept facts lost but more perplexity, or the reverse)"
+                outcome = "mixed: fewer kept facts lost, more perplexity"
             findings.append(
                 f"{mine.arm} vs {other.arm} at equal learning: {outcome} (kept lost {100 * lost:+.0f} vs "
                 f"{100 * other_lost:+.0f} points, perplexity {fluency:+.1f}% vs {other_fluency:+.1f}%)"
@@ -816,7 +831,7 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
         f"Mean ± std over {len(settings.seeds)} seed(s).",
         Table(
             ["relation", "facts", "recalled", "recall %"],
-            [[name, v.facts, v.recalled, 100 * v.recall] for name, v in study.known.items()],
+            [[name, v.facts, v.recalled, f"{100 * v.recall:.0f}"] for name, v in study.known.items()],
         ),
     ]
     headers = [

@@ -119,6 +119,13 @@ def test_the_claim_is_judged_only_at_equal_learning():
     assert "forgets more (not reproduced)" in verdict
     verdict = knowledge._claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)
     assert "not comparable" in verdict and "reproduced" not in verdict
+    # a difference inside the seeds' spread is no difference
+    noisy = replace(
+        _row("memory", "memory", 1.0, 0.31, 5.2), kept_lost=(0.31, 0.2), perplexity_change=(5.2, 2.0)
+    )
+    assert "forgets as much (within the seed spread)" in knowledge._claim([full, noisy], 16)
+    mixed = replace(noisy, kept_lost=(0.6, 0.01), perplexity_change=(0.5, 0.1))
+    assert "mixed: loses more kept facts, moves perplexity less" in knowledge._claim([full, mixed], 16)
 
 
 def test_peak_memory_sees_an_allocation():

@@ -723,6 +723,16 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
     return " ".join(part for part in parts if part)
 
 
+def _direction(mine: tuple[float, float], other: tuple[float, float], n_mine: int, n_other: int) -> int:
+    """-1 / 0 / +1: ``mine`` is lower / not distinguishable / higher than ``other``, where a
+    difference counts only beyond one standard error of the difference of the two means."""
+    error = math.sqrt(mine[1] ** 2 / max(n_mine, 1) + other[1] ** 2 / max(n_other, 1))
+    difference = mine[0] - other[0]
+    if abs(difference) <= error or difference == 0:
+        return 0
+    return 1 if difference > 0 else -1
+
+
 def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
     """Did the memory arms write into slots ordinary text does not read (sparse fine-tuning's premise)?"""
     memory = [r for r in cell if r.slots_changed is not None and r.slots_used_by_wiki is not None]
@@ -760,16 +770,21 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
                 continue
             lost, other_lost = mine.kept_lost[0], other.kept_lost[0]
             fluency, other_fluency = mine.perplexity_change[0], other.perplexity_change[0]
-            if (lost, fluency) == (other_lost, other_fluency):
-                outcome = "forgets as much"
-            elif lost <= other_lost and fluency <= other_fluency:
+            facts = _direction(mine.kept_lost, other.kept_lost, mine.seeds, other.seeds)
+            text = _direction(mine.perplexity_change, other.perplexity_change, mine.seeds, other.seeds)
+            if facts == text == 0:
+                outcome = "forgets as much (within the seed spread)"
+            elif facts <= 0 and text <= 0:
                 outcome = "forgets less (reproduced)"
-            elif lost >= other_lost and fluency >= other_fluency:
+            elif facts >= 0 and text >= 0:
                 outcome = "forgets more (not reproduced)"
-            elif lost > other_lost:
-                outcome = "mixed: more kept facts lost, less perplexity"
+            elif facts > 0:
+                outcome = "mixed: loses more kept facts, moves perplexity less"
             else:
-                outcome = "mixed: fewer kept facts lost, more perplexity"
+                outcome = "mixed: loses fewer kept facts, moves perplexity more"
+            lost_words = {-1: "fewer", 0: "as many (within the spread)", 1: "more"}
+            moved_words = {-1: "less", 0: "as much (within the spread)", 1: "more"}
+            outcome += f" — kept facts lost: {lost_words[facts]}, perplexity moved: {moved_words[text]}"
             findings.append(
                 f"{mine.arm} vs {other.arm} at equal learning: {outcome} (kept lost {100 * lost:+.0f} vs "
                 f"{100 * other_lost:+.0f} points, perplexity {fluency:+.1f}% vs {other_fluency:+.1f}%)"

@@ -95,18 +95,34 @@ def plot_points(
     ylabel: str,
     reference_x: float | None = None,
     reference_label: str = "before the edit",
+    spread: Mapping[str, tuple[float, float]] | None = None,
+    legend: bool = False,
+    shares: bool = True,
 ) -> Path:
     """A labelled scatter plot (``{label: (x, y)}``), e.g. a trade-off frontier of methods; a dashed
-    vertical line at ``reference_x`` (e.g. where the model stood before)."""
+    vertical line at ``reference_x`` (e.g. where the model stood before). ``spread`` adds error bars
+    (``{label: (x std, y std)}``); ``legend`` names the points in a legend instead of beside them
+    (for points that crowd together). ``shares``: both axes are fractions in [0, 1]; otherwise the
+    x axis fits the data."""
     figure = Figure(figsize=(6.4, 4.8), dpi=110)
     axes = figure.add_subplot()
+    markers = "osD^vP*Xhp"
     for index, (label, (x, y)) in enumerate(points.items()):
-        axes.scatter([x], [y], color=f"C{index % 10}", s=28)
-        axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        style = {"color": f"C{index % 10}", "marker": markers[index % len(markers)] if legend else "o"}
+        if spread is not None and label in spread:
+            x_err, y_err = spread[label]
+            axes.errorbar([x], [y], xerr=[x_err], yerr=[y_err], linestyle="none", capsize=2, alpha=0.7,
+                          markersize=5, label=label if legend else None, **style)  # fmt: skip
+        else:
+            axes.scatter([x], [y], s=28, label=label if legend else None, **style)
+        if not legend:
+            axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if reference_x is not None:
         axes.axvline(reference_x, linestyle="--", linewidth=1.0, color="grey", label=reference_label)
-        axes.legend(fontsize=8)
-    axes.set_xlim(-0.02, 1.02)
+    if legend or reference_x is not None:
+        axes.legend(fontsize=7 if legend else 8, loc="lower left")
+    if shares:
+        axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(-0.02, 1.02)
     axes.set_title(title)
     axes.set_xlabel(xlabel)

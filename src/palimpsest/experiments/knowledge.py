@@ -912,6 +912,19 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
             xlabel="kept facts still recalled (forgetting: left)", ylabel="taught facts recalled (learning)",
             reference_x=cell[0].before["kept"][0],
             reference_label="kept facts recalled before training",
+            spread={r.arm: (r.after["kept"][1], r.after["learned"][1]) for r in cell},
+            legend=True,
         )  # fmt: skip
-        blocks.append(Figure(path, f"N={size}: one point per arm (mean over seeds); dashed: before training"))
+        blocks.append(
+            Figure(path, f"N={size}: one point per arm (mean ± std over seeds); dashed: before training")
+        )
+        path = plot_points(
+            {r.arm: (r.perplexity_change[0], r.after["learned"][0]) for r in cell},
+            plots_dir / f"knowledge-fluency-{size}.png",
+            title=f"{study.model}: {size} new facts — learning vs wiki-en perplexity",
+            xlabel="wiki-en perplexity change % (forgetting: right)",
+            ylabel="taught facts recalled (learning)", legend=True, shares=False,
+            spread={r.arm: (r.perplexity_change[1], r.after["learned"][1]) for r in cell},
+        )  # fmt: skip
+        blocks.append(Figure(path, f"N={size}: learning against the change of general-text perplexity"))
     return blocks

@@ -50,6 +50,11 @@ def test_arms_and_scales_refuse_what_cannot_run():
     with pytest.raises(ConfigError, match="own name"):
         KnowledgeScale(arms=(Arm("a", "editor"), Arm("a", "editor")))
     assert KnowledgeScale(min_steps=10, epochs=2, batch_size=4).steps(100) == 50
+    scale = KnowledgeScale(seeds=(3, 4), editor_one_seed_from=128)
+    editor = next(i for i, arm in enumerate(scale.arms) if arm.method == "editor")
+    assert [i for i, _ in knowledge.arms_to_run(scale, 128, 3)] == list(range(len(scale.arms)))
+    assert editor not in [i for i, _ in knowledge.arms_to_run(scale, 128, 4)]
+    assert len(knowledge.arms_to_run(scale, 16, 4)) == len(scale.arms)
 
 
 def _tiny(tokenizer):

@@ -169,6 +169,9 @@ class KnowledgeScale:
     perplexity_blocks: int = 16
     block_size: int = 128
     background_blocks: int = 64
+    #: From this N on, the editor runs on the first seed only: each of its steps sees every fact,
+    #: so it costs N / batch_size times a step of the other arms (None: every seed).
+    editor_one_seed_from: int | None = 512
     generation_tokens: int = 6
 
     def __post_init__(self) -> None:
@@ -565,6 +568,16 @@ class Baseline:
     before: dict[str, float]
 
 
+def arms_to_run(scale: KnowledgeScale, size: int, seed: int) -> list[tuple[int, Arm]]:
+    """``(index, arm)`` of the arms that run at this N and seed (``editor_one_seed_from``)."""
+    costly = scale.editor_one_seed_from is not None and size >= scale.editor_one_seed_from
+    return [
+        (index, arm)
+        for index, arm in enumerate(scale.arms)
+        if not (arm.method == "editor" and costly and seed != scale.seeds[0])
+    ]
+
+
 def _unit_key(scale: KnowledgeScale, what: Any) -> Any:
     """What a stored unit depends on: the model, the draws, the measures and ``what``."""
     fields = ("model", "counterfactual_share", "known_sets", "cities", "kept", "known_only",
@@ -600,7 +613,7 @@ def run_knowledge_study(
             kind=Baseline,
         )  # fmt: skip
         baselines.append(baseline)
-        for index, arm in enumerate(scale.arms):
+        for index, arm in arms_to_run(scale, size, seed):
             name = f"{size}-s{seed}-arm{index}"
             work = out / "work" / name
 
@@ -843,7 +856,14 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
         f"({settings.generation_tokens} tokens) names the answer; kept = the kept facts still recalled; "
         "perplexity on held-out wiki-en. Memory arms: a residual memory of "
         f"{memory.n_keys**2:,} slots at depth {memory.layers}, zero values (outputs unchanged). "
-        f"Mean ± std over {len(settings.seeds)} seed(s).",
+        f"Mean ± std over {len(settings.seeds)} seed(s)"
+        + (
+            f" (the editor on the first seed only from N={settings.editor_one_seed_from}: each of its steps "
+            "sees every fact)."
+            if settings.editor_one_seed_from is not None
+            and max(settings.sizes) >= settings.editor_one_seed_from
+            else "."
+        ),
         Table(
             ["relation", "facts", "recalled", "recall %"],
             [[name, v.facts, v.recalled, f"{100 * v.recall:.0f}"] for name, v in study.known.items()],
@@ -852,7 +872,7 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
     headers = [
         "N", "arm", "learned", "paraphrase", "generation", "kept", "kept lost (points)",
         "perplexity change %", "steps", "seconds", "peak MiB", "trained params", "changed params",
-        "slots changed (read by wiki)",
+        "slots changed (read by wiki)", "seeds",
     ]  # fmt: skip
     table = []
     for r in study.summary.rows:
@@ -866,7 +886,7 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
             r.size, r.arm, *(pm(share, scale=100, digits=0) for share in shares),
             pm(r.perplexity_change, digits=1), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.0f}",
             f"{r.peak_mib[0]:.0f}" if r.peak_mib is not None else "-", f"{r.trained_parameters:,}",
-            f"{r.changed_parameters[0]:,.0f}", slots,
+            f"{r.changed_parameters[0]:,.0f}", slots, r.seeds,
         ])  # fmt: skip
     blocks.append(Table(headers, table))
     before = [r for r in study.summary.rows if r.arm == settings.arms[0].name]

@@ -40,7 +40,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -451,18 +451,22 @@ def run_arm(
     seed: int,
     callbacks: Iterable[TrainerCallback] = (),
 ) -> ArmRun:
-    """Teach ``chosen`` to ``model`` (fresh pretrained weights, changed in place) the arm's way."""
-    examples = fact_examples(tokenizer, chosen.taught, causal=True)
+    """Teach ``chosen`` to ``model`` (fresh pretrained weights, changed in place) the arm's way.
+
+    Full fine-tuning and LoRA train on :func:`~palimpsest.memory.learning.fact_examples`, the
+    examples :func:`~palimpsest.memory.learning.learn_facts` builds for the memory arms."""
     training = _training(scale, arm, size, seed)
     memory_facts: dict[str, Any] = {}
     with PeakMemory() as peak:
         started = time.perf_counter()
         if arm.method == "full":
             trained = count_parameters(model)
+            examples = fact_examples(tokenizer, chosen.taught, causal=True)
             result = train(model, tokenizer, examples, training, work, objective="clm", callbacks=callbacks)
             steps, measured = result.steps, model
             changed = trained
         elif arm.method == "lora":
+            examples = fact_examples(tokenizer, chosen.taught, causal=True)
             measured, trained, steps = _train_lora(
                 model, tokenizer, examples, training, arm, work, callbacks, seed
             )
@@ -479,7 +483,7 @@ def run_arm(
             trained, measured = editor.edited_parameters, model
             changed = sum(int((p != editor.original[n]).sum()) for n, p in editor.parameters.items())
         else:
-            add_product_key_memory(model, _seeded(scale.memory, seed))
+            add_product_key_memory(model, replace(scale.memory, seed=seed))
             settings = MemoryLearning(
                 trainable=arm.trainable, sparse_top_t=arm.sparse_top_t, block_size=scale.block_size,
                 background_blocks=scale.background_blocks, training=training,
@@ -499,12 +503,6 @@ def run_arm(
         after=after, steps=steps, seconds=seconds, peak_mib=peak.peak_mib, trained_parameters=trained,
         changed_parameters=changed, **memory_facts,
     )  # fmt: skip
-
-
-def _seeded(config: PKMConfig, seed: int) -> PKMConfig:
-    from dataclasses import replace
-
-    return replace(config, seed=seed)
 
 
 def _count(names: Sequence[str], model) -> int:

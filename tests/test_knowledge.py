@@ -131,6 +131,10 @@ def test_the_claim_is_judged_only_at_equal_learning():
     assert "forgets as much (within the seed spread)" in knowledge._claim([full, noisy], 16)
     mixed = replace(noisy, kept_lost=(0.6, 0.01), perplexity_change=(0.5, 0.1))
     assert "mixed: loses more kept facts, moves perplexity less" in knowledge._claim([full, mixed], 16)
+    assert "not evidence" not in knowledge._claim([full, mixed], 16)
+    # one seed has no spread: the direction is reported but called what it is
+    single = knowledge._claim([replace(full, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
+    assert "One seed only for full" in single and "not evidence" in single
 
 
 def test_peak_memory_sees_an_allocation():

@@ -665,6 +665,9 @@ class KnowledgeRow:
     slots_changed_read_by_wiki: tuple[float, float] | None = None
     #: Share of all memory slots wiki-en text reads (the background of the TF-IDF ranking).
     slots_used_by_wiki: tuple[float, float] | None = None
+    #: Kim & Jung's "outdated" slots with the whole learning run as the window: the share of
+    #: all slots whose values the new facts left untouched (still zero).
+    slots_outdated: tuple[float, float] | None = None
 
 
 @dataclass
@@ -686,6 +689,7 @@ def summarise(
             firsts = [before[(r.size, r.seed)] for r in group]
             pairs = list(zip(firsts, group, strict=True))
             memory = group[0].slots_changed is not None
+            slots = scale.memory.n_keys**2 * len(scale.memory.layers)
             rows.append(
                 KnowledgeRow(
                     arm=arm.name, method=arm.method, size=size, seeds=len(group),
@@ -704,6 +708,7 @@ def summarise(
                     slots_changed_read_by_wiki=(
                         mean_std(r.slots_changed_read_by_wiki for r in group) if memory else None
                     ),
+                    slots_outdated=mean_std(1 - r.slots_changed / slots for r in group) if memory else None,
                 )
             )  # fmt: skip
     return KnowledgeSummary(rows=rows, verdict=_verdict(rows, scale))
@@ -800,10 +805,18 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
                 f"{mine.arm} vs {other.arm} at equal learning: {outcome} (kept lost {100 * lost:+.0f} vs "
                 f"{100 * other_lost:+.0f} points, perplexity {fluency:+.1f}% vs {other_fluency:+.1f}%)"
             )
+    single = [r.arm for r in [*memory, *others] if r.seeds < 2]
+    caveat = (
+        f" One seed only for {', '.join(single)}: no spread to judge a difference by, so these directions "
+        "are not evidence."
+        if single
+        else ""
+    )
     return (
         f"Claim 'memory-only / sparse updates forget less at equal learning', N={size}: "
         + "; ".join(findings)
         + "."
+        + caveat
     )
 
 
@@ -854,6 +867,8 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
         f"({settings.generation_tokens} tokens) names the answer; kept = the kept facts still recalled; "
         "perplexity on held-out wiki-en. Memory arms: a residual memory of "
         f"{memory.n_keys**2:,} slots at depth {memory.layers}, zero values (outputs unchanged). "
+        "Slots outdated = the share of slots the new facts left untouched (Kim & Jung's outdated slots, the "
+        "whole learning run as the window). "
         f"Mean ± std over {len(settings.seeds)} seed(s)"
         + (
             f" (the editor on the first seed only from N={settings.editor_one_seed_from}: each of its steps "
@@ -870,7 +885,7 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
     headers = [
         "N", "arm", "learned", "paraphrase", "generation", "kept", "kept lost (points)",
         "perplexity change %", "steps", "seconds", "peak MiB", "trained params", "changed params",
-        "slots changed (read by wiki)", "seeds",
+        "slots changed (read by wiki)", "slots outdated %", "seeds",
     ]  # fmt: skip
     table = []
     for r in study.summary.rows:
@@ -884,7 +899,8 @@ def _study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table 
             r.size, r.arm, *(pm(share, scale=100, digits=0) for share in shares),
             pm(r.perplexity_change, digits=1), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.0f}",
             f"{r.peak_mib[0]:.0f}" if r.peak_mib is not None else "-", f"{r.trained_parameters:,}",
-            f"{r.changed_parameters[0]:,.0f}", slots, r.seeds,
+            f"{r.changed_parameters[0]:,.0f}", slots,
+            pm(r.slots_outdated, scale=100, digits=1) if r.slots_outdated is not None else "-", r.seeds,
         ])  # fmt: skip
     blocks.append(Table(headers, table))
     before = [r for r in study.summary.rows if r.arm == settings.arms[0].name]

@@ -566,13 +566,18 @@ class Baseline:
     before: dict[str, float]
 
 
+def _one_seed_editor(scale: KnowledgeScale, size: int, arm: Arm) -> bool:
+    """The editor at an N from ``editor_one_seed_from`` on: it runs on the first seed only."""
+    threshold = scale.editor_one_seed_from
+    return arm.method == "editor" and threshold is not None and size >= threshold
+
+
 def arms_to_run(scale: KnowledgeScale, size: int, seed: int) -> list[tuple[int, Arm]]:
     """``(index, arm)`` of the arms that run at this N and seed (``editor_one_seed_from``)."""
-    costly = scale.editor_one_seed_from is not None and size >= scale.editor_one_seed_from
     return [
         (index, arm)
         for index, arm in enumerate(scale.arms)
-        if not (arm.method == "editor" and costly and seed != scale.seeds[0])
+        if not (_one_seed_editor(scale, size, arm) and seed != scale.seeds[0])
     ]
 
 
@@ -602,6 +607,7 @@ def run_knowledge_study(
         (size, seed): draw(recalled, wrong, size, seed, scale) for size in scale.sizes for seed in scale.seeds
     }
     baselines, runs = [], []
+    units: list[tuple[int, int, int, Arm]] = []
     for (size, seed), chosen in draws.items():
         baseline = resumable(
             out / "units" / f"{size}-s{seed}-before.json", _unit_key(scale, ["before", size, seed]),
@@ -611,23 +617,28 @@ def run_knowledge_study(
             kind=Baseline,
         )  # fmt: skip
         baselines.append(baseline)
-        for index, arm in arms_to_run(scale, size, seed):
-            name = f"{size}-s{seed}-arm{index}"
-            work = out / "work" / name
+        units += [(size, seed, index, arm) for index, arm in arms_to_run(scale, size, seed)]
+    # At each N, an editor that runs on one seed only (it is the costly arm) goes after every other
+    # arm's seeds: a run cut short has the comparison on all seeds first.
+    units.sort(key=lambda u: (scale.sizes.index(u[0]), _one_seed_editor(scale, u[0], u[3])))
+    for size, seed, index, arm in units:
+        chosen = draws[(size, seed)]
+        name = f"{size}-s{seed}-arm{index}"
+        work = out / "work" / name
 
-            def compute(arm=arm, chosen=chosen, size=size, seed=seed, work=work, name=name) -> ArmRun:
-                shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again
-                fresh = load_pretrained(source)
-                result = run_arm(
-                    fresh, tokenizer, arm, chosen, perplexity_set, scale, work, size=size, seed=seed,
-                    callbacks=callbacks_for(f"{arm.name}, {size} facts, seed {seed}"),
-                )  # fmt: skip
-                shutil.rmtree(work, ignore_errors=True)
-                return result
+        def compute(arm=arm, chosen=chosen, size=size, seed=seed, work=work) -> ArmRun:
+            shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again
+            fresh = load_pretrained(source)
+            result = run_arm(
+                fresh, tokenizer, arm, chosen, perplexity_set, scale, work, size=size, seed=seed,
+                callbacks=callbacks_for(f"{arm.name}, {size} facts, seed {seed}"),
+            )  # fmt: skip
+            shutil.rmtree(work, ignore_errors=True)
+            return result
 
-            settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
-            key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
-            runs.append(resumable(out / "units" / f"{name}.json", key, compute, kind=ArmRun))
+        settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
+        key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
+        runs.append(resumable(out / "units" / f"{name}.json", key, compute, kind=ArmRun))
     results = KnowledgeResults(
         scale=scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model", known=known,
         recalled_facts=len(recalled), unknown_cities=len(wrong), baselines=baselines, runs=runs,

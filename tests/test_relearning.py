@@ -54,6 +54,33 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
             assert torch.equal(parameter, old[name]), f"{name} moved during language adaptation"
 
 
+def test_an_untied_decoder_head_follows_the_new_vocabulary(tmp_path, tokenizer):
+    """A decoder whose head is its own matrix: the head is re-drawn and trained with the embeddings
+    (its old rows belong to the old vocabulary); the body stays bit for bit."""
+    model = build_model("llama", "micro", tokenizer, max_positions=64, dropout=0.0, seed=0)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path / "pre")
+    tokenizer.save_pretrained(tmp_path / "pre")
+    french = split_corpus(load_corpus("wiki-fr", max_documents=300), 0.2)
+    settings = LanguageAdaptation(
+        tokens=4000, vocab_size=300, block_size=32, max_eval_blocks=8,
+        training=TrainingConfig(steps=4, batch_size=4, learning_rate=5e-3, eval_every=2, save_every=None),
+    )  # fmt: skip
+    result = adapt_language(tmp_path / "pre", french, settings, tmp_path / "fr")
+    assert result["trainable"] == ["model.embed_tokens.weight", "lm_head.weight"]
+    before, after = load_pretrained(str(tmp_path / "pre")), load_pretrained(result["model_path"])
+    assert after.lm_head.weight is not after.get_input_embeddings().weight
+    assert after.lm_head.weight.shape[0] == result["vocab_size"]
+    kept = before.lm_head.weight[: result["vocab_size"]]
+    assert not torch.allclose(after.lm_head.weight, kept), "the head kept the old vocabulary's rows"
+    old = dict(before.named_parameters())
+    for name, parameter in after.named_parameters():
+        if name not in result["trainable"]:
+            assert torch.equal(parameter, old[name]), f"{name} moved during language adaptation"
+
+
 def test_task_adaptation_freezes_embeddings_and_assembly_combines(tmp_path, tokenizer, wiki_small):
     pretrained = _pretrained(tmp_path, tokenizer)
     settings = TaskAdaptation(

@@ -3,8 +3,9 @@
 1. **Language adaptation** — a new tokenizer for the new language, the token embeddings
    re-drawn (N(0, initializer_range), fixed seed: for the standard and the forgetting
    model alike), the body frozen, and only the embeddings (a tied head's weight is the
-   same tensor) trained with the model's own LM objective on a token budget of text; the
-   head's per-token bias stays frozen, as in the paper's code.
+   same tensor; an untied decoder head is re-drawn and trained with them) trained with the
+   model's own LM objective (masked or next-token) on a token budget of text; the head's
+   per-token bias stays frozen, as in the paper's code.
 2. **Task adaptation** — the body (+ a fresh task head) fine-tuned on the English task,
    the token embeddings frozen.
 3. **Assembly** — the body and head from step 2 with the embeddings and tokenizer from
@@ -122,16 +123,20 @@ def _set_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 
 def swap_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, seed: int) -> None:
-    """Give ``model`` the vocabulary of ``tokenizer`` with freshly drawn embeddings."""
+    """Give ``model`` the vocabulary of ``tokenizer`` with freshly drawn embeddings.
+
+    An untied output head (many decoders) is re-drawn too: its rows belong to the old
+    vocabulary, so kept they would score the new tokens with the old tokens' weights."""
     model.resize_token_embeddings(len(tokenizer))
     _set_special_ids(model, tokenizer)
-    forget_embeddings(model, seed=seed)
+    forget_embeddings(model, seed=seed, reset_output_head=True)
 
 
 def freeze_all_but_embeddings(model: PreTrainedModel) -> list[str]:
-    """Only the token embeddings (a tied head's weight is the same tensor) stay trainable; the
-    head's bias is frozen as in the paper. Returns the trainable parameters' names."""
-    return train_only(model, embedding_parameters(model))
+    """Only the token embeddings and an untied output head (a tied head's weight is the same
+    tensor) stay trainable; the head's bias is frozen as in the paper. Returns the trainable
+    parameters' names."""
+    return train_only(model, embedding_parameters(model, include_output_head=True))
 
 
 def adapt_language(

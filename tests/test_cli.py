@@ -165,6 +165,25 @@ def test_unknown_scale_is_one_line(tmp_path):
     assert "galactic" in line
 
 
+def test_the_plasticity_study_of_a_decoder(tmp_path):
+    """``--family gpt2``: pretrained with next-token loss, relearned and classified as a decoder."""
+    line = one_error_line(
+        palimpsest(
+            "experiment", "plasticity", "--scale", "smoke", "--family", "bart", "--out", tmp_path / "x"
+        )
+    )
+    assert "bart" in line and "gpt2" in line and not (tmp_path / "x").exists()
+    done = palimpsest(
+        "experiment", "plasticity", "--scale", "smoke", "--family", "gpt2", "--out", tmp_path / "d"
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert results["settings"]["pretrain"]["model"]["family"] == "gpt2"
+    config = json.loads((tmp_path / "d" / "pretrain-forgetting" / "model" / "config.json").read_text())
+    assert config["model_type"] == "gpt2"
+    assert "next-token loss" in (tmp_path / "d" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("study", ["plasticity", "memory", "editing"])
 def test_a_study_config_changes_fields_of_its_scale_and_names_bad_keys(tmp_path, study):
     config = tmp_path / "s.yaml"

@@ -150,21 +150,26 @@ def _run_study(
     title: str,
     config: Path | None = None,
     scales: dict[str, Any] | None = None,
+    adjust: Callable[[Any], Any] | None = None,
 ) -> None:
     """Run (or resume) a study with a progress display, write its report, print its verdict.
 
-    ``config`` (YAML) changes fields of the named scale: ``--scale demo --config more-seeds.yaml``.
+    ``config`` (YAML) changes fields of the named scale: ``--scale demo --config more-seeds.yaml``;
+    ``adjust`` then changes the settings as a command's own options say (``--family``).
     """
     from palimpsest.progress import make_progress
     from palimpsest.report import write_report
 
     chosen: Any = scale
-    if config is not None and scales is not None:
+    if (config is not None or adjust is not None) and scales is not None:
         from palimpsest.config import load_config
         from palimpsest.experiments.common import resolve_scale
 
-        _name, base = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
-        chosen = load_config(type(base), config, base=base)
+        _name, chosen = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
+        if config is not None:
+            chosen = load_config(type(chosen), config, base=chosen)
+        if adjust is not None:
+            chosen = adjust(chosen)
     with make_progress(console) as progress:
         results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
     write_report([results], out, title=title)
@@ -722,13 +727,25 @@ def experiment_plasticity(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
     ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="Model family of the body: roberta or bert (the paper), gpt2 or llama (decoders)."),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
     _setup_logging(verbose)
+    from palimpsest.errors import ConfigError
     from palimpsest.experiments.plasticity import SCALES, run_plasticity
+    from palimpsest.models import FAMILY_OBJECTIVE
 
-    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study", config, SCALES)
+    if family is not None and family not in FAMILY_OBJECTIVE:
+        raise ConfigError(f"--family: unknown family '{family}' (known: {', '.join(FAMILY_OBJECTIVE)})")
+
+    def adjust(settings: Any) -> Any:
+        return settings if family is None else settings.with_family(family)
+
+    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study", config, SCALES, adjust)
 
 
 @experiment_app.command("memory")

@@ -199,6 +199,13 @@ class PlasticityScale:
                 "so training ends at an episode end"
             )
 
+    def with_family(self, family: str) -> PlasticityScale:
+        """The same study with a body of another model family: ``gpt2`` or ``llama`` make it the
+        decoder study (Aggarwal et al. 2025): next-token loss in pretraining and relearning, the
+        topic read by the family's sequence-classification head (last token)."""
+        model = replace(self.pretrain.model, family=family)
+        return replace(self, pretrain=replace(self.pretrain, model=model))
+
     def language(self, name: str) -> NewLanguage:
         known = {**LANGUAGES, **self.language_specs}
         if name not in known:
@@ -696,11 +703,19 @@ class PlasticityResults(Results):
         return section
 
 
+def _objective_words(family: str) -> str:
+    from palimpsest.models import FAMILY_OBJECTIVE
+
+    return "next-token loss" if FAMILY_OBJECTIVE.get(family) == "clm" else "masked-LM loss"
+
+
 def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table | Figure]:
     settings, summary, pretrain = study.settings, study.summary, study.settings.pretrain
+    family = pretrain.model.family  # plots of an encoder and a decoder study side by side in one report
     blocks: list[str | Table | Figure] = [
         f"Scale '{study.scale}': a {pretrain.model.size} {pretrain.model.family} pretrained "
-        f"{pretrain.training.steps} steps on {pretrain.data.corpus} twice — standard, and "
+        f"{pretrain.training.steps} steps ({_objective_words(pretrain.model.family)}) on "
+        f"{pretrain.data.corpus} twice — standard, and "
         f"with the token embeddings reset every {settings.forgetting.reset_every} updates. Then, per new "
         f"language, token budget and seed ({len(settings.seeds)} seeds), only the embeddings are relearned "
         f"for {settings.adaptation.training.steps} steps (body frozen), and the assembled model classifies "
@@ -771,7 +786,7 @@ def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table
             )
         path = plot_curves(
             curves,
-            plots_dir / f"relearning-{cell.language}-{cell.budget}.png",
+            plots_dir / f"relearning-{family}-{cell.language}-{cell.budget}.png",
             title=f"Relearning {cell.language} ({cell.budget:,} tokens): embeddings only",
             ylabel="validation loss (nats/token)",
             bands=bands,
@@ -787,7 +802,7 @@ def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table
     majority = statistics.fmean(c.standard.majority_baseline for c in summary.cells)
     path = plot_bars(
         groups,
-        plots_dir / "plasticity-zero-shot.png",
+        plots_dir / f"plasticity-zero-shot-{family}.png",
         title="Zero-shot topic accuracy after relearning",
         ylabel="accuracy",
         reference_lines={"majority class (mean)": majority},

@@ -181,7 +181,8 @@ def test_the_plasticity_study_of_a_decoder(tmp_path):
     assert results["settings"]["pretrain"]["model"]["family"] == "gpt2"
     config = json.loads((tmp_path / "d" / "pretrain-forgetting" / "model" / "config.json").read_text())
     assert config["model_type"] == "gpt2"
-    assert "next-token loss" in (tmp_path / "d" / "report.md").read_text()
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "next-token loss" in report and "Scale 'smoke, gpt2'" in report
 
 
 @pytest.mark.parametrize("study", ["plasticity", "memory", "editing"])

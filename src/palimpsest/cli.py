@@ -150,12 +150,12 @@ def _run_study(
     title: str,
     config: Path | None = None,
     scales: dict[str, Any] | None = None,
-    adjust: Callable[[Any], Any] | None = None,
+    adjust: Callable[[str, Any], tuple[str, Any]] | None = None,
 ) -> None:
     """Run (or resume) a study with a progress display, write its report, print its verdict.
 
     ``config`` (YAML) changes fields of the named scale: ``--scale demo --config more-seeds.yaml``;
-    ``adjust`` then changes the settings as a command's own options say (``--family``).
+    ``adjust`` then changes the settings (and their name) as a command's own options say (``--family``).
     """
     from palimpsest.progress import make_progress
     from palimpsest.report import write_report
@@ -165,11 +165,13 @@ def _run_study(
         from palimpsest.config import load_config
         from palimpsest.experiments.common import resolve_scale
 
-        _name, chosen = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
+        name, settings = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
         if config is not None:
-            chosen = load_config(type(chosen), config, base=chosen)
+            settings = load_config(type(settings), config, base=settings)
+            name = f"{name} + {config.name}"
         if adjust is not None:
-            chosen = adjust(chosen)
+            name, settings = adjust(name, settings)
+        chosen = (name, settings)
     with make_progress(console) as progress:
         results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
     write_report([results], out, title=title)
@@ -742,8 +744,8 @@ def experiment_plasticity(
     if family is not None and family not in FAMILY_OBJECTIVE:
         raise ConfigError(f"--family: unknown family '{family}' (known: {', '.join(FAMILY_OBJECTIVE)})")
 
-    def adjust(settings: Any) -> Any:
-        return settings if family is None else settings.with_family(family)
+    def adjust(name: str, settings: Any) -> tuple[str, Any]:
+        return (name, settings) if family is None else (f"{name}, {family}", settings.with_family(family))
 
     _run_study(run_plasticity, out, scale, "palimpsest: plasticity study", config, SCALES, adjust)
 

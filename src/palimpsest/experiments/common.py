@@ -18,8 +18,11 @@ from palimpsest.storage import save_model
 S = TypeVar("S")
 
 
-def resolve_scale(scale: str | S, scales: Mapping[str, S], study: str) -> tuple[str, S]:
-    """``(name, settings)`` of a named scale, or ``("custom", settings)`` for a settings object."""
+def resolve_scale(scale: str | S | tuple[str, S], scales: Mapping[str, S], study: str) -> tuple[str, S]:
+    """``(name, settings)`` of a named scale, ``("custom", settings)`` for a settings object, or
+    a ``(name, settings)`` pair as given (a named scale changed by a config, under its own name)."""
+    if isinstance(scale, tuple):
+        return scale
     if not isinstance(scale, str):
         return "custom", scale
     if scale not in scales:

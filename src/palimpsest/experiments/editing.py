@@ -258,7 +258,7 @@ def method_grid(scale: EditingScale, blocks: int) -> list[tuple[str, EditConfig]
 
 def run_editing_study(
     out: str | Path,
-    scale: str | EditingScale = "demo",
+    scale: str | EditingScale | tuple[str, Any] = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> EditingStudyResults | RealEditingResults:
@@ -269,7 +269,8 @@ def run_editing_study(
     """
     from palimpsest.experiments import editing_real
 
-    if scale == "real" or isinstance(scale, editing_real.RealEditingScale):
+    given = scale[1] if isinstance(scale, tuple) else scale  # (name, settings) of a changed scale
+    if scale == "real" or isinstance(given, editing_real.RealEditingScale):
         name, real = resolve_scale(scale, {"real": editing_real.SCALES["real"]}, "editing")
         return editing_real.run_real_editing_study(out, real, name, callbacks_for=callbacks_for)
     if scale == "real-smoke":

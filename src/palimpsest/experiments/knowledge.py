@@ -590,7 +590,7 @@ def _unit_key(scale: KnowledgeScale, what: Any) -> Any:
 
 def run_knowledge_study(
     out: str | Path,
-    scale: str | KnowledgeScale = "demo",
+    scale: str | KnowledgeScale | tuple[str, KnowledgeScale] = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> KnowledgeResults:

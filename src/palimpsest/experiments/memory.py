@@ -336,7 +336,7 @@ def _run_unit(
 
 def run_memory_study(
     out: str | Path,
-    scale: str | MemoryScale = "demo",
+    scale: str | MemoryScale | tuple[str, MemoryScale] = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> MemoryStudyResults:

@@ -371,7 +371,7 @@ def language_task(name: str, split: CorpusSplit, scale: PlasticityScale) -> Corp
 
 def run_plasticity(
     out: str | Path,
-    scale: str | PlasticityScale = "demo",
+    scale: str | PlasticityScale | tuple[str, PlasticityScale] = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> PlasticityResults:

@@ -1,4 +1,4 @@
-"""Speed and memory of the product-key memory layer, side by side with the alternatives.
+"""Speed and memory of the product-key memory layer, side by side with the alternatives and the floor.
 
 One run, the same settings for every arm (d=256, 4 heads, k=32, half-keys of 128, batch
 16 x 128 tokens, LayerNorm queries, MSE loss to a fixed target, fused AdamW as the
@@ -13,15 +13,28 @@ Trainer uses, values in their own group at lr 1e-3 without decay):
 * ``pkm-package-adam``: the same package with plain ``torch.optim.Adam``, as its README
   trains it (context for figures measured that way).
 
-at 16k, 65k and 262k slots (n_keys 128, 256, 512). Each arm runs in its own process, so
-its peak resident memory (``ru_maxrss`` above the process's size before the arm was built)
-is its own. Reported per arm: training step (forward + backward + optimizer step) in ms,
-training and inference tokens/s, peak memory, share of value rows read per step, and for
-the palimpsest layer the largest difference from a naive reference (every one of the
-n_keys**2 keys scored, top-k, softmax, weighted sum). Ratios are to the dense FFN and to
-``pkm-package`` of the same size.
+at 262k and 1M slots by default (n_keys 512, 1024; 16k and 65k on request). Each arm runs in
+its own process, so its peak memory is its own (``ru_maxrss`` above the process's size before
+the arm was built; CUDA's peak allocation on a GPU).
 
-usage: python benchmarks/memory_speed.py [--slots 16k,65k,262k] [--steps 8] [--json out.json]
+**The floor.** A first process measures this machine's memory bandwidth (a large in-place
+update: bytes read + written per second) and matmul rate (the key-scoring shape). The floor
+of a memory step is then the bytes it must touch over the bandwidth plus the FLOPs it must
+do over the matmul rate:
+
+* bytes: every slot read is one value row read in the forward pass and one again for the
+  gradient of its weight; every distinct row read gets its gradient written once and an
+  AdamW update (value, gradient, two moments read; value, two moments written) — 8 row
+  accesses; the dense path's floor puts the whole table through the gradient and optimizer;
+* FLOPs: the query projection (forward and backward), scoring every half-key (forward; only
+  the k best scores per half get a gradient, so that backward is k / n_keys of it), and the
+  weighted sum of the values (forward and backward).
+
+Each arm is reported as a ratio to the floor of its size (from the share of rows the
+palimpsest layer reads there; the package reads as many). The FFN's floor is its FLOPs.
+
+usage: python benchmarks/memory_speed.py [--slots 262k,1M] [--arms ...] [--steps 8]
+       [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,28 +51,82 @@ import torch
 from torch import nn
 
 DIM, HEADS, K, K_DIM, BATCH, SEQ = 256, 4, 32, 256, 16, 128
-SIZES = {"16k": 128, "65k": 256, "262k": 512}
+SIZES = {"16k": 128, "65k": 256, "262k": 512, "1M": 1024}
+DEFAULT_SIZES = "262k,1M"
 ARMS = ("dense-ffn", "palimpsest", "palimpsest-sparse", "pkm-package", "pkm-package-adam")
+DEFAULT_ARMS = "dense-ffn,palimpsest,palimpsest-sparse,pkm-package"
+TOKENS = BATCH * SEQ
 
 
-def build(arm: str, n_keys: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def best_seconds(run, device: str, repeats: int = 5) -> float:
+    run()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def machine_rates(device: str) -> dict:
+    """Memory bandwidth (bytes/s of an in-place update of 512 MiB: read + write) and fp32
+    matmul rate (FLOP/s of one head's key scores at 1M slots), best of five."""
+    table = torch.randn(128 * 2**20, device=device)
+    seconds = best_seconds(lambda: table.mul_(1.0), device)
+    bandwidth = 2 * table.numel() * table.element_size() / seconds
+    queries = torch.randn(TOKENS, K_DIM // 2, device=device)
+    keys = torch.randn(K_DIM // 2, 1024, device=device)
+    seconds = best_seconds(lambda: queries @ keys, device, repeats=20)
+    return {"bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": 2 * queries.numel() * 1024 / seconds}
+
+
+def floor_seconds(n_keys: int, rows_read_share: float, rates: dict, *, dense_table: bool = False) -> dict:
+    """The least a memory training step must take here (see the module doc)."""
+    slots, reads = n_keys**2, TOKENS * HEADS * K
+    row = DIM * 4
+    rows_updated = slots if dense_table else rows_read_share * slots
+    moved = 2 * reads * row + 8 * rows_updated * row
+    half = K_DIM // 2
+    flops = (
+        3 * 2 * TOKENS * DIM * HEADS * K_DIM  # query projection, forward + backward
+        + 2 * TOKENS * HEADS * 2 * half * n_keys  # every half-key scored
+        + 2 * 2 * TOKENS * HEADS * 2 * half * K  # backward of the k best scores per half
+        + 3 * 2 * reads * DIM  # weighted sum of the values, forward + backward
+    )
+    memory_s, compute_s = moved / rates["bandwidth_bytes_per_s"], flops / rates["matmul_flops_per_s"]
+    return {"floor_ms": 1000 * (memory_s + compute_s), "bytes": moved, "flops": flops}
+
+
+def ffn_floor_seconds(rates: dict) -> dict:
+    flops = 3 * 2 * TOKENS * 2 * DIM * 4 * DIM
+    return {"floor_ms": 1000 * flops / rates["matmul_flops_per_s"], "bytes": 0, "flops": flops}
+
+
+def build(arm: str, n_keys: int, device: str, dtype: torch.dtype) -> tuple[nn.Module, torch.optim.Optimizer]:
     from palimpsest.memory import ProductKeyMemory
     from palimpsest.optim import LazyAdamW
 
     torch.manual_seed(0)
     if arm == "dense-ffn":
-        module = nn.Sequential(nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM))
+        module = nn.Sequential(nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM)).to(device, dtype)
         return module, torch.optim.AdamW(module.parameters(), lr=1e-3, fused=True)
     if arm.startswith("palimpsest"):
         module = ProductKeyMemory(
             DIM, n_keys=n_keys, heads=HEADS, k=K, k_dim=K_DIM, sparse_updates=arm == "palimpsest-sparse"
         )
-        values = [module.values.weight]
     else:
         from product_key_memory import PKM
 
         module = PKM(DIM, heads=HEADS, num_keys=n_keys, topk=K, dim_head=K_DIM // 2, use_layernorm=True)
-        values = [module.values.weight]
+    module = module.to(device, dtype)
+    values = [module.values.weight]
     rest = [p for p in module.parameters() if all(p is not v for v in values)]
     groups = [{"params": rest}, {"params": values, "lr": 1e-3, "weight_decay": 0.0}]
     if arm == "pkm-package-adam":
@@ -70,7 +137,8 @@ def build(arm: str, n_keys: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 def naive_difference(memory: nn.Module, hidden: torch.Tensor, tokens: int = 64) -> float:
     """Largest |layer - naive reference| over the first ``tokens`` positions."""
     with torch.no_grad():
-        flat = hidden.reshape(-1, DIM)[:tokens]
+        flat = hidden.reshape(-1, DIM)[:tokens].float()
+        memory = memory.float()
         output = memory(flat.unsqueeze(0)).squeeze(0)
         queries = memory.query_norm(memory.query(flat)).view(tokens, HEADS, 2, K_DIM // 2)
         first = torch.einsum("thd,hnd->thn", queries[:, :, 0], memory.keys[:, 0])
@@ -82,22 +150,29 @@ def naive_difference(memory: nn.Module, hidden: torch.Tensor, tokens: int = 64) 
         return float((output - reference).abs().max())
 
 
-def worker(arm: str, size: str, steps: int) -> dict:
+def peak_mib(device: str, baseline: int) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+
+
+def worker(arm: str, size: str, steps: int, device: str, dtype: torch.dtype) -> dict:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    module, optimizer = build(arm, SIZES[size])
-    hidden = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(1))
-    target = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(2))
+    module, optimizer = build(arm, SIZES[size], device, dtype)
+    hidden = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    target = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(2)).to(device, dtype)
     result: dict = {"arm": arm, "slots": size}
     if arm.startswith("palimpsest"):
-        result["max_abs_diff_vs_naive"] = naive_difference(module, hidden)
         module.record_selection = True
     times = []
     for step in range(steps + 2):
+        synchronize(device)
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = (module(hidden) - target).pow(2).mean()
+        loss = (module(hidden) - target).float().pow(2).mean()
         loss.backward()
         optimizer.step()
+        synchronize(device)
         if step >= 2:  # two warm-up steps
             times.append(time.perf_counter() - started)
     if arm.startswith("palimpsest"):
@@ -106,74 +181,110 @@ def worker(arm: str, size: str, steps: int) -> dict:
         module.record_selection = False
     module.eval()
     with torch.no_grad():
-        module(hidden)
-        passes = []
-        for _ in range(7):
-            started = time.perf_counter()
-            module(hidden)
-            passes.append(time.perf_counter() - started)
-        inference = statistics.median(passes)
+        inference = best_seconds(lambda: module(hidden), device, repeats=7)
     step_seconds = statistics.median(times)
     result.update(
         {
             "train_step_ms": 1000 * step_seconds,
-            "train_tokens_per_s": BATCH * SEQ / step_seconds,
-            "inference_tokens_per_s": BATCH * SEQ / inference,
-            "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024,
+            "train_tokens_per_s": TOKENS / step_seconds,
+            "inference_ms": 1000 * inference,
+            "inference_tokens_per_s": TOKENS / inference,
+            "peak_mib": peak_mib(device, baseline),
             "parameters": sum(p.numel() for p in module.parameters()),
         }
     )
+    if arm.startswith("palimpsest"):
+        result["max_abs_diff_vs_naive"] = naive_difference(module, hidden)
     return result
+
+
+def run_worker(arguments: list[str]) -> dict | None:
+    done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=False)
+    if done.returncode:
+        print(f"{' '.join(arguments)}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slots", default=",".join(SIZES))
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--slots", default=DEFAULT_SIZES, help=f"of {', '.join(SIZES)}")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=2, metavar=("ARM", "SLOTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--rates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps)))
+    dtype = getattr(torch, args.dtype)
+    if args.rates:
+        print(json.dumps(machine_rates(args.device)))
         return
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.device, dtype)))
+        return
+    common = ["--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype]
+    rates = run_worker(["--rates", *common])
+    if rates is None:
+        sys.exit(1)
+    print(
+        f"this machine: {rates['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s memory bandwidth, "
+        f"{rates['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul ({args.device}, "
+        f"{torch.get_num_threads()} threads)",
+        file=sys.stderr,
+    )
     rows = []
     for size in args.slots.split(","):
         for arm in args.arms.split(","):
-            command = [sys.executable, __file__, "--worker", arm, size, "--steps", str(args.steps)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode:
-                print(f"{arm} at {size}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            row = run_worker(["--worker", arm, size, *common])
+            if row is not None:
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     by_key = {(r["slots"], r["arm"]): r for r in rows}
     for row in rows:
         dense = by_key.get((row["slots"], "dense-ffn"))
         package = by_key.get((row["slots"], "pkm-package"))
-        row["step_vs_dense_ffn"] = row["train_step_ms"] / dense["train_step_ms"] if dense else None
+        reader = by_key.get((row["slots"], "palimpsest")) or by_key.get((row["slots"], "palimpsest-sparse"))
+        if row["arm"] == "dense-ffn":
+            row["floor"] = ffn_floor_seconds(rates)
+        elif reader is not None:
+            share = reader["value_rows_read"]
+            row["floor"] = floor_seconds(SIZES[row["slots"]], share, rates)
+            row["dense_table_floor"] = floor_seconds(SIZES[row["slots"]], share, rates, dense_table=True)
+        row["x_floor"] = row["train_step_ms"] / row["floor"]["floor_ms"] if "floor" in row else None
+        row["x_dense_ffn"] = row["train_step_ms"] / dense["train_step_ms"] if dense else None
         row["speedup_vs_pkm_package"] = package["train_step_ms"] / row["train_step_ms"] if package else None
         row["inference_vs_pkm_package"] = (
             row["inference_tokens_per_s"] / package["inference_tokens_per_s"] if package else None
         )
+
+    def number(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     header = (
-        f"{'slots':>5} {'arm':>18} {'step ms':>8} {'train tok/s':>11} {'infer tok/s':>11} {'peak MiB':>8} "
-        f"{'x dense':>7} {'speedup vs pkg':>14} {'rows read':>9} {'|diff| naive':>12}"
+        f"{'slots':>5} {'arm':>18} {'step ms':>8} {'floor ms':>8} {'x floor':>7} {'x FFN':>6} {'vs pkg':>6} "
+        f"{'infer tok/s':>11} {'infer vs pkg':>12} {'peak MiB':>8} {'rows read':>9} {'|diff| naive':>12}"
     )
     print(header)
     for r in rows:
+        floor = r.get("floor", {}).get("floor_ms")
         diff = r.get("max_abs_diff_vs_naive")
         print(
-            f"{r['slots']:>5} {r['arm']:>18} {r['train_step_ms']:8.1f} {r['train_tokens_per_s']:11,.0f} "
-            f"{r['inference_tokens_per_s']:11,.0f} {r['peak_mib']:8.0f} {r['step_vs_dense_ffn'] or 0:7.2f} "
-            f"{r['speedup_vs_pkm_package'] or 0:14.2f} {r.get('value_rows_read', float('nan')):9.2f} "
-            f"{'' if diff is None else f'{diff:.1e}':>12}"
+            f"{r['slots']:>5} {r['arm']:>18} {r['train_step_ms']:8.1f} {number(floor, '8.1f'):>8} "
+            f"{number(r['x_floor'], '7.2f'):>7} {number(r['x_dense_ffn'], '6.2f'):>6} "
+            f"{number(r['speedup_vs_pkm_package'], '6.2f'):>6} {r['inference_tokens_per_s']:11,.0f} "
+            f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
+            f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(diff, '12.1e'):>12}"
         )
     document = {
         "benchmark": "memory_speed",
         "settings": {"dim": DIM, "heads": HEADS, "k": K, "k_dim": K_DIM, "batch": BATCH, "seq": SEQ},
+        "device": args.device,
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "machine_rates": rates,
         "rows": rows,
     }
     if args.json:

@@ -1,9 +1,13 @@
 """The product-key memory layer: exact top-k, shapes, gradients, padding-aware BatchNorm."""
 
+import copy
+
 import pytest
 import torch
+from torch.nn import functional
 
 from palimpsest.memory import ProductKeyMemory
+from palimpsest.memory import layer as layer_module
 
 
 def brute_force(memory: ProductKeyMemory, queries: torch.Tensor):
@@ -74,3 +78,64 @@ def test_invalid_settings():
         ProductKeyMemory(8, k_dim=7)
     with pytest.raises(ValueError, match="query_norm"):
         ProductKeyMemory(8, n_keys=4, k=2, k_dim=4, query_norm="groupnorm")
+
+
+def _embedding_bag_gradients(values, indices, weights, grad_output):
+    """Gradients of ``values`` and ``weights`` through torch's own EmbeddingBag (the reference)."""
+    values = values.detach().requires_grad_()
+    weights = weights.detach().requires_grad_()
+    functional.embedding_bag(indices, values, per_sample_weights=weights, mode="sum").backward(grad_output)
+    return values.grad, weights.grad
+
+
+def _draw_reads(generator, tokens=9, reads=6, slots=40, width=8):
+    values = torch.randn(slots, width, generator=generator)
+    indices = torch.randint(0, slots, (tokens, reads), generator=generator)
+    weights = torch.rand(tokens, reads, generator=generator)
+    return values, indices, weights, torch.randn(tokens, width, generator=generator)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_value_read_backward_matches_embedding_bag(monkeypatch, chunked, sparse):
+    """The chunked backward with reused buffers gives torch's EmbeddingBag gradients, step after step."""
+    if chunked:  # many chunks of tokens
+        monkeypatch.setattr(layer_module, "TOKENS_PER_CHUNK", 2)
+    generator = torch.Generator().manual_seed(0)
+    buffers = layer_module.ValueGradientBuffers()
+    values = torch.nn.Parameter(torch.zeros(40, 8))
+    pointers = []
+    for step in range(3):
+        drawn, indices, weights, grad_output = _draw_reads(generator)
+        with torch.no_grad():
+            values.copy_(drawn)
+        values.grad = None  # zero_grad(set_to_none=True)
+        expected = _embedding_bag_gradients(drawn, indices, weights, grad_output)
+        leaf = weights.detach().requires_grad_()
+        layer_module._ValueRead.apply(values, indices, leaf, buffers, sparse).backward(grad_output)
+        got = values.grad.to_dense() if sparse else values.grad
+        assert torch.allclose(got, expected[0], atol=1e-6), step
+        assert torch.allclose(leaf.grad, expected[1], atol=1e-6), step
+        if sparse:
+            assert values.grad.is_sparse and values.grad._nnz() == indices.unique().numel()
+        else:
+            pointers.append(values.grad.data_ptr())
+    if not sparse:
+        assert len(set(pointers)) == 1  # one buffer, reused: no full-table allocation per step
+
+
+def test_value_gradients_accumulate_over_micro_batches():
+    """Without zero_grad between backward passes the value gradient is the sum, never overwritten."""
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(16, n_keys=12, heads=2, k=4, k_dim=8)
+    reference = copy.deepcopy(memory)
+    batches = [(torch.randn(2, 5, 16), torch.randn(2, 5, 16)) for _ in range(3)]
+    for hidden, target in batches:
+        ((memory(hidden) - target) ** 2).sum().backward()
+        with torch.no_grad():  # torch's own EmbeddingBag backward, the same selection
+            queries = reference.query_norm(reference.query(hidden.reshape(-1, 16)))
+            scores, indices = reference.select(queries)
+            weights = torch.softmax(scores, dim=-1).reshape(indices.shape[0], -1)
+        output = reference.values(indices.reshape(indices.shape[0], -1), per_sample_weights=weights)
+        ((output.view(hidden.shape) - target) ** 2).sum().backward()
+    assert torch.allclose(memory.values.weight.grad, reference.values.weight.grad, atol=1e-5)

@@ -42,6 +42,14 @@ def test_smoke_study_is_complete_and_resumable(tmp_path):
     mtime = marker.stat().st_mtime
     again = run_plasticity(tmp_path, "smoke")
     assert again.runs == results.runs and marker.stat().st_mtime == mtime
+    # A changed task step redoes the task and every zero-shot unit built on it; pretraining stays.
+    pretrained = tmp_path / "pretrain-standard" / "unit.json"
+    pretrained_mtime = pretrained.stat().st_mtime
+    task_adaptation = dataclasses.replace(
+        settings.task_adaptation, training=dataclasses.replace(settings.task_adaptation.training, steps=3)
+    )
+    run_plasticity(tmp_path, dataclasses.replace(settings, task_adaptation=task_adaptation))
+    assert marker.stat().st_mtime != mtime and pretrained.stat().st_mtime == pretrained_mtime
 
 
 def test_unknown_language_and_bad_reset_every(tmp_path):

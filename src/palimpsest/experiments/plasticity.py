@@ -382,13 +382,17 @@ def run_plasticity(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Each unit's key holds the content of the units it builds on (not only their paths), so
+    # changing an earlier step's settings redoes every later unit that used its output.
     pretrain: dict[str, PretrainDigest] = {}
+    pretrain_keys: dict[str, Any] = {}
     for variant in VARIANTS:
         run_dir = out / f"pretrain-{variant}"
         config = _pretrain_config(settings, variant)
+        pretrain_keys[variant] = to_dict(config)
         pretrain[variant] = resumable(
             run_dir / "unit.json",
-            to_dict(config),
+            pretrain_keys[variant],
             partial(_pretrain_unit, config, run_dir, callbacks_for(f"pretrain {variant}")),
             kind=PretrainDigest,
         )
@@ -396,9 +400,14 @@ def run_plasticity(
     english_task = source_task(settings)
     task_settings = settings.task_adaptation
     task: dict[str, dict[str, Any]] = {}
+    task_keys: dict[str, Any] = {}
     for variant in VARIANTS:
         unit_dir = out / f"task-{variant}"
-        key = {"model": pretrain[variant].path, "task": to_dict(task_settings), "spec": asdict(settings.task)}
+        key = {
+            "model": pretrain[variant].path, "pretrain": pretrain_keys[variant],
+            "task": to_dict(task_settings), "spec": asdict(settings.task),
+        }  # fmt: skip
+        task_keys[variant] = key
         task[variant] = resumable(
             unit_dir / "result.json", key,
             partial(
@@ -418,7 +427,8 @@ def run_plasticity(
                     adaptation = replace(settings.adaptation, tokens=budget, seed=seed)
                     key = {
                         "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
-                        "adaptation": to_dict(adaptation), "language": asdict(settings.language(language)),
+                        "task": task_keys[variant], "adaptation": to_dict(adaptation),
+                        "language": asdict(settings.language(language)),
                         "max_length": settings.pretrain.data.block_size, "keep_models": settings.keep_models,
                     }  # fmt: skip
                     result = resumable(

@@ -75,22 +75,24 @@ def best_seconds(run, device: str, repeats: int = 5) -> float:
     return min(times)
 
 
-def machine_rates(device: str) -> dict:
-    """Memory bandwidth (bytes/s of an in-place update of 512 MiB: read + write) and fp32
-    matmul rate (FLOP/s of one head's key scores at 1M slots), best of five."""
+def machine_rates(device: str, dtype: torch.dtype) -> dict:
+    """Memory bandwidth (bytes/s of an in-place update of 512 MiB: read + write) and matmul rate
+    in ``dtype`` (FLOP/s of one head's key scores at 1M slots), best of five."""
     table = torch.randn(128 * 2**20, device=device)
     seconds = best_seconds(lambda: table.mul_(1.0), device)
     bandwidth = 2 * table.numel() * table.element_size() / seconds
-    queries = torch.randn(TOKENS, K_DIM // 2, device=device)
-    keys = torch.randn(K_DIM // 2, 1024, device=device)
+    queries = torch.randn(TOKENS, K_DIM // 2, device=device, dtype=dtype)
+    keys = torch.randn(K_DIM // 2, 1024, device=device, dtype=dtype)
     seconds = best_seconds(lambda: queries @ keys, device, repeats=20)
     return {"bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": 2 * queries.numel() * 1024 / seconds}
 
 
-def floor_seconds(n_keys: int, rows_read_share: float, rates: dict, *, dense_table: bool = False) -> dict:
-    """The least a memory training step must take here (see the module doc)."""
+def floor_seconds(
+    n_keys: int, rows_read_share: float, rates: dict, element: int, *, dense_table: bool = False
+) -> dict:
+    """The least a memory training step must take here (see the module doc); ``element`` bytes."""
     slots, reads = n_keys**2, TOKENS * HEADS * K
-    row = DIM * 4
+    row = DIM * element
     rows_updated = slots if dense_table else rows_read_share * slots
     moved = 2 * reads * row + 8 * rows_updated * row
     half = K_DIM // 2
@@ -219,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.rates:
-        print(json.dumps(machine_rates(args.device)))
+        print(json.dumps(machine_rates(args.device, dtype)))
         return
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.device, dtype)))
@@ -230,7 +232,7 @@ def main() -> None:
         sys.exit(1)
     print(
         f"this machine: {rates['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s memory bandwidth, "
-        f"{rates['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul ({args.device}, "
+        f"{rates['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul in {args.dtype} ({args.device}, "
         f"{torch.get_num_threads()} threads)",
         file=sys.stderr,
     )
@@ -250,8 +252,11 @@ def main() -> None:
             row["floor"] = ffn_floor_seconds(rates)
         elif reader is not None:
             share = reader["value_rows_read"]
-            row["floor"] = floor_seconds(SIZES[row["slots"]], share, rates)
-            row["dense_table_floor"] = floor_seconds(SIZES[row["slots"]], share, rates, dense_table=True)
+            element = torch.empty((), dtype=dtype).element_size()
+            row["floor"] = floor_seconds(SIZES[row["slots"]], share, rates, element)
+            row["dense_table_floor"] = floor_seconds(
+                SIZES[row["slots"]], share, rates, element, dense_table=True
+            )
         row["x_floor"] = row["train_step_ms"] / row["floor"]["floor_ms"] if "floor" in row else None
         row["x_dense_ffn"] = row["train_step_ms"] / dense["train_step_ms"] if dense else None
         row["speedup_vs_pkm_package"] = package["train_step_ms"] / row["train_step_ms"] if package else None

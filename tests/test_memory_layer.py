@@ -139,3 +139,21 @@ def test_value_gradients_accumulate_over_micro_batches():
         output = reference.values(indices.reshape(indices.shape[0], -1), per_sample_weights=weights)
         ((output.view(hidden.shape) - target) ** 2).sum().backward()
     assert torch.allclose(memory.values.weight.grad, reference.values.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bf16_value_gradients_are_summed_in_fp32(sparse):
+    """Each row's gradient sums many reads: in fp32, then rounded once to the values' bf16."""
+    generator = torch.Generator().manual_seed(0)
+    values, indices, weights, grad_output = _draw_reads(generator, tokens=400, reads=8, slots=20, width=16)
+    values, weights, grad_output = (x.to(torch.bfloat16) for x in (values, weights, grad_output))
+    expected = _embedding_bag_gradients(values.float(), indices, weights.float(), grad_output.float())
+    parameter = torch.nn.Parameter(values)
+    leaf = weights.detach().requires_grad_()
+    buffers = layer_module.ValueGradientBuffers()
+    layer_module._ValueRead.apply(parameter, indices, leaf, buffers, sparse).backward(grad_output)
+    got = parameter.grad.to_dense() if sparse else parameter.grad
+    assert got.dtype == torch.bfloat16
+    # the fp32 sum of the same bf16 inputs, rounded once: at most one bf16 step (2^-8 relative) away
+    for ours, reference in ((got, expected[0]), (leaf.grad, expected[1])):
+        assert torch.allclose(ours.float(), reference.to(torch.bfloat16).float(), rtol=2**-8, atol=1e-6)

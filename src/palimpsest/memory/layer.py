@@ -55,20 +55,16 @@ class ValueGradientBuffers:
     """
 
     def __init__(self) -> None:
-        self.dense: torch.Tensor | None = None
+        self.dense: dict[torch.dtype, torch.Tensor] = {}
         self.rows: torch.Tensor | None = None
 
-    def dense_gradient(self, values: torch.Tensor) -> torch.Tensor:
-        """An all-zero tensor shaped like ``values``, in the reused buffer."""
-        buffer = self.dense
-        if (
-            buffer is None
-            or buffer.shape != values.shape
-            or buffer.dtype != values.dtype
-            or (buffer.device != values.device)
-        ):
-            self.dense = torch.zeros_like(values, memory_format=torch.contiguous_format)
-            return self.dense.view(values.shape)
+    def dense_gradient(self, values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """An all-zero tensor shaped like ``values`` (in ``dtype``, default theirs), in a reused buffer."""
+        dtype = dtype or values.dtype
+        buffer = self.dense.get(dtype)
+        if buffer is None or buffer.shape != values.shape or buffer.device != values.device:
+            self.dense[dtype] = torch.zeros(values.shape, dtype=dtype, device=values.device)
+            return self.dense[dtype].view(values.shape)
         buffer.zero_()
         return buffer.view(values.shape)
 
@@ -118,15 +114,18 @@ class _ValueRead(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         values, indices, weights = ctx.saved_tensors
         buffers: ValueGradientBuffers = ctx.buffers
-        grad_output = grad_output.contiguous()
+        # Sums over many reads run in fp32 even when the values are bf16 or fp16.
+        exact = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
+        grad_output = grad_output.contiguous().to(exact)
         tokens, reads = indices.shape
         want_values, want_weights = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         grad_weights = torch.empty_like(weights) if want_weights else None
-        grad_values = None
+        grad_values = sums = None
         dense = want_values and not ctx.sparse
         if dense:
             fresh = values.grad is not None  # accumulating: autograd adds ours to the one it holds
             grad_values = torch.zeros_like(values) if fresh else buffers.dense_gradient(values)
+            sums = grad_values if exact == values.dtype else buffers.dense_gradient(values, exact)
         if want_weights or dense:
             chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
             space = buffers.row_workspace(chunk * reads, values)
@@ -135,20 +134,21 @@ class _ValueRead(torch.autograd.Function):
                 read = indices[start:end].reshape(-1)
                 output = grad_output[start:end].unsqueeze(1)  # (chunk, 1, width)
                 if want_weights:
-                    rows = torch.index_select(values, 0, read, out=space[: read.numel()]).view(
-                        end - start, reads, -1
-                    )
-                    grad_weights[start:end] = (rows * output).sum(dim=-1).to(weights.dtype)
+                    rows = torch.index_select(values, 0, read, out=space[: read.numel()])
+                    products = rows.view(end - start, reads, -1).to(exact) * output
+                    grad_weights[start:end] = products.sum(dim=-1).to(weights.dtype)
                 if dense:  # each read adds its weight times its token's output gradient to its row
-                    scaled = weights[start:end].unsqueeze(-1).to(output.dtype) * output
-                    grad_values.index_add_(0, read, scaled.view(-1, values.shape[1]).to(values.dtype))
+                    scaled = weights[start:end].unsqueeze(-1).to(exact) * output
+                    sums.index_add_(0, read, scaled.view(-1, values.shape[1]))
+            if sums is not grad_values:
+                grad_values.copy_(sums)
         if want_values and ctx.sparse:
             slots, order = indices.reshape(-1).sort()
             rows, counts = torch.unique_consecutive(slots, return_counts=True)
             readers = torch.div(order, reads, rounding_mode="floor")  # the token of each read
             block = functional.embedding_bag(
                 readers, grad_output, counts.cumsum(0) - counts, mode="sum",
-                per_sample_weights=weights.reshape(-1)[order].to(grad_output.dtype),
+                per_sample_weights=weights.reshape(-1)[order].to(exact),
             )  # fmt: skip
             grad_values = torch.sparse_coo_tensor(
                 rows.unsqueeze(0),

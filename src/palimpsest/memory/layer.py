@@ -96,9 +96,8 @@ class _ValueRead(torch.autograd.Function):
       (the rows gathered into the reused workspace, one batched matmul per chunk);
     * the values' gradient: each read adds its weight times its token's output gradient to its
       row of the reused dense buffer; or (``sparse=True``) the reads sorted by slot, each
-      distinct row's gradient is the weighted sum of the output gradients of the tokens that
-      read it — an ``embedding_bag`` over the output gradients, one bag per row — returned as
-      a coalesced sparse tensor over the rows read.
+      distinct row's sum is an ``embedding_bag`` over the output gradients, returned as a
+      coalesced sparse tensor over the rows read.
 
     When the values already hold a gradient (accumulation over micro-batches), a fresh dense
     gradient is returned for autograd to add, so the one held is never overwritten.
@@ -126,37 +125,35 @@ class _ValueRead(torch.autograd.Function):
             fresh = values.grad is not None  # accumulating: autograd adds ours to the one it holds
             grad_values = torch.zeros_like(values) if fresh else buffers.dense_gradient(values)
             sums = grad_values if exact == values.dtype else buffers.dense_gradient(values, exact)
-        if want_weights or dense:
-            chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
-            space = buffers.row_workspace(chunk * reads, values)
-            for start in range(0, tokens, chunk):
-                end = min(start + chunk, tokens)
-                read = indices[start:end].reshape(-1)
-                output = grad_output[start:end].unsqueeze(1)  # (chunk, 1, width)
-                if want_weights:
-                    rows = torch.index_select(values, 0, read, out=space[: read.numel()])
-                    products = rows.view(end - start, reads, -1).to(exact) * output
-                    grad_weights[start:end] = products.sum(dim=-1).to(weights.dtype)
-                if dense:  # each read adds its weight times its token's output gradient to its row
-                    scaled = weights[start:end].unsqueeze(-1).to(exact) * output
-                    sums.index_add_(0, read, scaled.view(-1, values.shape[1]))
-            if sums is not grad_values:
-                grad_values.copy_(sums)
+        chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
+        space = buffers.row_workspace(chunk * reads, values) if want_weights else None
+        for start in range(0, tokens, chunk) if want_weights or dense else ():
+            end = min(start + chunk, tokens)
+            read = indices[start:end].reshape(-1)
+            output = grad_output[start:end].unsqueeze(1)  # (chunk, 1, width)
+            if want_weights:
+                rows = torch.index_select(values, 0, read, out=space[: read.numel()])
+                products = rows.view(end - start, reads, -1).to(exact) * output
+                grad_weights[start:end] = products.sum(dim=-1).to(weights.dtype)
+            if dense:  # each read adds its weight times its token's output gradient to its row
+                scaled = weights[start:end].unsqueeze(-1).to(exact) * output
+                sums.index_add_(0, read, scaled.view(-1, values.shape[1]))
+        if dense and sums is not grad_values:
+            grad_values.copy_(sums)
         if want_values and ctx.sparse:
+            # The reads sorted by slot: each distinct row's gradient is the weighted sum of the output
+            # gradients of the tokens that read it, an embedding bag over them (faster than adding).
             slots, order = indices.reshape(-1).sort()
-            rows, counts = torch.unique_consecutive(slots, return_counts=True)
+            rows_read, counts = torch.unique_consecutive(slots, return_counts=True)
             readers = torch.div(order, reads, rounding_mode="floor")  # the token of each read
             block = functional.embedding_bag(
                 readers, grad_output, counts.cumsum(0) - counts, mode="sum",
                 per_sample_weights=weights.reshape(-1)[order].to(exact),
             )  # fmt: skip
             grad_values = torch.sparse_coo_tensor(
-                rows.unsqueeze(0),
-                block.to(values.dtype),
-                values.shape,
-                is_coalesced=True,
+                rows_read.unsqueeze(0), block.to(values.dtype), values.shape, is_coalesced=True,
                 check_invariants=False,
-            )
+            )  # fmt: skip
         return grad_values, None, grad_weights, None, None
 
 

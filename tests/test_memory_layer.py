@@ -160,3 +160,15 @@ def test_bf16_value_gradients_are_summed_in_fp32(sparse):
     # the fp32 sum of the same bf16 inputs, rounded once: at most one bf16 step (2^-8 relative) away
     for ours, reference in ((got, expected[0]), (leaf.grad, expected[1])):
         assert torch.allclose(ours.float(), reference.to(torch.bfloat16).float(), rtol=2**-8, atol=1e-6)
+
+
+def test_multiply_adds_per_token_match_the_matmuls_torch_counts():
+    """The query and scoring matmuls torch's FLOP counter sees, plus k value rows of each head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    memory = ProductKeyMemory(16, n_keys=12, heads=2, k=4, k_dim=8, query_norm="none")
+    tokens = 10
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        memory(torch.randn(1, tokens, 16))
+    values = memory.heads * memory.k * memory.value_dim  # the embedding bag's sum, not a matmul
+    assert counter.get_total_flops() == 2 * tokens * (memory.multiply_adds_per_token() - values)

@@ -27,6 +27,11 @@ def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
     base = units["no-memory"].parameters
     assert units["no-ffn"].parameters < base < units["wide-ffn"].parameters
     assert units["residual-scratch"].added_parameters > 0
+    # the matched dense FFNs: as many parameters as the memory (to one hidden unit), and far fewer
+    memory = units["residual-scratch"].added_parameters
+    assert abs(units["ffn-equal-params"].added_parameters - memory) <= 2 * 64 + 1
+    assert units["ffn-equal-compute"].added_parameters < memory / 2
+    assert "at equal compute" in results.summary.verdict and "at equal parameters" in results.summary.verdict
     assert units["residual-pretrained"].parameters == units["residual-scratch"].parameters
     for arm in ("replace-scratch", "residual-pretrained"):
         assert units[arm].usage["kl_weights"] >= 0 and 0 < units[arm].usage["slots_90"] <= 1

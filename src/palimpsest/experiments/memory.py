@@ -18,7 +18,11 @@ Protocol (PAPERS.md section 3, at small scale):
   own effect is measured apart from the restart.
   Two capacity controls check first that the setting can show a memory's use:
   ``no-ffn`` (block L's FFN removed) and ``wide-ffn`` (a dense FFN of ``wide_ffn``
-  hidden units beside block L's FFN).
+  hidden units beside block L's FFN). Two more put a dense FFN beside block L's in the
+  memory's place, sized like the residual memory: ``ffn-equal-params`` (as many
+  parameters; many times its compute) and ``ffn-equal-compute`` (as many multiply-adds
+  per token; a small fraction of its parameters) — does the memory add recall where
+  capacity is short, at equal parameters and at equal compute?
 * Memory usage on validation text (KL from uniform, share of slots holding 90% of the
   weight, Gini) and, during training, the share of *outdated* slots (not selected in
   the last W updates; :class:`~palimpsest.memory.MemoryUsageCallback`).
@@ -48,6 +52,7 @@ from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, 
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
+    ProductKeyMemory,
     add_product_key_memory,
     memories,
     memory_param_groups,
@@ -55,7 +60,7 @@ from palimpsest.memory import (
 )
 from palimpsest.memory.inject import attach_to_ffn
 from palimpsest.memory.report import cumulative_curve, slot_mass
-from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained
+from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, hidden_size, load_pretrained
 from palimpsest.plotting import plot_bars, plot_curves
 from palimpsest.pretraining import DataConfig, ModelConfig
 from palimpsest.recall import fact_recall
@@ -68,7 +73,7 @@ from palimpsest.training import TrainingConfig, evaluate_lm, train
 logger = logging.getLogger(__name__)
 
 MEMORY_ARMS = ("replace-scratch", "replace-pretrained", "residual-scratch", "residual-pretrained")
-CONTROL_ARMS = ("no-ffn", "wide-ffn")
+CONTROL_ARMS = ("no-ffn", "wide-ffn", "ffn-equal-params", "ffn-equal-compute")
 ARMS = ("no-memory", "no-memory-continued", *CONTROL_ARMS, *MEMORY_ARMS)
 CONTINUED_ARMS = ("no-memory-continued", "replace-pretrained", "residual-pretrained")
 
@@ -189,6 +194,22 @@ SCALES: dict[str, MemoryScale] = {
 }
 
 
+def matched_ffn_widths(scale: MemoryScale, dim: int) -> dict[str, int]:
+    """Hidden widths of a dense FFN (``dim -> width -> dim``) with as many parameters as the study's
+    memory (``ffn-equal-params``) and as many multiply-adds per token (``ffn-equal-compute``)."""
+    config = scale.memory
+    with torch.device("meta"):  # sized, not allocated
+        memory = ProductKeyMemory(
+            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
+            query_norm=config.query_norm,
+        )  # fmt: skip
+    parameters = sum(p.numel() for p in memory.parameters())
+    return {
+        "ffn-equal-params": max(1, round((parameters - dim) / (2 * dim + 1))),
+        "ffn-equal-compute": max(1, round(memory.multiply_adds_per_token() / (2 * dim))),
+    }
+
+
 class _DenseFFN(nn.Module):
     """A plain FFN (``dim -> width -> dim``) called like a memory: the wide-FFN control."""
 
@@ -284,9 +305,10 @@ def _run_unit(
         extra_callbacks.append(usage_callback)
     elif arm == "no-ffn":
         attach_to_ffn(model, [scale.layer], lambda dim: _Nothing(), mode="replace")
-    elif arm == "wide-ffn":
+    elif arm in ("wide-ffn", "ffn-equal-params", "ffn-equal-compute"):
+        width = scale.wide_ffn if arm == "wide-ffn" else matched_ffn_widths(scale, hidden_size(model))[arm]
         torch.manual_seed(seed + MEMORY_SEED_OFFSET)
-        attach_to_ffn(model, [scale.layer], lambda dim: _DenseFFN(dim, scale.wide_ffn), mode="residual")
+        attach_to_ffn(model, [scale.layer], lambda dim: _DenseFFN(dim, width), mode="residual")
     steps = scale.training.steps - start_step
     save_every = scale.pretrained_step() if arm == "no-memory" else steps
     objective = FAMILY_OBJECTIVE[scale.model.family]
@@ -414,6 +436,11 @@ COMPARISONS = (
     ("no-ffn", "no-memory", "recall", "lower"),
     ("wide-ffn", "no-memory", "validation_loss", "lower"),
     ("wide-ffn", "no-memory", "recall", "higher"),
+    ("residual-scratch", "no-memory", "recall", "higher"),
+    ("residual-scratch", "ffn-equal-compute", "recall", "higher"),
+    ("residual-scratch", "ffn-equal-params", "recall", "higher"),
+    ("residual-scratch", "ffn-equal-compute", "validation_loss", "lower"),
+    ("residual-scratch", "ffn-equal-params", "validation_loss", "lower"),
     ("replace-pretrained", "replace-scratch", "kl_weights", "lower"),
     ("residual-pretrained", "residual-scratch", "kl_weights", "lower"),
     ("replace-pretrained", "replace-scratch", "slots_90", "higher"),
@@ -477,6 +504,16 @@ def _verdict(comparisons: list[Comparison], settings: MemoryScale) -> str:
         ],
         "Capacity check (a wider FFN helps)": [
             ("wide-ffn", "no-memory", "validation_loss"), ("wide-ffn", "no-memory", "recall"),
+        ],
+        "Lample et al.: the memory adds recall where capacity is short (residual memory from the start vs "
+        "the plain model)": [("residual-scratch", "no-memory", "recall")],
+        "... at equal compute (vs a dense FFN of as many multiply-adds per token beside block {layer}'s)": [
+            ("residual-scratch", "ffn-equal-compute", "recall"),
+            ("residual-scratch", "ffn-equal-compute", "validation_loss"),
+        ],
+        "... at equal parameters (vs a dense FFN of as many parameters, many times the compute)": [
+            ("residual-scratch", "ffn-equal-params", "recall"),
+            ("residual-scratch", "ffn-equal-params", "validation_loss"),
         ],
         "Kim & Jung (1): initialising from a model pretrained without memory spreads the memory's use "
         "(lower KL from uniform, more slots holding 90% of the weight)": [

@@ -294,6 +294,13 @@ class ProductKeyMemory(nn.Module):
             output = self.values(bags, per_sample_weights=bag_weights)
         return self.value_dropout(output).view(*shape[:-1], self.value_dim)
 
+    def multiply_adds_per_token(self) -> int:
+        """Multiply-adds one token costs in the forward pass: its query, every half-key's score and the
+        weighted sum of the k values per head (the top-k selections are comparisons, not counted)."""
+        query = self.dim * self.heads * self.k_dim
+        scoring = self.heads * self.n_keys * self.k_dim  # two halves of k_dim / 2 against n_keys each
+        return query + scoring + self.heads * self.k * self.value_dim
+
     def extra_repr(self) -> str:
         slots = f"{self.size:,} ({self.n_keys}^2)"
         sparse = ", sparse_updates=True" if self.sparse_updates else ""

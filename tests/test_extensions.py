@@ -172,3 +172,4 @@ def test_both_extensions_on_fsdp2_sharded_parameters(tmp_path):
         assert result["forgetting_largest_difference"] == 0.0
         assert result["memory_largest_difference"] < 1e-6
         assert "sparse_updates is not supported under FSDP" in result["sparse_refused"]
+        assert result["gradient_buffer_reuse"] is False

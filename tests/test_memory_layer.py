@@ -172,3 +172,17 @@ def test_multiply_adds_per_token_match_the_matmuls_torch_counts():
         memory(torch.randn(1, tokens, 16))
     values = memory.heads * memory.k * memory.value_dim  # the embedding bag's sum, not a matmul
     assert counter.get_total_flops() == 2 * tokens * (memory.multiply_adds_per_token() - values)
+
+
+def test_without_buffer_reuse_each_step_has_its_own_gradient():
+    """``reuse_gradient_buffer=False`` (what FSDP sets): a kept gradient is never overwritten."""
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(16, n_keys=12, heads=2, k=4, k_dim=8)
+    memory.reuse_gradient_buffer = False
+    kept = []
+    for _ in range(2):
+        memory.zero_grad(set_to_none=True)
+        memory(torch.randn(2, 5, 16)).pow(2).sum().backward()
+        kept.append((memory.values.weight.grad, memory.values.weight.grad.clone()))
+    assert kept[0][0].data_ptr() != kept[1][0].data_ptr()
+    assert torch.equal(kept[0][0], kept[0][1])  # the first step's gradient is as it was

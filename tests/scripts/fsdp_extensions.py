@@ -93,7 +93,8 @@ def main() -> None:
     values = next(iter(memories(model).values())).values.weight
     result["memory_values_sharded"] = isinstance(values, DTensor)
     result["memory_largest_difference"] = largest_difference(model, reference)
-    check_sharding(model)  # dense value gradients: accepted
+    check_sharding(model)  # dense value gradients: accepted, without a reused whole-table gradient buffer
+    result["gradient_buffer_reuse"] = next(iter(memories(model).values())).reuse_gradient_buffer
     next(iter(memories(model).values())).sparse_updates = True
     try:
         check_sharding(model)

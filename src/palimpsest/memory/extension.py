@@ -72,11 +72,15 @@ class _ShardingCheck(TrainerCallback):
 
 def check_sharding(model: nn.Module) -> None:
     """One line instead of a failure deep in FSDP's backward: sparse value gradients cannot be
-    sharded (FSDP reduce-scatters dense gradients only); dense memories shard like any layer."""
+    sharded (FSDP reduce-scatters dense gradients only); dense memories shard like any layer,
+    without the reused value-gradient buffer (it would keep a whole unsharded gradient)."""
     from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
     if not any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
         return
+    for layer in memories(model).values():  # a reused buffer would hold a whole unsharded gradient
+        layer.reuse_gradient_buffer = False
+        layer.gradient_buffers = type(layer.gradient_buffers)()
     sparse = [name for name, layer in memories(model).items() if layer.sparse_updates]
     if sparse:
         raise ConfigError(

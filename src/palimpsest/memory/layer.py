@@ -11,11 +11,14 @@ every pair ``(a' <= a, b' <= b)``, so it can be in the top k only if ``(a+1)(b+1
 The selected values are averaged with softmax weights (computed in fp32) and summed over
 heads, with an ``EmbeddingBag`` so only the k selected rows per head are read.
 
-Value gradients come in two forms. The default is the dense gradient ``EmbeddingBag``
-gives: a full ``n_keys**2 x value_dim`` tensor, mostly zeros, that any optimizer and any
-distributed wrapper understands. ``sparse_updates=True`` instead hands autograd a sparse
-(coalesced) gradient over the rows that were read, so that an optimizer that understands
-it (:class:`palimpsest.optim.LazyAdamW`) reads and writes only those rows.
+Value gradients come in two forms. The default is dense: a full ``n_keys**2 x value_dim``
+tensor, mostly zeros, that any optimizer and any distributed wrapper understands; it lives
+in a buffer the layer reuses from step to step (:class:`ValueGradientBuffers`: allocating
+and zero-filling a fresh one was most of a CPU step), unless ``reuse_gradient_buffer`` is
+off (FSDP turns it off: a sharded run must not keep a whole table's gradient).
+``sparse_updates=True`` instead hands autograd a sparse (coalesced) gradient over the rows
+that were read, so that an optimizer that understands it (:class:`palimpsest.optim.LazyAdamW`)
+reads and writes only those rows.
 """
 
 from __future__ import annotations
@@ -93,18 +96,19 @@ class _ValueRead(torch.autograd.Function):
     Forward is the ``EmbeddingBag`` sum. Backward, by chunks:
 
     * the weights' gradient: each slot read's value row against its token's output gradient
-      (the rows gathered into the reused workspace, one batched matmul per chunk);
+      (the rows gathered into the reused workspace, a dot product per read);
     * the values' gradient: each read adds its weight times its token's output gradient to its
       row of the reused dense buffer; or (``sparse=True``) the reads sorted by slot, each
       distinct row's sum is an ``embedding_bag`` over the output gradients, returned as a
       coalesced sparse tensor over the rows read.
 
-    When the values already hold a gradient (accumulation over micro-batches), a fresh dense
-    gradient is returned for autograd to add, so the one held is never overwritten.
+    When the values already hold a gradient (accumulation over micro-batches), or ``buffers``
+    is None (no reuse), a fresh dense gradient is returned for autograd to add, so a gradient
+    held is never overwritten.
     """
 
     @staticmethod
-    def forward(ctx, values, indices, weights, buffers: ValueGradientBuffers, sparse: bool):
+    def forward(ctx, values, indices, weights, buffers: ValueGradientBuffers | None, sparse: bool):
         ctx.save_for_backward(values, indices, weights)
         ctx.buffers, ctx.sparse = buffers, sparse
         return functional.embedding_bag(indices, values, per_sample_weights=weights, mode="sum")
@@ -112,7 +116,8 @@ class _ValueRead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         values, indices, weights = ctx.saved_tensors
-        buffers: ValueGradientBuffers = ctx.buffers
+        reuse = ctx.buffers is not None
+        buffers: ValueGradientBuffers = ctx.buffers if reuse else ValueGradientBuffers()
         # Sums over many reads run in fp32 even when the values are bf16 or fp16.
         exact = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
         grad_output = grad_output.contiguous().to(exact)
@@ -122,7 +127,7 @@ class _ValueRead(torch.autograd.Function):
         grad_values = sums = None
         dense = want_values and not ctx.sparse
         if dense:
-            fresh = values.grad is not None  # accumulating: autograd adds ours to the one it holds
+            fresh = values.grad is not None or not reuse  # accumulating: autograd adds ours to the one held
             grad_values = torch.zeros_like(values) if fresh else buffers.dense_gradient(values)
             sums = grad_values if exact == values.dtype else buffers.dense_gradient(values, exact)
         chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
@@ -229,6 +234,7 @@ class ProductKeyMemory(nn.Module):
         self.value_dropout = nn.Dropout(value_dropout)
         self.sparse_updates = sparse_updates
         self.gradient_buffers = ValueGradientBuffers()
+        self.reuse_gradient_buffer = True
         ranks = [(a, b) for a in range(k) for b in range(k) if (a + 1) * (b + 1) <= k]
         self.register_buffer("candidate_rows", torch.tensor([a for a, _ in ranks]), persistent=False)
         self.register_buffer("candidate_columns", torch.tensor([b for _, b in ranks]), persistent=False)
@@ -287,9 +293,8 @@ class ProductKeyMemory(nn.Module):
         bags = indices.reshape(flat.shape[0], -1)  # one bag of heads * k slots per token
         bag_weights = weights.reshape(flat.shape[0], -1)
         if torch.is_grad_enabled():
-            output = _ValueRead.apply(
-                self.values.weight, bags, bag_weights, self.gradient_buffers, self.sparse_updates
-            )
+            buffers = self.gradient_buffers if self.reuse_gradient_buffer else None
+            output = _ValueRead.apply(self.values.weight, bags, bag_weights, buffers, self.sparse_updates)
         else:
             output = self.values(bags, per_sample_weights=bag_weights)
         return self.value_dropout(output).view(*shape[:-1], self.value_dim)

@@ -31,4 +31,5 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert "Traceback" not in done.stderr
+    assert done.stdout == "", f"printed before the error: {done.stdout!r}"  # not even a blank line
     return lines[0]

@@ -168,3 +168,8 @@ def test_the_knowledge_study_from_the_command_line(tmp_path):
         "experiment", "knowledge", "--scale", "smoke", "--config", str(bad), "--out", str(out)
     )
     assert "learning_rate" in one_error_line(refused)
+    bad.write_text("model: /nowhere/model\n")  # found only once the run (and its progress display) started
+    missing = palimpsest(
+        "experiment", "knowledge", "--scale", "smoke", "--config", str(bad), "--out", str(tmp_path / "k2")
+    )
+    assert "/nowhere/model" in one_error_line(missing)

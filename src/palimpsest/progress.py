@@ -16,8 +16,25 @@ from rich.progress import (
 from transformers import TrainerCallback
 
 
+class _Progress(Progress):
+    """A progress display that appears with its first task: a command that stops on bad input
+    before any training prints its one error line, not a blank line before it."""
+
+    def start(self) -> None:
+        """Shown from the first task on (see :meth:`add_task`)."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.live.is_started:
+            super().start()
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
+
+
 def make_progress(console: Console | None = None) -> Progress:
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

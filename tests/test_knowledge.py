@@ -120,6 +120,11 @@ def test_the_claim_is_judged_only_at_equal_learning():
     full = _row("full", "full", 1.0, 0.30, 5.0)
     verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
     assert "forgets less (reproduced)" in verdict
+    assert "83% fewer (Lin et al.: 88% less F1 lost)" in verdict  # the size of the effect beside the paper's
+    verdict = knowledge._claim([full, _row("memory", "memory", 1.0, 0.30, 0.5)], 16)
+    assert "reproduced on general text only" in verdict
+    verdict = knowledge._claim([full, _row("memory", "memory", 1.0, 0.05, 5.0)], 16)
+    assert "reproduced on facts only" in verdict
     verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.40, 6.0)], 16)
     assert "forgets more (not reproduced)" in verdict
     verdict = knowledge._claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)

@@ -35,6 +35,9 @@ def test_smoke_study_is_complete_and_resumable(tmp_path):
     cell = results.summary.cells[0]
     assert len(cell.standard.curve_mean) == len(cell.steps)
     assert "relative gain" in results.summary.verdict
+    # the English body beside its majority class: at smoke scale far too weak to judge transfer from
+    assert set(results.summary.english_task_majority) == {"standard", "forgetting"}
+    assert "too weak a body to judge transfer" in results.summary.verdict
     stored = json.loads((tmp_path / "results.json").read_text())
     assert json.dumps(PlasticityResults.from_json(stored).to_json()) == json.dumps(results.to_json())
     # A re-run reuses every finished unit: same numbers, nothing retrained.

@@ -574,14 +574,36 @@ def summarise(
         relative_gain_by_budget={str(b): g for b, g in gains_by_budget.items()},
         english_task_accuracy={v: task[v]["accuracy"] for v in task},
         cells_forgetting_lower_early_all_seeds=faster,
-        verdict=_verdict(cells, gains_by_budget, settings),
+        verdict=_verdict(cells, gains_by_budget, settings, task),
+        english_task_majority={v: task[v]["majority_baseline"] for v in task},
     )
 
 
+#: The English task body must beat the majority class by this much before zero-shot transfer
+#: from it can be judged (the issue "studies to the end": >= 20 points).
+BODY_MARGIN = 0.20
+
+
 def _verdict(
-    cells: list[PlasticityCell], gains: dict[int, tuple[float, float]], settings: PlasticityScale
+    cells: list[PlasticityCell],
+    gains: dict[int, tuple[float, float]],
+    settings: PlasticityScale,
+    task: dict[str, dict[str, Any]],
 ) -> str:
     seeds = len(settings.seeds)
+    body = [f"{v} {100 * task[v]['accuracy']:.1f}%" for v in VARIANTS if v in task]
+    majority = max(task[v]["majority_baseline"] for v in task) if task else math.nan
+    margin = min(task[v]["accuracy"] for v in task) - majority if task else math.nan
+    body_sentence = (
+        f"English task body (held-out English): {', '.join(body)} against {100 * majority:.1f}% for the "
+        f"majority class ({100 * margin:+.1f} points): "
+        + (
+            "the body carries the task, so transfer can be judged."
+            if margin >= BODY_MARGIN
+            else f"less than {100 * BODY_MARGIN:.0f} points over the majority, too weak a body to judge "
+            "transfer from (a longer pretraining or a larger body would be the next step)."
+        )
+    )
     early = [
         f"{c.language}@{c.budget:,}: {c.early_gap[0]:+.3f} ± {c.early_gap[1]:.3f} nats at step "
         f"{c.early_step} ({c.early_gap_positive_seeds}/{seeds} seeds favour forgetting)"
@@ -589,6 +611,7 @@ def _verdict(
     ]
     consistent = [c for c in cells if c.early_gap_positive_seeds == seeds and c.early_gap[0] > 0]
     parts = [
+        body_sentence,
         "Early relearning (standard minus forgetting validation loss; positive favours forgetting): "
         + "; ".join(early)
         + ".",
@@ -684,6 +707,8 @@ class PlasticitySummary:
     english_task_accuracy: dict[str, float]
     cells_forgetting_lower_early_all_seeds: int
     verdict: str
+    #: The majority class's share of the English task's held-out documents, per variant.
+    english_task_majority: dict[str, float] | None = None
 
 
 @dataclass
@@ -735,13 +760,20 @@ def _study_blocks(study: PlasticityResults, plots_dir: Path) -> list[str | Table
     ]
     blocks.append(
         Table(
-            ["pretraining", "English val. loss", "unigram loss", "English topic acc. (task step)"],
+            [
+                "pretraining",
+                "English val. loss",
+                "unigram loss",
+                "English topic acc. (task step)",
+                "majority",
+            ],
             [
                 [
                     v,
                     study.pretrain[v].validation_loss,
                     study.pretrain[v].unigram_loss,
                     summary.english_task_accuracy[v],
+                    (summary.english_task_majority or {}).get(v, "-"),
                 ]
                 for v in VARIANTS
             ],

@@ -219,6 +219,14 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("ARM", "SLOTS"), help=argparse.SUPPRESS)
     parser.add_argument("--rates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = [s for s in args.slots.split(",") if s not in SIZES] + [
+        a for a in args.arms.split(",") if a not in ARMS
+    ]
+    if unknown:
+        known = f"slots: {', '.join(SIZES)}; arms: {', '.join(ARMS)}"
+        parser.error(f"unknown slots or arms: {', '.join(unknown)} ({known})")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no CUDA device")
     dtype = getattr(torch, args.dtype)
     if args.rates:
         print(json.dumps(machine_rates(args.device, dtype)))

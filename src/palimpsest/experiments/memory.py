@@ -52,7 +52,6 @@ from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, 
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
-    ProductKeyMemory,
     add_product_key_memory,
     memories,
     memory_param_groups,
@@ -197,12 +196,8 @@ SCALES: dict[str, MemoryScale] = {
 def matched_ffn_widths(scale: MemoryScale, dim: int) -> dict[str, int]:
     """Hidden widths of a dense FFN (``dim -> width -> dim``) with as many parameters as the study's
     memory (``ffn-equal-params``) and as many multiply-adds per token (``ffn-equal-compute``)."""
-    config = scale.memory
     with torch.device("meta"):  # sized, not allocated
-        memory = ProductKeyMemory(
-            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
-            query_norm=config.query_norm,
-        )  # fmt: skip
+        memory = scale.memory.layer(dim)
     parameters = sum(p.numel() for p in memory.parameters())
     return {
         "ffn-equal-params": max(1, round((parameters - dim) / (2 * dim + 1))),

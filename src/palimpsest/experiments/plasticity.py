@@ -56,6 +56,7 @@ from palimpsest.forgetting.relearning import (
     assemble,
     evaluate_classifier,
 )
+from palimpsest.models import FAMILY_OBJECTIVE
 from palimpsest.plotting import plot_bars, plot_curves
 from palimpsest.pretraining import PretrainConfig, PretrainResults, holdout_split, run_pretrain
 from palimpsest.report import Figure, Section, Table, pm
@@ -739,8 +740,6 @@ class PlasticityResults(Results):
 
 
 def _objective_words(family: str) -> str:
-    from palimpsest.models import FAMILY_OBJECTIVE
-
     return "next-token loss" if FAMILY_OBJECTIVE.get(family) == "clm" else "masked-LM loss"
 
 

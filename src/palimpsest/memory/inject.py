@@ -96,6 +96,15 @@ class PKMConfig:
         if not self.value_lr > 0.0 or self.value_lr == float("inf"):
             raise ConfigError(f"memory.value_lr must be a positive number, got {self.value_lr}")
 
+    def layer(self, dim: int, *, generator: torch.Generator | None = None) -> ProductKeyMemory:
+        """One memory of these settings for a residual stream of width ``dim``."""
+        return ProductKeyMemory(
+            dim, n_keys=self.n_keys, heads=self.heads, k=self.k, k_dim=self.k_dim,
+            query_norm=self.query_norm, input_dropout=self.input_dropout,
+            query_dropout=self.query_dropout, value_dropout=self.value_dropout,
+            zero_values=self.zero_values, sparse_updates=self.sparse_updates, generator=generator,
+        )  # fmt: skip
+
 
 class _MaskContext:
     """The attention mask of the current forward pass, shared with the memories (for BatchNorm).
@@ -322,12 +331,7 @@ def add_product_key_memory(
         generator = torch.Generator().manual_seed(config.seed)
 
     def make(dim: int) -> ProductKeyMemory:
-        return ProductKeyMemory(
-            dim, n_keys=config.n_keys, heads=config.heads, k=config.k, k_dim=config.k_dim,
-            query_norm=config.query_norm, input_dropout=config.input_dropout,
-            query_dropout=config.query_dropout, value_dropout=config.value_dropout,
-            zero_values=config.zero_values, sparse_updates=config.sparse_updates, generator=generator,
-        )  # fmt: skip
+        return config.layer(dim, generator=generator)
 
     undo = attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
     setattr(model.config, MEMORY_CONFIG_KEY, asdict(config))

@@ -80,7 +80,7 @@ def test_sparse_fine_tuning_moves_only_the_slots_it_chose(tmp_path, tokenizer, m
         assert not (changed & ~spy.updated[name]).any()  # nothing outside the chosen slots moved
         assert int(spy.updated[name].sum()) <= 2 * learned.steps
         assert learned.slots_updated[name] == int(spy.updated[name].sum())
-        assert not layer.sparse_updates  # restored
+        assert layer.sparse_updates == "auto"  # restored (the default)
 
 
 def test_tfidf_prefers_slots_background_text_rarely_reads():

@@ -108,3 +108,45 @@ def test_trainer_trains_with_sparse_value_updates(tokenizer, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for _, v in result.curve("grad_norm"))
     after = model.transformer.h[1].mlp.memory.values.weight
     assert not torch.equal(before, after)
+
+
+def test_auto_is_dense_until_an_optimizer_accepts_sparse_gradients_then_sparse_for_small_batches():
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(16, n_keys=64, heads=2, k=4, k_dim=8, sparse_updates="auto")
+    few, many = torch.randn(1, 8, 16), torch.randn(4, 512, 16)  # 64 reads of 4,096 slots; 16,384
+    memory(few).sum().backward()
+    assert not memory.values.weight.grad.is_sparse  # any optimizer may be on the other side
+    memory.lazy_optimizer = True
+    memory.values.weight.grad = None
+    memory(few).sum().backward()
+    assert memory.values.weight.grad.is_sparse
+    memory.values.weight.grad = None
+    memory(many).sum().backward()
+    assert not memory.values.weight.grad.is_sparse  # reads most rows: the dense path is faster
+
+
+def test_palimpsest_trainer_lets_auto_memories_go_sparse(tokenizer, tmp_path):
+    from datasets import Dataset
+
+    from palimpsest.memory import memories
+    from palimpsest.training import TrainingConfig, train
+
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    add_product_key_memory(model, PKMConfig(layers=[1], n_keys=64, heads=2, k=4, k_dim=16))
+    (memory,) = memories(model).values()
+    assert memory.sparse_updates == "auto" and not memory.lazy_optimizer
+    ids = torch.randint(5, len(tokenizer), (8, 16), generator=torch.Generator().manual_seed(0))
+    train(
+        model, tokenizer, Dataset.from_dict({"input_ids": ids.tolist()}),
+        TrainingConfig(steps=1, batch_size=4, save_every=100), tmp_path, objective="clm",
+    )  # fmt: skip
+    assert memory.lazy_optimizer
+
+
+def test_sparse_updates_setting_is_checked():
+    from palimpsest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sparse_updates"):
+        PKMConfig(sparse_updates="sometimes")
+    with pytest.raises(ValueError, match="sparse_updates"):
+        ProductKeyMemory(16, n_keys=8, heads=1, k=2, k_dim=8, sparse_updates="sometimes")

@@ -525,7 +525,10 @@ def memory_add(
         bool | None, typer.Option(help="Start from all-zero values (model unchanged).")
     ] = None,
     sparse_updates: Annotated[
-        bool | None, typer.Option(help="Sparse value gradients: later training updates only the rows read.")
+        bool | None,
+        typer.Option(
+            help="Sparse value gradients: train only the rows read (default: auto, if batches read few).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the memory's initial weights.")] = 0,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,

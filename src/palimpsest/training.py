@@ -172,6 +172,10 @@ class PalimpsestTrainer(Trainer):
         optimizer_kwargs.pop("params", None)
         if optimizer_cls is torch.optim.AdamW:
             optimizer_cls = LazyAdamW  # the same AdamW, plus lazy updates for sparse gradients
+            if self.args.world_size == 1:  # ranks could choose differently; DDP wants one layout
+                for module in target.modules():  # memories with sparse_updates="auto" may now go sparse
+                    if getattr(module, "sparse_updates", None) == "auto":
+                        module.lazy_optimizer = True
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

@@ -137,7 +137,9 @@ def _real_arms() -> tuple[Arm, ...]:
 
 def _memory_for_real() -> PKMConfig:
     """A 16,384-slot residual memory in the middle block, starting at zero (outputs unchanged)."""
-    return PKMConfig(layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True)
+    return PKMConfig(
+        layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, sparse_updates=False
+    )
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,9 @@ SCALES: dict[str, KnowledgeScale] = {
         known_only=False,
         min_steps=3,
         batch_size=4,
-        memory=PKMConfig(layers=[0.5], n_keys=16, heads=2, k=4, k_dim=16, zero_values=True),
+        memory=PKMConfig(
+            layers=[0.5], n_keys=16, heads=2, k=4, k_dim=16, zero_values=True, sparse_updates=False
+        ),
         perplexity_blocks=2,
         block_size=32,
         background_blocks=4,

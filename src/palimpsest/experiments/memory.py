@@ -84,7 +84,7 @@ def _data(**fields: Any) -> DataConfig:
 def _memory(**fields: Any) -> PKMConfig:
     """The memory of the memory arms (their ``mode`` is set per arm; its ``layers[0]`` is the
     block the capacity controls change too)."""
-    return PKMConfig(**{"layers": [2], "n_keys": 128, "k_dim": 128, **fields})
+    return PKMConfig(**{"layers": [2], "n_keys": 128, "k_dim": 128, "sparse_updates": False, **fields})
 
 
 def _training(**fields: Any) -> TrainingConfig:

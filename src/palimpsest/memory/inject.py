@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
-from palimpsest.memory.layer import ProductKeyMemory, QueryNorm
+from palimpsest.memory.layer import ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.models import hidden_size, transformer_blocks
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
 
@@ -65,8 +65,10 @@ class PKMConfig:
     #: Start with all-zero values (a residual memory then leaves the model unchanged).
     zero_values: bool = False
     #: Sparse value gradients over the rows read, for lazy optimizer updates (see
-    #: :class:`palimpsest.optim.LazyAdamW`); dense gradients work with any optimizer.
-    sparse_updates: bool = False
+    #: :class:`palimpsest.optim.LazyAdamW`); dense gradients work with any optimizer. "auto":
+    #: sparse for batches that read few of the rows (faster there), in palimpsest's training
+    #: only (single process, ``LazyAdamW``); dense anywhere else.
+    sparse_updates: SparseUpdates = "auto"
     #: Name of the FFN child inside a block, for families the structure rules do not know.
     ffn_module: str | None = None
     #: Seed of the memories' initialisation; ``None`` draws from torch's global generator.
@@ -86,6 +88,10 @@ class PKMConfig:
         for name in ("n_keys", "heads", "k", "k_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"memory.{name} must be positive, got {getattr(self, name)}")
+        if self.sparse_updates not in (True, False, "auto"):
+            raise ConfigError(
+                f"memory.sparse_updates: expected true, false or 'auto', got {self.sparse_updates!r}"
+            )
         if self.k > self.n_keys:
             raise ConfigError(f"memory.k ({self.k}) cannot exceed memory.n_keys ({self.n_keys})")
         if self.k_dim % 2:

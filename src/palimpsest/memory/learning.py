@@ -227,7 +227,7 @@ class SparseSlotUpdates(TrainerCallback):
 
     def __init__(self, model: nn.Module, frequency: dict[str, torch.Tensor], documents: int, top_t: int):
         self.layers = memories(model)
-        dense = [name for name, layer in self.layers.items() if not layer.sparse_updates]
+        dense = [name for name, layer in self.layers.items() if layer.sparse_updates is not True]
         if dense:
             raise ConfigError(
                 f"sparse slot updates need sparse value gradients (sparse_updates) in {dense[0]}"

@@ -43,6 +43,9 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
     after = load_pretrained(result["model_path"])
     assert [step for step, _ in result["curve"]] == [0, 3, 6]
     assert result["curve"][-1][1] < result["curve"][0][1]
+    best_step, best_loss = min(result["curve"], key=lambda point: point[1])
+    assert result["best_step"] == best_step
+    assert abs(result["final_loss"] - best_loss) < 1e-4  # the saved embeddings are the best evaluation's
     # the paper: embeddings (and the tied head weight, the same tensor) train; the head's bias is frozen
     assert result["trainable"] == ["roberta.embeddings.word_embeddings.weight"]
     assert find_token_embeddings(after).weight.shape[0] == result["vocab_size"] != len(tokenizer)
@@ -52,6 +55,23 @@ def test_language_adaptation_trains_only_the_embeddings(tmp_path, tokenizer):
     for name, parameter in after.named_parameters():
         if id(parameter) not in new_embeddings:
             assert torch.equal(parameter, old[name]), f"{name} moved during language adaptation"
+
+
+def test_keep_best_restores_the_weights_of_the_lowest_validation_loss():
+    from types import SimpleNamespace
+
+    from palimpsest.forgetting.relearning import KeepBestWeights
+
+    model = torch.nn.Linear(2, 2)
+    model.bias.requires_grad_(False)  # only trained tensors are kept
+    keep = KeepBestWeights(model, start_loss=5.0)
+    for step, (loss, value) in enumerate([(4.0, 1.0), (3.0, 2.0), (3.5, 3.0)], start=1):
+        model.weight.data.fill_(value)
+        model.bias.data.fill_(value)
+        keep.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_loss": loss})
+    keep.restore()
+    assert keep.best_step == 2 and torch.all(model.weight == 2.0)
+    assert torch.all(model.bias == 3.0)  # frozen: left as it is
 
 
 def test_an_untied_decoder_head_follows_the_new_vocabulary(tmp_path, tokenizer):

@@ -60,7 +60,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LanguageAdaptation:
-    """Settings of step 1. ``tokens`` is the budget of new-language training tokens."""
+    """Settings of step 1. ``tokens`` is the budget of new-language training tokens.
+
+    ``keep_best``: the embeddings of the evaluation with the lowest validation loss are kept,
+    not the last ones — on a small budget the embeddings overfit it within a few hundred
+    updates (fake-English, 20k tokens: validation loss 6.02 at update 200, 6.12 at 2,400), and
+    the paper keeps its best checkpoint too."""
 
     tokens: int = 100_000
     vocab_size: int = 2048
@@ -68,6 +73,7 @@ class LanguageAdaptation:
     block_size: int = 128
     max_eval_blocks: int = 64
     seed: int = 0
+    keep_best: bool = True
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(steps=300, learning_rate=2e-3, eval_every=25, save_every=None)
     )
@@ -139,6 +145,29 @@ def freeze_all_but_embeddings(model: PreTrainedModel) -> list[str]:
     return train_only(model, embedding_parameters(model, include_output_head=True))
 
 
+class KeepBestWeights(TrainerCallback):
+    """Remembers the trainable tensors at the evaluation with the lowest loss; :meth:`restore`
+    puts them back. Only the trained tensors are copied (the embeddings: a few MB), not a
+    checkpoint of the whole model."""
+
+    def __init__(self, model: PreTrainedModel, start_loss: float) -> None:
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.best_loss, self.best_step = start_loss, 0
+        self.best = [p.detach().clone() for p in self.parameters]
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is not None and loss < self.best_loss:
+            self.best_loss, self.best_step = loss, state.global_step
+            for kept, parameter in zip(self.best, self.parameters, strict=True):
+                kept.copy_(parameter.detach())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for kept, parameter in zip(self.best, self.parameters, strict=True):
+            parameter.copy_(kept)
+
+
 def adapt_language(
     model: PreTrainedModel | str | Path,
     language: CorpusSplit,
@@ -151,7 +180,9 @@ def adapt_language(
     """Step 1: learn the new language's embeddings under a frozen body; returns results.
 
     The result holds the relearning curve ``[(step, validation loss)]`` starting at step
-    0 (the freshly drawn embeddings) and the final validation loss and perplexity.
+    0 (the freshly drawn embeddings) and the final validation loss and perplexity — of the
+    best evaluation's embeddings with ``keep_best`` (its step in ``best_step``), which are the
+    ones saved.
     """
     out = Path(out)
     if not isinstance(model, PreTrainedModel):
@@ -169,6 +200,7 @@ def adapt_language(
     trainable = freeze_all_but_embeddings(model)
     start = evaluate_lm(model, eval_set)
     training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
+    best = KeepBestWeights(model, start["loss"]) if settings.keep_best else None
     result = train(
         model,
         tokenizer,
@@ -177,9 +209,11 @@ def adapt_language(
         out / "trainer",
         objective=objective,
         eval_dataset=eval_set,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *([best] if best else [])],
         resume=resume,
     )
+    if best is not None:
+        best.restore()
     final = evaluate_lm(model, eval_set)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -194,6 +228,7 @@ def adapt_language(
         "curve": [(0, start["loss"]), *result.curve("eval_loss")],
         "final_loss": final["loss"],
         "final_perplexity": final["perplexity"],
+        "best_step": best.best_step if best is not None else training.steps,
         "train_seconds": result.train_seconds,
         "model_path": str(out / "model"),
     }

@@ -8,9 +8,11 @@ import pytest
 from palimpsest.data import load_corpus
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.plasticity import (
+    CONTROL_LANGUAGE,
     SCALES,
     NewLanguage,
     PlasticityResults,
+    _verdict,
     first_step_at_or_below,
     run_plasticity,
 )
@@ -38,6 +40,18 @@ def test_smoke_study_is_complete_and_resumable(tmp_path):
     # the English body beside its majority class: at smoke scale far too weak to judge transfer from
     assert set(results.summary.english_task_majority) == {"standard", "forgetting"}
     assert "too weak a body to judge transfer" in results.summary.verdict
+    # the control language failing to beat the majority says the protocol fails at this scale
+    stand_in = dataclasses.replace(cell, language=CONTROL_LANGUAGE)
+    stand_in.standard = dataclasses.replace(
+        cell.standard, zero_shot_accuracy=(0.1, 0.0), majority_baseline=0.3
+    )
+    stand_in.forgetting = dataclasses.replace(cell.forgetting, zero_shot_accuracy=(0.2, 0.0))
+    task = {v: {"accuracy": 0.9, "majority_baseline": 0.3} for v in ("standard", "forgetting")}
+    assert "Even the control" in _verdict([stand_in], {}, settings, task)
+    stand_in.standard = dataclasses.replace(
+        cell.standard, zero_shot_accuracy=(0.6, 0.0), majority_baseline=0.3
+    )
+    assert "Even the control" not in _verdict([stand_in], {}, settings, task)
     stored = json.loads((tmp_path / "results.json").read_text())
     assert json.dumps(PlasticityResults.from_json(stored).to_json()) == json.dumps(results.to_json())
     # A re-run reuses every finished unit: same numbers, nothing retrained.

@@ -111,7 +111,14 @@ LANGUAGES: dict[str, NewLanguage] = {
     "wiki-es": NewLanguage("wiki-es"),
     "fake-en": NewLanguage("heldout", "permute"),
     "fake-en-distant": NewLanguage("heldout", "permute+scramble+script:georgian"),
+    # The control: held-out English in Cyrillic letters (a bijection on letters): the same words
+    # and the same sub-word structure, only new token ids. If even this does not transfer, the
+    # relearning protocol fails at this scale, whatever the language.
+    "en-cyrillic": NewLanguage("heldout", "script:cyrillic"),
 }
+
+#: The language whose zero-shot result says whether transfer can exist at all at a scale.
+CONTROL_LANGUAGE = "en-cyrillic"
 
 #: The paper's languages of XNLI (Chen et al. 2023, table in PAPERS.md).
 PAPER_LANGUAGES = ("vi", "sw", "es", "bg", "de", "fr", "el", "ru", "zh", "ur", "hi", "tr", "ar", "th")
@@ -241,9 +248,12 @@ SCALES: dict[str, PlasticityScale] = {
     "cpu": PlasticityScale(
         pretrain=_pretraining(steps=10_000, reset_every=1000, training={"learning_rate": 1e-3}),
         forgetting=ForgettingConfig(reset_every=1000),
-        adaptation=_adaptation(steps=300, eval_every=25),
+        # 600 updates, the best evaluation kept: a 20k budget overfits after ~200 updates; on 200k
+        # the validation loss still falls at 2,400 (5.80 at 200, 5.14 at 2,400 on fake-en) but
+        # zero-shot transfer did not appear at any length probed (notes of the issue).
+        adaptation=_adaptation(steps=600, eval_every=50),
         task_adaptation=_task_adaptation(steps=600),
-        languages=tuple(LANGUAGES),
+        languages=("wiki-fr", "fake-en-distant", CONTROL_LANGUAGE),
         budgets=(20_000, 200_000),
     ),
     # The paper's setting (PAPERS.md section 1) for GPUs and a network: RoBERTa-base,
@@ -640,6 +650,15 @@ def _verdict(
             "Caution: in " + ", ".join(useless) + " neither assembled model beats the majority-class "
             "baseline, so the zero-shot task does not work at this scale there and its relative gain "
             "is not evidence either way."
+        )
+    control = [c for c in cells if c.language == CONTROL_LANGUAGE]
+    if control and all(f"{CONTROL_LANGUAGE}@{c.budget:,}" in useless for c in control):
+        parts.append(
+            f"Even the control ({CONTROL_LANGUAGE}: held-out English in another alphabet, the same words "
+            "and sub-words under new token ids) does not transfer: the embeddings relearned under the "
+            "frozen body do not land where the task-tuned body reads them. The protocol needs a body "
+            "that pins the embedding geometry down — the paper's is RoBERTa-base after 125k updates "
+            "of 1M tokens; this scale's is far smaller — so no transfer gain can be judged here."
         )
     return " ".join(parts)
 

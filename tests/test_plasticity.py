@@ -146,3 +146,26 @@ def test_smoke_study_under_two_process_ddp(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["runs"]) == 2 * len(SCALES["smoke"].seeds) * len(SCALES["smoke"].languages)
+
+
+def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path, tokenizer):
+    import torch
+
+    from palimpsest.experiments.plasticity import _script_of, embedding_alignment
+    from palimpsest.forgetting import find_token_embeddings
+    from palimpsest.models import build_model
+
+    model = build_model("roberta", "micro", tokenizer, max_positions=64, dropout=0.0, seed=0)
+    model.save_pretrained(tmp_path / "a")
+    tokenizer.save_pretrained(tmp_path / "a")
+    same = embedding_alignment(tmp_path / "a", tmp_path / "a", lambda token: token)
+    assert same["pairs"] > 8 and same["cosine"] > 0.999 and same["retrieval"] > 0.9
+    with torch.no_grad():  # a rotation of the same geometry: a linear map recovers it
+        embeddings = find_token_embeddings(model).weight
+        rotation = torch.linalg.qr(torch.randn(embeddings.shape[1], embeddings.shape[1]))[0]
+        embeddings.copy_(embeddings @ rotation)
+    model.save_pretrained(tmp_path / "b")
+    tokenizer.save_pretrained(tmp_path / "b")
+    rotated = embedding_alignment(tmp_path / "a", tmp_path / "b", lambda token: token)
+    assert rotated["cosine"] < 0.5 and rotated["retrieval"] > 0.9
+    assert _script_of("script:cyrillic") == "cyrillic" and _script_of("permute+script:georgian") is None

@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+from torch.nn import functional
 from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
@@ -40,6 +42,7 @@ from palimpsest.data import (
     SHARED_TOPICS,
     Corpus,
     CorpusSplit,
+    change_script,
     load_corpus,
     shared_topic_corpus,
     split_corpus,
@@ -445,8 +448,8 @@ def run_plasticity(
                     result = resumable(
                         unit_dir / "result.json", key,
                         partial(
-                            _language_unit, settings, adaptation, pretrain[variant].path,
-                            task[variant]["model_path"], split, evaluation, unit_dir,
+                            _language_unit, settings, settings.language(language), adaptation,
+                            pretrain[variant].path, task[variant]["model_path"], split, evaluation, unit_dir,
                             callbacks_for(f"{variant} {language} {budget} s{seed}"),
                         ),
                     )  # fmt: skip
@@ -486,8 +489,68 @@ def _task_unit(
     return result
 
 
+def embedding_alignment(
+    source: str | Path, relearned: str | Path, rename: Callable[[str], str], *, seed: int = 0
+) -> dict[str, float]:
+    """How far relearned embeddings recover the source model's, for a language whose text is the
+    source's renamed letter by letter (a script bijection), so a token string of one vocabulary
+    names the same sub-word as its renaming in the other.
+
+    Over the tokens both vocabularies share (alphabetic, non-special): ``cosine`` of matched rows,
+    ``chance_cosine`` of mismatched ones (each against the next pair's), and ``retrieval``: the
+    share of held-out pairs whose source row is the nearest (cosine) to the relearned row under
+    a least-squares linear map fitted on the other half of the pairs (a rotation or rescaling of
+    the same geometry would score near 1)."""
+    from palimpsest.data import load_tokenizer
+    from palimpsest.forgetting import find_token_embeddings
+    from palimpsest.models import load_pretrained
+
+    tables, vocabularies, specials = [], [], []
+    for path in (source, relearned):
+        tokenizer = load_tokenizer(path)
+        tables.append(find_token_embeddings(load_pretrained(str(path))).weight.detach().float())
+        vocabularies.append(tokenizer.get_vocab())
+        specials.append(set(tokenizer.all_special_ids))
+    pairs = []
+    for token, i in vocabularies[0].items():
+        j = vocabularies[1].get(rename(token))
+        if (
+            j is not None
+            and i not in specials[0]
+            and j not in specials[1]
+            and any(c.isalpha() for c in token)
+        ):
+            pairs.append((i, j))
+    if len(pairs) < 8:
+        return {"pairs": len(pairs), "cosine": math.nan, "chance_cosine": math.nan, "retrieval": math.nan}
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    first = tables[0][[pairs[i][0] for i in order]]
+    second = tables[1][[pairs[i][1] for i in order]]
+    cosine = functional.cosine_similarity(first, second)
+    chance = functional.cosine_similarity(first, second.roll(1, 0))
+    half = len(pairs) // 2
+    mapping = torch.linalg.lstsq(second[:half], first[:half]).solution
+    mapped = functional.normalize(second[half:] @ mapping, dim=1)
+    nearest = (mapped @ functional.normalize(first[half:], dim=1).T).argmax(dim=1)
+    retrieval = (nearest == torch.arange(len(nearest))).float().mean()
+    return {
+        "pairs": len(pairs),
+        "cosine": float(cosine.mean()),
+        "chance_cosine": float(chance.mean()),
+        "retrieval": float(retrieval),
+    }
+
+
+def _script_of(recipe: str | None) -> str | None:
+    """The alphabet of a recipe that only changes script (a letter bijection), else None."""
+    if recipe and recipe.startswith("script:") and "+" not in recipe:
+        return recipe.partition(":")[2]
+    return None
+
+
 def _language_unit(
     settings: PlasticityScale,
+    language_spec: NewLanguage,
     adaptation: LanguageAdaptation,
     pretrained_path: str,
     task_model_path: str,
@@ -498,6 +561,11 @@ def _language_unit(
 ) -> dict[str, Any]:
     """Relearn the language's embeddings, assemble with the task body, score zero-shot."""
     result = adapt_language(pretrained_path, split, adaptation, unit_dir, callbacks=callbacks)
+    script = _script_of(language_spec.recipe)
+    if script is not None:
+        result["embedding_alignment"] = embedding_alignment(
+            pretrained_path, result["model_path"], lambda token: change_script([token], script)[0]
+        )
     assembled = assemble(task_model_path, result["model_path"], unit_dir / "assembled")
     zero_shot = evaluate_classifier(assembled, evaluation, max_length=settings.pretrain.data.block_size)
     result["zero_shot_accuracy"] = zero_shot["accuracy"]
@@ -550,6 +618,7 @@ def summarise(
                     final_loss=mean_std([r["final_loss"] for r in group]),
                     zero_shot_accuracy=mean_std([r["zero_shot_accuracy"] for r in group]),
                     majority_baseline=group[0]["zero_shot_majority"] if group else math.nan,
+                    embedding_alignment=_mean_alignment(group),
                 )
             # Paired over seeds: the same seed draws the same initial embeddings for both.
             pairs = list(zip(standard, forgetting, strict=True))
@@ -588,6 +657,13 @@ def summarise(
         verdict=_verdict(cells, gains_by_budget, settings, task),
         english_task_majority={v: task[v]["majority_baseline"] for v in task},
     )
+
+
+def _mean_alignment(group: list[dict[str, Any]]) -> dict[str, float] | None:
+    measured = [r["embedding_alignment"] for r in group if r.get("embedding_alignment")]
+    if not measured:
+        return None
+    return {key: statistics.fmean(m[key] for m in measured) for key in measured[0]}
 
 
 #: The English task body must beat the majority class by this much before zero-shot transfer
@@ -653,12 +729,28 @@ def _verdict(
         )
     control = [c for c in cells if c.language == CONTROL_LANGUAGE]
     if control and all(f"{CONTROL_LANGUAGE}@{c.budget:,}" in useless for c in control):
+        alignment = [
+            f"{c.budget:,} tokens, {v}: cosine {a['cosine']:.2f} (unrelated pairs {a['chance_cosine']:.2f}), "
+            f"linear-map retrieval {100 * a['retrieval']:.0f}%"
+            for c in control
+            for v, a in (
+                ("standard", c.standard.embedding_alignment),
+                ("forgetting", c.forgetting.embedding_alignment),
+            )
+            if a
+        ]
         parts.append(
             f"Even the control ({CONTROL_LANGUAGE}: held-out English in another alphabet, the same words "
             "and sub-words under new token ids) does not transfer: the embeddings relearned under the "
-            "frozen body do not land where the task-tuned body reads them. The protocol needs a body "
-            "that pins the embedding geometry down — the paper's is RoBERTa-base after 125k updates "
-            "of 1M tokens; this scale's is far smaller — so no transfer gain can be judged here."
+            "frozen body do not land where the task-tuned body reads them"
+            + (
+                " — relearned against English embeddings of the same sub-words: " + "; ".join(alignment)
+                if alignment
+                else ""
+            )
+            + ". The protocol needs a body that pins the embedding geometry down — the paper's is "
+            "RoBERTa-base after 125k updates of 1M tokens; this scale's is far smaller — so no transfer "
+            "gain can be judged here."
         )
     return " ".join(parts)
 
@@ -701,6 +793,9 @@ class VariantSummary:
     final_loss: tuple[float, float]
     zero_shot_accuracy: tuple[float, float]
     majority_baseline: float
+    #: For a script-bijection language: the relearned embeddings against the English ones, mean
+    #: over seeds (:func:`embedding_alignment`: cosine, chance cosine, linear-map retrieval).
+    embedding_alignment: dict[str, float] | None = None
 
 
 @dataclass

@@ -290,8 +290,19 @@ def main() -> None:
             f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
             f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(diff, '12.1e'):>12}"
         )
+    from palimpsest.memory.layer import AUTO_SPARSE_SHARE, expected_share_read
+
+    auto = {}
+    for size in dict.fromkeys(r["slots"] for r in rows):
+        share = expected_share_read(TOKENS * HEADS * K, SIZES[size] ** 2)
+        auto[size] = "sparse" if share < AUTO_SPARSE_SHARE else "dense"
+        print(
+            f"{size}: a batch reads ~{share:.0%} of the rows; sparse_updates='auto' (palimpsest's trainer) "
+            f"takes the {auto[size]} path (sparse below {AUTO_SPARSE_SHARE:.0%})"
+        )
     document = {
         "benchmark": "memory_speed",
+        "auto_path": auto,
         "settings": {"dim": DIM, "heads": HEADS, "k": K, "k_dim": K_DIM, "batch": BATCH, "seq": SEQ},
         "device": args.device,
         "dtype": args.dtype,

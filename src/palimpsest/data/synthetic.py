@@ -10,7 +10,9 @@ composes with the others through a recipe string, e.g. ``"permute+scramble+scrip
     "Fake-English": every word type (letters only, case-folded) is renamed to another word
     type of the same corpus by a seeded permutation; capitalisation, digits and
     punctuation stay. Syntax and word frequencies are kept, no word keeps its meaning.
-    The easy case: a body that has learned English transfers perfectly.
+    Not as easy as it looks: a frequent word takes the spelling of a rare one, so its
+    sub-words differ from English's. ``script:NAME`` alone (English in another alphabet:
+    the same words and sub-words) is the cleanest transfer control.
 ``scramble``
     Words are shuffled within each sentence (split at . ! ?), seeded per document. The
     bag of words survives; word order, which the body relies on, does not.

@@ -493,10 +493,10 @@ def embedding_alignment(
     source: str | Path, relearned: str | Path, rename: Callable[[str], str], *, seed: int = 0
 ) -> dict[str, float]:
     """How far relearned embeddings recover the source model's, for a language whose text is the
-    source's renamed letter by letter (a script bijection), so a token string of one vocabulary
-    names the same sub-word as its renaming in the other.
+    source's renamed letter by letter (a script bijection): a token of the source vocabulary and
+    the token of the new one that spells its renamed text stand for the same sub-word.
 
-    Over the tokens both vocabularies share (alphabetic, non-special): ``cosine`` of matched rows,
+    Over the tokens both vocabularies share that way (alphabetic, non-special): ``cosine`` of matched rows,
     ``chance_cosine`` of mismatched ones (each against the next pair's), and ``retrieval``: the
     share of held-out pairs whose source row is the nearest (cosine) to the relearned row under
     a least-squares linear map fitted on the other half of the pairs (a rotation or rescaling of
@@ -505,22 +505,26 @@ def embedding_alignment(
     from palimpsest.forgetting import find_token_embeddings
     from palimpsest.models import load_pretrained
 
-    tables, vocabularies, specials = [], [], []
+    tables, pieces = [], []
     for path in (source, relearned):
         tokenizer = load_tokenizer(path)
         tables.append(find_token_embeddings(load_pretrained(str(path))).weight.detach().float())
-        vocabularies.append(tokenizer.get_vocab())
-        specials.append(set(tokenizer.all_special_ids))
-    pairs = []
-    for token, i in vocabularies[0].items():
-        j = vocabularies[1].get(rename(token))
-        if (
-            j is not None
-            and i not in specials[0]
-            and j not in specials[1]
-            and any(c.isalpha() for c in token)
-        ):
-            pairs.append((i, j))
+        specials = set(tokenizer.all_special_ids)
+        # each token as the text it stands for (byte-level and other markers decoded), so the
+        # renaming applies to text, as the language's recipe did
+        pieces.append(
+            {
+                i: tokenizer.convert_tokens_to_string([token])
+                for token, i in tokenizer.get_vocab().items()
+                if i not in specials
+            }
+        )
+    by_text = {text: i for i, text in pieces[1].items()}
+    pairs = [
+        (i, by_text[rename(text)])
+        for i, text in pieces[0].items()
+        if "\ufffd" not in text and any(c.isalpha() for c in text) and rename(text) in by_text
+    ]
     if len(pairs) < 8:
         return {"pairs": len(pairs), "cosine": math.nan, "chance_cosine": math.nan, "retrieval": math.nan}
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))

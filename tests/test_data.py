@@ -119,6 +119,7 @@ def test_recipe_errors_and_labels_kept():
     corpus = load_corpus("wiki-en", max_documents=20)
     synthetic = synthetic_language(corpus, "permute+scramble+script:armenian", seed=1)
     assert synthetic.labels == corpus.labels and len(synthetic) == len(corpus)
+    assert synthetic_language(corpus, "identity").texts == corpus.texts  # the relearning control
     with pytest.raises(DataError, match="unknown synthetic-language step 'reverse'"):
         synthetic_language(corpus, "reverse")
     with pytest.raises(DataError, match="unknown script"):

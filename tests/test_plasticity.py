@@ -151,7 +151,7 @@ def test_smoke_study_under_two_process_ddp(tmp_path):
 def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path, tokenizer):
     import torch
 
-    from palimpsest.experiments.plasticity import _script_of, embedding_alignment
+    from palimpsest.experiments.plasticity import _renaming_of, embedding_alignment
     from palimpsest.forgetting import find_token_embeddings
     from palimpsest.models import build_model
 
@@ -168,4 +168,5 @@ def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path
     tokenizer.save_pretrained(tmp_path / "b")
     rotated = embedding_alignment(tmp_path / "a", tmp_path / "b", lambda token: token)
     assert rotated["cosine"] < 0.5 and rotated["retrieval"] > 0.9
-    assert _script_of("script:cyrillic") == "cyrillic" and _script_of("permute+script:georgian") is None
+    assert _renaming_of("script:cyrillic")(" Abc") == " Абв" and _renaming_of("identity")("x") == "x"
+    assert _renaming_of("permute+script:georgian") is None

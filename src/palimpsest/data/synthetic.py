@@ -11,7 +11,10 @@ composes with the others through a recipe string, e.g. ``"permute+scramble+scrip
     type of the same corpus by a seeded permutation; capitalisation, digits and
     punctuation stay. Syntax and word frequencies are kept, no word keeps its meaning.
     Not as easy as it looks: a frequent word takes the spelling of a rare one, so its
-    sub-words differ from English's. ``script:NAME`` alone (English in another alphabet:
+    sub-words differ from English's. ``identity``
+    The text unchanged: the source language relearned from scratch (a new vocabulary and
+    new embeddings), the cleanest control of a relearning protocol.
+``script:NAME`` alone (English in another alphabet:
     the same words and sub-words) is the cleanest transfer control.
 ``scramble``
     Words are shuffled within each sentence (split at . ! ?), seeded per document. The
@@ -101,13 +104,15 @@ def _parse_recipe(recipe: str, seed: int) -> list[Callable[[Sequence[str]], list
             steps.append(lambda texts: permute_vocabulary(texts, seed))
         elif name == "scramble":
             steps.append(lambda texts: scramble_word_order(texts, seed))
+        elif name == "identity":
+            steps.append(list)
         elif name == "script":
             chosen = argument or "cyrillic"
             if chosen not in _SCRIPTS:
                 raise DataError(f"unknown script '{chosen}' (known: {', '.join(_SCRIPTS)})")
             steps.append(lambda texts, chosen=chosen: change_script(texts, chosen))
         else:
-            known = "permute, scramble, script:NAME"
+            known = "permute, scramble, script:NAME, identity"
             raise DataError(f"unknown synthetic-language step '{name}' in '{recipe}' (known: {known})")
     return steps
 

@@ -44,6 +44,7 @@ from palimpsest.data import (
     CorpusSplit,
     change_script,
     load_corpus,
+    load_tokenizer,
     shared_topic_corpus,
     split_corpus,
     synthetic_language,
@@ -59,7 +60,8 @@ from palimpsest.forgetting.relearning import (
     assemble,
     evaluate_classifier,
 )
-from palimpsest.models import FAMILY_OBJECTIVE
+from palimpsest.forgetting.reset import find_token_embeddings
+from palimpsest.models import FAMILY_OBJECTIVE, load_pretrained
 from palimpsest.plotting import plot_bars, plot_curves
 from palimpsest.pretraining import PretrainConfig, PretrainResults, holdout_split, run_pretrain
 from palimpsest.report import Figure, Section, Table, pm
@@ -498,15 +500,11 @@ def embedding_alignment(
     a token of the source vocabulary and the token of the new one that spells its renamed text
     stand for the same sub-word.
 
-    Over the tokens both vocabularies share that way (alphabetic, non-special): ``cosine`` of matched rows,
-    ``chance_cosine`` of mismatched ones (each against the next pair's), and ``retrieval``: the
-    share of held-out pairs whose source row is the nearest (cosine) to the relearned row under
-    a least-squares linear map fitted on the other half of the pairs (a rotation or rescaling of
-    the same geometry would score near 1)."""
-    from palimpsest.data import load_tokenizer
-    from palimpsest.forgetting import find_token_embeddings
-    from palimpsest.models import load_pretrained
-
+    Over the tokens both vocabularies share that way (alphabetic, non-special): ``cosine`` of
+    matched rows, ``chance_cosine`` of mismatched ones (each against the next pair's), and
+    ``retrieval``: the share of held-out pairs whose source row is the nearest (cosine) to the
+    relearned row under a least-squares linear map fitted on the other half of the pairs (a
+    rotation or rescaling of the same geometry would score near 1)."""
     tables, pieces = [], []
     for path in (source, relearned):
         tokenizer = load_tokenizer(path)

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from palimpsest.memory.kernels import cpu_kernels
+
 QueryNorm = Literal["layernorm", "batchnorm", "none"]
 SparseUpdates = bool | Literal["auto"]
 
@@ -149,6 +151,14 @@ class _ValueRead(torch.autograd.Function):
             fresh = values.grad is not None or not reuse  # accumulating: autograd adds ours to the one held
             grad_values = torch.zeros_like(values) if fresh else buffers.dense_gradient(values)
             sums = grad_values if exact == values.dtype else buffers.dense_gradient(values, exact)
+        compiled = _compiled_loops(values, indices, weights)
+        if compiled is not None:  # the same sums as the loop below, without its temporaries
+            indices = indices.contiguous()
+            if want_weights:
+                compiled.weight_gradient(indices, values.detach().contiguous(), grad_output, grad_weights)
+            if dense:
+                compiled.value_gradient(indices, weights.detach().contiguous(), grad_output, sums)
+            want_weights = dense = False
         chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
         space = buffers.row_workspace(chunk * reads, values) if want_weights else None
         for start in range(0, tokens, chunk) if want_weights or dense else ():
@@ -162,7 +172,7 @@ class _ValueRead(torch.autograd.Function):
             if dense:  # each read adds its weight times its token's output gradient to its row
                 scaled = weights[start:end].unsqueeze(-1).to(exact) * output
                 sums.index_add_(0, read, scaled.view(-1, values.shape[1]))
-        if dense and sums is not grad_values:
+        if sums is not None and sums is not grad_values:
             grad_values.copy_(sums)
         if want_values and ctx.sparse:
             # The reads sorted by slot: each distinct row's gradient is the weighted sum of the output
@@ -179,6 +189,16 @@ class _ValueRead(torch.autograd.Function):
                 check_invariants=False,
             )  # fmt: skip
         return grad_values, None, grad_weights, None, None
+
+
+def _compiled_loops(values: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor):
+    """The compiled backward loops (:mod:`palimpsest.memory.kernels`) where they apply: CPU, fp32,
+    int64 indices, and built on this machine; else None (the torch-op path)."""
+    if values.device.type != "cpu" or values.dtype != torch.float32 or weights.dtype != torch.float32:
+        return None
+    if indices.dtype != torch.int64 or not values.is_contiguous():
+        return None
+    return cpu_kernels()
 
 
 @dataclass

@@ -93,3 +93,10 @@ def test_every_shipped_config_loads(path):
 
     config = load_config(PretrainConfig, path)
     assert [extension.section for extension in build_extensions(config)] == sorted(config.extensions)
+
+
+def test_a_union_with_literal_values_names_the_values():
+    from palimpsest.memory import PKMConfig
+
+    with pytest.raises(ConfigError, match=r"memory.sparse_updates: expected bool or 'auto', got 'sometimes'"):
+        from_dict(PKMConfig, {"sparse_updates": "sometimes"}, prefix="memory.")

@@ -23,6 +23,8 @@ T = TypeVar("T")
 
 
 def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:  # the values themselves, not the word "Literal"
+        return " or ".join(repr(value) for value in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
-from palimpsest.memory.layer import ProductKeyMemory, QueryNorm, SparseUpdates
+from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.models import hidden_size, transformer_blocks
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
 
@@ -88,7 +88,7 @@ class PKMConfig:
         for name in ("n_keys", "heads", "k", "k_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"memory.{name} must be positive, got {getattr(self, name)}")
-        if self.sparse_updates not in (True, False, "auto"):
+        if self.sparse_updates not in SPARSE_UPDATES_CHOICES:
             raise ConfigError(
                 f"memory.sparse_updates: expected true, false or 'auto', got {self.sparse_updates!r}"
             )

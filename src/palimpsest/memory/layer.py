@@ -39,6 +39,8 @@ from palimpsest.memory.kernels import cpu_kernels
 
 QueryNorm = Literal["layernorm", "batchnorm", "none"]
 SparseUpdates = bool | Literal["auto"]
+#: Every value ``sparse_updates`` may take.
+SPARSE_UPDATES_CHOICES = (True, False, "auto")
 
 #: "auto" takes the sparse value path below this share of the table's rows read by a batch.
 #: Measured on 2 CPU cores (d=256, 4 heads, k=32, a step with AdamW / LazyAdamW): sparse was
@@ -241,7 +243,7 @@ class ProductKeyMemory(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if sparse_updates not in (True, False, "auto"):
+        if sparse_updates not in SPARSE_UPDATES_CHOICES:
             raise ValueError(f"sparse_updates must be True, False or 'auto', got {sparse_updates!r}")
         if k_dim % 2:
             raise ValueError(f"k_dim must be even (two half-keys), got {k_dim}")

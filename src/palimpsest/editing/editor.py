@@ -39,14 +39,19 @@ tensors back bit for bit; parameters that were not selected are never written.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -274,6 +279,97 @@ class EditResult:
         }  # fmt: skip
 
 
+class _Progress:
+    """Where a long edit saves itself, and what a resumed run found there.
+
+    The file holds the edited tensors (``parameter/<name>``), the optimizer's state
+    (``optimizer/<index>/<key>``: Adam's moments and step count) and, as metadata, the edit's
+    fingerprint, the request group being edited, the steps taken in it and before it, and the
+    seconds spent so far. It is written under a temporary name and renamed, so a kill while
+    saving leaves the previous save.
+    """
+
+    def __init__(self, path: Path, fingerprint: str, every: float):
+        if not (math.isfinite(every) and every >= 0):
+            raise ConfigError(f"progress_every must be a number of seconds >= 0, got {every}")
+        self.path, self.fingerprint, self.every = path, fingerprint, every
+        #: The group being edited, steps taken in it, steps of the groups before it.
+        self.group, self.taken, self.steps = 0, 0, 0
+        #: Seconds spent by earlier runs, and the last loss they saw.
+        self.seconds, self.loss = 0.0, float("nan")
+        self._optimizer_state: dict[str, torch.Tensor] = {}
+        self._saved = self._run_started = time.perf_counter()
+
+    def resume(self, editor: ConstrainedFinetune) -> None:
+        """Put the saved tensors into the model (nothing to do if no progress was saved)."""
+        if not self.path.exists():
+            return
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            group, taken, steps = (int(metadata[key]) for key in ("group", "taken", "steps"))
+            seconds, loss = float(metadata["seconds"]), float(metadata["loss"])
+        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            raise DataError(f"{self.path} is not an edit's saved progress ({error})") from None
+        if metadata.get("fingerprint") != self.fingerprint:
+            raise DataError(
+                f"{self.path} holds the progress of a different edit (other facts, settings or starting "
+                "weights): remove it or name another file"
+            )
+        with torch.no_grad():
+            for name, parameter in editor.parameters.items():
+                parameter.copy_(tensors[f"parameter/{name}"])
+        self.group, self.taken, self.steps, self.seconds, self.loss = group, taken, steps, seconds, loss
+        self._optimizer_state = {key: value for key, value in tensors.items() if key.startswith("optimizer/")}
+        logger.info("resuming the edit saved in %s: group %d, step %d", self.path, group, taken)
+
+    def enter(self, group: int, steps_before: int, started: float) -> None:
+        """The edit of ``group`` begins (or, for the saved group, resumes)."""
+        if group != self.group:
+            self._optimizer_state, self.taken = {}, 0
+        self.group, self.steps, self._run_started = group, steps_before, started
+
+    def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+        """Load the saved optimizer state; returns (steps already taken, their last loss)."""
+        taken, loss = self.taken, (self.loss if self.taken else float("nan"))
+        if self._optimizer_state:
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in self._optimizer_state.items():
+                _, index, name = key.split("/")
+                state.setdefault(int(index), {})[name] = value
+            optimizer.load_state_dict(
+                {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+            )
+        self._optimizer_state, self.taken = {}, 0
+        return taken, loss
+
+    def save_if_due(
+        self, editor: ConstrainedFinetune, optimizer: torch.optim.Optimizer, taken: int, loss: float
+    ) -> None:
+        now = time.perf_counter()
+        if now - self._saved < self.every:
+            return
+        tensors = {
+            f"parameter/{name}": p.detach().clone().contiguous() for name, p in editor.parameters.items()
+        }
+        for index, state in optimizer.state_dict()["state"].items():
+            for name, value in state.items():
+                value = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optimizer/{index}/{name}"] = value.detach().clone().contiguous()
+        metadata = {
+            "fingerprint": self.fingerprint, "group": str(self.group), "taken": str(taken),
+            "steps": str(self.steps), "seconds": repr(self.seconds + now - self._run_started),
+            "loss": repr(loss),
+        }  # fmt: skip
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        save_file(tensors, str(staging), metadata=metadata)
+        staging.replace(self.path)
+        self._saved = now
+        logger.info("edit progress saved to %s (group %d, step %d)", self.path, self.group, taken)
+
+
 class ConstrainedFinetune:
     """Edit facts in ``model`` by constrained fine-tuning; :meth:`undo` restores it exactly.
 
@@ -322,12 +418,22 @@ class ConstrainedFinetune:
         support: Sequence[Fact] = (),
         sequential: bool = False,
         measure: bool = True,
+        progress: str | Path | None = None,
+        progress_every: float = 600.0,
     ) -> EditResult:
         """Edit every request (together, or one after another with ``sequential``).
 
         ``unmodified`` facts are measured (A_F\\S) but not trained on; ``support`` facts are
         trained on with their true objects, beside the edits (Zhu et al.'s support-set
         baseline). Returns the metrics before and after.
+
+        ``progress`` names a safetensors file where a long edit saves itself every
+        ``progress_every`` seconds (the edited tensors, the optimizer's moments, the step it
+        reached): an edit of hundreds of facts, where every step sees every fact, can outlast the
+        process running it. Called again with the same file, the same edit resumes where it was
+        saved and ends exactly as an uninterrupted one; a file left by a different edit (other
+        requests, settings or starting weights) is an error. The file is removed once the edit is
+        done.
         """
         if not requests:
             raise DataError("no edit requests")
@@ -338,24 +444,36 @@ class ConstrainedFinetune:
             if measure
             else {}
         )
+        saver = None
+        if progress is not None:
+            saver = _Progress(
+                Path(progress), self._fingerprint(requests, support, sequential), progress_every
+            )
+            saver.resume(self)
         started = time.perf_counter()
         support_probes = [self._probe(fact, fact.object) for fact in support]
         groups = [[request] for request in requests] if sequential else [list(requests)]
-        steps, loss = 0, float("nan")
-        for group in groups:
+        steps, loss = (saver.steps, saver.loss) if saver else (0, float("nan"))
+        for index, group in enumerate(groups):
+            if saver is not None:
+                if index < saver.group:  # edited before the resumed run began
+                    continue
+                saver.enter(index, steps, started)
             edit_probes = [
                 self._probe(r.fact, r.new_object, template)
                 for r in group
                 for template in self._templates(r.fact)
             ]
-            used, loss = self._finetune(edit_probes + support_probes, edits=len(edit_probes))
+            used, loss = self._finetune(edit_probes + support_probes, edits=len(edit_probes), saver=saver)
             steps += used
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + (saver.seconds if saver else 0.0)
         after = (
             edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=template)
             if measure
             else {}
         )
+        if saver is not None:
+            saver.path.unlink(missing_ok=True)
         return EditResult(before, after, steps, seconds, loss, self.changes(), self.edited_parameters)
 
     def undo(self) -> None:
@@ -447,11 +565,31 @@ class ConstrainedFinetune:
             batches.append(tuple(t.to(device) for t in tensors))
         return batches
 
-    def _finetune(self, probes: Sequence[Probe], edits: int | None = None) -> tuple[int, float]:
+    def _fingerprint(self, requests: Sequence[EditRequest], support: Sequence[Fact], sequential: bool) -> str:
+        """What identifies one edit: its requests, support facts, settings and starting weights."""
+        from palimpsest.config import to_dict
+
+        digest = hashlib.sha256()
+        described = {
+            "config": to_dict(self.config),
+            "objective": self.objective,
+            "sequential": sequential,
+            "requests": [[str(r.fact), r.fact.object, r.new_object] for r in requests],
+            "support": [[str(fact), fact.object] for fact in support],
+            "tensors": {name: list(t.shape) for name, t in self.original.items()},
+        }
+        digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+        for name in sorted(self.original):
+            digest.update(self.original[name].detach().cpu().float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def _finetune(
+        self, probes: Sequence[Probe], edits: int | None = None, saver: _Progress | None = None
+    ) -> tuple[int, float]:
         """Projected gradient descent on ``probes``; returns (steps taken, last loss).
 
         The first ``edits`` probes are edits (the rest support facts); only they decide
-        ``stop_on_success``.
+        ``stop_on_success``. With a ``saver`` the run resumes from, and saves, its progress.
         """
         batches = self._batches(probes, len(probes) if edits is None else edits)
         tokens = sum(len(batch[4]) for batch in batches)
@@ -467,6 +605,8 @@ class ConstrainedFinetune:
             optimizer = torch.optim.Adam(chosen, lr=self.config.learning_rate)
         self.model.eval()
         loss_value, taken = float("nan"), 0
+        if saver is not None:
+            taken, loss_value = saver.restore_optimizer(optimizer)
         gate: dict[str, torch.Tensor | None] = {"positions": None}
         hooks = self._position_hooks(gate) if self.config.edit_positions == "subject" else []
         try:
@@ -493,6 +633,8 @@ class ConstrainedFinetune:
                 loss_value = total
                 if self.config.stop_loss is not None and total < self.config.stop_loss:
                     break
+                if saver is not None:
+                    saver.save_if_due(self, optimizer, taken, loss_value)
         finally:
             for hook in hooks:
                 hook.remove()

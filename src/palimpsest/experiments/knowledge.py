@@ -483,7 +483,9 @@ def run_arm(
                 )
                 for f, previous in zip(chosen.taught, chosen.previous, strict=True)
             ]
-            steps = editor.apply(requests, measure=False).steps
+            # N=512 takes hours on a CPU: its progress outlives a stopped run (removed when done)
+            progress = work.with_name(f"{work.name}.editor-progress.safetensors")
+            steps = editor.apply(requests, measure=False, progress=progress).steps
             trained, measured = editor.edited_parameters, model
             changed = sum(int((p != editor.original[n]).sum()) for n, p in editor.parameters.items())
         else:
@@ -631,7 +633,7 @@ def run_knowledge_study(
         work = out / "work" / name
 
         def compute(arm=arm, chosen=chosen, size=size, seed=seed, work=work) -> ArmRun:
-            shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again
+            shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again (the editor resumes)
             fresh = load_pretrained(source)
             result = run_arm(
                 fresh, tokenizer, arm, chosen, perplexity_set, scale, work, size=size, seed=seed,

@@ -21,8 +21,17 @@ def brute_force(memory: ProductKeyMemory, queries: torch.Tensor):
     return every.topk(memory.k, dim=-1)
 
 
-@pytest.mark.parametrize(("n_keys", "k", "heads"), [(8, 4, 1), (16, 8, 2), (32, 32, 3)])
-def test_top_k_is_exact(n_keys, k, heads):
+def _selection_path(monkeypatch, path):
+    if path == "compiled" and cpu_kernels() is None:
+        pytest.skip("the compiled memory kernels cannot be built on this machine")
+    if path != "compiled":
+        monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch ops"])
+@pytest.mark.parametrize(("n_keys", "k", "heads"), [(8, 4, 1), (16, 8, 2), (32, 32, 3), (64, 5, 2)])
+def test_top_k_is_exact(monkeypatch, path, n_keys, k, heads):
+    _selection_path(monkeypatch, path)
     torch.manual_seed(n_keys)
     memory = ProductKeyMemory(16, n_keys=n_keys, heads=heads, k=k, k_dim=12)
     queries = torch.randn(50, heads * 12)
@@ -30,6 +39,32 @@ def test_top_k_is_exact(n_keys, k, heads):
     true_scores, true_indices = brute_force(memory, queries)
     assert torch.allclose(scores, true_scores, atol=1e-5)
     assert torch.equal(indices.sort(dim=-1).values, true_indices.sort(dim=-1).values)
+
+
+def test_compiled_selection_gradients_match_torch_ops(monkeypatch):
+    """The compiled backward reads only the selected keys; the gradients are torch's dense ones."""
+    if cpu_kernels() is None:
+        pytest.skip("the compiled memory kernels cannot be built on this machine")
+    torch.manual_seed(3)
+    memory = ProductKeyMemory(16, n_keys=24, heads=3, k=6, k_dim=10)
+    queries = torch.randn(40, 30)
+    grad = torch.randn(40, 3, 6)
+    results = []
+    for path in ("compiled", "torch ops"):
+        if path == "torch ops":
+            monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+        leaf = queries.clone().requires_grad_()
+        memory.keys.grad = None
+        scores, indices = memory.select(leaf)
+        order = indices.argsort(dim=-1)  # the same slots, whatever order ties were broken in
+        (scores.gather(-1, order) * grad).sum().backward()
+        results.append((scores.gather(-1, order), indices.gather(-1, order), leaf.grad, memory.keys.grad))
+    (scores, indices, grad_queries, grad_keys), reference = results
+    assert torch.equal(indices, reference[1])
+    assert torch.allclose(scores, reference[0], atol=1e-5)
+    assert torch.allclose(grad_queries, reference[2], atol=1e-5)
+    assert torch.allclose(grad_keys, reference[3], atol=1e-5)
+    assert grad_keys.abs().sum() > 0
 
 
 def test_output_matches_a_naive_reference():

@@ -77,6 +77,35 @@ def test_lazy_update_leaves_unread_rows_and_their_state_alone():
         assert set(moment.abs().sum(1).nonzero().flatten().tolist()) >= set(changed)
 
 
+def test_compiled_lazy_update_matches_the_torch_ops_update(monkeypatch):
+    """The compiled row update (one pass per row read) gives the chunked torch-op update's weights and
+    moments, step after step, with weight decay."""
+    from palimpsest import optim
+    from palimpsest.memory.kernels import cpu_kernels
+
+    if cpu_kernels() is None:
+        pytest.skip("the compiled memory kernels cannot be built on this machine")
+    _, compiled = _pair()
+    reference = copy.deepcopy(compiled)
+    batches = [torch.randn(2, 4, 16) for _ in range(3)]
+    results = []
+    for memory, path in ((compiled, "compiled"), (reference, "torch ops")):
+        if path == "torch ops":
+            monkeypatch.setattr(optim, "_compiled_rows", lambda *args: None)
+            monkeypatch.setattr(LazyAdamW, "rows_per_chunk", 5)  # several chunks
+        optimizer = LazyAdamW(memory.parameters(), lr=1e-2, weight_decay=0.1)
+        for hidden in batches:
+            optimizer.zero_grad()
+            memory(hidden).pow(2).sum().backward()
+            optimizer.step()
+        results.append((memory.values.weight.detach(), optimizer.state[memory.values.weight]))
+    (weights, state), (expected, expected_state) = results
+    assert not torch.equal(weights, _pair()[1].values.weight)  # the steps moved the values
+    assert torch.allclose(weights, expected, atol=1e-6)
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert torch.allclose(state[name], expected_state[name], atol=1e-7), name
+
+
 def test_clipping_counts_sparse_gradients():
     dense, sparse = _pair()
     hidden = torch.randn(2, 3, 16)

@@ -86,6 +86,13 @@ class LazyAdamW(torch.optim.AdamW):
         lr, decay, eps = float(group["lr"]), group["weight_decay"], group["eps"]
         step_size = lr / (1 - beta1**step)
         root_correction = math.sqrt(1 - beta2**step)
+        kernels = _compiled_rows(parameter, state, values)
+        if kernels is not None:  # one pass over each row read, in place
+            kernels.lazy_adamw_rows(
+                parameter, state["exp_avg"], state["exp_avg_sq"], rows.contiguous(), values.contiguous(),
+                lr, beta1, beta2, eps, decay, step_size, root_correction,
+            )  # fmt: skip
+            return
         # In chunks of rows gathered into three reused workspaces: a fresh allocation per gather
         # is page-faulted in and unmapped again every time, which took half of the update.
         spaces = self._workspaces(parameter)
@@ -122,6 +129,19 @@ class LazyAdamW(torch.optim.AdamW):
         ):
             spaces = cache[id(parameter)] = tuple(parameter.new_empty(shape) for _ in range(3))
         return spaces  # type: ignore[return-value]
+
+
+def _compiled_rows(parameter: torch.Tensor, state: dict, grad_rows: torch.Tensor):
+    """The compiled lazy update (:mod:`palimpsest.memory.kernels`, built for the memory's values) where
+    it applies: a 2-D fp32 CPU table with its moments, all contiguous; else None."""
+    tensors = (parameter, state["exp_avg"], state["exp_avg_sq"], grad_rows)
+    if parameter.dim() != 2 or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    if not all(t.is_contiguous() for t in tensors[:3]):
+        return None
+    from palimpsest.memory.kernels import cpu_kernels
+
+    return cpu_kernels()
 
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:

@@ -78,12 +78,14 @@ class ValueGradientBuffers:
     is most of a step. Here the dense gradient lives in one buffer that is zeroed in place
     and handed to autograd as a new view each step (autograd keeps that view as ``.grad``
     without copying), and the gathered rows of the backward go through one small reused
-    workspace. The price: a step's value gradient is overwritten by the next backward, as
-    with ``zero_grad(set_to_none=False)``; clone it to keep it.
+    workspace; a sparse gradient's rows (compiled path) live in one reused buffer too. The price:
+    a step's value gradient is overwritten by the next backward, as with
+    ``zero_grad(set_to_none=False)``; clone it to keep it.
     """
 
     def __init__(self) -> None:
         self.dense: dict[torch.dtype, torch.Tensor] = {}
+        self.sparse: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None
 
     def dense_gradient(self, values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -95,6 +97,16 @@ class ValueGradientBuffers:
             return self.dense[dtype].view(values.shape)
         buffer.zero_()
         return buffer.view(values.shape)
+
+    def sparse_rows(self, shape: tuple[int, int], reads: int, values: torch.Tensor) -> torch.Tensor:
+        """Room for the gradient rows of a sparse value gradient (the rows one batch read). Sized
+        for the most rows ``reads`` reads can touch, so a batch reading a few more rows than the
+        last does not map (and page-fault) a new buffer."""
+        space = self.sparse
+        if space is None or space.numel() < shape[0] * shape[1] or space.dtype != values.dtype:
+            most = min(reads, values.shape[0])
+            self.sparse = space = values.new_empty(max(most, shape[0]) * shape[1])
+        return space[: shape[0] * shape[1]].view(shape)
 
     def row_workspace(self, rows: int, values: torch.Tensor) -> torch.Tensor:
         """Room for ``rows`` value rows (the gathered rows of one chunk)."""
@@ -180,14 +192,28 @@ class _ValueRead(torch.autograd.Function):
             grad_values.copy_(sums)
         if want_values and ctx.sparse:
             # The reads sorted by slot: each distinct row's gradient is the weighted sum of the output
-            # gradients of the tokens that read it, an embedding bag over them (faster than adding).
+            # gradients of the tokens that read it (compiled: a loop per row; torch ops: an embedding
+            # bag over the output gradients, faster than adding).
             slots, order = indices.reshape(-1).sort()
             rows_read, counts = torch.unique_consecutive(slots, return_counts=True)
-            readers = torch.div(order, reads, rounding_mode="floor")  # the token of each read
-            block = functional.embedding_bag(
-                readers, grad_output, counts.cumsum(0) - counts, mode="sum",
-                per_sample_weights=weights.reshape(-1)[order].to(exact),
-            )  # fmt: skip
+            starts = counts.cumsum(0) - counts
+            if compiled is not None:
+                fresh = values.grad is not None or not reuse  # accumulating: never overwrite a held one
+                shape = (rows_read.numel(), values.shape[1])
+                block = (
+                    values.new_empty(shape) if fresh else buffers.sparse_rows(shape, indices.numel(), values)
+                )
+                flat_weights = weights.detach().reshape(-1).contiguous()
+                compiled.segment_value_gradient(order, starts, reads, flat_weights, grad_output, block)
+            else:
+                readers = torch.div(order, reads, rounding_mode="floor")  # the token of each read
+                block = functional.embedding_bag(
+                    readers,
+                    grad_output,
+                    starts,
+                    mode="sum",
+                    per_sample_weights=weights.reshape(-1)[order].to(exact),
+                )
             grad_values = torch.sparse_coo_tensor(
                 rows_read.unsqueeze(0), block.to(values.dtype), values.shape, is_coalesced=True,
                 check_invariants=False,
@@ -201,6 +227,79 @@ def _compiled_loops(values: torch.Tensor, indices: torch.Tensor, weights: torch.
     if values.device.type != "cpu" or values.dtype != torch.float32 or weights.dtype != torch.float32:
         return None
     if indices.dtype != torch.int64 or not values.is_contiguous():
+        return None
+    return cpu_kernels()
+
+
+class ScoreWorkspace:
+    """The half-key score table of one forward pass (heads x 2 x tokens x n_keys: 34 MB for 2,048
+    tokens at 262k slots), kept from call to call: a fresh one is mapped and page-faulted on every
+    forward, which on a CPU costs more than the matmul that fills it. It only lives inside the
+    forward (the selection copies out what it needs), so reusing it is safe."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffer
+        if (
+            buffer is None
+            or buffer.numel() < size
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            self.buffer = buffer = like.new_empty(size)
+        return buffer[:size].view(shape)
+
+
+class _ProductKeyScores(torch.autograd.Function):
+    """The product-key selection with compiled loops: ``(scores, slots)``, each ``(tokens, heads, k)``.
+
+    Forward: every half-key's score by one batched matmul, then per token and head the k best of
+    each half and the k best of their sums (a heap over the two sorted lists) in one pass
+    (torch's path: two top-k calls, a candidate table and a third top-k). Backward: only the k
+    selected scores per head carry a gradient, so the queries' gradient reads k keys per half
+    and the keys' gradient is added to the rows selected (torch's path: a mostly-zero score
+    gradient through two dense matmuls).
+    """
+
+    @staticmethod
+    def forward(ctx, queries, keys, k: int, kernels, workspace: ScoreWorkspace):
+        tokens = queries.shape[0]
+        heads, _, n_keys, half = keys.shape
+        halves = queries.reshape(tokens, heads * 2, half).transpose(0, 1)  # (heads * 2, tokens, half)
+        scores = workspace.get((heads * 2, tokens, n_keys), queries)
+        torch.bmm(halves, keys.reshape(heads * 2, n_keys, half).transpose(1, 2), out=scores)
+        best = queries.new_empty((tokens, heads, k))
+        slots, rows, columns = (torch.empty((tokens, heads, k), dtype=torch.int64) for _ in range(3))
+        kernels.product_key_select(scores.view(heads, 2, tokens, n_keys), k, best, slots, rows, columns)
+        ctx.save_for_backward(queries, keys, rows, columns)
+        ctx.mark_non_differentiable(slots)
+        return best, slots
+
+    @staticmethod
+    def backward(ctx, grad_scores, _grad_slots):
+        queries, keys, rows, columns = ctx.saved_tensors
+        kernels = cpu_kernels()
+        grad_queries = torch.empty_like(queries, memory_format=torch.contiguous_format)
+        grad_keys = torch.zeros_like(keys, memory_format=torch.contiguous_format)
+        kernels.key_score_backward(
+            queries.contiguous(), keys.contiguous(), rows, columns, grad_scores.contiguous(), grad_queries,
+            grad_keys,
+        )  # fmt: skip
+        return (
+            grad_queries if ctx.needs_input_grad[0] else None,
+            grad_keys if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _compiled_selection(queries: torch.Tensor, keys: torch.Tensor):
+    """The compiled selection's loops where they apply (CPU, fp32, built here); else None."""
+    if queries.device.type != "cpu" or queries.dtype != torch.float32 or keys.dtype != torch.float32:
         return None
     return cpu_kernels()
 
@@ -282,6 +381,7 @@ class ProductKeyMemory(nn.Module):
         #: Whether the optimizer accepts sparse value gradients; "auto" stays dense until it is set.
         self.lazy_optimizer = False
         self.gradient_buffers = ValueGradientBuffers()
+        self.score_workspace = ScoreWorkspace()
         self.reuse_gradient_buffer = True
         ranks = [(a, b) for a in range(k) for b in range(k) if (a + 1) * (b + 1) <= k]
         self.register_buffer("candidate_rows", torch.tensor([a for a, _ in ranks]), persistent=False)
@@ -309,7 +409,14 @@ class ProductKeyMemory(nn.Module):
             nn.init.normal_(self.values.weight, mean=0.0, std=self.value_dim**-0.5, generator=generator)
 
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k slots per head: ``(scores, indices)``, each ``(tokens, heads, k)``."""
+        """Exact top-k slots per head: ``(scores, indices)``, each ``(tokens, heads, k)``.
+
+        On a CPU in fp32 the compiled selection (:class:`_ProductKeyScores`) does it; elsewhere, and
+        where it cannot be built, torch ops do the same.
+        """
+        kernels = _compiled_selection(queries, self.keys)
+        if kernels is not None:
+            return _ProductKeyScores.apply(queries, self.keys, self.k, kernels, self.score_workspace)
         tokens = queries.shape[0]
         halves = queries.view(tokens, self.heads, 2, self.k_dim // 2)
         # (tokens, heads, n_keys) scores of each half against its sub-keys

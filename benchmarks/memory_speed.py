@@ -290,15 +290,20 @@ def main() -> None:
             f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
             f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(diff, '12.1e'):>12}"
         )
-    from palimpsest.memory.layer import AUTO_SPARSE_SHARE, expected_share_read
+    from palimpsest.memory.kernels import cpu_kernels
+    from palimpsest.memory.layer import AUTO_SPARSE_SHARE, auto_prefers_sparse, expected_share_read
 
+    compiled = args.device == "cpu" and dtype == torch.float32 and cpu_kernels() is not None
+    rule = "always, with the compiled loops" if compiled else f"sparse below {AUTO_SPARSE_SHARE:.0%}"
     auto = {}
     for size in dict.fromkeys(r["slots"] for r in rows):
         share = expected_share_read(TOKENS * HEADS * K, SIZES[size] ** 2)
-        auto[size] = "sparse" if share < AUTO_SPARSE_SHARE else "dense"
+        auto[size] = (
+            "sparse" if auto_prefers_sparse(TOKENS * HEADS * K, SIZES[size] ** 2, compiled) else "dense"
+        )
         print(
             f"{size}: a batch reads ~{share:.0%} of the rows; sparse_updates='auto' (palimpsest's trainer) "
-            f"takes the {auto[size]} path (sparse below {AUTO_SPARSE_SHARE:.0%})"
+            f"takes the {auto[size]} path ({rule})"
         )
     document = {
         "benchmark": "memory_speed",

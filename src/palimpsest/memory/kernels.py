@@ -1,21 +1,29 @@
-"""Compiled CPU loops for the backward of the memory's value read (optional, built on first use).
+"""Compiled CPU loops for the product-key memory (optional, built on first use).
 
-With torch ops, the backward of ``embedding_bag(indices, values, weights)`` spends most of a CPU
-step on temporaries: the scaled output gradients that ``index_add_`` scatters (with an index
-tensor as large as them) and the gathered value rows multiplied for the weights' gradient. Two
-plain loops need none of that:
+With torch ops, a CPU step of the memory spends most of its time on temporaries and on work the
+selection makes unnecessary. Plain loops need neither:
 
-* the values' gradient, each thread owning a range of table rows (no atomics, no sort): it
-  walks every read and adds ``weight * output_gradient`` to the rows in its range;
-* the weights' gradient, one dot product per read, parallel over tokens.
+* the selection (:func:`product_key_select`): per token and head, the k best of each half's
+  scores (a threshold from group maxima, then a partial sort of the few values above it) and
+  the k best of their sums by a heap over the two sorted lists — one pass instead of two
+  top-k calls, a table of candidate pairs and a third top-k;
+* its backward (:func:`key_score_backward`): only the k selected scores per head have a
+  gradient, so the queries' gradient reads k keys per half and the keys' gradient is added to
+  the selected rows (threads own ranges of rows: no atomics) — instead of a mostly-zero score
+  gradient through two dense matmuls;
+* the values' dense gradient, each thread owning a range of table rows; the sparse one by
+  segments of the reads sorted by slot; the weights' gradient, a dot product per read;
+* the lazy AdamW update of the rows read (:class:`palimpsest.optim.LazyAdamW`), one pass per row.
 
-Measured on 2 CPU cores at 262k slots (2,048 tokens x 128 reads, width 256): the values'
-gradient 48.6 ms with ``index_add_`` -> 18.8 ms, the weights' gradient 68.6 -> 15.0 ms.
+Reads of random rows from a table far larger than the caches fetch the row a few reads ahead.
+Measured on 2 CPU cores, one step of the layer (benchmarks/memory_speed.py: 2,048 tokens, 4
+heads, k=32, width 256): at 262k slots 175 ms before these loops (dense path) -> ~100 ms; at
+1M slots, sparse path, 540 -> ~140-160 ms (README, "Speed").
 
-They are compiled with torch's C++ extension loader the first time a CPU fp32 memory runs a
-backward (a C++ compiler and ninja are needed; ~20 s, then cached, per CPU model since the
+They are compiled with torch's C++ extension loader the first time a CPU fp32 memory runs (a
+C++ compiler and ninja are needed; ~30 s, then cached per CPU model and source, since the
 build targets this CPU). Where that is not possible the layer keeps its torch-op path, which
-computes the same sums.
+computes the same results (tested against each other).
 """
 
 from __future__ import annotations
@@ -38,6 +46,18 @@ _SOURCE = r"""
 #include <limits>
 #include <utility>
 #include <vector>
+
+// Reads are random rows of a table far larger than the caches: asking for the row a few reads
+// ahead lets its cache lines arrive while the current one is used (measured at 262k slots of
+// width 256 on 2 cores: the weights' gradient 15.1 -> 7.7 ms with 8 reads ahead; 4 or 16: slower).
+constexpr int64_t kAhead = 8;
+
+static inline void prefetch_row(const float* row, int64_t width) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t line = 0; line < width * static_cast<int64_t>(sizeof(float)); line += 64) {
+    __builtin_prefetch(bytes + line);
+  }
+}
 
 // out[slot] += weight * grad_output[token] for every read; out is zeroed by the caller.
 void value_gradient(torch::Tensor indices, torch::Tensor weights, torch::Tensor grad_output,
@@ -69,6 +89,7 @@ void value_gradient(torch::Tensor indices, torch::Tensor weights, torch::Tensor 
 void weight_gradient(torch::Tensor indices, torch::Tensor values, torch::Tensor grad_output,
                      torch::Tensor out) {
   const int64_t tokens = indices.size(0), reads = indices.size(1), width = grad_output.size(1);
+  const int64_t total = indices.numel();
   const int64_t* index = indices.data_ptr<int64_t>();
   const float* table = values.data_ptr<float>();
   const float* grad = grad_output.data_ptr<float>();
@@ -77,7 +98,9 @@ void weight_gradient(torch::Tensor indices, torch::Tensor values, torch::Tensor 
     for (int64_t t = begin; t < end; ++t) {
       const float* g = grad + t * width;
       for (int64_t r = 0; r < reads; ++r) {
-        const float* row = table + index[t * reads + r] * width;
+        const int64_t n = t * reads + r;
+        if (n + kAhead < total) prefetch_row(table + index[n + kAhead] * width, width);
+        const float* row = table + index[n] * width;
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t d = 0; d < width; ++d) sum += row[d] * g[d];
@@ -130,6 +153,12 @@ void lazy_adamw_rows(torch::Tensor parameter, torch::Tensor exp_avg, torch::Tens
   const float size = float(step_size), correction = float(root_correction);
   at::parallel_for(0, count, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      if (i + kAhead < end) {
+        const int64_t ahead = row[i + kAhead] * width;
+        prefetch_row(weights + ahead, width);
+        prefetch_row(first + ahead, width);
+        prefetch_row(second + ahead, width);
+      }
       const int64_t offset = row[i] * width;
       float* w = weights + offset;
       float* m = first + offset;

@@ -18,11 +18,13 @@ and zero-filling a fresh one was most of a CPU step), unless ``reuse_gradient_bu
 off (FSDP turns it off: a sharded run must not keep a whole table's gradient).
 ``sparse_updates=True`` instead hands autograd a sparse (coalesced) gradient over the rows
 that were read, so that an optimizer that understands it (:class:`palimpsest.optim.LazyAdamW`)
-reads and writes only those rows. It pays for sorting the reads and gathering rows, so it wins
-only when a batch reads a small share of the table: ``sparse_updates="auto"`` takes it for a
-batch expected to read less than :data:`AUTO_SPARSE_SHARE` of the rows, and only once
-palimpsest's trainer (which updates with ``LazyAdamW``) has said sparse gradients are welcome
-(``lazy_optimizer``); anywhere else "auto" is dense, which every optimizer accepts.
+reads and writes only those rows. It pays for sorting the reads; with the compiled CPU loops
+(:mod:`palimpsest.memory.kernels`) it was faster at every share of rows read measured, with torch
+ops only below about half. ``sparse_updates="auto"`` takes it accordingly
+(:func:`auto_prefers_sparse`), and only once palimpsest's trainer (which updates with
+``LazyAdamW``) has said sparse gradients are welcome (``lazy_optimizer``); anywhere else "auto"
+is dense, which every optimizer accepts. The lazy update leaves rows a batch did not read as
+they were, moments included (dense AdamW keeps decaying and moving them).
 """
 
 from __future__ import annotations
@@ -42,15 +44,23 @@ SparseUpdates = bool | Literal["auto"]
 #: Every value ``sparse_updates`` may take.
 SPARSE_UPDATES_CHOICES = (True, False, "auto")
 
-#: "auto" takes the sparse value path below this share of the table's rows read by a batch.
-#: Measured on the built-in real model (SmolLM2-135M, a 262k-slot zero-value memory of width
-#: 576 in block 15, values trained alone with LazyAdamW, 2 CPU cores), ms per step dense /
-#: sparse: 6% of the rows read 945 / 391, 39% 4,241 / 3,433, 63% 7,455 / 6,899 — the dense
-#: path pays for the whole 604 MB table every step. The bare layer (width 256, no model around
-#: it) is less favourable: sparse faster at 12% of 262k rows (44 vs 64 ms), slower at 22-61%
-#: (91 vs 80 ... 249 vs 202), and at 1M slots runs disagree between 22% and 38%. Half the
-#: table is where sparse won on the real model without losing much anywhere measured.
+#: "auto" on the torch-op path (a GPU, bf16, or no C++ compiler) takes the sparse value path below
+#: this share of the table's rows read by a batch. Measured on the built-in real model
+#: (SmolLM2-135M, a 262k-slot zero-value memory of width 576 in block 15, values trained alone
+#: with LazyAdamW, 2 CPU cores) before the compiled loops, ms per step dense / sparse: 6% of the
+#: rows read 945 / 391, 39% 4,241 / 3,433, 63% 7,455 / 6,899; the bare layer was less
+#: favourable (sparse slower from 22% at 262k slots). With the compiled CPU loops (sparse
+#: gradient by segments, one-pass lazy AdamW rows) sparse is faster at every share measured:
+#: real model 935 / 388 at 6%, 3,978 / 3,279 at 39%, 7,542 / 6,752 at 63%; bare layer at 262k
+#: 51 / 18 ms at 12% ... 364 / 358 at 96%, at 1M 120 / 22 at 3% ... 712 / 462 at 60%.
 AUTO_SPARSE_SHARE = 0.5
+
+
+def auto_prefers_sparse(reads: int, slots: int, compiled: bool) -> bool:
+    """Whether ``sparse_updates="auto"`` takes the sparse path for a batch of ``reads`` reads of
+    ``slots`` rows (an optimizer that accepts sparse gradients assumed): always with the
+    compiled CPU loops, below :data:`AUTO_SPARSE_SHARE` of the rows read without them."""
+    return compiled or expected_share_read(reads, slots) < AUTO_SPARSE_SHARE
 
 
 def expected_share_read(reads: int, slots: int) -> float:
@@ -458,7 +468,13 @@ class ProductKeyMemory(nn.Module):
     def sparse_gradient(self, reads: int) -> bool:
         """Whether a batch of ``reads`` slot reads gets a sparse value gradient."""
         if self.sparse_updates == "auto":
-            return self.lazy_optimizer and expected_share_read(reads, self.size) < AUTO_SPARSE_SHARE
+            values = self.values.weight
+            compiled = (
+                values.device.type == "cpu" and values.dtype == torch.float32 and values.is_contiguous()
+            )
+            return self.lazy_optimizer and auto_prefers_sparse(
+                reads, self.size, compiled and cpu_kernels() is not None
+            )
         return bool(self.sparse_updates)
 
     def multiply_adds_per_token(self) -> int:

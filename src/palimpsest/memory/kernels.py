@@ -17,8 +17,8 @@ selection makes unnecessary. Plain loops need neither:
 
 Reads of random rows from a table far larger than the caches fetch the row a few reads ahead.
 Measured on 2 CPU cores, one step of the layer (benchmarks/memory_speed.py: 2,048 tokens, 4
-heads, k=32, width 256): at 262k slots 175 ms before these loops (dense path) -> ~100 ms; at
-1M slots, sparse path, 540 -> ~140-160 ms (README, "Speed").
+heads, k=32, width 256): at 262k slots 175 ms before the selection and sparse loops -> 92 ms
+(sparse path); at 1M slots, sparse path, 540 -> 124-132 ms (README, "Benchmarks").
 
 They are compiled with torch's C++ extension loader the first time a CPU fp32 memory runs (a
 C++ compiler and ninja are needed; ~30 s, then cached per CPU model and source, since the

@@ -67,6 +67,20 @@ def test_compiled_selection_gradients_match_torch_ops(monkeypatch):
     assert grad_keys.abs().sum() > 0
 
 
+def test_inference_mode_then_training():
+    """The reused score table made under inference mode is not written outside it (torch forbids it)."""
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(16, n_keys=16, heads=2, k=4, k_dim=8)
+    hidden = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        expected = memory(hidden)
+    output = memory(hidden)
+    output.sum().backward()
+    assert torch.allclose(output, expected) and memory.keys.grad is not None
+    with torch.inference_mode():
+        assert torch.allclose(memory(hidden), expected)
+
+
 def test_output_matches_a_naive_reference():
     torch.manual_seed(0)
     memory = ProductKeyMemory(24, n_keys=10, heads=2, k=5, k_dim=8, value_dim=6, query_norm="none")

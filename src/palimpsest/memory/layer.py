@@ -245,7 +245,8 @@ class ScoreWorkspace:
     """The half-key score table of one forward pass (heads x 2 x tokens x n_keys: 34 MB for 2,048
     tokens at 262k slots), kept from call to call: a fresh one is mapped and page-faulted on every
     forward, which on a CPU costs more than the matmul that fills it. It only lives inside the
-    forward (the selection copies out what it needs), so reusing it is safe."""
+    forward (the selection copies out what it needs), so reusing it is safe — except for forward
+    passes of one layer run at once from several threads, which would share it."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -258,6 +259,8 @@ class ScoreWorkspace:
             or buffer.numel() < size
             or buffer.dtype != like.dtype
             or buffer.device != like.device
+            # one made under torch.inference_mode() cannot be written outside it, nor kept inside it
+            or buffer.is_inference() != torch.is_inference_mode_enabled()
         ):
             self.buffer = buffer = like.new_empty(size)
         return buffer[:size].view(shape)

@@ -67,6 +67,18 @@ def test_compiled_selection_gradients_match_torch_ops(monkeypatch):
     assert grad_keys.abs().sum() > 0
 
 
+@pytest.mark.parametrize("path", ["compiled", "torch ops"])
+def test_nan_queries_still_select_slots_of_the_memory(monkeypatch, path):
+    """A diverged model's NaN queries give NaN outputs, never a read outside the table."""
+    _selection_path(monkeypatch, path)
+    memory = ProductKeyMemory(16, n_keys=16, heads=2, k=4, k_dim=8)
+    queries = torch.randn(6, 16)
+    queries[0] = float("nan")
+    queries[1, :4] = float("nan")  # one half of one head
+    _scores, indices = memory.select(queries)
+    assert indices.min() >= 0 and indices.max() < memory.size
+
+
 def test_inference_mode_then_training():
     """The reused score table made under inference mode is not written outside it (torch forbids it)."""
     torch.manual_seed(0)

@@ -215,6 +215,10 @@ static void top_k_of_row(const float* x, int64_t n, int64_t k, uint32_t* where, 
     where[count] = static_cast<uint32_t>(i);
     count += x[i] >= threshold;
   }
+  if (count < k) {  // only with NaN scores, which compare false: every value is a candidate
+    for (int64_t i = 0; i < n; ++i) where[i] = static_cast<uint32_t>(i);
+    count = n;
+  }
   for (int64_t c = 0; c < count; ++c) keys[c] = packed(x[where[c]], where[c]);
   std::nth_element(keys, keys + (k - 1), keys + count);
   std::sort(keys, keys + k);

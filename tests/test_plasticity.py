@@ -15,6 +15,7 @@ from palimpsest.experiments.plasticity import (
     _verdict,
     first_step_at_or_below,
     run_plasticity,
+    summarise,
 )
 from palimpsest.forgetting.callback import ForgettingConfig
 
@@ -23,6 +24,46 @@ def test_first_step_at_or_below():
     curve = [[0, 5.0], [10, 4.0], [20, 3.5]]
     assert first_step_at_or_below(curve, 4.0) == 10
     assert first_step_at_or_below(curve, 3.0) is None
+
+
+def _run(variant, seed, curve, budget=3000):
+    return {
+        "variant": variant,
+        "language": "wiki-fr",
+        "budget": budget,
+        "seed": seed,
+        "curve": [[step, loss] for step, loss in curve],
+        "final_loss": min(loss for _, loss in curve),
+        "zero_shot_accuracy": 0.3,
+        "zero_shot_majority": 0.3,
+    }
+
+
+def test_relearning_gap_is_kept_at_every_evaluation_with_its_crossover():
+    """Forgetting lower at the start, the standard model lower from step 20 and at the end."""
+    settings = dataclasses.replace(SCALES["smoke"], languages=("wiki-fr",), budgets=(3000,), seeds=(0, 1))
+    standard = [(0, 7.0), (10, 6.0), (20, 5.0), (30, 4.5)]
+    forgetting = [(0, 6.5), (10, 5.5), (20, 5.2), (30, 5.0)]
+    runs = [
+        _run(v, seed, curve)
+        for seed in (0, 1)
+        for v, curve in (("standard", standard), ("forgetting", forgetting))
+    ]
+    task = {v: {"accuracy": 0.9, "majority_baseline": 0.3} for v in ("standard", "forgetting")}
+    (cell,) = summarise(runs, task, settings).cells
+    assert cell.early_step == 10 and cell.early_gap == pytest.approx((0.5, 0.0))
+    assert cell.early_gap_positive_seeds == 2
+    assert cell.gap_mean == pytest.approx([0.5, 0.5, -0.2, -0.5])
+    assert cell.crossover_step == 20
+    assert cell.final_gap_positive_seeds == 0
+    verdict = summarise(runs, task, settings).verdict
+    assert "converged faster, to a worse loss" in verdict
+    # the reverse: the standard model lower throughout, never a crossover
+    runs = [_run(v, 0, curve) for v, curve in (("standard", forgetting), ("forgetting", standard))]
+    settings = dataclasses.replace(settings, seeds=(0,))
+    (cell,) = summarise(runs, task, settings).cells
+    assert cell.crossover_step == 10 and cell.early_gap_positive_seeds == 0
+    assert "did NOT appear" in summarise(runs, task, settings).verdict
 
 
 def test_smoke_study_is_complete_and_resumable(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.errors import DataError
-from palimpsest.report import write_report
+from palimpsest.report import Section, render_html, render_markdown, write_report
 from palimpsest.results import read_results, results_classes
 from palimpsest.storage import resumable
 
@@ -50,6 +50,16 @@ class _Row:
 
     label: str
     metrics: dict[str, tuple[float, float]]
+
+
+def test_verdict_paragraphs_and_lists_render_in_markdown_and_html(tmp_path):
+    verdict = "Claim, N=16:\n- a < b\n- c\n\nSecond paragraph.\n\n- only\n- items"
+    sections = [Section("study", [verdict])]
+    assert verdict in render_markdown("t", sections, tmp_path)
+    page = render_html("t", sections)
+    assert "<p>Claim, N=16:</p><ul><li>a &lt; b</li><li>c</li></ul>" in page
+    assert "<p>Second paragraph.</p>" in page
+    assert "<ul><li>only</li><li>items</li></ul>" in page
 
 
 def test_a_flat_mapping_sits_beside_the_fields_and_reads_back():

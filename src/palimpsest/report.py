@@ -129,6 +129,25 @@ figure{margin:1rem 0}img{max-width:100%}figcaption{font-size:.85rem;color:#555}
 """
 
 
+def _html_text(text: str) -> list[str]:
+    """A text block as the markdown report reads it: paragraphs split by blank lines, and a
+    paragraph whose lines all start with "- " as a list (the verdicts use both)."""
+    parts = []
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        lines = paragraph.splitlines()
+        if not lines:
+            continue
+        if all(line.startswith("- ") for line in lines):
+            items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines)
+            parts.append(f"<ul>{items}</ul>")
+        elif len(lines) > 1 and all(line.startswith("- ") for line in lines[1:]):
+            items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines[1:])
+            parts.append(f"<p>{html.escape(lines[0])}</p><ul>{items}</ul>")
+        else:
+            parts.append(f"<p>{html.escape(paragraph)}</p>")
+    return parts
+
+
 def render_html(title: str, sections: Sequence[Section], preface: str = "") -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -154,7 +173,7 @@ def render_html(title: str, sections: Sequence[Section], preface: str = "") -> s
                     f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
                 )
             else:
-                parts.append(f"<p>{html.escape(block)}</p>")
+                parts += _html_text(block)
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -741,19 +741,20 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
         cell = [r for r in rows if r.size == size]
         if not cell:
             continue
-        described = "; ".join(
-            f"{r.arm} learned {100 * r.after['learned'][0]:.0f}% "
+        described = "".join(
+            f"\n- {r.arm} learned {100 * r.after['learned'][0]:.0f}% "
             f"(paraphrase {100 * r.after['paraphrase'][0]:.0f}%), "
             f"kept {100 * r.after['kept'][0]:.0f}% (lost {100 * r.kept_lost[0]:+.0f} points), perplexity "
             f"{r.perplexity_change[0]:+.1f}%"
             for r in cell
         )
         parts.append(
-            f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%): {described}."
+            f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%):{described}"
         )
         parts.append(_claim(cell, size))
         parts.append(_specific_slots(cell, size))
-    return " ".join(part for part in parts if part)
+    # paragraphs and lists: the report renders them (markdown as is, HTML by ``report._html_text``)
+    return "\n\n".join(part for part in parts if part)
 
 
 def _direction(mine: tuple[float, float], other: tuple[float, float], n_mine: int, n_other: int) -> int:
@@ -779,8 +780,9 @@ def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
             f"{r.arm}: {changed:,.0f} slots changed, {100 * share:.0f}% of them read by wiki-en text "
             f"(which reads {100 * r.slots_used_by_wiki[0]:.0f}% of all slots)"  # type: ignore[index]
         )
-    return f"Slots written at N={size} (the premise: new facts go to slots ordinary text leaves alone): " + (
-        "; ".join(described) + "."
+    return (
+        f"Slots written at N={size} (the premise: new facts go to slots ordinary text leaves alone):"
+        + "".join(f"\n- {line}" for line in described)
     )
 
 
@@ -839,11 +841,8 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
         if single
         else ""
     )
-    return (
-        f"Claim 'memory-only / sparse updates forget less at equal learning', N={size}: "
-        + "; ".join(findings)
-        + "."
-        + caveat
+    return f"Claim 'memory-only / sparse updates forget less at equal learning', N={size}.{caveat}" + "".join(
+        f"\n- {finding}" for finding in findings
     )
 
 

@@ -734,7 +734,7 @@ def _verdict(
         body_sentence,
         "Relearning (standard minus forgetting validation loss, positive favours forgetting; at the first "
         "evaluation after the fresh draw, where the standard model's mean is first the lower, and for the "
-        "best embeddings each run kept): " + "; ".join(early) + ".",
+        "best embeddings each run kept):" + "".join(f"\n- {line}" for line in early),
     ]
     if not consistent:
         parts.append(
@@ -803,7 +803,8 @@ def _verdict(
             "RoBERTa-base after 125k updates of 1M tokens each; this scale's is far smaller — so no transfer "
             "gain can be judged here."
         )
-    return " ".join(parts)
+    # paragraphs and a list: the report renders them (markdown as is, HTML by ``report._html_text``)
+    return "\n\n".join(parts)
 
 
 # --------------------------------------------------------------------------- results

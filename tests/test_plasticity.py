@@ -211,3 +211,13 @@ def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path
     assert rotated["cosine"] < 0.5 and rotated["retrieval"] > 0.9
     assert _renaming_of("script:cyrillic")(" Abc") == " Абв" and _renaming_of("identity")("x") == "x"
     assert _renaming_of("permute+script:georgian") is None
+
+
+def test_units_stored_before_init_std_existed_keep_their_key():
+    """An unset ``init_std`` stays out of the unit key, so earlier runs resume instead of redoing
+    every adaptation; a set one is part of it (it changes the result)."""
+    from palimpsest.experiments.plasticity import _adaptation_key
+    from palimpsest.forgetting.relearning import LanguageAdaptation
+
+    assert "init_std" not in _adaptation_key(LanguageAdaptation())
+    assert _adaptation_key(LanguageAdaptation(init_std=0.1))["init_std"] == 0.1

@@ -1,8 +1,10 @@
 """The relearning pipeline: what each step trains, keeps and assembles."""
 
+import pytest
 import torch
 
 from palimpsest.data import Corpus, CorpusSplit, load_corpus, split_corpus
+from palimpsest.errors import ConfigError
 from palimpsest.forgetting import find_token_embeddings
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
@@ -12,6 +14,7 @@ from palimpsest.forgetting.relearning import (
     assemble,
     budget_texts,
     evaluate_topics,
+    swap_vocabulary,
     topic_task,
 )
 from palimpsest.models import build_model, load_pretrained
@@ -99,6 +102,19 @@ def test_an_untied_decoder_head_follows_the_new_vocabulary(tmp_path, tokenizer):
     for name, parameter in after.named_parameters():
         if name not in result["trainable"]:
             assert torch.equal(parameter, old[name]), f"{name} moved during language adaptation"
+
+
+def test_fresh_embeddings_take_the_spread_asked_for_else_the_initializer_range(tokenizer):
+    """A trained checkpoint's body reads embeddings of its trained scale, which its
+    ``initializer_range`` does not tell: ``init_std`` sets the draw's spread."""
+    model = build_model("llama", "micro", tokenizer, max_positions=64, dropout=0.0, seed=0)
+    swap_vocabulary(model, tokenizer, seed=0)
+    default = model.get_input_embeddings().weight.detach().std().item()
+    assert abs(default - model.config.initializer_range) < 0.1 * model.config.initializer_range
+    swap_vocabulary(model, tokenizer, seed=0, std=0.5)
+    assert abs(model.get_input_embeddings().weight.detach().std().item() - 0.5) < 0.05
+    with pytest.raises(ConfigError, match="init_std"):
+        LanguageAdaptation(init_std=0.0)
 
 
 def test_task_adaptation_freezes_embeddings_and_assembly_combines(tmp_path, tokenizer, wiki_small):

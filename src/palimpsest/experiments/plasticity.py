@@ -445,7 +445,7 @@ def run_plasticity(
                     adaptation = replace(settings.adaptation, tokens=budget, seed=seed)
                     key = {
                         "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
-                        "task": task_keys[variant], "adaptation": to_dict(adaptation),
+                        "task": task_keys[variant], "adaptation": _adaptation_key(adaptation),
                         "language": asdict(settings.language(language)),
                         "max_length": settings.pretrain.data.block_size, "keep_models": settings.keep_models,
                     }  # fmt: skip
@@ -492,6 +492,15 @@ def _task_unit(
     result = adapt_task(model_path, task, settings, unit_dir, label_names=labels, callbacks=callbacks)
     remove_tree(unit_dir / "trainer")
     return result
+
+
+def _adaptation_key(adaptation: LanguageAdaptation) -> dict[str, Any]:
+    """The adaptation's settings as a unit key; ``init_std`` only when set, so units stored
+    before that option existed are still found."""
+    key = to_dict(adaptation)
+    if key.get("init_std") is None:
+        key.pop("init_std", None)
+    return key
 
 
 def embedding_alignment(

@@ -221,3 +221,19 @@ def test_units_stored_before_init_std_existed_keep_their_key():
 
     assert "init_std" not in _adaptation_key(LanguageAdaptation())
     assert _adaptation_key(LanguageAdaptation(init_std=0.1))["init_std"] == 0.1
+
+
+def test_the_verdict_says_whether_the_papers_reversal_with_more_data_appeared():
+    """Forgetting ahead with little data and behind with plenty is the paper's pattern; forgetting
+    still ahead at the largest budget means it did not appear; mixed languages mean partial."""
+    from types import SimpleNamespace
+
+    from palimpsest.experiments.plasticity import _reversal
+
+    def cells(small, large):
+        return [SimpleNamespace(budget=b, final_gap_positive_seeds=n) for b, n in ((20, small), (200, large))]
+
+    assert "reversal appears" in _reversal(cells(3, 0), seeds=3)
+    assert "did NOT appear up to 200" in _reversal(cells(3, 3), seeds=3)
+    assert "partial" in _reversal([*cells(3, 0), *cells(3, 3)], seeds=3)
+    assert _reversal(cells(3, 0)[:1], seeds=3) == ""

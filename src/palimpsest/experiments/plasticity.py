@@ -708,6 +708,26 @@ def _mean_alignment(group: list[dict[str, Any]]) -> dict[str, float] | None:
 BODY_MARGIN = 0.20
 
 
+def _reversal(cells: list[PlasticityCell], seeds: int) -> str:
+    """Whether the paper's reversal shows at the largest budget: the standard model keeping the
+    lower loss in every seed of every language there, where forgetting led at a smaller one."""
+    budgets = sorted({c.budget for c in cells})
+    if len(budgets) < 2:
+        return ""
+    largest = [c for c in cells if c.budget == budgets[-1]]
+    smaller = [c for c in cells if c.budget < budgets[-1]]
+    if all(c.final_gap_positive_seeds == 0 for c in largest) and any(
+        c.final_gap_positive_seeds == seeds for c in smaller
+    ):
+        return f": the reversal appears — at {budgets[-1]:,} tokens the standard model keeps the lower loss"
+    if all(c.final_gap_positive_seeds == seeds for c in largest):
+        return (
+            f": the reversal did NOT appear up to {budgets[-1]:,} tokens, where forgetting still keeps "
+            "the lower loss"
+        )
+    return f": at {budgets[-1]:,} tokens the languages disagree, so the reversal is partial at most"
+
+
 def _verdict(
     cells: list[PlasticityCell],
     gains: dict[int, tuple[float, float]],
@@ -767,7 +787,9 @@ def _verdict(
         + (", ".join(best_forgetting) or "no cell")
         + "; with the standard model in every seed: "
         + (", ".join(best_standard) or "no cell")
-        + " (the paper: forgetting's advantage lives in the low-data band and reverses with plenty of data)."
+        + " (the paper: forgetting's advantage lives in the low-data band and reverses with plenty of data)"
+        + _reversal(cells, seeds)
+        + "."
     )
     for budget, (mean, std) in gains.items():
         parts.append(

@@ -15,28 +15,29 @@ table (matched cosine, unrelated-pair cosine, linear-map retrieval).
 """
 
 import argparse
-import collections
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from palimpsest.data import load_tokenizer
+from palimpsest.data import encode_blocks, lm_eval_set, load_tokenizer, unigram_baseline
 from palimpsest.experiments.plasticity import SCALES, embedding_alignment, language_split
 from palimpsest.forgetting.relearning import LanguageAdaptation, adapt_language, budget_texts
 from palimpsest.models import resolve_pretrained
 from palimpsest.training import TrainingConfig
 
 
-def unigram_loss(tokenizer, train_texts, validation_texts) -> float:
-    """Cross-entropy of the training text's token frequencies (add-one) on the validation text:
-    what a model that ignores context scores, the floor a useful body must beat."""
-    counts = collections.Counter(i for text in train_texts for i in tokenizer(text)["input_ids"])
-    total, size = sum(counts.values()), len(tokenizer)
-    ids = [i for text in validation_texts for i in tokenizer(text)["input_ids"]]
-    return sum(-math.log((counts[i] + 1) / (total + size)) for i in ids) / len(ids)
+def unigram_loss(split, adaptation: LanguageAdaptation, tokenizer) -> float:
+    """What token frequencies alone score on the very blocks the relearned model was scored on
+    (those :func:`adapt_language` builds): the floor a body that reads the new embeddings beats."""
+    train_blocks = encode_blocks(
+        budget_texts(split.train, adaptation.tokens), tokenizer, adaptation.block_size,
+        max_tokens=adaptation.tokens,
+    )  # fmt: skip
+    eval_blocks = encode_blocks(split.validation, tokenizer, adaptation.block_size)
+    eval_blocks = eval_blocks.select(range(min(adaptation.max_eval_blocks, len(eval_blocks))))
+    return unigram_baseline(train_blocks, lm_eval_set(eval_blocks, tokenizer, "clm"), len(tokenizer)).loss
 
 
 def main() -> None:
@@ -67,9 +68,7 @@ def main() -> None:
     result["seconds"] = time.time() - start
     result["alignment"] = embedding_alignment(source, result["model_path"], lambda text: text)
     tokenizer = load_tokenizer(result["model_path"])
-    result["unigram_loss"] = unigram_loss(
-        tokenizer, budget_texts(split.train, args.tokens).texts, split.validation.texts[:200]
-    )
+    result["unigram_loss"] = unigram_loss(split, adaptation, tokenizer)
     result["settings"] = vars(args) | {"out": str(args.out)}
     (out / "probe.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     print(

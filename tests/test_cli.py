@@ -34,7 +34,7 @@ def test_wrong_type_in_config_is_one_line(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("training:\n  steps: many\n")
     assert "training.steps" in one_error_line(
-        palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path))
+        palimpsest("pretrain", "--config", str(config), "--out", str(tmp_path / "o"))
     )
 
 

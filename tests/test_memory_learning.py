@@ -56,7 +56,7 @@ def test_memory_only_training_leaves_every_other_weight_bitwise(tmp_path, tokeni
 def test_sparse_fine_tuning_moves_only_the_slots_it_chose(tmp_path, tokenizer, monkeypatch):
     import palimpsest.memory.learning as learning
 
-    monkeypatch.setattr(learning, "background_batches", lambda tok, settings: [
+    monkeypatch.setattr(learning, "background_batches", lambda tok, settings, model=None: [
         {"input_ids": torch.tensor([tok("History of the world in one line.")["input_ids"]])}
     ])  # fmt: skip
     model = _model(tokenizer)

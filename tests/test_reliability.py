@@ -91,7 +91,7 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, command):
 def test_one_writer_per_folder(tmp_path):
     folder = tmp_path / "out"
     with OutputLock(folder):
-        assert (folder / OutputLock.NAME).read_text() == str(os.getpid())
+        assert json.loads((folder / OutputLock.NAME).read_text())["pid"] == os.getpid()
         (folder / OutputLock.NAME).write_text(str(os.getppid()))  # as if the parent process held it
         with pytest.raises(DataError, match=f"pid {os.getppid()}"):
             OutputLock(folder).__enter__()
@@ -100,6 +100,22 @@ def test_one_writer_per_folder(tmp_path):
     (folder / OutputLock.NAME).write_text("999999999")  # left by a process that is gone
     with OutputLock(folder) as lock:
         assert lock.held
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    import socket
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    parent = os.getppid()  # alive, but not the process that wrote the lock: another start time
+    (folder / OutputLock.NAME).write_text(
+        json.dumps({"pid": parent, "started": 1, "host": socket.gethostname()})
+    )
+    with OutputLock(folder) as lock:
+        assert lock.held
+    (folder / OutputLock.NAME).write_text(json.dumps({"pid": parent, "started": None, "host": "elsewhere"}))
+    with pytest.raises(DataError, match="another palimpsest process"):  # a young lock of another host
+        OutputLock(folder).__enter__()
 
 
 def test_output_folder_checks_create_nothing(tmp_path):
@@ -193,7 +209,7 @@ def test_other_commands_check_values_first(tmp_path, command, expected):
 def test_a_missing_model_is_one_line_at_once_never_a_long_hub_wait(tmp_path, monkeypatch, command, model):
     from palimpsest import models
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)  # as on this machine
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)  # as on this machine
     facts = tmp_path / "f.jsonl"
     facts.write_text(
         '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
@@ -207,7 +223,7 @@ def test_a_missing_model_is_one_line_at_once_never_a_long_hub_wait(tmp_path, mon
 def test_an_owner_slash_name_is_a_hub_id_where_the_hub_answers(monkeypatch):
     from palimpsest import models
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
     assert models.locate_model("openai-community/gpt2") == "openai-community/gpt2"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -89,40 +91,103 @@ def _setup_logging(verbose: bool) -> None:
     datasets.logging.set_verbosity_error()
 
 
+def _output_kinds() -> dict[str, Any]:
+    """What each command that writes ``--out`` owns there (see :mod:`palimpsest.outputs`)."""
+    from palimpsest.outputs import MODEL_FILES, REPORT_FILES, OutputKind
+
+    results = ("results.json", *REPORT_FILES)
+    trainer = ("checkpoint-*", "runs")
+    study_units = ("units", "work", "tokenizer", "random-model", "pretrain-*", *results)
+    return {
+        "pretrain": OutputKind(
+            "pretrain", ("config.yaml", "model", "tokenizer", *trainer, *results), ("pretrain",)
+        ),
+        "evaluate": OutputKind("evaluate", results, ("evaluate", "evaluate-task")),
+        "adapt_language_command": OutputKind(
+            "adapt language", ("model", "trainer", *results), ("adapt-language",)
+        ),
+        "adapt_task_command": OutputKind("adapt task", ("model", "trainer", *results), ("adapt-task",)),
+        "assemble": OutputKind("assemble", MODEL_FILES),
+        "memory_add": OutputKind("memory add", MODEL_FILES),
+        "memory_learn": OutputKind("memory learn", ("model", "trainer", *results), ("memory-learn",)),
+        "memory_stats": OutputKind("memory stats", results, ("memory-stats",)),
+        "edit": OutputKind("edit", ("model", *results), ("edit",)),
+        "experiment_plasticity": OutputKind(
+            "experiment plasticity", (*study_units, "task-*", "adapt-*"), ("plasticity",)
+        ),
+        "experiment_memory": OutputKind("experiment memory", (*study_units, "*-s[0-9]*"), ("memory-study",)),
+        "experiment_editing": OutputKind(
+            "experiment editing", (*study_units, "edits-*"), ("editing-study", "editing-real")
+        ),
+        "experiment_knowledge": OutputKind("experiment knowledge", study_units, ("knowledge",)),
+        "demo": OutputKind(
+            "demo", ("plasticity", "memory", "editing", "editing-real", "knowledge", "pretrain-*", *results)
+        ),
+        "report": OutputKind("report", REPORT_FILES),
+    }
+
+
+#: What an interrupted command can say truthfully about starting again.
+_RESUMES = {"pretrain", "adapt_language_command", "adapt_task_command", "memory_learn", "demo"}
+
+
 def user_errors(function: F) -> F:
     """Print a user error as one line and exit 2; Ctrl-C exits 130.
 
     User errors are :class:`PalimpsestError` s and the I/O and decoding errors of files the
     user named (a folder that cannot be written, a file that is not UTF-8); with
-    ``--verbose`` the traceback follows the line. An ``--out`` that names a file or cannot be
-    written is refused before the command does any work.
+    ``--verbose`` the traceback follows the line. An ``--out`` is checked before the
+    command does any work: it must be a folder that can be written, that no other process
+    writes to, and that holds nothing but this command's own earlier output
+    (:func:`palimpsest.outputs.claim_output`); the command's claim on it is passed on as
+    ``claim`` when the command takes that argument.
     """
+    import inspect
+
+    takes_claim = "claim" in inspect.signature(function).parameters
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
         try:
-            out = kwargs.get("out")
             if not isinstance(out, Path):
                 return function(*args, **kwargs)
+            from palimpsest.outputs import claim_output, is_empty_output
             from palimpsest.storage import OutputLock, check_output_folder
 
             check_output_folder(out)
             created = not out.exists()
             try:
                 with OutputLock(out):  # one process writes to a folder at a time
+                    claim = claim_output(out, _output_kinds()[function.__name__])
+                    if takes_claim:
+                        kwargs["claim"] = claim
+                    else:
+                        claim.record()
                     return function(*args, **kwargs)
             finally:
-                if created and out.is_dir() and not any(out.iterdir()):
-                    out.rmdir()  # a command that failed before writing leaves nothing behind
+                if created and is_empty_output(out):
+                    shutil.rmtree(out)  # a command that failed before writing leaves nothing behind
         except (PalimpsestError, OSError, UnicodeDecodeError) as error:
             error_console.print(f"[bold red]error:[/] {_describe(error)}", highlight=False, soft_wrap=True)
             if kwargs.get("verbose"):
                 error_console.print_exception()
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            error_console.print("interrupted: run the same command again to resume from the last checkpoint")
+            if function.__name__ in _RESUMES or function.__name__.startswith("experiment_"):
+                message = "interrupted: run the same command again to resume from the last checkpoint"
+            elif isinstance(out, Path):
+                message = f"interrupted: nothing was finished; what {out} held before is unchanged"
+            else:
+                message = "interrupted"
+            error_console.print(message)
             raise typer.Exit(130) from None
 
+    if takes_claim:  # typer must not offer it as an option
+        signature = inspect.signature(function, eval_str=True)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p for name, p in signature.parameters.items() if name != "claim"]
+        )
     return wrapper  # type: ignore[return-value]
 
 
@@ -355,6 +420,8 @@ def _parse_tokens(text: str) -> int:
             value = float(cleaned)
     except ValueError:
         raise ConfigError(f"--tokens: expected a count like 100k or 5M, got '{text}'") from None
+    if not math.isfinite(value) or value > 1e12:
+        raise ConfigError(f"--tokens: expected a finite count up to 1e12, got '{text}'")
     if value < 1:
         raise ConfigError(f"--tokens must be positive, got '{text}'")
     return int(value)
@@ -384,15 +451,19 @@ def adapt_language_command(
     seed: Annotated[
         int | None, typer.Option(help="Seed of the embedding draw, data order and masking.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an adaptation with other settings or inputs in OUT.")
+    ] = False,
     verbose: VerboseOption = False,
+    claim: Any = None,
 ) -> None:
     """Step 1: new tokenizer, embeddings re-drawn, body frozen; train only the embeddings."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config
+    from palimpsest.config import load_config, to_dict
     from palimpsest.data import load_corpus, split_corpus, synthetic_language
-    from palimpsest.forgetting.relearning import LanguageAdaptation, adapt_language
+    from palimpsest.forgetting.relearning import AdaptLanguageResults, LanguageAdaptation, adapt_language
+    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.progress import RichProgressCallback, make_progress
-    from palimpsest.storage import write_json
 
     settings = load_config(
         LanguageAdaptation,
@@ -406,11 +477,17 @@ def adapt_language_command(
     text = load_corpus(corpus)
     if synthetic:
         text = synthetic_language(text, synthetic, seed=settings.seed)
+    identity = {
+        "model": input_fingerprint(model), "corpus": input_fingerprint(corpus), "synthetic": synthetic,
+        "settings": to_dict(settings),
+    }  # fmt: skip
+    if not claim.same_run(identity, overwrite=overwrite):
+        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
     with make_progress(console) as progress:
         result = adapt_language(
             model, split_corpus(text, 0.1), settings, out, callbacks=[RichProgressCallback(progress, "adapt")]
         )
-    write_json(out / "results.json", result)
+    AdaptLanguageResults.from_json(result).write(out / "results.json")
     console.print(
         f"validation loss {result['curve'][0][1]:.3f} -> {result['final_loss']:.3f} "
         f"on {result['tokens']:,} tokens; model in {result['model_path']}"
@@ -429,15 +506,19 @@ def adapt_task_command(
     batch_size: Annotated[int | None, typer.Option(help="Documents per step (default 16).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per document (default 128).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a task adaptation with other settings or inputs in OUT.")
+    ] = False,
     verbose: VerboseOption = False,
+    claim: Any = None,
 ) -> None:
     """Step 2: fine-tune body + topic head on the (English) task with the embeddings frozen."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config
+    from palimpsest.config import load_config, to_dict
     from palimpsest.data import load_corpus
-    from palimpsest.forgetting.relearning import TaskAdaptation, adapt_task, topic_task
+    from palimpsest.forgetting.relearning import AdaptTaskResults, TaskAdaptation, adapt_task, topic_task
+    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.progress import RichProgressCallback, make_progress
-    from palimpsest.storage import write_json
 
     settings = load_config(
         TaskAdaptation,
@@ -447,15 +528,17 @@ def adapt_task_command(
             "training.batch_size": batch_size,
         },
     )  # fmt: skip
+    task = topic_task(load_corpus(corpus))
+    identity = {
+        "model": input_fingerprint(model),
+        "corpus": input_fingerprint(corpus),
+        "settings": to_dict(settings),
+    }
+    if not claim.same_run(identity, overwrite=overwrite):
+        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
     with make_progress(console) as progress:
-        result = adapt_task(
-            model,
-            topic_task(load_corpus(corpus)),
-            settings,
-            out,
-            callbacks=[RichProgressCallback(progress, "task")],
-        )
-    write_json(out / "results.json", result)
+        result = adapt_task(model, task, settings, out, callbacks=[RichProgressCallback(progress, "task")])
+    AdaptTaskResults.from_json(result).write(out / "results.json")
     console.print(
         f"topic accuracy on held-out {corpus}: {100 * result['accuracy']:.1f}% "
         f"(majority class {100 * result['majority_baseline']:.1f}%); model in {result['model_path']}"
@@ -584,13 +667,18 @@ def memory_learn(
     steps: Annotated[int | None, typer.Option(help="Optimizer updates (default 100).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-2).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Statements per step (default 16).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a run with other facts, model or settings in OUT.")
+    ] = False,
     verbose: VerboseOption = False,
+    claim: Any = None,
 ) -> None:
     """Write facts into a model's memory alone (optionally only the slots they select specifically)."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config
+    from palimpsest.config import load_config, to_dict
     from palimpsest.editing.datasets import read_edit_file
     from palimpsest.memory.learning import MemoryLearning, learn_saved_model
+    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.report import write_report
 
     settings = load_config(
@@ -600,6 +688,13 @@ def memory_learn(
          "training.learning_rate": lr, "training.batch_size": batch_size},
     )  # fmt: skip
     requests, keep = read_edit_file(facts)
+    identity = {
+        "model": input_fingerprint(model),
+        "facts": input_fingerprint(facts),
+        "settings": to_dict(settings),
+    }
+    if not claim.same_run(identity, overwrite=overwrite):
+        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
     results = learn_saved_model(
         model, [r.fact for r in requests], [r.new_object for r in requests], keep, settings, out
     )

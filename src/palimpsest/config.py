@@ -21,6 +21,9 @@ from palimpsest.errors import ConfigError
 
 T = TypeVar("T")
 
+#: The largest integer a setting may hold (a signed 64-bit integer, as torch and numpy take it).
+LARGEST_INTEGER = 2**63 - 1
+
 
 def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:  # the values themselves, not the word "Literal"
@@ -79,10 +82,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > LARGEST_INTEGER:  # past it torch, numpy and tokenizers overflow
+                raise ConfigError(f"{key}: {value} is out of range (at most {LARGEST_INTEGER:,} in size)")
+            return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         number: float | None = None
@@ -224,6 +229,26 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: YAML keeps the last one,
+    so a pasted or mistyped line would change a run unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(f"key '{key}' is given twice (lines {seen[key]} and {line})")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -243,9 +268,11 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except DuplicateKeyError as error:
+            raise ConfigError(f"config file {path}: {error}") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -20,3 +20,7 @@ class DataError(PalimpsestError):
 
 class ModelError(PalimpsestError):
     """A model cannot be built, loaded or understood (unknown type, missing modules)."""
+
+
+class StorageError(PalimpsestError):
+    """Outputs cannot be written (a full disk, a read-only folder); earlier outputs are kept."""

@@ -21,7 +21,7 @@ from palimpsest.data import (
     unigram_baseline,
 )
 from palimpsest.errors import ConfigError, ModelError
-from palimpsest.models import load_pretrained, objective_of, resolve_pretrained
+from palimpsest.models import fit_block_size, load_pretrained, objective_of, resolve_pretrained
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
 from palimpsest.training import evaluate_lm
@@ -67,6 +67,7 @@ def evaluate_saved_lm(
     model = load_pretrained(str(model_dir))
     tokenizer = load_tokenizer(model_dir)
     objective = objective_of(model.config)
+    block_size = fit_block_size(model, block_size)
     split = split_corpus(load_corpus(corpus_name), validation_fraction, seed=split_seed)
     cache = default_cache_dir()
     train_blocks = encode_blocks(split.train, tokenizer, block_size, cache_dir=cache)

@@ -9,11 +9,14 @@ trains with is read from its config and architecture, never from its name.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +44,8 @@ from transformers.models.auto.modeling_auto import (
 from palimpsest.data.tokenization import boundary_ids
 from palimpsest.errors import ModelError
 from palimpsest.extensions import saved_extension
+from palimpsest.hf_auto import base_model_type
+from palimpsest.hub import hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -300,9 +305,10 @@ def objective_of(config: PretrainedConfig) -> LMObjective:
         return "mlm"
     if getattr(config, "is_decoder", False):
         return "clm"
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    model_type = base_model_type(config)
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "mlm"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "clm"
     raise ModelError(f"model type '{config.model_type}' is neither a masked nor a causal LM in transformers")
 
@@ -318,22 +324,75 @@ def load_base(
 
     Heads the checkpoint lacks (e.g. MiniLM has no MLM head) are initialised fresh, as
     transformers does, and logged. A folder saved with additions palimpsest made (a
-    product-key memory) loads *without* them here: use :func:`load_pretrained`.
+    product-key memory) loads as its base model alone here (its base config, the base
+    weights): use :func:`load_pretrained` for the whole model. Weights are read from
+    safetensors only, and no code from the folder is ever run.
     """
+    from palimpsest.hf_auto import base_config
+
     location = resolve_pretrained(name_or_path)
     local = Path(location).expanduser()
     source = str(local) if local.exists() else location
-    config = load_config(name_or_path)
+    if local.is_dir():
+        check_safetensors_weights(local)
+    config = base_config(load_config(name_or_path))
+    safe = {"trust_remote_code": False, "use_safetensors": True}
     try:
         if task == "classification":
-            kwargs = {"num_labels": num_labels} if num_labels is not None else {}
-            return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+            if num_labels is not None and num_labels != config.num_labels:
+                config.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_pretrained(source, config=config, **safe)
         chosen = objective or objective_of(config)
         auto = AutoModelForMaskedLM if chosen == "mlm" else AutoModelForCausalLM
-        return auto.from_pretrained(source)
-    except (OSError, ValueError, KeyError, SafetensorError) as error:  # missing, torn or corrupt files
+        return auto.from_pretrained(source, config=config, **safe)
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        SafetensorError,
+    ) as error:  # missing, torn or corrupt
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(f"cannot load model '{name_or_path}': {reason}") from None
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def without_load_report() -> Iterator[None]:
+    """Silence transformers' table of unexpected keys while a caller that checks every key
+    itself (a model with additions, loaded as its base first) loads the base weights."""
+    source = logging.getLogger("transformers.modeling_utils")
+    dropper = _DropLoadReport()
+    source.addFilter(dropper)
+    try:
+        yield
+    finally:
+        source.removeFilter(dropper)
+
+
+#: Weight files that are Python pickles: loading one can run code, so palimpsest reads none.
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt.index", "tf_model.h5")
+
+
+def check_safetensors_weights(folder: Path) -> None:
+    """Refuse a model folder whose weights are not in safetensors (a pickle can run code on load)."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickled = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()] or [
+        p.name
+        for p in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    ]
+    if pickled:
+        raise ModelError(
+            f"{folder / pickled[0]} is a pickle, which palimpsest never loads (it can run code); convert it "
+            "once where you trust it: AutoModel.from_pretrained(folder).save_pretrained(folder) writes "
+            "model.safetensors"
+        )
+    raise ModelError(f"'{folder}' has no model weights (expected model.safetensors)")
 
 
 def locate_model(name_or_path: str, *, needs: tuple[str, ...] = ("config.json",)) -> str:
@@ -350,7 +409,7 @@ def locate_model(name_or_path: str, *, needs: tuple[str, ...] = ("config.json",)
         if not any((local / name).is_file() for name in needs):
             raise ModelError(f"no model at '{location}' (expected a folder with {' or '.join(needs)})")
         return str(local)
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ModelError(
             f"no model at '{location}': no such folder here, and the Hugging Face hub cannot be reached "
             "to look it up as a hub id"
@@ -358,31 +417,51 @@ def locate_model(name_or_path: str, *, needs: tuple[str, ...] = ("config.json",)
     return location
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the hub's host answers (False at once in offline mode)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def load_config(name_or_path: str) -> PretrainedConfig:
-    """The config of a local folder, built-in name or hub id (see :func:`locate_model`)."""
+    """The config of a local folder, built-in name or hub id (see :func:`locate_model`).
+
+    A config that asks to run code of its own (``auto_map``) is refused: a model folder is
+    untrusted input, and palimpsest never runs code from one (transformers would otherwise
+    ask on standard input, where a ``yes |`` in a script answers for the user).
+    """
+    import palimpsest.hf_auto  # noqa: F401  (model type "palimpsest" readable here too)
+
     location = locate_model(name_or_path)
     local = Path(location)
+    if local.is_dir():
+        check_config_file(local / "config.json")
     try:
-        return AutoConfig.from_pretrained(str(local) if local.exists() else location)
-    except (OSError, ValueError) as error:
+        config = AutoConfig.from_pretrained(
+            str(local) if local.exists() else location, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+    if getattr(config, "auto_map", None):
+        raise ModelError(
+            f"'{name_or_path}' needs custom code (auto_map); palimpsest never runs code from a model"
+        )
+    return config
+
+
+def check_config_file(path: Path) -> None:
+    """One line for a config.json that is not a mapping of the shape transformers reads, or
+    that asks to run custom code: before transformers sees it (it would trace back, or ask)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{path} is not a readable JSON config ({str(error).splitlines()[0]})") from None
+    if not isinstance(document, dict):
+        raise ModelError(f"{path} is not a model config (a JSON object), it holds {type(document).__name__}")
+    if "auto_map" in document:
+        raise ModelError(
+            f"{path} asks to run custom code from the folder (auto_map); palimpsest never runs code from a "
+            "model folder: use a model whose architecture transformers ships"
+        )
+    for key, kind in (("architectures", list), ("model_type", str)):
+        if key in document and document[key] is not None and not isinstance(document[key], kind):
+            raise ModelError(f"{path}: '{key}' must be a {kind.__name__}, got {document[key]!r}")
+    if not isinstance(document.get("model_type"), str):
+        raise ModelError(f"{path} names no model_type (not a transformers model config)")
 
 
 def load_pretrained(
@@ -417,6 +496,30 @@ def count_parameters(model: PreTrainedModel, *, trainable_only: bool = False) ->
         seen.add(id(parameter))
         total += parameter.numel()
     return total
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The most tokens one sequence may have: the rows of a learned position embedding (less
+    RoBERTa's offset past its padding index); ``None`` where positions are computed (rotary)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and (
+            name.endswith("position_embeddings") or name.endswith("wpe")
+        ):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - offset
+    return None
+
+
+def fit_block_size(model: nn.Module, block_size: int, *, option: str = "block_size") -> int:
+    """``block_size``, or the model's position limit where that is smaller (with a warning: a block
+    past the last position would fail inside the embedding, or be read by no position)."""
+    limit = position_limit(model)
+    if limit is not None and block_size > limit:
+        logger.warning(
+            "%s %d is more than the model's %d positions: using %d", option, block_size, limit, limit
+        )
+        return limit
+    return block_size
 
 
 def hidden_size(model: nn.Module) -> int:

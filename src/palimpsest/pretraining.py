@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from palimpsest.config import to_dict
 from palimpsest.data import (
+    MAX_VOCABULARY,
     Corpus,
     default_cache_dir,
     encode_blocks,
@@ -37,6 +38,7 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError
 from palimpsest.extensions import TrainingExtension, extension_class
+from palimpsest.hf_auto import base_model_type
 from palimpsest.models import FAMILY_OBJECTIVE, build_model, count_parameters, load_pretrained, objective_of
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, machine_line
@@ -89,6 +91,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ConfigError(f"data.{name} must be at least {least}, got {value}")
+        if self.vocab_size > MAX_VOCABULARY:
+            raise ConfigError(f"data.vocab_size must be at most {MAX_VOCABULARY:,}, got {self.vocab_size:,}")
         if self.tokenizer_model not in ("bpe", "unigram"):
             raise ConfigError(f"data.tokenizer_model: expected bpe or unigram, got {self.tokenizer_model!r}")
 
@@ -378,7 +382,7 @@ def _results(config, objective, model, out, data, final, baseline, result, activ
         name=config.name or f"{config.model.pretrained or config.model.family}-{objective}",
         config=config,
         model=TrainedModel(
-            family=model.config.model_type,
+            family=base_model_type(model.config),
             size=None if config.model.pretrained else config.model.size,
             pretrained=config.model.pretrained,
             objective=objective,

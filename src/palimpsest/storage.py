@@ -22,13 +22,16 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from palimpsest.errors import DataError, ModelError
+from palimpsest.errors import DataError, ModelError, StorageError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SINGLE_FILE = "model.safetensors"
+#: Files of palimpsest's own bookkeeping that a folder keeps when :func:`atomic_folder`
+#: replaces it (the output manifest of :mod:`palimpsest.outputs`, the writer's lock).
+KEPT_ON_REPLACE = (".palimpsest-output.json", ".palimpsest.lock")
 SHARD_INDEX = "model.safetensors.index.json"
 
 
@@ -51,8 +54,7 @@ def write_json(path: str | Path, data: Any) -> None:
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        tmp.replace(path)
+        _write_then_rename(tmp, path, json.dumps(data, indent=2, default=str))
     wait_for_everyone()
 
 
@@ -61,10 +63,19 @@ def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        _write_then_rename(path.with_name(f".{path.name}.tmp"), path, text)
     wait_for_everyone()
+
+
+def _write_then_rename(tmp: Path, path: Path, text: str) -> None:
+    """``text`` into ``tmp``, then renamed to ``path``; a failed write (a full disk) removes
+    ``tmp`` and leaves ``path`` as it was."""
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 @contextmanager
@@ -89,6 +100,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         raise
     if is_main_process():
         shutil.rmtree(previous, ignore_errors=True)
+        for name in KEPT_ON_REPLACE:  # the folder's own bookkeeping survives the swap
+            if (path / name).is_file() and not (staging / name).exists():
+                shutil.copy2(path / name, staging / name)
         if path.exists():
             path.rename(previous)
         staging.rename(path)
@@ -100,13 +114,46 @@ def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
     """``save_pretrained`` of a model (safetensors) and/or its tokenizer into one folder, on rank 0,
     atomically: the folder appears complete or not at all (see :func:`atomic_folder`)."""
     path = Path(path)
-    with atomic_folder(path) as staging:
-        if is_main_process():
-            if model is not None:
-                model.save_pretrained(str(staging))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(staging))
+    try:
+        with atomic_folder(path) as staging:
+            if is_main_process():
+                if model is not None:
+                    model.save_pretrained(str(staging))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(str(staging))
+    except (OSError, SafetensorError, RuntimeError) as error:
+        if not _is_write_failure(error):
+            raise
+        raise StorageError(
+            f"cannot save the model to {path}: {_first_line(error)}; nothing was replaced "
+            f"({'the previous model is intact' if path.exists() else 'no model was written'})"
+        ) from None
     return path
+
+
+def _first_line(error: BaseException) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    """A failure of the disk, not of the program: full, read-only, quota, I/O (torch and
+    safetensors report them as their own exception types with the OS message inside)."""
+    import errno
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG)
+    text = str(error).lower()
+    return any(
+        marker in text
+        for marker in (
+            "no space left",
+            "disk quota",
+            "read-only file system",
+            "os error 28",
+            "file too large",
+        )
+    )
 
 
 def remove_tree(path: str | Path) -> None:
@@ -208,13 +255,18 @@ def check_output_folder(folder: str | Path, *, option: str = "--out") -> Path:
 class OutputLock:
     """One process writes to an output folder at a time.
 
-    ``FOLDER/.palimpsest.lock`` holds the writer's process id; a second process that finds
-    the lock of a live process stops with one line, and a lock left by a process that is
-    gone (killed) is taken over. Taking it again in the same process is a no-op (the outer
-    holder releases it). Only the main process of a distributed run takes it.
+    ``FOLDER/.palimpsest.lock`` names the writer: process id, the process's start time and
+    the host. A second process that finds the lock of a live writer stops with one line; a
+    lock whose writer is gone is taken over — also when its process id now belongs to
+    another process (its start time differs), which a process id alone cannot tell after a
+    crash and a reboot or a long uptime. A lock of another host is trusted while it is young.
+    Taking it again in the same process is a no-op (the outer holder releases it). Only the
+    main process of a distributed run takes it.
     """
 
     NAME = ".palimpsest.lock"
+    #: A lock written on another host (a shared file system) is taken over after this long.
+    FOREIGN_HOST_SECONDS = 24 * 3600
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / self.NAME
@@ -229,16 +281,16 @@ class OutputLock:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 owner = self._owner()
-                if owner == os.getpid():  # this process holds it already (a command around a run)
-                    return self
-                if owner is not None and _alive(owner):
+                if owner is not None and owner.get("pid") == os.getpid() and self._same_process(owner):
+                    return self  # this process holds it already (a command around a run)
+                if owner is not None and self._writer_alive(owner):
                     raise DataError(
-                        f"another palimpsest process (pid {owner}) is writing to {self.path.parent}; "
+                        f"another palimpsest process (pid {owner['pid']}) is writing to {self.path.parent}; "
                         "wait for it to finish or stop it"
                     ) from None
                 self.path.unlink(missing_ok=True)  # left by a process that is gone
                 continue
-            os.write(handle, str(os.getpid()).encode())
+            os.write(handle, json.dumps(_this_process()).encode())
             os.close(handle)
             self.held = True
             return self
@@ -249,11 +301,59 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def _owner(self) -> int | None:
+    def _owner(self) -> dict[str, Any] | None:
+        """The writer the lock names; a bare process id is what older versions wrote."""
         try:
-            return int(self.path.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError):
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
             return None
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(document, int) and not isinstance(document, bool):
+            return {"pid": document}
+        if isinstance(document, dict) and isinstance(document.get("pid"), int):
+            return document
+        return None
+
+    @staticmethod
+    def _same_process(owner: dict[str, Any]) -> bool:
+        started = owner.get("started")
+        return started is None or started == _process_start(owner["pid"])
+
+    def _writer_alive(self, owner: dict[str, Any]) -> bool:
+        import socket
+        import time
+
+        host = owner.get("host")
+        if host is not None and host != socket.gethostname():
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except OSError:
+                return False
+            return age < self.FOREIGN_HOST_SECONDS
+        return _alive(owner["pid"]) and self._same_process(owner)
+
+
+def _this_process() -> dict[str, Any]:
+    import socket
+
+    return {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname()}
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may hold spaces: count after it
+    fields = stat[stat.rindex(")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 of the whole line
+    except (IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -263,4 +363,6 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    except OverflowError:
+        return False
     return True

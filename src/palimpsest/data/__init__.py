@@ -17,11 +17,18 @@ from palimpsest.data.synthetic import (
     synthetic_language,
 )
 from palimpsest.data.tasks import encode_classification
-from palimpsest.data.tokenization import SPECIAL_TOKENS, boundary_ids, load_tokenizer, train_tokenizer
+from palimpsest.data.tokenization import (
+    MAX_VOCABULARY,
+    SPECIAL_TOKENS,
+    boundary_ids,
+    load_tokenizer,
+    train_tokenizer,
+)
 from palimpsest.data.topics import SHARED_TOPICS, TOPIC_MAP, shared_topic_corpus
 
 __all__ = [
     "BUILTIN_CORPORA",
+    "MAX_VOCABULARY",
     "SHARED_TOPICS",
     "SPECIAL_TOKENS",
     "TOPIC_MAP",

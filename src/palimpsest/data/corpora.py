@@ -224,19 +224,28 @@ BUILTIN_CORPORA: dict[str, Callable[[], Corpus]] = {
 
 
 def _load_text_file(path: Path, paragraphs: bool) -> Corpus:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = _read_text(path)
     chunks = text.split("\n\n") if paragraphs else text.splitlines()
     texts = tuple(" ".join(chunk.split()) for chunk in chunks if chunk.strip())
     return Corpus(path.stem, "unknown", texts, source=str(path))
 
 
+def _read_text(path: Path) -> str:
+    """A corpus file's text: UTF-8, and not a binary file (an image read as text would be
+    tokenized and scored as if it were language)."""
+    data = path.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise DataError(f"{path} is a binary file, not text (a corpus is UTF-8 .txt or .jsonl)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+
+
 def _load_jsonl(path: Path) -> Corpus:
     texts, labels, pairs = [], [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    lines = _read_text(path).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -276,6 +285,11 @@ def _load_hf(
     """A Hugging Face dataset; with ``max_documents`` it is streamed and only that many are read."""
     name, _, config = spec.partition(":")
     import datasets
+
+    from palimpsest.hub import hub_reachable
+
+    if not hub_reachable() and not Path(name).exists():
+        raise DataError(f"cannot load HF dataset '{spec}': the Hugging Face hub cannot be reached (offline)")
 
     try:
         if max_documents is not None:

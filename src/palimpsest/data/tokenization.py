@@ -24,6 +24,10 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
 TokenizerModel = Literal["bpe", "unigram"]
 
 
+#: The largest vocabulary a tokenizer is trained to (the trainer's counts are 32-bit).
+MAX_VOCABULARY = 1 << 20
+
+
 def train_tokenizer(
     texts: Sequence[str],
     vocab_size: int = 4096,
@@ -40,6 +44,8 @@ def train_tokenizer(
         raise DataError("cannot train a tokenizer on an empty corpus")
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise DataError(f"vocab_size must be larger than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    if vocab_size > MAX_VOCABULARY:
+        raise DataError(f"vocab_size must be at most {MAX_VOCABULARY:,}, got {vocab_size:,}")
     if model == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
         tokenizer.normalizer = normalizers.NFC()
@@ -101,7 +107,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     except ModelError as error:
         raise DataError(f"cannot load a tokenizer: {error}") from None
 
+    tokenizer_config = Path(path) / "tokenizer_config.json"
+    if tokenizer_config.is_file() and '"auto_map"' in tokenizer_config.read_text(encoding="utf-8"):
+        raise DataError(
+            f"{tokenizer_config} asks to run custom code (auto_map); "
+            "palimpsest never runs code from a model folder"
+        )
     try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as error:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"cannot load a tokenizer from '{path}': {str(error).splitlines()[0]}") from None

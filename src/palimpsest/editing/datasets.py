@@ -86,6 +86,10 @@ def _relation(value: Any, where: str) -> Relation:
             )
         return RELATIONS[value]
     if isinstance(value, dict) and isinstance(value.get("templates"), list):
+        if not all(isinstance(template, str) for template in value["templates"]) or not isinstance(
+            value.get("name", "custom"), str
+        ):
+            raise DataError(f"{where}: a relation's name and templates must be strings")
         try:
             return Relation(str(value.get("name", "custom")), tuple(value["templates"]))
         except DataError as error:
@@ -108,8 +112,12 @@ def read_edit_file(path: str | Path) -> tuple[list[EditRequest], list[Fact]]:
             _text(record, "object", where),
         )
         key, target = (fact.subject, fact.relation.name), record.get("new_object")
-        if key in seen and seen[key][1] != target:
+        if key in seen:  # twice the same line would count one edit twice in A_M
             first, earlier = seen[key]
+            if earlier == target:
+                raise DataError(
+                    f"{where}: repeats {first} ({fact.subject} / {fact.relation.name}); give each fact once"
+                )
             raise DataError(
                 f"{where}: {fact.subject} / {fact.relation.name} is already on {first} "
                 f"({'to ' + repr(earlier) if earlier else 'to keep'}); one fact, one outcome"

@@ -407,6 +407,7 @@ class ConstrainedFinetune:
         )
         self.original = {name: p.detach().clone() for name, p in self.parameters.items()}
         self.radius = {name: self._radius(weight) for name, weight in self.original.items()}
+        self._last_block_only = self._selects_only_the_last_block()
 
     # ----------------------------------------------------------------------------- public
 
@@ -438,6 +439,7 @@ class ConstrainedFinetune:
         if not requests:
             raise DataError("no edit requests")
         self._check_lengths(requests, [*unmodified, *support])
+        self._check_can_move(requests)
         template = self.config.edit_template
         before = (
             edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=template)
@@ -516,6 +518,36 @@ class ConstrainedFinetune:
             if length > limit:
                 shown = statement if len(statement) <= 60 else statement[:57] + "..."
                 raise DataError(f"'{shown}' is {length} tokens, more than the model's {limit} positions")
+
+    def _selects_only_the_last_block(self) -> bool:
+        """Whether every edited weight sits in the model's last block."""
+        try:
+            prefix, blocks = transformer_blocks(self.model)
+        except ModelError:
+            return False
+        last = f"{prefix}.{len(blocks) - 1}."
+        return all(name.startswith(last) for name in self.parameters)
+
+    def _check_can_move(self, requests: Sequence[EditRequest]) -> None:
+        """Refuse an edit whose gradient cannot reach its weights: with ``edit_positions="subject"``
+        the weights learn only from the subject's tokens, and in the last block nothing carries
+        those tokens' state on to the position that predicts the answer (no attention follows).
+        Such an edit would change no weight and report its failure as a normal result."""
+        if self.config.edit_positions != "subject" or not self._last_block_only:
+            return
+        shift = 1 if self.causal else 0
+        for request in requests:
+            for template in self._templates(request.fact):
+                probe = self._probe(request.fact, request.new_object, template)
+                predicting = {position - shift for position in probe.answer_positions}
+                if predicting & set(probe.subject_positions):
+                    return  # the subject itself predicts the answer here: the gradient reaches it
+        _prefix, blocks = transformer_blocks(self.model)
+        raise ConfigError(
+            f"this edit can move nothing: it changes only block {len(blocks) - 1} (the last) and learns only "
+            "at the subject's tokens, and no attention after that block carries them to the answer; choose "
+            "an earlier block (layers: 0.15, the default) or edit_positions: all"
+        )
 
     def _probe(self, fact: Fact, answer: str, template: int | None = None) -> Probe:
         chosen = self.config.edit_template if template is None else template

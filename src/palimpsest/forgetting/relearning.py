@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from palimpsest.data import (
+    MAX_VOCABULARY,
     SHARED_TOPICS,
     Corpus,
     CorpusSplit,
@@ -49,8 +50,8 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
-from palimpsest.models import load_pretrained, objective_of
-from palimpsest.report import Section, Table
+from palimpsest.models import load_config, load_pretrained, objective_of
+from palimpsest.report import Figure, Section, Table
 from palimpsest.results import Results
 from palimpsest.storage import save_model
 from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train, train_only
@@ -87,6 +88,8 @@ class LanguageAdaptation:
         for name, least in (("tokens", 1), ("vocab_size", 32), ("block_size", 4), ("max_eval_blocks", 1)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.vocab_size > MAX_VOCABULARY:
+            raise ConfigError(f"vocab_size must be at most {MAX_VOCABULARY:,}, got {self.vocab_size:,}")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"init_std must be positive, got {self.init_std}")
 
@@ -340,9 +343,7 @@ def evaluate_classifier(model_path: str | Path, corpus: Corpus, *, max_length: i
 
 def evaluate_topics(model_path: str | Path, corpus: Corpus, *, max_length: int = 128) -> dict[str, Any]:
     """Shared-topic accuracy of a topic classifier on a wiki corpus of any of the languages."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model_path))  # the labels only; no need to load weights twice
+    config = load_config(str(model_path))  # the labels only; no need to load weights twice
     labels = {str(config.id2label[i]) for i in range(config.num_labels)}
     if labels != set(SHARED_TOPICS):
         raise DataError(f"the model at '{model_path}' predicts {sorted(labels)}, not the shared topics")
@@ -383,4 +384,73 @@ class TaskEvaluation(Results):
         ]
         return Section(
             "Topic classification", [Table(["model", "corpus", "accuracy", "majority", "documents"], rows)]
+        )
+
+
+@dataclass
+class AdaptLanguageResults(Results):
+    """``palimpsest adapt language``: the new language's relearning curve and final loss."""
+
+    KIND: ClassVar[str] = "adapt-language"
+
+    language: str
+    tokens: int
+    token_budget: int
+    vocab_size: int
+    trainable: list[str]
+    curve: list[tuple[int, float]]
+    final_loss: float
+    final_perplexity: float
+    best_step: int
+    train_seconds: float
+    model_path: str
+
+    @classmethod
+    def report_section(cls, runs: Sequence[AdaptLanguageResults], plots_dir: Path) -> Section:
+        from palimpsest.plotting import plot_curves
+
+        rows = [
+            [r.language, r.tokens, r.vocab_size, r.curve[0][1], r.final_loss, r.final_perplexity, r.best_step]
+            for r in runs
+        ]
+        headers = [
+            "language",
+            "tokens",
+            "vocabulary",
+            "loss at the draw",
+            "final loss",
+            "perplexity",
+            "best step",
+        ]
+        path = plot_curves(
+            {f"{r.language} ({i})": r.curve for i, r in enumerate(runs)},
+            plots_dir / "adapt-language.png",
+            title="Language adaptation: validation loss",
+            ylabel="cross-entropy (nats/token)",
+        )
+        return Section(
+            "Language adaptation (embeddings only, body frozen)",
+            [Table(headers, rows), Figure(path, "validation loss of the new language vs update")],
+        )
+
+
+@dataclass
+class AdaptTaskResults(Results):
+    """``palimpsest adapt task``: accuracy of the body + head on the task's held-out split."""
+
+    KIND: ClassVar[str] = "adapt-task"
+
+    accuracy: float
+    loss: float
+    examples: int
+    majority_baseline: float
+    train_seconds: float
+    model_path: str
+
+    @classmethod
+    def report_section(cls, runs: Sequence[AdaptTaskResults], plots_dir: Path) -> Section:
+        rows = [[r.model_path, r.accuracy, r.majority_baseline, r.examples, r.train_seconds] for r in runs]
+        return Section(
+            "Task adaptation (body + head, embeddings frozen)",
+            [Table(["model", "accuracy", "majority", "documents", "seconds"], rows)],
         )

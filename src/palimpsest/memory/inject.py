@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
+from palimpsest.hf_auto import base_model_type, extend_config, restore_config
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.models import hidden_size, transformer_blocks
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
@@ -311,6 +312,7 @@ class MemoryHandle:
             step()
         self._undo = []
         self._model.config.__dict__.pop(MEMORY_CONFIG_KEY, None)
+        restore_config(self._model.config)
         del self._model.palimpsest_memory
         return self._model
 
@@ -341,6 +343,7 @@ def add_product_key_memory(
 
     undo = attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
     setattr(model.config, MEMORY_CONFIG_KEY, asdict(config))
+    extend_config(model.config)  # saved as model type "palimpsest": never loaded without the memory
     model.palimpsest_memory = MemoryHandle(model, undo)
     return model
 
@@ -363,7 +366,7 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
     if handle is None:
         raise ModelError("this model has no product-key memory to save")
     path = Path(path)
-    document = {"memory": asdict(handle.config), "base_model_type": model.config.model_type}
+    document = {"memory": asdict(handle.config), "base_model_type": base_model_type(model.config)}
     if is_main_process():  # each file under a temporary name first: a kill never leaves a torn one
         path.mkdir(parents=True, exist_ok=True)
         tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
@@ -389,9 +392,9 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise ModelError(f"{path / CONFIG_FILE} is not a palimpsest memory config ({error})") from None
     base_type = document.get("base_model_type")
-    if base_type is not None and base_type != model.config.model_type:
+    if base_type is not None and base_type != base_model_type(model.config):
         raise ModelError(
-            f"the memory at '{path}' was saved for a {base_type} model, not a {model.config.model_type}"
+            f"the memory at '{path}' was saved for a {base_type} model, not a {base_model_type(model.config)}"
         )
     add_product_key_memory(model, settings)
     stored = read_safetensors(path / WEIGHTS_FILE)
@@ -429,7 +432,7 @@ def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = 
     Single-file and sharded (``model.safetensors.index.json``) checkpoints are read.
     """
     from palimpsest.config import from_dict
-    from palimpsest.models import load_base, load_config
+    from palimpsest.models import load_base, load_config, without_load_report
 
     path = Path(path)
     config = load_config(str(path))
@@ -438,8 +441,8 @@ def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = 
         raise ModelError(f"no merged memory model at '{path}' (its config names no memory)")
     settings = from_dict(PKMConfig, dict(document), prefix=f"{path}/config.json: memory.")
     stored = read_safetensors(path)
-    model = load_base(str(path), task=task, num_labels=num_labels)  # type: ignore[arg-type]
-    model.config.__dict__.pop(MEMORY_CONFIG_KEY, None)  # add_product_key_memory writes it again
+    with without_load_report():  # the memory's tensors are checked below, not reported as unexpected
+        model = load_base(str(path), task=task, num_labels=num_labels)  # type: ignore[arg-type]
     add_product_key_memory(model, settings)
     if settings.mode == "replace":
         model.palimpsest_memory._undo = []  # the replaced FFNs were never saved: nothing to restore

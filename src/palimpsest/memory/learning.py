@@ -287,11 +287,19 @@ def check_learnable(model: nn.Module, settings: MemoryLearning) -> None:
 
 
 def background_batches(
-    tokenizer: PreTrainedTokenizerBase, settings: MemoryLearning, *, batch_size: int = 8
+    tokenizer: PreTrainedTokenizerBase,
+    settings: MemoryLearning,
+    *,
+    batch_size: int = 8,
+    model: nn.Module | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Blocks of the background corpus's validation split, batched (for the DF of TF-IDF)."""
+    """Blocks of the background corpus's validation split, batched (for the DF of TF-IDF); no
+    longer than ``model`` has positions."""
+    from palimpsest.models import fit_block_size
+
+    block_size = settings.block_size if model is None else fit_block_size(model, settings.block_size)
     return validation_batches(
-        tokenizer, settings.background, block_size=settings.block_size, max_blocks=settings.background_blocks,
+        tokenizer, settings.background, block_size=block_size, max_blocks=settings.background_blocks,
         batch_size=batch_size,
     )  # fmt: skip
 
@@ -326,7 +334,9 @@ def learn_facts(
     previous_sparse = {name: layer.sparse_updates for name, layer in layers.items()}
     try:
         if settings.sparse_top_t is not None:
-            frequency, documents = slot_document_frequency(model, background_batches(tokenizer, settings))
+            frequency, documents = slot_document_frequency(
+                model, background_batches(tokenizer, settings, model=model)
+            )
             for layer in layers.values():
                 layer.sparse_updates = True
             sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)

@@ -13,7 +13,7 @@ from palimpsest.data import load_tokenizer
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.inject import load_memory, memories, memory_handle
 from palimpsest.memory.usage import memory_usage, recording, validation_batches
-from palimpsest.models import load_pretrained
+from palimpsest.models import fit_block_size, load_pretrained
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, write_report
 from palimpsest.results import Results
@@ -73,6 +73,7 @@ def memory_stats_of_saved(
     max_blocks, batch_size = settings.max_blocks, settings.batch_size
     model = load_with_memory(model_dir, memory_dir)
     tokenizer = load_tokenizer(model_dir)
+    block_size = fit_block_size(model, block_size)
     batches = validation_batches(
         tokenizer, corpus_name, block_size=block_size, max_blocks=max_blocks, batch_size=batch_size
     )

@@ -623,6 +623,7 @@ def memory_add(
     from palimpsest.data import load_tokenizer
     from palimpsest.memory import PKMConfig, add_product_key_memory, save_memory, save_merged
     from palimpsest.models import count_parameters, load_pretrained, resolve_pretrained
+    from palimpsest.seeds import check_seed
 
     settings = load_config(
         PKMConfig,
@@ -632,6 +633,7 @@ def memory_add(
          "sparse_updates": sparse_updates},
     )  # fmt: skip
     if settings.seed is None:
+        check_seed(seed, "--seed")
         settings.seed = seed
     network = load_pretrained(model)
     before = count_parameters(network)
@@ -798,7 +800,8 @@ def edit(
         EditConfig,
         config,
         {
-            "layers": chosen_layers, "modules": modules.split(",") if modules else None, "norm": norm,
+            "layers": chosen_layers, "modules": modules.split(",") if modules else None,
+            "norm": "none" if norm is not None and norm.lower() == "none" else norm,
             "delta": delta, "learning_rate": lr, "steps": steps, "objective": objective,
         },
     )  # fmt: skip
@@ -920,6 +923,9 @@ def demo(
     """The main job: every study at demo scale, then report.md and report.html."""
     _setup_logging(verbose)
     from palimpsest.demo import run_demo
+    from palimpsest.seeds import check_seed
+
+    check_seed(seed, "--seed")
     from palimpsest.pretraining import PretrainResults
     from palimpsest.progress import make_progress
 
@@ -960,7 +966,10 @@ def report(
             raise DataError(f"{path} is not a JSON text file") from None
         if not isinstance(data, dict) or ("kind" not in data and "results" not in data):
             raise DataError(f"{path} is not a palimpsest results file")
-        for document in data.get("results", [data]):
+        documents = data.get("results", [data])
+        if not isinstance(documents, list):
+            raise DataError(f"{path}: 'results' must be a list of results documents")
+        for document in documents:
             try:
                 collected.append(read_results(document))
             except DataError as error:

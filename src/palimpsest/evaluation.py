@@ -64,11 +64,11 @@ def evaluate_saved_lm(
     model_dir = Path(resolve_pretrained(name))
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"no saved model at '{model_dir}' (expected a folder with config.json)")
+    split = split_corpus(load_corpus(corpus_name), validation_fraction, seed=split_seed)
     model = load_pretrained(str(model_dir))
     tokenizer = load_tokenizer(model_dir)
     objective = objective_of(model.config)
     block_size = fit_block_size(model, block_size)
-    split = split_corpus(load_corpus(corpus_name), validation_fraction, seed=split_seed)
     cache = default_cache_dir()
     train_blocks = encode_blocks(split.train, tokenizer, block_size, cache_dir=cache)
     eval_blocks = encode_blocks(split.validation, tokenizer, block_size, cache_dir=cache)
@@ -134,5 +134,8 @@ def is_classifier(model_dir: str | Path) -> bool:
         raise ModelError(f"{config_file} is not valid JSON") from None
     if not isinstance(document, dict):
         raise ModelError(f"{config_file} is not a model config (a JSON object)")
-    architectures = set(document.get("architectures") or ())
+    architectures = document.get("architectures") or ()
+    if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
+        raise ModelError(f"{config_file}: 'architectures' must be a list of names, got {architectures!r}")
+    architectures = set(architectures)
     return bool(architectures & set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()))

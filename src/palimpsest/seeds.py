@@ -20,3 +20,14 @@ SUPPORT_FACTS_SEED_OFFSET = 10_000
 HOLDOUT_SEED = 99
 #: The masks of a masked-LM evaluation set: fixed, so two evaluations compare the same positions.
 EVAL_MASK_SEED = 1234
+
+#: Seeds are below this: numpy's generators take 32-bit seeds, and a stream adds its offset.
+SEED_LIMIT = 2**31
+
+
+def check_seed(seed: int | None, key: str = "seed") -> None:
+    """One line for a seed no generator takes (negative, or too large once an offset is added)."""
+    from palimpsest.errors import ConfigError
+
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key} must be in 0..{SEED_LIMIT - 1}, got {seed}")

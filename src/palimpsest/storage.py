@@ -209,7 +209,14 @@ def as_stored(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def resumable(path: str | Path, key: Any, compute: Callable[[], T], *, kind: type[T] | None = None) -> T:
+def resumable(
+    path: str | Path,
+    key: Any,
+    compute: Callable[[], T],
+    *,
+    kind: type[T] | None = None,
+    workdir: str | Path | None = None,
+) -> T:
     """A unit of work that runs once: its stored result when ``key`` matches, else ``compute()``.
 
     The result is stored at ``path`` beside its key (everything that decides it: settings,
@@ -218,6 +225,10 @@ def resumable(path: str | Path, key: Any, compute: Callable[[], T], *, kind: typ
     typed result is written (:func:`~palimpsest.config.to_dict`) and read back
     (:func:`~palimpsest.config.from_dict`); without it the result is plain JSON. Either way
     the value returned is the one read back, so a fresh and a resumed run see the same thing.
+
+    ``workdir`` is where ``compute`` keeps what it resumes from (training checkpoints, a
+    tokenizer): it is kept for an interrupted unit of the same key and emptied before a unit
+    of another key starts, which must never continue another unit's checkpoint.
     """
     from palimpsest.config import from_dict, to_dict
 
@@ -230,10 +241,31 @@ def resumable(path: str | Path, key: Any, compute: Callable[[], T], *, kind: typ
         except (json.JSONDecodeError, UnicodeDecodeError):
             logger.warning("%s is unreadable; computing its unit again", path)
     if not (isinstance(stored, dict) and stored.get("key") == key and "result" in stored):
+        if workdir is not None:
+            _claim_workdir(Path(workdir), key)
         value = compute()
         stored = as_stored({"key": key, "result": to_dict(value) if kind is not None else value})
         write_json(path, stored)
     return from_dict(kind, stored["result"]) if kind is not None else stored["result"]
+
+
+UNIT_KEY = ".unit-key.json"
+
+
+def _claim_workdir(workdir: Path, key: Any) -> None:
+    """Empty ``workdir`` unless it was started by a unit of this ``key``; then record the key."""
+    marker = workdir / UNIT_KEY
+    try:
+        started = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        started = None
+    if started != key and workdir.exists():
+        if workdir.is_dir():
+            logger.info("%s holds work of another unit: starting it over", workdir)
+            remove_tree(workdir)
+        else:
+            workdir.unlink()
+    write_json(marker, key)
 
 
 def check_output_folder(folder: str | Path, *, option: str = "--out") -> Path:

@@ -37,6 +37,7 @@ from palimpsest.data.lm import mlm_mask
 from palimpsest.errors import ConfigError
 from palimpsest.extensions import TrainingExtension
 from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
+from palimpsest.seeds import check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class TrainingConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "training.seed")
         positive = ("steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) <= 0:

@@ -204,7 +204,7 @@ class EditConfig:
     layers: str | list[int | float] = "0.15"
     modules: list[str] = field(default_factory=lambda: ["ffn-out"])
     parameters: list[str] = field(default_factory=list)
-    norm: Norm | None = "linf"
+    norm: Norm | Literal["none"] | None = "linf"
     delta: float = 0.08
     #: ``"absolute"``: δ in the weights' own units; ``"weight"``: δ times each edited tensor's
     #: scale (its RMS for L-inf, its Frobenius norm for L2), so one δ means the same relative
@@ -233,6 +233,8 @@ class EditConfig:
     train_templates: Literal["edit", "paraphrases"] = "edit"
 
     def __post_init__(self) -> None:
+        if self.norm == "none":  # as the command line and YAML write "unconstrained"
+            self.norm = None
         if self.norm is not None and self.norm not in ("linf", "l2"):
             raise ConfigError(f"edit.norm: expected linf, l2 or none, got {self.norm!r}")
         if self.norm is not None and not (math.isfinite(self.delta) and self.delta > 0):

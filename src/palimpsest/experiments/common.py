@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from palimpsest.config import to_dict
 from palimpsest.data import load_tokenizer
 from palimpsest.data.facts import Fact, fact_corpus
 from palimpsest.errors import ConfigError
 from palimpsest.pretraining import DataConfig, prepare_data
-from palimpsest.storage import save_model
+from palimpsest.storage import UNIT_KEY, as_stored, save_model, write_json
 
 S = TypeVar("S")
 
@@ -82,7 +84,15 @@ def fact_mixture(
     statements = [fact_corpus(facts, hold_out=hold_out, seed=repeat) for repeat in range(fact_repeats)]
     fact_texts = tuple(text for statement in statements for text in statement.texts)
     tokenizer_dir = out / "tokenizer"
-    saved = load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
+    # what decides the tokenizer: a folder of a study run with other data trains its own again
+    key = as_stored({"data": to_dict(data), "objective": objective, "texts": _digest(fact_texts)})
+    marker = tokenizer_dir / UNIT_KEY
+    reusable = (
+        (tokenizer_dir / "tokenizer.json").is_file()
+        and marker.is_file()
+        and (json.loads(marker.read_text(encoding="utf-8")) == key)
+    )
+    saved = load_tokenizer(tokenizer_dir) if reusable else None
     prepared = prepare_data(
         data,
         objective=objective,
@@ -92,6 +102,7 @@ def fact_mixture(
     )
     if saved is None:
         save_model(None, prepared.tokenizer, tokenizer_dir)
+        write_json(marker, key)
     info = FactDataInfo(
         wiki_train_documents=prepared.info.train_documents,
         facts=len(facts),
@@ -103,6 +114,15 @@ def fact_mixture(
         vocab_size=prepared.info.vocab_size,
     )
     return FactMixture(prepared.tokenizer, prepared.train_blocks, prepared.eval_set, info)
+
+
+def _digest(texts: Sequence[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\x00")
+    return digest.hexdigest()
 
 
 def real_or_random_model(model: str | None, out: Path) -> tuple[Any, Any]:

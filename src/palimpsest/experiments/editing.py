@@ -292,7 +292,7 @@ def run_editing_study(
                 _pretrain, settings, family, facts, out / f"pretrain-{family}",
                 list(callbacks_for(f"editing: pretrain {family}")),
             ),
-            kind=PretrainedModel,
+            kind=PretrainedModel, workdir=out / f"pretrain-{family}",
         )
         for family in settings.families
     }  # fmt: skip

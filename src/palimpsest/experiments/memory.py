@@ -382,7 +382,7 @@ def run_memory_study(
                     partial(
                         _run_unit, settings, data, arm, seed, out, callbacks_for(f"memory {arm} s{seed}")
                     ),
-                    kind=MemoryUnit,
+                    kind=MemoryUnit, workdir=out / f"{arm}-s{seed}" / "trainer",
                 )
             )  # fmt: skip
     if not settings.keep_models:

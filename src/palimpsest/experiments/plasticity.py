@@ -432,6 +432,7 @@ def run_plasticity(
                 _task_unit, pretrain[variant].path, english_task, task_settings, unit_dir,
                 settings.task.labels, callbacks_for(f"task {variant}"),
             ),
+            workdir=unit_dir / "trainer",
         )  # fmt: skip
 
     runs: list[dict[str, Any]] = []
@@ -456,6 +457,7 @@ def run_plasticity(
                             pretrain[variant].path, task[variant]["model_path"], split, evaluation, unit_dir,
                             callbacks_for(f"{variant} {language} {budget} s{seed}"),
                         ),
+                        workdir=unit_dir / "trainer",
                     )  # fmt: skip
                     result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
                     runs.append(result)

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from palimpsest.errors import ConfigError
 from palimpsest.forgetting.reset import Init, embedding_parameters, forget_embeddings
-from palimpsest.seeds import FORGETTING_SEED_OFFSET
+from palimpsest.seeds import FORGETTING_SEED_OFFSET, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class ForgettingConfig:
     save_at_episode_end: bool = True
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "forgetting.seed")
         if self.reset_every <= 0:
             raise ConfigError(
                 f"forgetting.reset_every must be a positive number of updates, got {self.reset_every}"

@@ -53,6 +53,7 @@ from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddi
 from palimpsest.models import load_config, load_pretrained, objective_of
 from palimpsest.report import Figure, Section, Table
 from palimpsest.results import Results
+from palimpsest.seeds import check_seed
 from palimpsest.storage import save_model
 from palimpsest.training import TrainingConfig, evaluate_classification, evaluate_lm, train, train_only
 
@@ -85,6 +86,7 @@ class LanguageAdaptation:
     )
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name, least in (("tokens", 1), ("vocab_size", 32), ("block_size", 4), ("max_eval_blocks", 1)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{name} must be at least {least}, got {getattr(self, name)}")
@@ -108,6 +110,7 @@ class TaskAdaptation:
     )
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.max_length < 4:
             raise ConfigError(f"max_length must be at least 4 tokens, got {self.max_length}")
         if not 0.0 < self.validation_fraction < 1.0:

@@ -37,6 +37,7 @@ from palimpsest.errors import ConfigError, ModelError
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.models import hidden_size, transformer_blocks
+from palimpsest.seeds import check_seed
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
 
 #: The key of the memory's settings in a model's config (and so in its config.json).
@@ -80,6 +81,7 @@ class PKMConfig:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ConfigError("memory.layers: name at least one block")
+        check_seed(self.seed, "memory.seed")
         if self.mode not in ("residual", "replace"):
             raise ConfigError(f"memory.mode: expected 'residual' or 'replace', got {self.mode!r}")
         if self.query_norm not in ("layernorm", "batchnorm", "none"):

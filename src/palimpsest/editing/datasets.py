@@ -51,7 +51,7 @@ def _lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"no fact file at '{path}'")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is no error
     except UnicodeDecodeError as error:
         line = path.read_bytes()[: error.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text") from None

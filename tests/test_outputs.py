@@ -286,3 +286,17 @@ def test_a_study_folder_trains_its_tokenizer_again_for_other_data(tmp_path):
     assert len(first.tokenizer) == len(again.tokenizer) == 300
     other = fact_mixture(facts, tmp_path, replace(data, vocab_size=280), objective="clm")
     assert len(other.tokenizer) == 280
+
+
+def test_a_full_disk_while_training_is_one_line(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+    from transformers import Trainer
+
+    def full_disk(self, *args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left" })')
+
+    monkeypatch.setattr(Trainer, "train", full_disk)
+    tiny = ["--family", "gpt2", "--size", "micro", "--steps", "2", "--batch-size", "4", "--vocab-size", "300"]
+    line = one_error_line(palimpsest("pretrain", "--corpus", "wiki-en", *tiny, "--block-size", "32",
+                                     "--out", tmp_path / "run"))  # fmt: skip
+    assert "cannot write a checkpoint" in line and "run the same command again" in line

@@ -122,7 +122,7 @@ def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(staging))
     except (OSError, SafetensorError, RuntimeError) as error:
-        if not _is_write_failure(error):
+        if not is_write_failure(error):
             raise
         raise StorageError(
             f"cannot save the model to {path}: {_first_line(error)}; nothing was replaced "
@@ -136,7 +136,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _is_write_failure(error: BaseException) -> bool:
+def is_write_failure(error: BaseException) -> bool:
     """A failure of the disk, not of the program: full, read-only, quota, I/O (torch and
     safetensors report them as their own exception types with the OS message inside)."""
     import errno

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     DataCollatorWithPadding,
@@ -34,10 +35,11 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from palimpsest.data.lm import mlm_mask
-from palimpsest.errors import ConfigError
+from palimpsest.errors import ConfigError, StorageError
 from palimpsest.extensions import TrainingExtension
 from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
 from palimpsest.seeds import check_seed
+from palimpsest.storage import is_write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +376,15 @@ def train(
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if not is_write_failure(error):
+            raise
+        raise StorageError(
+            f"cannot write a checkpoint in {output_dir}: {str(error).splitlines()[0]}; the last complete "
+            "checkpoint is kept (free some space and run the same command again to resume)"
+        ) from None
     seconds = time.perf_counter() - started
     steps_run = trainer.state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
     tokens_per_step = _tokens_per_example(train_dataset) * config.batch_size * config.gradient_accumulation

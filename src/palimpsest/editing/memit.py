@@ -1,0 +1,509 @@
+"""Many edits at once and one after another: the MEMIT family of batch editors.
+
+Read top to bottom, one edit of ``n`` requests is:
+
+1. **Targets.** For each request, a vector ``delta`` added to the residual stream at the
+   subject's last token after the last edited block, found by a few Adam steps on ``delta``
+   alone so that the model says the new object — through the edit prompt as written and after
+   a few short passages of unrelated text in front of it, since users ask both ways — while a
+   KL term keeps what the model says of the subject in general ("{subject} is a"). ``delta``
+   is clamped to a share of the hidden state's norm, and the target ``z = h + delta`` to a
+   multiple of the block's typical output norm (norm control: targets that grow past the
+   layer's scale are what makes long sequences of edits collapse).
+2. **Keys.** At each edited block, the input ``k`` of the FFN's output projection at the
+   subject's last token, averaged over the same contexts.
+3. **Spread.** Block by block, the part of ``z - h`` still missing is divided by the number of
+   blocks left and written into the projection ``W`` by least squares:
+   ``dW = R K^T (lam C0 + K_prev K_prev^T + K K^T)^-1`` (MEMIT; ``C0`` the keys' second moment on
+   ordinary text, :mod:`palimpsest.editing.statistics`; ``K_prev`` the keys of earlier edits,
+   kept so that a sequence of edits does not overwrite itself), or, with
+   ``method="alphaedit"``, the same residual projected onto the null space ``P`` of ``C0``:
+   ``dW = R K^T P (K K^T P + K_prev K_prev^T P + alpha I)^-1``, which leaves the outputs of
+   ordinary text (and of earlier edits) where they were.
+
+Only the output projections of the edited blocks are written; :meth:`BatchEditor.undo`
+restores them bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from palimpsest.data.facts import Fact
+from palimpsest.editing.editor import EditResult, block_indices
+from palimpsest.editing.metrics import edit_metrics
+from palimpsest.editing.requests import EditRequest
+from palimpsest.editing.statistics import LayerStatistics, cached_statistics, ffn_output_projection
+from palimpsest.errors import ConfigError, DataError, ModelError
+from palimpsest.models import objective_of, transformer_blocks
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["memit", "alphaedit"]
+
+
+@dataclass
+class BatchEditConfig:
+    """How a batch edit is made (defaults: see the README, "Many edits")."""
+
+    method: Method = "memit"
+    #: Blocks whose FFN output projection is written (indices, relative depths, or names as
+    #: for the constrained editor); the target is set after the last of them.
+    layers: list[int | float] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    #: Adam steps and learning rate of each target vector.
+    target_steps: int = 25
+    target_lr: float = 0.5
+    #: Weight of the KL term keeping what the model says of the subject in general.
+    kl_factor: float = 0.0625
+    #: Weight decay on the target vector (relative to the hidden state's squared norm).
+    weight_decay: float = 1e-3
+    #: ``|delta| <= clamp_norm_factor * |h|`` at the subject's last token.
+    clamp_norm_factor: float = 0.75
+    #: Norm control: ``|z| <= target_norm_limit *`` the block's mean output norm on ordinary text
+    #: (None: no limit).
+    target_norm_limit: float | None = 2.0
+    #: Passages of unrelated text put in front of the prompts the targets and keys are read
+    #: from (besides the prompt as written), and their length in words.
+    context_passages: int = 4
+    context_words: int = 10
+    #: MEMIT's weight of the preserved statistics against the edits (``lam``).
+    covariance_weight: float = 15_000.0
+    #: AlphaEdit: the null space is the eigenvectors of ``C0`` whose eigenvalue is below this
+    #: share of the largest one.
+    nullspace_threshold: float = 1e-4
+    #: AlphaEdit's ridge ``alpha``.
+    ridge: float = 10.0
+    #: Keep the keys of every edit, so that later edits (``apply`` called again) preserve them.
+    accumulate_keys: bool = True
+    statistics_corpus: str = "wiki-en"
+    statistics_tokens: int = 100_000
+    #: Requests whose targets are optimised together (one batch of forward passes).
+    target_batch: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("memit", "alphaedit"):
+            raise ConfigError(f"batch_edit.method: expected memit or alphaedit, got {self.method!r}")
+        if not self.layers:
+            raise ConfigError("batch_edit.layers: name at least one block")
+        for name in ("target_steps", "statistics_tokens", "target_batch"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"batch_edit.{name} must be positive, got {getattr(self, name)}")
+        for name in ("target_lr", "clamp_norm_factor", "covariance_weight", "ridge", "nullspace_threshold"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"batch_edit.{name} must be a positive number, got {value}")
+        for name in ("kl_factor", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"batch_edit.{name} must be a number >= 0, got {getattr(self, name)}")
+        if self.target_norm_limit is not None and not self.target_norm_limit > 0:
+            raise ConfigError(f"batch_edit.target_norm_limit must be positive, got {self.target_norm_limit}")
+        if self.context_passages < 0 or self.context_words <= 0:
+            raise ConfigError("batch_edit.context_passages must be >= 0 and context_words > 0")
+
+
+@dataclass
+class _Prompt:
+    """Token ids of one prompt, where the subject ends, and the answer tokens that follow."""
+
+    ids: list[int]
+    subject_last: int
+    answer: list[int]  # empty for a prompt read without an answer (keys, KL)
+    request: int
+
+
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """What the tokenizer itself puts in front of a text (``<s>``, ``<|begin_of_text|>``), or
+    nothing (SmolLM2): prompts are read as a user's ``tokenizer(text)`` reads them."""
+    plain = tokenizer("fact", add_special_tokens=False)["input_ids"]
+    full = tokenizer("fact")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def context_passages(count: int, words: int, seed: int, corpus: str = "wiki-en") -> list[str]:
+    """``count`` passages of ``words`` words, each from the start of a sentence of ordinary text
+    drawn at random (deterministic by ``seed``): the unrelated text a prompt may follow."""
+    if count == 0:
+        return []
+    from palimpsest.data import load_corpus, split_corpus
+
+    texts = split_corpus(load_corpus(corpus), 0.05, seed=0).train.texts
+    rng = random.Random(seed)
+    passages: list[str] = []
+    while len(passages) < count:
+        text = texts[rng.randrange(len(texts))].split()
+        if len(text) > words:
+            start = rng.randrange(len(text) - words)
+            passages.append(" ".join(text[start : start + words]).rstrip(".,;:") + ".")
+    return passages
+
+
+class BatchEditor:
+    """MEMIT or AlphaEdit on a causal LM; ``apply`` again continues a sequence of edits.
+
+    ``statistics`` may be given (a dict by block, :func:`~palimpsest.editing.statistics.cached_statistics`)
+    or is computed on first use from the model as it is then, and kept for later edits.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        config: BatchEditConfig | None = None,
+        statistics: dict[int, LayerStatistics] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **settings: Any,
+    ):
+        from palimpsest.config import from_dict, to_dict
+
+        base = to_dict(config) if config is not None else {}
+        self.config = (
+            from_dict(BatchEditConfig, {**base, **settings}) if settings or config is None else config
+        )
+        if objective_of(model.config) != "clm":
+            raise ModelError("the batch editors edit causal LMs (the target is read at the next token)")
+        self.model = model
+        self.tokenizer = tokenizer
+        _prefix, blocks = transformer_blocks(model)
+        self.blocks = block_indices(self.config.layers, len(blocks))
+        self.projections = {b: ffn_output_projection(model, b) for b in self.blocks}
+        self.original = {b: p.weight.detach().clone() for b, p in self.projections.items()}
+        self.statistics = statistics
+        self.progress = progress
+        self.front = leading_special_ids(tokenizer)
+        self.contexts = context_passages(
+            self.config.context_passages, self.config.context_words, self.config.seed
+        )
+        #: Keys of earlier edits, by block: ``K_prev K_prev^T`` (d_in x d_in).
+        self.previous_keys: dict[int, torch.Tensor] = {}
+        self._nullspace: dict[int, torch.Tensor] = {}
+        #: Norms of the last edit's target vectors (norm control caps them).
+        self.target_norms: list[float] = []
+
+    # ------------------------------------------------------------------ public
+
+    def apply(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        unmodified: Sequence[Fact] = (),
+        measure: bool = True,
+        edit_template: int = 0,
+    ) -> EditResult:
+        """Write every request into the model at once (call again for the next batch of a sequence)."""
+        if not requests:
+            raise DataError("no edit requests")
+        before = (
+            edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=edit_template)
+            if measure
+            else {}
+        )
+        started = time.perf_counter()
+        statistics = self._statistics()
+        targets, norms = self._targets(requests, edit_template, statistics)
+        for position, block in enumerate(self.blocks):
+            keys = self._keys(requests, edit_template, block)  # (d_in, n)
+            current = self._hidden(requests, edit_template)  # (d, n) at the last block
+            residual = (targets - current) / (len(self.blocks) - position)
+            update = self._solve(block, keys, residual, statistics[block])
+            self._add(block, update)
+        if self.config.accumulate_keys:
+            for block in self.blocks:
+                keys = self._keys(requests, edit_template, block)
+                outer = keys @ keys.T
+                self.previous_keys[block] = self.previous_keys.get(block, torch.zeros_like(outer)) + outer
+        seconds = time.perf_counter() - started
+        after = (
+            edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=edit_template)
+            if measure
+            else {}
+        )
+        self.target_norms = norms
+        return EditResult(
+            before, after, len(self.blocks), seconds, float("nan"), self.changes(), self.edited_parameters
+        )
+
+    def undo(self) -> None:
+        """Put every edited projection back exactly as it was before the first edit."""
+        with torch.no_grad():
+            for block, projection in self.projections.items():
+                projection.weight.copy_(self.original[block])
+        self.previous_keys = {}
+
+    def changes(self) -> dict[str, dict[str, float]]:
+        out = {}
+        with torch.no_grad():
+            for block, projection in self.projections.items():
+                change = (projection.weight - self.original[block]).float()
+                out[f"block {block}"] = {"linf": float(change.abs().max()), "l2": float(change.norm())}
+        return out
+
+    @property
+    def edited_parameters(self) -> int:
+        return sum(p.weight.numel() for p in self.projections.values())
+
+    # ------------------------------------------------------------------ the least squares
+
+    def _solve(
+        self, block: int, keys: torch.Tensor, residual: torch.Tensor, stats: LayerStatistics
+    ) -> torch.Tensor:
+        """``dW`` (d_out x d_in) of one block: see the module docstring."""
+        keys, residual = keys.double(), residual.double()
+        previous = self.previous_keys.get(block)
+        if self.config.method == "memit":
+            system = self.config.covariance_weight * stats.second_moment + keys @ keys.T
+            if previous is not None:
+                system = system + previous
+            # dW system = R K^T  <=>  system dW^T = K R^T (system is symmetric)
+            return torch.linalg.solve(system, keys @ residual.T).T
+        projector = self._projector(block, stats)
+        system = projector @ (keys @ keys.T + (previous if previous is not None else 0.0))
+        system = system + self.config.ridge * torch.eye(system.shape[0], dtype=system.dtype)
+        return torch.linalg.solve(system, projector @ keys @ residual.T).T
+
+    def _projector(self, block: int, stats: LayerStatistics) -> torch.Tensor:
+        """``P``: onto the eigenvectors of ``C0`` with (relatively) small eigenvalues."""
+        if block not in self._nullspace:
+            values, vectors = torch.linalg.eigh(stats.second_moment.double())
+            small = vectors[:, values < self.config.nullspace_threshold * values.max()]
+            if small.shape[1] == 0:
+                raise ConfigError(
+                    f"block {block}: ordinary text uses every direction of its keys (no eigenvalue of C0 "
+                    f"below {self.config.nullspace_threshold} of the largest); raise nullspace_threshold"
+                )
+            self._nullspace[block] = small @ small.T
+        return self._nullspace[block]
+
+    def _add(self, block: int, update: torch.Tensor) -> None:
+        weight = self.projections[block].weight
+        with torch.no_grad():
+            change = update.to(weight.dtype)
+            # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out)
+            weight.add_(change if tuple(weight.shape) == tuple(change.shape) else change.T)
+
+    def _statistics(self) -> dict[int, LayerStatistics]:
+        if self.statistics is None or not all(b in self.statistics for b in self.blocks):
+            self.statistics = cached_statistics(
+                self.model, self.tokenizer, self.blocks, corpus=self.config.statistics_corpus,
+                tokens=self.config.statistics_tokens, progress=self.progress,
+            )  # fmt: skip
+        return self.statistics
+
+    # ------------------------------------------------------------------ prompts
+
+    def _prompts(
+        self, request: EditRequest, index: int, template: int, *, with_answer: bool
+    ) -> list[_Prompt]:
+        """The request's prompt as written and after each context passage."""
+        fact = request.fact
+        before, _after = fact.relation.parts(fact.subject, template)
+        prompt = before.rstrip()
+        lead = fact.relation.templates[template % len(fact.relation.templates)].split("{subject}")[0]
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        prompts = []
+        for context in ["", *self.contexts]:
+            joined = f"{context} " if context else ""
+            prompt_ids = encode(joined + prompt)
+            through_subject = encode(joined + lead + fact.subject)
+            if prompt_ids[: len(through_subject)] != through_subject:
+                continue  # the tokenizer merges the subject with what follows: no token ends it here
+            answer: list[int] = []
+            if with_answer:
+                full = encode(joined + before + request.new_object)
+                if full[: len(prompt_ids)] != prompt_ids:
+                    continue
+                answer = full[len(prompt_ids) :]
+            prompts.append(
+                _Prompt(self.front + prompt_ids, len(self.front) + len(through_subject) - 1, answer, index)
+            )
+        if not prompts:
+            raise DataError(
+                f"cannot find where the subject ends in '{fact.prompt(template)}': the tokenizer merges it "
+                "with the next word"
+            )
+        return prompts
+
+    def _general_prompt(self, request: EditRequest, index: int) -> _Prompt:
+        """ "{subject} is a": what the model says of the subject in general (the KL term's prompt)."""
+        ids = self.tokenizer(request.fact.subject, add_special_tokens=False)["input_ids"]
+        rest = self.tokenizer(request.fact.subject + " is a", add_special_tokens=False)["input_ids"]
+        return _Prompt(self.front + rest, len(self.front) + len(ids) - 1, [], index)
+
+    def _batch(self, prompts: Sequence[_Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(p.ids) + len(p.answer) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            sequence = p.ids + p.answer
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        return ids.to(device), mask.to(device)
+
+    # ------------------------------------------------------------------ reading and steering the model
+
+    def _at_subject(
+        self, requests: Sequence[EditRequest], template: int, module: nn.Module, *, inputs: bool
+    ) -> torch.Tensor:
+        """(width, n): a module's input (or output) at each request's subject's last token,
+        averaged over the request's prompts."""
+        prompts = [
+            p for i, r in enumerate(requests) for p in self._prompts(r, i, template, with_answer=False)
+        ]
+        captured: list[torch.Tensor] = []
+
+        def pre(_m: nn.Module, args: tuple) -> None:
+            captured.append(args[0].detach())
+
+        def post(_m: nn.Module, _args: tuple, output: Any) -> None:
+            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handle = module.register_forward_pre_hook(pre) if inputs else module.register_forward_hook(post)
+        totals = torch.zeros(0, len(requests), dtype=torch.float64)
+        counts = torch.zeros(len(requests), dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(prompts), 64):
+                    chunk = prompts[start : start + 64]
+                    ids, mask = self._batch(chunk)
+                    captured.clear()
+                    self.model(input_ids=ids, attention_mask=mask)
+                    states = captured[0]
+                    if totals.shape[0] == 0:
+                        totals = torch.zeros(states.shape[-1], len(requests), dtype=torch.float64)
+                    for row, p in enumerate(chunk):
+                        totals[:, p.request] += states[row, p.subject_last].double().cpu()
+                        counts[p.request] += 1
+        finally:
+            handle.remove()
+        return totals / counts
+
+    def _keys(self, requests: Sequence[EditRequest], template: int, block: int) -> torch.Tensor:
+        return self._at_subject(requests, template, self.projections[block], inputs=True)
+
+    def _hidden(self, requests: Sequence[EditRequest], template: int) -> torch.Tensor:
+        _prefix, blocks = transformer_blocks(self.model)
+        return self._at_subject(requests, template, blocks[self.blocks[-1]], inputs=False)
+
+    def _targets(
+        self, requests: Sequence[EditRequest], template: int, statistics: dict[int, LayerStatistics]
+    ) -> tuple[torch.Tensor, list[float]]:
+        """(d, n) target vectors at the last edited block (step 1 of the module docstring)."""
+        _prefix, blocks = transformer_blocks(self.model)
+        last = blocks[self.blocks[-1]]
+        limit = None
+        if self.config.target_norm_limit is not None:
+            limit = self.config.target_norm_limit * statistics[self.blocks[-1]].hidden_norm
+        hidden = self._hidden(requests, template)
+        targets = torch.zeros_like(hidden)
+        norms: list[float] = []
+        was_training = self.model.training
+        self.model.eval()
+        grad_flags = {id(p): p.requires_grad for p in self.model.parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        try:
+            for start in range(0, len(requests), self.config.target_batch):
+                chunk = list(range(start, min(start + self.config.target_batch, len(requests))))
+                found = self._optimise(requests, chunk, template, last, hidden[:, chunk])
+                for column, index in enumerate(chunk):
+                    z = hidden[:, index] + found[:, column]
+                    if limit is not None and float(z.norm()) > limit:
+                        z = z * (limit / float(z.norm()))  # norm control
+                    targets[:, index] = z
+                    norms.append(float(z.norm()))
+        finally:
+            for p in self.model.parameters():
+                p.requires_grad_(grad_flags[id(p)])
+            self.model.train(was_training)
+        return targets, norms
+
+    def _optimise(
+        self,
+        requests: Sequence[EditRequest],
+        chunk: list[int],
+        template: int,
+        last: nn.Module,
+        hidden: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``delta`` of each request in ``chunk``, optimised together (their losses are
+        separate sums, so this is the same as optimising each alone)."""
+        device = next(self.model.parameters()).device
+        edit_prompts = [p for i in chunk for p in self._prompts(requests[i], i, template, with_answer=True)]
+        general = [self._general_prompt(requests[i], i) for i in chunk]
+        prompts = edit_prompts + general
+        ids, mask = self._batch(prompts)
+        column = {index: c for c, index in enumerate(chunk)}
+        rows = torch.arange(len(prompts), device=device)
+        positions = torch.tensor([p.subject_last for p in prompts], device=device)
+        owner = torch.tensor([column[p.request] for p in prompts], device=device)
+        delta = torch.zeros(
+            hidden.shape[0], len(chunk), dtype=torch.float32, device=device, requires_grad=True
+        )
+        optimizer = torch.optim.Adam([delta], lr=self.config.target_lr)
+        base_norm = hidden.float().norm(dim=0).to(device)  # |h| per request
+
+        def steer(_m: nn.Module, _args: tuple, output: Any) -> Any:
+            states = output[0] if isinstance(output, tuple) else output
+            states = states.clone()
+            states[rows, positions] = states[rows, positions] + delta.T[owner].to(states.dtype)
+            return (states, *output[1:]) if isinstance(output, tuple) else states
+
+        answer_rows, answer_positions, answer_ids, answer_owner = [], [], [], []
+        for row, p in enumerate(edit_prompts):
+            for offset, token in enumerate(p.answer):
+                answer_rows.append(row)
+                answer_positions.append(len(p.ids) + offset - 1)
+                answer_ids.append(token)
+                answer_owner.append(column[p.request])
+        answer_rows_t = torch.tensor(answer_rows, device=device)
+        answer_positions_t = torch.tensor(answer_positions, device=device)
+        answer_ids_t = torch.tensor(answer_ids, device=device)
+        answer_owner_t = torch.tensor(answer_owner, device=device)
+        tokens_per_request = torch.bincount(answer_owner_t, minlength=len(chunk)).clamp(min=1).float()
+        general_rows = torch.arange(len(edit_prompts), len(prompts), device=device)
+        general_last = torch.tensor([len(p.ids) - 1 for p in general], device=device)
+        with torch.no_grad():
+            reference = self.model(input_ids=ids, attention_mask=mask).logits[general_rows, general_last]
+            reference = reference.float().log_softmax(-1)
+        handle = last.register_forward_hook(steer)
+        try:
+            for _step in range(self.config.target_steps):
+                optimizer.zero_grad()
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                log_probs = logits[answer_rows_t, answer_positions_t].log_softmax(-1)
+                token_nll = -log_probs.gather(-1, answer_ids_t.unsqueeze(-1)).squeeze(-1)
+                nll = (
+                    torch.zeros(len(chunk), device=device).index_add(0, answer_owner_t, token_nll)
+                    / tokens_per_request
+                )
+                general_now = logits[general_rows, general_last].log_softmax(-1)
+                kl = (reference.exp() * (reference - general_now)).sum(
+                    -1
+                )  # KL(original || edited), per request
+                decay = self.config.weight_decay * delta.norm(dim=0) ** 2 / base_norm**2
+                loss = (nll + self.config.kl_factor * kl + decay).sum()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():  # |delta| <= clamp * |h|
+                    bound = self.config.clamp_norm_factor * base_norm
+                    scale = (bound / delta.norm(dim=0).clamp(min=1e-12)).clamp(max=1.0)
+                    delta.mul_(scale)
+        finally:
+            handle.remove()
+        return delta.detach().to(dtype=torch.float64, device="cpu")

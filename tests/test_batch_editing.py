@@ -1,0 +1,151 @@
+"""The batch editors' mechanics: their least squares, the null-space bound, exact undo, and the
+statistics cache (keyed by weights, corpus and token count; a torn file is computed again)."""
+
+import pytest
+import torch
+
+from palimpsest.data.facts import CAPITAL, Fact
+from palimpsest.editing import EditRequest
+from palimpsest.editing import statistics as stats_module
+from palimpsest.editing.memit import BatchEditConfig, BatchEditor, leading_special_ids
+from palimpsest.editing.statistics import (
+    LayerStatistics,
+    cached_statistics,
+    statistics_path,
+    weights_fingerprint,
+)
+from palimpsest.errors import ConfigError
+from palimpsest.models import build_smollm2_like
+
+REQUESTS = [
+    EditRequest(Fact("France", CAPITAL, "Paris"), "Rome"),
+    EditRequest(Fact("Spain", CAPITAL, "Madrid"), "Berlin"),
+    EditRequest(Fact("Peru", CAPITAL, "Lima"), "Oslo"),
+]
+FAST = {"layers": [1, 2], "statistics_tokens": 2000, "target_steps": 3, "context_passages": 1}
+
+
+@pytest.fixture
+def model(tokenizer):
+    return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def private_statistics(tmp_path, monkeypatch):
+    monkeypatch.setenv("PALIMPSEST_MODEL_CACHE", str(tmp_path / "models"))
+
+
+def _random_statistics(width: int, seed: int = 0) -> LayerStatistics:
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(width, width, generator=generator, dtype=torch.float64)
+    scales = torch.logspace(0, -6, width, dtype=torch.float64)  # a spectrum with a near-null space
+    second_moment = basis @ torch.diag(scales) @ basis.T / width
+    return LayerStatistics(second_moment, hidden_norm=1.0, tokens=1000)
+
+
+def test_the_memit_update_solves_its_least_squares(model, tokenizer):
+    editor = BatchEditor(model, tokenizer, covariance_weight=7.0, **FAST)
+    width = editor.projections[1].weight.shape[1]
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(width, 5, generator=generator, dtype=torch.float64)
+    residual = torch.randn(24, 5, generator=generator, dtype=torch.float64)
+    stats = _random_statistics(width)
+    editor.previous_keys[1] = (lambda k: k @ k.T)(
+        torch.randn(width, 3, generator=generator, dtype=torch.float64)
+    )
+    update = editor._solve(1, keys, residual, stats)
+    system = 7.0 * stats.second_moment + editor.previous_keys[1] + keys @ keys.T
+    # the normal equations of min |dW K - R|^2 + tr(dW (lam C0 + K_prev K_prev^T) dW^T)
+    torch.testing.assert_close(update @ system, residual @ keys.T, rtol=1e-8, atol=1e-8)
+
+
+def test_the_alphaedit_update_leaves_ordinary_text_within_its_bound(model, tokenizer):
+    threshold = 1e-3
+    editor = BatchEditor(
+        model, tokenizer, method="alphaedit", nullspace_threshold=threshold, ridge=0.5, **FAST
+    )
+    width = editor.projections[1].weight.shape[1]
+    generator = torch.Generator().manual_seed(2)
+    keys = torch.randn(width, 4, generator=generator, dtype=torch.float64)
+    residual = torch.randn(24, 4, generator=generator, dtype=torch.float64)
+    stats = _random_statistics(width)
+    update = editor._solve(1, keys, residual, stats)
+    largest = float(torch.linalg.eigvalsh(stats.second_moment).max())
+    # E|dW k|^2 over ordinary text = tr(dW C0 dW^T): its rows lie where C0 < threshold * largest
+    moved = float(torch.trace(update @ stats.second_moment @ update.T))
+    assert moved <= threshold * largest * float(update.norm()) ** 2 * (1 + 1e-6)
+    assert float(update.norm()) > 0  # it does write something
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_undo_is_bit_exact_and_nothing_else_is_written(model, tokenizer, method):
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    editor = BatchEditor(model, tokenizer, method=method, nullspace_threshold=0.5, **FAST)
+    editor.apply(REQUESTS[:2], measure=False)
+    editor.apply(REQUESTS[2:], measure=False)  # a second batch of the sequence
+    after = model.state_dict()
+    written = {name for name in before if not torch.equal(before[name], after[name])}
+    assert written and written <= {f"model.layers.{b}.mlp.down_proj.weight" for b in (1, 2)}
+    assert set(editor.previous_keys) == {1, 2}
+    editor.undo()
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_the_target_moves_the_prompt_as_users_write_it(model, tokenizer):
+    editor = BatchEditor(model, tokenizer, **{**FAST, "target_steps": 10, "target_lr": 0.05})
+    assert editor.front == leading_special_ids(tokenizer)
+    prompts = editor._prompts(REQUESTS[0], 0, 0, with_answer=True)
+    assert len(prompts) == 2 and prompts[0].ids[: len(editor.front)] == editor.front
+    plain = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    assert prompts[0].ids == editor.front + plain  # no end-of-text token of ours in front
+    assert prompts[1].ids[len(editor.front) :] != plain  # the same prompt after unrelated text
+
+
+def test_a_config_that_cannot_work_is_refused(model, tokenizer):
+    with pytest.raises(ConfigError, match="method"):
+        BatchEditConfig(method="rome")
+    with pytest.raises(ConfigError, match="covariance_weight"):
+        BatchEditConfig(covariance_weight=float("nan"))
+    editor = BatchEditor(model, tokenizer, method="alphaedit", nullspace_threshold=1e-12, **FAST)
+    width = editor.projections[1].weight.shape[1]
+    full_rank = LayerStatistics(torch.eye(width, dtype=torch.float64), 1.0, 10)
+    with pytest.raises(ConfigError, match="nullspace_threshold"):
+        editor._solve(
+            1, torch.ones(width, 1, dtype=torch.float64), torch.ones(24, 1, dtype=torch.float64), full_rank
+        )
+
+
+def test_statistics_are_cached_by_weights_corpus_and_token_count(model, tokenizer, monkeypatch):
+    calls = []
+    compute = stats_module.compute_statistics
+
+    def counted(*args, **kwargs):
+        calls.append((kwargs["corpus"], kwargs["tokens"]))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "compute_statistics", counted)
+    first = cached_statistics(model, tokenizer, [1], tokens=1500)
+    again = cached_statistics(model, tokenizer, [1], tokens=1500)
+    assert len(calls) == 1 and torch.equal(first[1].second_moment, again[1].second_moment)
+    cached_statistics(model, tokenizer, [1], tokens=1000)  # another count
+    cached_statistics(model, tokenizer, [1], corpus="wiki-fr", tokens=1500)  # another corpus
+    assert len(calls) == 3
+    cached_statistics(model, tokenizer, [1, 2], tokens=1500)  # a block not measured before
+    assert len(calls) == 4
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(0.01)  # other weights before the block
+    cached_statistics(model, tokenizer, [1], tokens=1500)
+    assert len(calls) == 5
+    path = statistics_path(weights_fingerprint(model, [1]), "wiki-en", 1500)
+    path.write_bytes(path.read_bytes()[:100])  # torn
+    torn = cached_statistics(model, tokenizer, [1], tokens=1500)
+    assert len(calls) == 6 and torn[1].second_moment.shape == first[1].second_moment.shape
+
+
+def test_statistics_are_the_second_moment_of_the_projections_inputs(model, tokenizer):
+    computed = stats_module.compute_statistics(model, tokenizer, [2], tokens=600, block_size=32)[2]
+    assert computed.tokens >= 600
+    second = computed.second_moment
+    torch.testing.assert_close(second, second.T)
+    assert float(torch.linalg.eigvalsh(second).min()) > -1e-10  # positive semi-definite
+    assert computed.hidden_norm > 0

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from palimpsest.data.facts import CAPITAL, Fact
+from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing import EditRequest
 from palimpsest.editing import statistics as stats_module
-from palimpsest.editing.memit import BatchEditConfig, BatchEditor, leading_special_ids
+from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.editing.statistics import (
     LayerStatistics,
     cached_statistics,
@@ -149,3 +150,33 @@ def test_statistics_are_the_second_moment_of_the_projections_inputs(model, token
     torch.testing.assert_close(second, second.T)
     assert float(torch.linalg.eigvalsh(second).min()) > -1e-10  # positive semi-definite
     assert computed.hidden_norm > 0
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_edit_from_the_command_line_with_a_batch_editor(tmp_path, tokenizer, method):
+    import json
+
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, base)
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "Peru", "relation": "capital", "object": "Lima"}\n'
+    )
+    config = tmp_path / "batch.yaml"
+    config.write_text("statistics_tokens: 2000\ncontext_passages: 1\nnullspace_threshold: 0.5\n")
+    arguments = ["edit", "--model", base, "--facts", facts, "--method", method, "--config", config]
+    done = palimpsest(*arguments, "--layers", "1,2", "--steps", "3", "--out", tmp_path / "e")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["config"]["method"] == method and results["config"]["layers"] == [1, 2]
+    assert results["max_abs_change"] > 0 and "A_M@after-text" in results["after"]
+    line = one_error_line(palimpsest(*arguments, "--norm", "l2", "--out", tmp_path / "x"))
+    assert "--norm" in line and "constrained" in line
+    unknown = palimpsest(
+        "edit", "--model", base, "--facts", facts, "--method", "rome", "--out", tmp_path / "y"
+    )
+    assert "unknown editor" in one_error_line(unknown)

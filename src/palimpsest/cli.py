@@ -777,16 +777,27 @@ def edit(
     sequential: Annotated[
         bool, typer.Option(help="Edit one fact after another instead of together.")
     ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="constrained (fine-tuning in a norm ball, Zhu et al.), memit or alphaedit (batch editors)."
+        ),
+    ] = "constrained",
     config: ConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Modify facts in a model by constrained fine-tuning (Zhu et al. 2020); report both sides."""
+    """Modify facts in a model (constrained fine-tuning, MEMIT or AlphaEdit); report both sides."""
     _setup_logging(verbose)
     from palimpsest.config import load_config
     from palimpsest.editing.editor import EditConfig
+    from palimpsest.editing.memit import BatchEditConfig
     from palimpsest.editing.run import edit_saved_model
     from palimpsest.errors import ConfigError
+    from palimpsest.progress import make_progress
     from palimpsest.report import write_report
+
+    if method not in ("constrained", "memit", "alphaedit"):
+        raise ConfigError(f"--method: unknown editor '{method}' (known: constrained, memit, alphaedit)")
 
     chosen_layers: str | list[int | float] | None = layers
     if layers and layers[0].isdigit():
@@ -796,16 +807,40 @@ def edit(
             raise ConfigError(
                 f"--layers: expected first+last, all, indices like 0,3 or depths like 0.15, got '{layers}'"
             ) from None
-    settings = load_config(
-        EditConfig,
-        config,
-        {
-            "layers": chosen_layers, "modules": modules.split(",") if modules else None,
-            "norm": "none" if norm is not None and norm.lower() == "none" else norm,
-            "delta": delta, "learning_rate": lr, "steps": steps, "objective": objective,
-        },
-    )  # fmt: skip
-    results = edit_saved_model(model, facts, out, settings, sequential=sequential)
+    settings: EditConfig | BatchEditConfig
+    if method == "constrained":
+        settings = load_config(
+            EditConfig,
+            config,
+            {
+                "layers": chosen_layers, "modules": modules.split(",") if modules else None,
+                "norm": "none" if norm is not None and norm.lower() == "none" else norm,
+                "delta": delta, "learning_rate": lr, "steps": steps, "objective": objective,
+            },
+        )  # fmt: skip
+    else:
+        constrained_only = {"--modules": modules, "--norm": norm, "--delta": delta, "--objective": objective}
+        given = [flag for flag, value in constrained_only.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} belong(s) to --method constrained, not {method}")
+        if isinstance(chosen_layers, str):
+            raise ConfigError(
+                f"--layers: {method} takes block indices or depths (like 3,4,5), got '{layers}'"
+            )
+        settings = load_config(
+            BatchEditConfig,
+            config,
+            {"method": method, "layers": chosen_layers, "target_lr": lr, "target_steps": steps},
+        )
+    if isinstance(settings, EditConfig):
+        results = edit_saved_model(model, facts, out, settings, sequential=sequential)
+    else:
+        with make_progress(console) as progress:
+            task = progress.add_task("statistics of ordinary text (tokens)", total=None, status="")
+            results = edit_saved_model(
+                model, facts, out, settings, sequential=sequential,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
     write_report([results], out, title="palimpsest edit")
     table = Table(title=f"{len(results.requests)} edit(s), {results.steps} steps, {results.seconds:.1f} s")
     table.add_column("metric")

@@ -4,10 +4,15 @@ One definition for every study (the memory study's recall, the editor's metrics)
 
 * the *answer* is the object's tokens, as they are tokenized inside the full statement
   (with its leading space) — the final punctuation is not part of it;
-* a causal LM is given the end-of-document token and the prompt (the template cut
-  before the object) and scored teacher-forced on the answer: the fact is *recalled*
-  when the argmax at every answer position is the answer token (exactly what greedy
-  decoding would produce, computed in one batched pass);
+* a causal LM is given the prompt (the template cut before the object) as a user writes
+  it — only what the tokenizer itself puts in front of a text, nothing of ours (the
+  ``"plain"`` :class:`PromptContext`) — and scored teacher-forced on the answer: the fact is
+  *recalled* when the argmax at every answer position is the answer token (exactly what
+  greedy decoding would produce, computed in one batched pass). Two other contexts are
+  measured beside it: the prompt after a passage of unrelated text (:func:`after_text`), and
+  the prompt behind the end-of-document token (``"end-of-text"``: how palimpsest probed
+  until the issue "Many edits" showed that an edit could hold there and not for the plain
+  prompt);
 * a masked LM is given the whole statement with every answer token masked: recalled
   when the argmax at every masked position is the answer token;
 * ``logprob`` is the sum of the answer tokens' log-probabilities under the same inputs
@@ -32,6 +37,30 @@ from palimpsest.models import objective_of
 
 
 @dataclass(frozen=True)
+class PromptContext:
+    """What stands in front of a causal LM's prompt: nothing of ours (``plain``), a passage of
+    unrelated text, or the end-of-document token (``end-of-text``)."""
+
+    name: str
+    text: str = ""
+    end_of_text: bool = False
+
+
+PLAIN = PromptContext("plain")
+END_OF_TEXT = PromptContext("end-of-text", end_of_text=True)
+
+
+def after_text(passage: str) -> PromptContext:
+    """The prompt after ``passage`` (one space between them), as a question asked mid-conversation."""
+    return PromptContext("after-text", text=passage.strip())
+
+
+#: A sentence of ordinary text that says nothing of any fact the studies edit: the preceding
+#: text of the ``after-text`` measurements.
+UNRELATED_PASSAGE = "The sea covers about seventy percent of the surface of the planet."
+
+
+@dataclass(frozen=True)
 class Probe:
     """Token ids of one probe: ``input_ids`` with the answer at ``answer_positions``."""
 
@@ -45,22 +74,25 @@ class Probe:
 
 def build_probe(
     tokenizer: PreTrainedTokenizerBase, fact: Fact, *, template: int = 0, object_: str | None = None,
-    causal: bool,
+    causal: bool, context: PromptContext = PLAIN,
 ) -> Probe | None:  # fmt: skip
-    """The probe of ``fact`` (with ``object_`` as the answer, if given); ``None`` if unprobeable."""
+    """The probe of ``fact`` (with ``object_`` as the answer, if given); ``None`` if unprobeable.
+
+    ``context`` says what stands in front of a causal LM's prompt (a masked LM reads the
+    statement framed as in training, whatever the context)."""
     answer_text = fact.object if object_ is None else object_
     before, after = fact.relation.parts(fact.subject, template)
-    prompt = before.rstrip()
+    lead = f"{context.text} " if causal and context.text else ""
+    prompt = lead + before.rstrip()
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt_ids = encode(prompt)
-    with_answer = encode(before + answer_text)
+    with_answer = encode(lead + before + answer_text)
     if with_answer[: len(prompt_ids)] != prompt_ids or len(with_answer) == len(prompt_ids):
         return None
     answer_ids = with_answer[len(prompt_ids) :]
-    subject = _subject_span(encode, fact, template, with_answer)
+    subject = _subject_span(encode, fact, template, with_answer, lead)
     if causal:
-        start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-        prefix = [start] if start is not None else []
+        prefix = context_prefix(tokenizer, context)
         ids = prefix + with_answer
         first = len(prefix) + len(prompt_ids)
         shifted = tuple(len(prefix) + p for p in subject)
@@ -79,10 +111,23 @@ def build_probe(
     return Probe(wrapped, positions, answer_ids, tuple(len(prefix) + p for p in subject))
 
 
-def _subject_span(encode, fact: Fact, template: int, statement_ids: list[int]) -> range:
+def context_prefix(tokenizer: PreTrainedTokenizerBase, context: PromptContext) -> list[int]:
+    """The ids in front of a causal prompt's text: the end-of-document token for ``end-of-text``,
+    else what the tokenizer itself puts in front of a text (nothing for SmolLM2)."""
+    from palimpsest.data.tokenization import leading_special_ids
+
+    if context.end_of_text:
+        start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+        return [start] if start is not None else []
+    return leading_special_ids(tokenizer)
+
+
+def _subject_span(
+    encode, fact: Fact, template: int, statement_ids: list[int], text_before: str = ""
+) -> range:
     """Token positions of the subject inside ``statement_ids`` (empty if no boundary marks it)."""
     text = fact.relation.templates[template % len(fact.relation.templates)]
-    lead = text.split("{subject}")[0]
+    lead = text_before + text.split("{subject}")[0]
     before = encode(lead.rstrip()) if lead.strip() else []  # the space belongs to the subject's token
     through = encode(lead + fact.subject)
     if through[: len(before)] != before or statement_ids[: len(through)] != through:
@@ -140,10 +185,13 @@ def fact_recall(
     *,
     template: int = 0,
     batch_size: int = 64,
+    context: PromptContext = PLAIN,
 ) -> RecallResult:
     """Exact-match recall of ``facts`` through template ``template`` (see the module docstring)."""
     causal = objective_of(model.config) == "clm"
-    probes = [build_probe(tokenizer, fact, template=template, causal=causal) for fact in facts]
+    probes = [
+        build_probe(tokenizer, fact, template=template, causal=causal, context=context) for fact in facts
+    ]
     usable = [probe for probe in probes if probe is not None]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     recalled, logprob = score_probes(model, usable, pad_id=pad, batch_size=batch_size)

@@ -95,6 +95,17 @@ def boundary_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int | None, int | 
     return first, last
 
 
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """What the tokenizer itself puts in front of a text (``<s>``, ``<|begin_of_text|>``), or
+    nothing (SmolLM2): a prompt as a user's ``tokenizer(text)`` reads it."""
+    plain = tokenizer("fact", add_special_tokens=False)["input_ids"]
+    full = tokenizer("fact")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """The tokenizer of a saved folder, a built-in model name (``smollm2-135m``) or a hub id."""
     from transformers import AutoTokenizer

@@ -32,15 +32,30 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from palimpsest.data.facts import Fact
 from palimpsest.editing.requests import EditRequest
 from palimpsest.errors import DataError
-from palimpsest.models import objective_of
-from palimpsest.recall import Probe, build_probe, score_probes
+from palimpsest.models import objective_of, position_limit
+from palimpsest.recall import (
+    END_OF_TEXT,
+    PLAIN,
+    UNRELATED_PASSAGE,
+    Probe,
+    PromptContext,
+    after_text,
+    build_probe,
+    context_prefix,
+    score_probes,
+)
 
 
 def probe_or_fail(
-    tokenizer: PreTrainedTokenizerBase, fact: Fact, template: int, object_: str, causal: bool
+    tokenizer: PreTrainedTokenizerBase,
+    fact: Fact,
+    template: int,
+    object_: str,
+    causal: bool,
+    context: PromptContext = PLAIN,
 ) -> Probe:
     """The probe of ``fact`` answered by ``object_``, or a one-line error naming it."""
-    probe = build_probe(tokenizer, fact, template=template, object_=object_, causal=causal)
+    probe = build_probe(tokenizer, fact, template=template, object_=object_, causal=causal, context=context)
     if probe is None:
         raise DataError(
             f"cannot probe '{fact.statement(template, object_)}': the tokenizer splits the prompt "
@@ -53,11 +68,12 @@ def _pairwise(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[tuple[Fact, int, str, str]],
+    context: PromptContext = PLAIN,
 ) -> tuple[list[bool], list[bool], list[bool]]:
     """For (fact, template, a, b): exact match of a, exact match of b, and P(a) > P(b)."""
     causal = objective_of(model.config) == "clm"
-    probes_a = [probe_or_fail(tokenizer, f, t, a, causal) for f, t, a, _ in items]
-    probes_b = [probe_or_fail(tokenizer, f, t, b, causal) for f, t, _, b in items]
+    probes_a = [probe_or_fail(tokenizer, f, t, a, causal, context) for f, t, a, _ in items]
+    probes_b = [probe_or_fail(tokenizer, f, t, b, causal, context) for f, t, _, b in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     exact_a, logprob_a = score_probes(model, probes_a, pad_id=pad)
     exact_b, logprob_b = score_probes(model, probes_b, pad_id=pad)
@@ -77,12 +93,18 @@ def edit_metrics(
     unmodified: Sequence[Fact] = (),
     *,
     edit_template: int = 0,
+    context: PromptContext = PLAIN,
+    other_contexts: bool = True,
 ) -> dict[str, Any]:
-    """Every metric of the module docstring for the model as it is now."""
+    """Every metric of the module docstring for the model as it is now, on prompts in ``context``
+    (as users write them, by default). With ``other_contexts`` (causal LMs), ``A_M`` and
+    ``A_F\\S`` are also reported after a passage of unrelated text (``A_M@after-text``) and
+    behind the end-of-document token (``A_M@end-of-text``): an edit that holds in one context
+    and not in another shows there."""
     if not requests:
         raise DataError("no edit requests to measure")
     edited = [(r.fact, edit_template, r.new_object, r.fact.object) for r in requests]
-    new_exact, old_exact, new_beats_old = _pairwise(model, tokenizer, edited)
+    new_exact, old_exact, new_beats_old = _pairwise(model, tokenizer, edited, context)
     metrics: dict[str, Any] = {
         "A_M": _share(new_exact),
         "old_kept": _share(old_exact),
@@ -95,9 +117,11 @@ def edit_metrics(
         if template is not None:
             paraphrased.append((request.fact, template, request.new_object, request.fact.object))
     if paraphrased:
-        exact, _, beats = _pairwise(model, tokenizer, paraphrased)
+        exact, _, beats = _pairwise(model, tokenizer, paraphrased, context)
         metrics["paraphrase"] = _share(exact)
         metrics["paraphrase_efficacy"] = _share(beats)
+    causal = objective_of(model.config) == "clm"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if unmodified:
         new_by_relation: dict[str, list[str]] = {}
         for request in requests:
@@ -108,16 +132,30 @@ def edit_metrics(
             rival = candidates[index % len(candidates)] if candidates else None
             kept.append((fact, edit_template, fact.object, rival))
         with_rival = [item for item in kept if item[3] is not None]
-        causal = objective_of(model.config) == "clm"
-        probes = [probe_or_fail(tokenizer, f, t, o, causal) for f, t, o, _ in kept]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        probes = [probe_or_fail(tokenizer, f, t, o, causal, context) for f, t, o, _ in kept]
         true_exact, _ = score_probes(model, probes, pad_id=pad)
         metrics["A_F\\S"] = _share(true_exact)
         metrics["unmodified"] = len(unmodified)
         if with_rival:
-            _, _, true_beats_new = _pairwise(model, tokenizer, with_rival)
+            _, _, true_beats_new = _pairwise(model, tokenizer, with_rival, context)
             metrics["neighbourhood"] = _share(true_beats_new)
         metrics["A_mean"] = (metrics["A_M"] + metrics["A_F\\S"]) / 2
+    if other_contexts and causal:
+        limit = position_limit(model)
+        for other in (after_text(UNRELATED_PASSAGE), END_OF_TEXT):
+            if other.name == context.name:
+                continue
+            new_probes = [
+                probe_or_fail(tokenizer, r.fact, edit_template, r.new_object, causal, other) for r in requests
+            ]
+            kept_probes = [
+                probe_or_fail(tokenizer, f, edit_template, f.object, causal, other) for f in unmodified
+            ]
+            if limit is not None and max(len(p.input_ids) for p in new_probes + kept_probes) > limit:
+                continue  # a model with fewer positions than the passage and the prompt need
+            metrics[f"A_M@{other.name}"] = _share(score_probes(model, new_probes, pad_id=pad)[0])
+            if unmodified:
+                metrics[f"A_F\\S@{other.name}"] = _share(score_probes(model, kept_probes, pad_id=pad)[0])
     return metrics
 
 
@@ -128,23 +166,25 @@ def greedy_continuations(
     *,
     max_new_tokens: int = 8,
     batch_size: int = 32,
+    context: PromptContext = PLAIN,
 ) -> list[str]:
     """What a causal LM writes after each prompt, greedily, ``max_new_tokens`` tokens at most.
 
-    Each prompt is started after the end-of-document token, as recall probes are (see
-    :mod:`palimpsest.recall`), and left-padded so that a batch decodes together.
+    Each prompt is read in ``context`` (as a user writes it, by default; see
+    :mod:`palimpsest.recall`), left-padded so that a batch decodes together.
     """
     import torch
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (start or 0)
+    front = context_prefix(tokenizer, context)
+    lead = f"{context.text} " if context.text else ""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     texts: list[str] = []
     for first in range(0, len(prompts), batch_size):
         encoded = [
-            ([start] if start is not None else []) + tokenizer(p, add_special_tokens=False)["input_ids"]
+            front + tokenizer(lead + p, add_special_tokens=False)["input_ids"]
             for p in prompts[first : first + batch_size]
         ]
         width = max(len(ids) for ids in encoded)

@@ -7,14 +7,17 @@ interrupted or failed run never leaves a partial model behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from palimpsest.data import load_tokenizer
 from palimpsest.editing.datasets import read_edit_file
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune, EditConfig, EditResult
+from palimpsest.editing.memit import BatchEditConfig, BatchEditor
+from palimpsest.editing.metrics import edit_metrics
 from palimpsest.models import load_pretrained, resolve_pretrained
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
@@ -25,16 +28,35 @@ def edit_saved_model(
     model_dir: str | Path,
     facts_path: str | Path,
     out: str | Path,
-    config: EditConfig,
+    config: EditConfig | BatchEditConfig,
     *,
     sequential: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EditResults:
-    """Edit the model at ``model_dir`` with the requests in ``facts_path``; write under ``out``."""
+    """Edit the model at ``model_dir`` with the requests in ``facts_path``; write under ``out``.
+
+    ``config`` picks the editor: :class:`EditConfig` the constrained fine-tuning,
+    :class:`BatchEditConfig` MEMIT or AlphaEdit (``progress`` then reports the statistics pass)."""
     requests, keep = read_edit_file(facts_path)
     model = load_pretrained(str(model_dir))
     tokenizer = load_tokenizer(resolve_pretrained(str(model_dir)))
-    editor = ConstrainedFinetune(model, tokenizer, config=config)
-    result = editor.apply(requests, unmodified=keep, sequential=sequential)
+    if isinstance(config, BatchEditConfig):
+        batch = BatchEditor(model, tokenizer, config=config, progress=progress)
+        if sequential:  # one request after another, each batch preserving the keys of those before
+            before = edit_metrics(model, tokenizer, requests, keep)
+            started = time.perf_counter()
+            for request in requests:
+                batch.apply([request], measure=False)
+            seconds = time.perf_counter() - started
+            after = edit_metrics(model, tokenizer, requests, keep)
+            result = EditResult(
+                before, after, len(requests), seconds, float("nan"), batch.changes(), batch.edited_parameters
+            )
+        else:
+            result = batch.apply(requests, unmodified=keep)
+    else:
+        editor = ConstrainedFinetune(model, tokenizer, config=config)
+        result = editor.apply(requests, unmodified=keep, sequential=sequential)
     out = Path(out)
     save_model(model, tokenizer, out / "model")
     changes = result.changes.values()
@@ -81,7 +103,7 @@ class EditResults(Results):
     model: str
     facts: str
     edited_model: str
-    config: EditConfig
+    config: EditConfig | BatchEditConfig
     sequential: bool
     requests: list[EditedFact]
     before: dict[str, int | float]
@@ -96,7 +118,7 @@ class EditResults(Results):
 
     @classmethod
     def report_section(cls, runs: Sequence[EditResults], plots_dir: Path) -> Section:
-        section = Section("Rewrite: fact edits (constrained fine-tuning, Zhu et al. 2020)")
+        section = Section("Rewrite: fact edits")
         section.blocks.append(
             "A_M: exact match of the whole new object on the edited facts; A_F\\S: exact match of the true "
             "object on the facts kept; efficacy / paraphrase efficacy: share with P(new) > P(old) through "
@@ -105,13 +127,21 @@ class EditResults(Results):
         )
         for run in runs:
             config = run.config
-            bound = "unconstrained" if config.norm is None else f"{config.norm} ≤ {config.delta:g}"
             order = " one after another" if run.sequential else ""
+            if isinstance(config, BatchEditConfig):
+                how = (
+                    f"{config.method} on blocks {config.layers} (statistics of {config.statistics_tokens:,} "
+                    f"tokens of {config.statistics_corpus}): {run.seconds:.1f} s; "
+                )
+            else:
+                bound = "unconstrained" if config.norm is None else f"{config.norm} ≤ {config.delta:g}"
+                how = (
+                    f"layers {config.layers} ({', '.join(config.modules)}), {bound}, objective "
+                    f"{config.objective}, lr {config.learning_rate:g}: {run.steps} steps in "
+                    f"{run.seconds:.1f} s; "
+                )
             section.blocks.append(
-                f"{run.model}: {len(run.requests)} edit(s){order}, "
-                f"layers {config.layers} ({', '.join(config.modules)}), {bound}, objective "
-                f"{config.objective}, lr {config.learning_rate:g}: {run.steps} steps in "
-                f"{run.seconds:.1f} s; "
+                f"{run.model}: {len(run.requests)} edit(s){order}, {how}"
                 f"largest weight change {run.max_abs_change:.2e} (L-inf), {run.max_l2_change:.2e} (L2)."
             )
             keys = [key for key, value in run.after.items() if isinstance(value, float)]

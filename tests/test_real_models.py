@@ -72,7 +72,7 @@ def test_subject_edits_learn_only_from_the_subject(tokenizer):
         model = smol_like(tokenizer)
         editor = ConstrainedFinetune(
             model, tokenizer, layers=[2], modules=["ffn-out"], norm=None, optimizer="sgd",
-            learning_rate=1.0, steps=1, stop_loss=None, edit_positions=positions,
+            learning_rate=1.0, steps=1, stop_loss=None, edit_positions=positions, context_passages=0,
         )  # fmt: skip
         probe = editor._probe(REQUEST.fact, REQUEST.new_object)
         down = model.model.layers[2].mlp.down_proj

@@ -55,9 +55,33 @@ def after_text(passage: str) -> PromptContext:
     return PromptContext("after-text", text=passage.strip())
 
 
-#: A sentence of ordinary text that says nothing of any fact the studies edit: the preceding
-#: text of the ``after-text`` measurements.
-UNRELATED_PASSAGE = "The sea covers about seventy percent of the surface of the planet."
+def text_passages(
+    count: int, words: int = 10, *, seed: int = 0, split: str = "train", corpus: str = "wiki-en"
+) -> list[str]:
+    """``count`` passages of ``words`` words of ordinary text, each from a random place of a random
+    document (deterministic by ``seed``): the unrelated text a prompt may follow. Editors train
+    on passages of the ``train`` split; measurements read the ``validation`` split's, which no
+    editor has seen."""
+    import random
+
+    from palimpsest.data import load_corpus, split_corpus
+
+    if count <= 0:
+        return []
+    parts = split_corpus(load_corpus(corpus), 0.05, seed=0)
+    texts = (parts.train if split == "train" else parts.validation).texts
+    rng = random.Random(seed)
+    passages: list[str] = []
+    while len(passages) < count:
+        document = texts[rng.randrange(len(texts))].split()
+        if len(document) > words:
+            start = rng.randrange(len(document) - words)
+            passages.append(" ".join(document[start : start + words]).rstrip(".,;:") + ".")
+    return passages
+
+
+#: How many held-out passages the ``after-text`` measurements average over.
+EVALUATION_PASSAGES = 3
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from palimpsest.editing.metrics import edit_metrics, probe_or_fail
 from palimpsest.editing.requests import EditRequest
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import hidden_size, objective_of, transformer_blocks
-from palimpsest.recall import Probe
+from palimpsest.recall import PLAIN, Probe, PromptContext, after_text, text_passages
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,9 @@ def select_parameters(
     return chosen
 
 
+#: Passages of unrelated text each edit of a causal LM is also trained after, by default.
+CONTEXT_PASSAGES = 4
+
 #: Zhu et al.'s constrained fine-tuning as the small-model study and EasyEdit's baselines run
 #: it: gradient from every position, δ in absolute units, stop at a training loss of 0.01.
 PLAIN_FINETUNING: dict[str, Any] = {
@@ -231,6 +234,12 @@ class EditConfig:
     #: Train each edit through its edit template only (``"edit"``), or through every template
     #: of its relation except its held-out paraphrase (``"paraphrases"``).
     train_templates: Literal["edit", "paraphrases"] = "edit"
+    #: Causal LMs: besides the prompt as written, train each edit after this many passages of
+    #: unrelated text (ordinary text of wiki-en's training split), so that it also holds
+    #: when the question follows other text (chosen on SmolLM2: README, "Recall"). ``None``:
+    #: :data:`CONTEXT_PASSAGES` where a passage and the edit fit the model's positions, else none
+    #: (a toy model of 32 positions), which the log says.
+    context_passages: int | None = None
 
     def __post_init__(self) -> None:
         if self.norm == "none":  # as the command line and YAML write "unconstrained"
@@ -251,6 +260,8 @@ class EditConfig:
             raise ConfigError(f"edit.optimizer: expected adam or sgd, got {self.optimizer!r}")
         if self.objective not in ("auto", "mlm", "ft-m", "ft-l"):
             raise ConfigError(f"edit.objective: expected auto, mlm, ft-m or ft-l, got {self.objective!r}")
+        if self.context_passages is not None and self.context_passages < 0:
+            raise ConfigError(f"edit.context_passages must be >= 0, got {self.context_passages}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"edit.{name} must be positive, got {getattr(self, name)}")
@@ -410,6 +421,11 @@ class ConstrainedFinetune:
         self.original = {name: p.detach().clone() for name, p in self.parameters.items()}
         self.radius = {name: self._radius(weight) for name, weight in self.original.items()}
         self._last_block_only = self._selects_only_the_last_block()
+        #: The contexts every edit is trained in: the prompt as written, and (causal LMs) after
+        #: passages of unrelated text, so that the edit holds where users ask, not in one context.
+        wanted = CONTEXT_PASSAGES if self.config.context_passages is None else self.config.context_passages
+        passages = text_passages(wanted, seed=0) if self.causal else []
+        self._contexts = [PLAIN, *(after_text(p) for p in passages)]
 
     # ----------------------------------------------------------------------------- public
 
@@ -464,9 +480,10 @@ class ConstrainedFinetune:
                     continue
                 saver.enter(index, steps, started)
             edit_probes = [
-                self._probe(r.fact, r.new_object, template)
+                self._probe(r.fact, r.new_object, template, context)
                 for r in group
                 for template in self._templates(r.fact)
+                for context in self._contexts
             ]
             used, loss = self._finetune(edit_probes + support_probes, edits=len(edit_probes), saver=saver)
             steps += used
@@ -520,6 +537,33 @@ class ConstrainedFinetune:
             if length > limit:
                 shown = statement if len(statement) <= 60 else statement[:57] + "..."
                 raise DataError(f"'{shown}' is {length} tokens, more than the model's {limit} positions")
+        passages = [context.text for context in self._contexts if context.text]
+        if passages and requests and self.config.context_passages is None:
+            longest = max(
+                len(self.tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in passages
+            )
+            edit_statements = [
+                r.fact.statement(t, r.new_object) for r in requests for t in self._templates(r.fact)
+            ]
+            if max(len(ids) for ids in self.tokenizer(edit_statements)["input_ids"]) + 1 + longest > limit:
+                logger.info(
+                    "a passage and the edit do not fit the model's %d positions: the prompt alone", limit
+                )
+                self._contexts = [PLAIN]
+                passages = []
+        if passages and requests:
+            longest = max(
+                len(self.tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in passages
+            )
+            edit_statements = [
+                r.fact.statement(t, r.new_object) for r in requests for t in self._templates(r.fact)
+            ]
+            tokens = max(len(ids) for ids in self.tokenizer(edit_statements)["input_ids"]) + 1 + longest
+            if tokens > limit:
+                raise DataError(
+                    f"an edit after a passage of unrelated text is {tokens} tokens, more than the model's "
+                    f"{limit} positions; set context_passages: 0 (train on the prompt alone)"
+                )
 
     def _selects_only_the_last_block(self) -> bool:
         """Whether every edited weight sits in the model's last block."""
@@ -551,9 +595,11 @@ class ConstrainedFinetune:
             "an earlier block (layers: 0.15, the default) or edit_positions: all"
         )
 
-    def _probe(self, fact: Fact, answer: str, template: int | None = None) -> Probe:
+    def _probe(
+        self, fact: Fact, answer: str, template: int | None = None, context: PromptContext = PLAIN
+    ) -> Probe:
         chosen = self.config.edit_template if template is None else template
-        probe = probe_or_fail(self.tokenizer, fact, chosen, answer, self.causal)
+        probe = probe_or_fail(self.tokenizer, fact, chosen, answer, self.causal, context)
         if self.config.edit_positions == "subject" and not probe.subject_positions:
             raise DataError(
                 f"cannot edit at the subject of '{fact.statement(chosen, answer)}': the tokenizer merges "

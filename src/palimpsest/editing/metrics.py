@@ -35,14 +35,15 @@ from palimpsest.errors import DataError
 from palimpsest.models import objective_of, position_limit
 from palimpsest.recall import (
     END_OF_TEXT,
+    EVALUATION_PASSAGES,
     PLAIN,
-    UNRELATED_PASSAGE,
     Probe,
     PromptContext,
     after_text,
     build_probe,
     context_prefix,
     score_probes,
+    text_passages,
 )
 
 
@@ -98,8 +99,9 @@ def edit_metrics(
 ) -> dict[str, Any]:
     """Every metric of the module docstring for the model as it is now, on prompts in ``context``
     (as users write them, by default). With ``other_contexts`` (causal LMs), ``A_M`` and
-    ``A_F\\S`` are also reported after a passage of unrelated text (``A_M@after-text``) and
-    behind the end-of-document token (``A_M@end-of-text``): an edit that holds in one context
+    ``A_F\\S`` are also reported after a passage of unrelated text (``A_M@after-text``: the
+    mean over a few held-out passages of ordinary text) and behind the end-of-document token
+    (``A_M@end-of-text``): an edit that holds in one context
     and not in another shows there."""
     if not requests:
         raise DataError("no edit requests to measure")
@@ -142,20 +144,28 @@ def edit_metrics(
         metrics["A_mean"] = (metrics["A_M"] + metrics["A_F\\S"]) / 2
     if other_contexts and causal:
         limit = position_limit(model)
-        for other in (after_text(UNRELATED_PASSAGE), END_OF_TEXT):
-            if other.name == context.name:
+        passages = text_passages(EVALUATION_PASSAGES, seed=0, split="validation")
+        variants = {"after-text": [after_text(p) for p in passages], "end-of-text": [END_OF_TEXT]}
+        for name, contexts in variants.items():
+            if name == context.name:
                 continue
-            new_probes = [
-                probe_or_fail(tokenizer, r.fact, edit_template, r.new_object, causal, other) for r in requests
-            ]
-            kept_probes = [
-                probe_or_fail(tokenizer, f, edit_template, f.object, causal, other) for f in unmodified
-            ]
-            if limit is not None and max(len(p.input_ids) for p in new_probes + kept_probes) > limit:
-                continue  # a model with fewer positions than the passage and the prompt need
-            metrics[f"A_M@{other.name}"] = _share(score_probes(model, new_probes, pad_id=pad)[0])
-            if unmodified:
-                metrics[f"A_F\\S@{other.name}"] = _share(score_probes(model, kept_probes, pad_id=pad)[0])
+            made, kept_now = [], []
+            for other in contexts:
+                new_probes = [
+                    probe_or_fail(tokenizer, r.fact, edit_template, r.new_object, causal, other)
+                    for r in requests
+                ]
+                kept_probes = [
+                    probe_or_fail(tokenizer, f, edit_template, f.object, causal, other) for f in unmodified
+                ]
+                if limit is not None and max(len(p.input_ids) for p in new_probes + kept_probes) > limit:
+                    break  # a model with fewer positions than the passage and the prompt need
+                made += score_probes(model, new_probes, pad_id=pad)[0]
+                kept_now += score_probes(model, kept_probes, pad_id=pad)[0] if kept_probes else []
+            else:
+                metrics[f"A_M@{name}"] = _share(made)
+                if unmodified:
+                    metrics[f"A_F\\S@{name}"] = _share(kept_now)
     return metrics
 
 

@@ -185,9 +185,11 @@ def select_parameters(
 CONTEXT_PASSAGES = 4
 
 #: Zhu et al.'s constrained fine-tuning as the small-model study and EasyEdit's baselines run
-#: it: gradient from every position, δ in absolute units, stop at a training loss of 0.01.
+#: it: gradient from every position, δ in absolute units, stop at a training loss of 0.01,
+#: trained on the prompt alone.
 PLAIN_FINETUNING: dict[str, Any] = {
     "delta_units": "absolute", "stop_loss": 1e-2, "stop_on_success": False, "edit_positions": "all",
+    "context_passages": 0,
 }  # fmt: skip
 
 

@@ -64,7 +64,10 @@ KNOWLEDGE_SETS = (
 )  # fmt: skip
 #: EasyEdit's fine-tuning baselines on Llama (FT-L / FT-M): one MLP down-projection at block 21
 #: of 32 (relative depth 0.7), 25 steps of Adam at lr 5e-4, no bound.
-EASYEDIT = {"layers": "0.7", "modules": ["ffn-out"], "norm": None, "learning_rate": 5e-4, "steps": 25}
+EASYEDIT = {
+    "layers": "0.7", "modules": ["ffn-out"], "norm": None, "learning_rate": 5e-4, "steps": 25,
+    "context_passages": 0,
+}  # fmt: skip
 #: Anchors printed beside the table (EasyEdit / KnowEdit, Llama-2-7b-chat, ZsRE; PAPERS.md).
 ANCHORS = (
     ("FT-L (EasyEdit, Llama-2-7b-chat, ZsRE)", 53.9, 73.4),

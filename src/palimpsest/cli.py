@@ -459,10 +459,9 @@ def adapt_language_command(
 ) -> None:
     """Step 1: new tokenizer, embeddings re-drawn, body frozen; train only the embeddings."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config, to_dict
+    from palimpsest.config import load_config
     from palimpsest.data import load_corpus, split_corpus, synthetic_language
     from palimpsest.forgetting.relearning import AdaptLanguageResults, LanguageAdaptation, adapt_language
-    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.progress import RichProgressCallback, make_progress
 
     settings = load_config(
@@ -477,12 +476,7 @@ def adapt_language_command(
     text = load_corpus(corpus)
     if synthetic:
         text = synthetic_language(text, synthetic, seed=settings.seed)
-    identity = {
-        "model": input_fingerprint(model), "corpus": input_fingerprint(corpus), "synthetic": synthetic,
-        "settings": to_dict(settings),
-    }  # fmt: skip
-    if not claim.same_run(identity, overwrite=overwrite):
-        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
+    claim.start_run(settings, overwrite=overwrite, model=model, corpus=corpus, synthetic=synthetic)
     with make_progress(console) as progress:
         result = adapt_language(
             model, split_corpus(text, 0.1), settings, out, callbacks=[RichProgressCallback(progress, "adapt")]
@@ -514,10 +508,9 @@ def adapt_task_command(
 ) -> None:
     """Step 2: fine-tune body + topic head on the (English) task with the embeddings frozen."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config, to_dict
+    from palimpsest.config import load_config
     from palimpsest.data import load_corpus
     from palimpsest.forgetting.relearning import AdaptTaskResults, TaskAdaptation, adapt_task, topic_task
-    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.progress import RichProgressCallback, make_progress
 
     settings = load_config(
@@ -529,13 +522,7 @@ def adapt_task_command(
         },
     )  # fmt: skip
     task = topic_task(load_corpus(corpus))
-    identity = {
-        "model": input_fingerprint(model),
-        "corpus": input_fingerprint(corpus),
-        "settings": to_dict(settings),
-    }
-    if not claim.same_run(identity, overwrite=overwrite):
-        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
+    claim.start_run(settings, overwrite=overwrite, model=model, corpus=corpus)
     with make_progress(console) as progress:
         result = adapt_task(model, task, settings, out, callbacks=[RichProgressCallback(progress, "task")])
     AdaptTaskResults.from_json(result).write(out / "results.json")
@@ -677,10 +664,9 @@ def memory_learn(
 ) -> None:
     """Write facts into a model's memory alone (optionally only the slots they select specifically)."""
     _setup_logging(verbose)
-    from palimpsest.config import load_config, to_dict
+    from palimpsest.config import load_config
     from palimpsest.editing.datasets import read_edit_file
     from palimpsest.memory.learning import MemoryLearning, learn_saved_model
-    from palimpsest.outputs import clear_owned, input_fingerprint
     from palimpsest.report import write_report
 
     settings = load_config(
@@ -690,13 +676,7 @@ def memory_learn(
          "training.learning_rate": lr, "training.batch_size": batch_size},
     )  # fmt: skip
     requests, keep = read_edit_file(facts)
-    identity = {
-        "model": input_fingerprint(model),
-        "facts": input_fingerprint(facts),
-        "settings": to_dict(settings),
-    }
-    if not claim.same_run(identity, overwrite=overwrite):
-        clear_owned(claim)  # another run's checkpoint must not be resumed under this one's name
+    claim.start_run(settings, overwrite=overwrite, model=model, facts=facts)
     results = learn_saved_model(
         model, [r.fact for r in requests], [r.new_object for r in requests], keep, settings, out
     )

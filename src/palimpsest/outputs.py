@@ -96,6 +96,21 @@ class OutputClaim:
         self.record(identity)
         return same
 
+    def start_run(self, settings: Any, *, overwrite: bool, **inputs: str | Path | None) -> bool:
+        """Claim the folder for the run of these ``settings`` and ``inputs`` (files, folders and
+        names, by :func:`input_fingerprint`); returns whether it continues that very run. A run
+        of other settings or inputs is refused unless ``overwrite``, which first clears what the
+        command owns: another run's checkpoint is never resumed under this run's name."""
+        from palimpsest.config import to_dict
+
+        identity = {
+            name: input_fingerprint(value) if value is not None else None for name, value in inputs.items()
+        }
+        same = self.same_run({**identity, "settings": to_dict(settings)}, overwrite=overwrite)
+        if not same:
+            clear_owned(self)
+        return same
+
 
 def claim_output(folder: str | Path, kind: OutputKind) -> OutputClaim:
     """Check ``folder`` may be written by ``kind.command`` (see the module docstring); nothing

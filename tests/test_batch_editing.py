@@ -16,7 +16,7 @@ from palimpsest.editing.statistics import (
     weights_fingerprint,
 )
 from palimpsest.errors import ConfigError
-from palimpsest.models import build_smollm2_like
+from palimpsest.models import build_model, build_smollm2_like
 
 REQUESTS = [
     EditRequest(Fact("France", CAPITAL, "Paris"), "Rome"),
@@ -180,3 +180,19 @@ def test_edit_from_the_command_line_with_a_batch_editor(tmp_path, tokenizer, met
         "edit", "--model", base, "--facts", facts, "--method", "rome", "--out", tmp_path / "y"
     )
     assert "unknown editor" in one_error_line(unknown)
+
+
+def test_the_constrained_editor_can_train_after_unrelated_text(model, tokenizer):
+    from palimpsest.editing import ConstrainedFinetune
+    from palimpsest.errors import DataError
+    from palimpsest.recall import text_passages
+
+    editor = ConstrainedFinetune(model, tokenizer, context_passages=2, steps=2, stop_on_success=False)
+    assert [c.name for c in editor._contexts] == ["plain", "after-text", "after-text"]
+    held_out = set(text_passages(3, seed=0, split="validation"))
+    assert not held_out & {c.text for c in editor._contexts}  # measured after passages no editor saw
+    editor.apply(REQUESTS[:1], measure=False)
+    assert editor.changes()
+    small = build_model("gpt2", "micro", tokenizer, max_positions=24, seed=0)
+    with pytest.raises(DataError, match="context_passages: 0"):
+        ConstrainedFinetune(small, tokenizer, context_passages=2).apply(REQUESTS[:1], measure=False)

@@ -235,8 +235,8 @@ class EditConfig:
     train_templates: Literal["edit", "paraphrases"] = "edit"
     #: Causal LMs: besides the prompt as written, train each edit after this many passages of
     #: unrelated text (ordinary text of wiki-en's training split), so that it also holds when
-    #: the question follows other text. 4 made single edits of SmolLM2 hold after other text at
-    #: no cost to kept facts, but at two to three times the time (README, "Recall"): opt in.
+    #: the question follows other text. Opt-in, because each passage is another prompt to train
+    #: every step (its effect and cost on SmolLM2: README, "Recall").
     context_passages: int = 0
 
     def __post_init__(self) -> None:

@@ -81,8 +81,8 @@ class BatchEditConfig:
     #: from (besides the prompt as written), and their length in words.
     context_passages: int = 4
     context_words: int = 10
-    #: MEMIT's weight of the preserved statistics against the edits (``lam``; GPT-J's 15,000 made
-    #: almost no edit on SmolLM2: README, "Many edits").
+    #: MEMIT's weight of the preserved statistics against the edits (``lam``); it depends on the
+    #: model's key scale, so it is chosen by measuring (README, "Many edits").
     covariance_weight: float = 3_000.0
     #: AlphaEdit: the null space is the eigenvectors of ``C0`` whose eigenvalue is below this
     #: share of the largest one.

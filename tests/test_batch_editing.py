@@ -196,3 +196,133 @@ def test_the_constrained_editor_can_train_after_unrelated_text(model, tokenizer)
     small = build_model("gpt2", "micro", tokenizer, max_positions=24, seed=0)
     with pytest.raises(DataError, match="context_passages: 0"):
         ConstrainedFinetune(small, tokenizer, context_passages=2).apply(REQUESTS[:1], measure=False)
+
+
+def test_a_second_edit_of_an_edited_model_preserves_the_first_edits_keys(tmp_path, tokenizer, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file
+
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.editing import memit as memit_module
+    from palimpsest.editing.history import read_history
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, base)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "Spain", "relation": "capital", "object": "Madrid", "new_object": "Oslo"}\n'
+    )
+    second.write_text('{"subject": "Peru", "relation": "capital", "object": "Lima", "new_object": "Bern"}\n')
+    config = tmp_path / "batch.yaml"
+    config.write_text("statistics_tokens: 2000\ncontext_passages: 1\ntarget_steps: 2\nlayers: [1, 2]\n")
+    done = palimpsest("edit", "--model", base, "--facts", first, "--config", config, "--out", tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    history = read_history(tmp_path / "a" / "model")
+    assert [r.method for r in history.rounds] == ["memit"]  # auto: two requests go to the batch editor
+    assert {b: tuple(k.shape) for b, k in history.keys.items()} == {1: (64, 2), 2: (64, 2)}
+
+    seen = {}
+    original_init = memit_module.BatchEditor.__init__
+
+    def spy(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        seen.update({b: k.clone() for b, k in self.previous_keys.items()})
+
+    monkeypatch.setattr(memit_module.BatchEditor, "__init__", spy)
+    edited = tmp_path / "a" / "model"
+    arguments = ["edit", "--model", edited, "--facts", second, "--method", "memit", "--config", config]
+    done = palimpsest(*arguments, "--out", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    assert "2 earlier edit(s) in 1 round(s)" in done.stdout
+    for block, keys in history.keys.items():  # the second edit preserved exactly the stored keys
+        torch.testing.assert_close(seen[block], keys.double() @ keys.double().T)
+    again = read_history(tmp_path / "b" / "model")
+    assert [len(r.requests) for r in again.rounds] == [2, 1]
+    assert again.statistics_fingerprint == history.statistics_fingerprint  # the unedited model's statistics
+    stored = load_file(str(tmp_path / "b" / "model" / "palimpsest-edits" / "keys.safetensors"))
+    assert stored["block.1"].shape == (64, 3)
+    torch.testing.assert_close(stored["block.1"][:, :2], history.keys[1])
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["earlier_rounds"] == 1 and results["earlier_edits"] == 2
+
+    # keys of another model are refused, in one line
+    small = tmp_path / "small"
+    save_model(build_smollm2_like(tokenizer, hidden=12, layers=4, seed=0), tokenizer, small)
+    (small / "palimpsest-edits").mkdir()
+    for name in ("log.jsonl", "keys.safetensors"):
+        (small / "palimpsest-edits" / name).write_bytes((edited / "palimpsest-edits" / name).read_bytes())
+    line = one_error_line(
+        palimpsest("edit", "--model", small, "--facts", second, "--method", "memit", "--config", config,
+                   "--out", tmp_path / "c")
+    )  # fmt: skip
+    assert "keys of another model" in line
+
+
+def test_a_statistics_file_of_another_model_is_refused(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.editing.statistics import cached_statistics, statistics_path, weights_fingerprint
+    from palimpsest.storage import save_model
+
+    base, other = tmp_path / "base", tmp_path / "other"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, base)
+    foreign = build_smollm2_like(tokenizer, hidden=24, layers=4, seed=1)
+    save_model(foreign, tokenizer, other)
+    cached_statistics(foreign, tokenizer, [1, 2], tokens=2000)
+    path = statistics_path(weights_fingerprint(foreign, [1, 2]), "wiki-en", 2000)
+    facts = tmp_path / "f.jsonl"
+    facts.write_text('{"subject": "Peru", "relation": "capital", "object": "Lima", "new_object": "Bern"}\n')
+    config = tmp_path / "batch.yaml"
+    config.write_text("statistics_tokens: 2000\ncontext_passages: 1\ntarget_steps: 2\nlayers: [1, 2]\n")
+    arguments = ["edit", "--model", base, "--facts", facts, "--method", "memit", "--config", config]
+    line = one_error_line(palimpsest(*arguments, "--statistics", path, "--out", tmp_path / "e"))
+    assert "computed on other weights" in line
+    assert not (tmp_path / "e" / "model").exists()
+    garbage = tmp_path / "stats.safetensors"
+    garbage.write_bytes(b"not a tensor file")
+    assert "not a readable safetensors" in one_error_line(
+        palimpsest(*arguments, "--statistics", garbage, "--out", tmp_path / "e")
+    )
+    done = palimpsest("edit", "--model", other, "--facts", facts, "--method", "memit", "--config", config,
+                      "--statistics", path, "--out", tmp_path / "o")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_evaluate_prints_recall_of_a_fact_file(tmp_path, tokenizer):
+    import json
+
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=2, seed=0), tokenizer, base)
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "Peru", "relation": "capital", "object": "Lima"}\n'
+        '{"subject": "Gold", "relation": "element-symbol", "object": "Au"}\n'
+    )
+    done = palimpsest("evaluate", "--model", base, "--facts", facts, "--out", tmp_path / "r")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    rows = {(r["group"], r["relation"]): r for r in results["rows"]}
+    assert set(rows) == {("edited", "capital"), ("kept", "capital"), ("kept", "element-symbol")}
+    assert all(0 <= r["recall"] <= 1 and r["facts"] == 1 for r in rows.values())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert "holds no facts" in one_error_line(palimpsest("evaluate", "--model", base, "--facts", empty))
+    clash = palimpsest("evaluate", "--model", base, "--facts", facts, "--corpus", "wiki-en")
+    assert "corpus options" in one_error_line(clash)
+
+
+def test_a_fact_file_with_no_request_is_refused_by_edit(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=2, seed=0), tokenizer, base)
+    facts = tmp_path / "f.jsonl"
+    facts.write_text('{"subject": "Peru", "relation": "capital", "object": "Lima"}\n')
+    assert "nothing to edit" in one_error_line(palimpsest("edit", "--model", base, "--facts", facts))

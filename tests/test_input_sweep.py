@@ -65,6 +65,7 @@ INPUTS = {
     "experiment memory": ["--scale", "smoke", "--out", "OUT"],
     "experiment editing": ["--scale", "smoke", "--out", "OUT"],
     "experiment knowledge": ["--scale", "smoke", "--out", "OUT"],
+    "experiment many-edits": ["--scale", "smoke", "--out", "OUT"],
 }
 CASES = [
     (" ".join(path), option, value)

@@ -102,7 +102,7 @@ def _output_kinds() -> dict[str, Any]:
         "pretrain": OutputKind(
             "pretrain", ("config.yaml", "model", "tokenizer", *trainer, *results), ("pretrain",)
         ),
-        "evaluate": OutputKind("evaluate", results, ("evaluate", "evaluate-task")),
+        "evaluate": OutputKind("evaluate", results, ("evaluate", "evaluate-task", "evaluate-facts")),
         "adapt_language_command": OutputKind(
             "adapt language", ("model", "trainer", *results), ("adapt-language",)
         ),
@@ -120,6 +120,9 @@ def _output_kinds() -> dict[str, Any]:
             "experiment editing", (*study_units, "edits-*"), ("editing-study", "editing-real")
         ),
         "experiment_knowledge": OutputKind("experiment knowledge", study_units, ("knowledge",)),
+        "experiment_many_edits": OutputKind(
+            "experiment many-edits", (*study_units, "benchmark.jsonl"), ("many-edits",)
+        ),
         "demo": OutputKind(
             "demo", ("plasticity", "memory", "editing", "editing-real", "knowledge", "pretrain-*", *results)
         ),
@@ -365,11 +368,19 @@ def evaluate(
     validation_fraction: Annotated[
         float | None, typer.Option(help="Held-out share of the corpus (default 0.05).")
     ] = None,
+    facts: Annotated[
+        Path | None,
+        typer.Option(help="A fact file (JSONL, as palimpsest edit reads): recall of its facts instead."),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Score a saved model on a corpus: perplexity beside the unigram baseline for a language
-    model, shared-topic accuracy beside the majority class for a topic classifier."""
+    model, shared-topic accuracy beside the majority class for a topic classifier; with
+    ``--facts``, recall of a fact file (each edit's new object, each kept fact's object)."""
     _setup_logging(verbose)
+    if facts is not None:
+        _evaluate_facts(model, facts, out, [corpus, block_size, max_blocks, validation_fraction, config])
+        return
     from palimpsest.config import load_config
     from palimpsest.evaluation import EvaluateConfig, evaluate_saved_lm, is_classifier
     from palimpsest.forgetting.relearning import evaluate_saved_classifier
@@ -401,6 +412,46 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         results.write(out / "results.json")
         write_report([results], out, title="palimpsest evaluate")
+
+
+def _yaml_keys(path: Path) -> list[str]:
+    """The top-level keys of a YAML settings file (none if it is unreadable: loading it says why)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return [str(key) for key in document] if isinstance(document, dict) else []
+
+
+def _evaluate_facts(model: Path, facts: Path, out: Path | None, corpus_options: list[Any]) -> None:
+    from palimpsest.editing.run import fact_file_recall
+    from palimpsest.errors import ConfigError
+
+    if any(option is not None for option in corpus_options):
+        raise ConfigError(
+            "--facts measures recall of a fact file; corpus options (and --config) do not apply"
+        )
+    results = fact_file_recall(model, facts)
+    table = Table(
+        title=f"{results.model}: recall of {results.facts} ({results.edit_rounds} round(s) of edits)"
+    )
+    for header in ("group", "relation", "facts", "recall", "paraphrase", "after text", "generation"):
+        table.add_column(header, justify="left" if header in ("group", "relation") else "right")
+    share = lambda value: "–" if value is None else f"{100 * value:.1f}%"  # noqa: E731
+    for r in results.rows:
+        table.add_row(
+            r.group, r.relation, str(r.facts), share(r.recall), share(r.paraphrase), share(r.after_text),
+            share(r.generation),
+        )  # fmt: skip
+    console.print(table)
+    if out is not None:
+        from palimpsest.report import write_report
+
+        out.mkdir(parents=True, exist_ok=True)
+        results.write(out / "results.json")
+        write_report([results], out, title="palimpsest evaluate --facts")
 
 
 adapt_app = typer.Typer(help="The relearning pipeline: adapt a pretrained model to a new language or a task.")
@@ -760,14 +811,24 @@ def edit(
     method: Annotated[
         str,
         typer.Option(
-            help="constrained (fine-tuning in a norm ball, Zhu et al.), memit or alphaedit (batch editors)."
+            help="auto (by the number of edits), constrained (fine-tuning in a norm ball, Zhu et al.), "
+            "memit or alphaedit (batch editors)."
         ),
-    ] = "constrained",
+    ] = "auto",
+    statistics: Annotated[
+        Path | None,
+        typer.Option(help="memit/alphaedit: a statistics file computed before on this model (safetensors)."),
+    ] = None,
     config: ConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Modify facts in a model (constrained fine-tuning, MEMIT or AlphaEdit); report both sides."""
+    """Modify facts in a model (constrained fine-tuning, MEMIT or AlphaEdit); report both sides.
+
+    A model palimpsest edited before continues its sequence: the earlier edits' keys, saved with
+    it, are preserved."""
     _setup_logging(verbose)
+    from dataclasses import fields
+
     from palimpsest.config import load_config
     from palimpsest.editing.editor import EditConfig
     from palimpsest.editing.memit import BatchEditConfig
@@ -776,8 +837,21 @@ def edit(
     from palimpsest.progress import make_progress
     from palimpsest.report import write_report
 
-    if method not in ("constrained", "memit", "alphaedit"):
-        raise ConfigError(f"--method: unknown editor '{method}' (known: constrained, memit, alphaedit)")
+    if method not in ("auto", "constrained", "memit", "alphaedit"):
+        raise ConfigError(f"--method: unknown editor '{method}' (known: auto, constrained, memit, alphaedit)")
+    if method == "auto":
+        from palimpsest.editing.datasets import read_edit_file
+        from palimpsest.editing.run import choose_method
+
+        method = choose_method(len(read_edit_file(facts)[0]))
+        # settings only the constrained editor has name it, on the command line or in --config
+        constrained_only = {f.name for f in fields(EditConfig)} - {f.name for f in fields(BatchEditConfig)}
+        if any(flag is not None for flag in (modules, norm, delta, objective)) or (
+            config is not None and constrained_only & set(_yaml_keys(config))
+        ):
+            method = "constrained"
+    if statistics is not None and method == "constrained":
+        raise ConfigError("--statistics belongs to --method memit or alphaedit, not constrained")
 
     chosen_layers: str | list[int | float] | None = layers
     if layers and layers[0].isdigit():
@@ -816,13 +890,29 @@ def edit(
         results = edit_saved_model(model, facts, out, settings, sequential=sequential)
     else:
         with make_progress(console) as progress:
-            task = progress.add_task("statistics of ordinary text (tokens)", total=None, status="")
+            tasks: list[Any] = []  # the bar appears when a statistics pass starts, not before
+
+            def report(done: int, total: int) -> None:
+                if not tasks:
+                    tasks.append(
+                        progress.add_task("statistics of ordinary text (tokens)", total=total, status="")
+                    )
+                progress.update(tasks[0], completed=done, total=total)
+
             results = edit_saved_model(
-                model, facts, out, settings, sequential=sequential,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )  # fmt: skip
+                model,
+                facts,
+                out,
+                settings,
+                sequential=sequential,
+                statistics_file=statistics,
+                progress=report,
+            )
     write_report([results], out, title="palimpsest edit")
-    table = Table(title=f"{len(results.requests)} edit(s), {results.steps} steps, {results.seconds:.1f} s")
+    used = "constrained" if isinstance(results.config, EditConfig) else results.config.method
+    table = Table(
+        title=f"{len(results.requests)} edit(s) by {used}, {results.steps} steps, {results.seconds:.1f} s"
+    )
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -830,6 +920,9 @@ def edit(
         if isinstance(value, float):
             table.add_row(key, f"{results.before[key]:.3f}", f"{value:.3f}")
     console.print(table)
+    if results.earlier_rounds:
+        earlier = f"{results.earlier_edits} earlier edit(s) in {results.earlier_rounds} round(s)"
+        console.print(f"continued a sequence: {earlier} preserved")
     console.print(f"wrote {out}/model, {out}/results.json, {out}/report.md")
 
 
@@ -904,6 +997,25 @@ def experiment_editing(
 
     scales = {**SCALES, "real": editing_real.SCALES["real"], "real-smoke": editing_real.SCALES["smoke"]}
     _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, scales)
+
+
+@experiment_app.command("many-edits")
+@user_errors
+def experiment_many_edits(
+    scale: Annotated[
+        str, typer.Option(help="smoke, real-quick (about 1.5 h on 2 cores) or real (days on 2 cores).")
+    ] = "real-quick",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/many-edits"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """FT-M, the constrained editor, MEMIT and AlphaEdit on 1 to 1,000 edits, at once and in sequence."""
+    _setup_logging(verbose)
+    from palimpsest.experiments.many_edits import SCALES, run_many_edits_study
+
+    _run_study(run_many_edits_study, out, scale, "palimpsest: many-edits study", config, SCALES)
 
 
 @experiment_app.command("knowledge")

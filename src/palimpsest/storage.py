@@ -110,9 +110,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     wait_for_everyone()
 
 
-def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
+def save_model(
+    model: Any, tokenizer: Any, path: str | Path, *, extra: Callable[[Path], None] | None = None
+) -> Path:
     """``save_pretrained`` of a model (safetensors) and/or its tokenizer into one folder, on rank 0,
-    atomically: the folder appears complete or not at all (see :func:`atomic_folder`)."""
+    atomically: the folder appears complete or not at all (see :func:`atomic_folder`). ``extra``
+    writes what else belongs in the folder (given the staging folder), inside the same swap."""
     path = Path(path)
     try:
         with atomic_folder(path) as staging:
@@ -121,6 +124,8 @@ def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
                     model.save_pretrained(str(staging))
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(staging))
+                if extra is not None:
+                    extra(staging)
     except (OSError, SafetensorError, RuntimeError) as error:
         if not is_write_failure(error):
             raise

@@ -245,8 +245,8 @@ def country_facts(relation: str) -> list[Fact]:
             value, rel = _language_name(row["languages"]), LANGUAGE
         else:
             raise DataError(f"unknown country relation '{relation}'")
-        if value and value.isascii():
-            facts.append(Fact(row["name"], rel, value))
+        if value and value.isascii():  # geonames has names with stray spaces ("... and Saba ")
+            facts.append(Fact(row["name"].strip(), rel, value.strip()))
     return facts
 
 

@@ -8,7 +8,11 @@
      "object": "Ee Mungu Nguvu Yetu"}
 
 A line with ``new_object`` is an edit request; a line without one is a fact to keep (it is
-measured, never trained on). ``relation`` names a built-in relation (``capital``,
+measured, never trained on). An edit line may also name the facts it must leave alone, as the
+benchmark of :mod:`palimpsest.editing.benchmark` writes them: ``"neighbours": [{"subject",
+"object"}]`` (other subjects of its relation), ``"same_subject": [{"relation", "object"}]``
+(other relations of its subject), and ``"kind"`` (``counterfactual`` or ``correction``); they
+are kept facts too. ``relation`` names a built-in relation (``capital``,
 ``currency``, ``continent``, ``language``, ``element-symbol``, ``atomic-number``,
 ``city-country``) or gives its own templates.
 
@@ -23,6 +27,7 @@ Every problem is a :class:`~palimpsest.errors.DataError` naming the file and lin
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +102,43 @@ def _relation(value: Any, where: str) -> Relation:
     raise DataError(f'{where}: \'relation\' must be a relation name or {{"name", "templates"}}')
 
 
-def read_edit_file(path: str | Path) -> tuple[list[EditRequest], list[Fact]]:
-    """palimpsest JSONL -> (edit requests, facts to keep). Validates every line first."""
-    requests, keep = [], []
+@dataclass(frozen=True)
+class EditLine:
+    """One line of a fact file: an edit request (or None: a fact to keep) and what it must keep."""
+
+    where: str
+    fact: Fact
+    request: EditRequest | None
+    kind: str
+    neighbours: tuple[Fact, ...]
+    same_subject: tuple[Fact, ...]
+
+
+def _kept_facts(record: dict[str, Any], where: str, fact: Fact) -> tuple[tuple[Fact, ...], tuple[Fact, ...]]:
+    """An edit line's neighbours (same relation) and same-subject facts (other relations)."""
+    lists = []
+    for key in ("neighbours", "same_subject"):
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise DataError(f"{where}: '{key}' must be a list of objects")
+        lists.append(value)
+    neighbours = tuple(
+        Fact(_text(item, "subject", where), fact.relation, _text(item, "object", where)) for item in lists[0]
+    )
+    same = tuple(
+        Fact(fact.subject, _relation(item.get("relation"), where), _text(item, "object", where))
+        for item in lists[1]
+    )
+    return neighbours, same
+
+
+def read_edit_records(path: str | Path) -> list[EditLine]:
+    """Every line of a palimpsest fact file, validated (one line, one problem, named)."""
+    lines = []
     seen: dict[tuple[str, str], tuple[str, str | None]] = {}  # (subject, relation) -> (line, new object)
     for number, record in _lines(path):
         where = f"{path}:{number}"
-        unknown = set(record) - {"subject", "relation", "object", "new_object"}
+        unknown = set(record) - {"subject", "relation", "object", "new_object", *EDIT_LINE_EXTRAS}
         if unknown:
             raise DataError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         fact = Fact(
@@ -123,16 +158,41 @@ def read_edit_file(path: str | Path) -> tuple[list[EditRequest], list[Fact]]:
                 f"({'to ' + repr(earlier) if earlier else 'to keep'}); one fact, one outcome"
             )
         seen.setdefault(key, (f"line {number}", target))
+        request = None
         if "new_object" in record:
             try:
-                requests.append(EditRequest(fact, _text(record, "new_object", where)))
+                request = EditRequest(fact, _text(record, "new_object", where))
             except DataError as error:
                 raise DataError(f"{where}: {error}") from None
-        else:
-            keep.append(fact)
-    if not requests:
+        kind = record.get("kind", "counterfactual")
+        if kind not in ("counterfactual", "correction"):
+            raise DataError(f"{where}: 'kind' must be counterfactual or correction, got {kind!r}")
+        neighbours, same_subject = _kept_facts(record, where, fact)
+        lines.append(EditLine(where, fact, request, kind, neighbours, same_subject))
+    return lines
+
+
+#: The fields an edit line may carry besides its fact (see the module docstring).
+EDIT_LINE_EXTRAS = ("kind", "neighbours", "same_subject")
+
+
+def read_edit_file(path: str | Path, *, require_edits: bool = True) -> tuple[list[EditRequest], list[Fact]]:
+    """palimpsest JSONL -> (edit requests, facts to keep). Validates every line first.
+
+    The facts to keep are the lines without ``new_object`` and every line's neighbours and
+    same-subject facts, each once, leaving out any fact the file edits."""
+    lines = read_edit_records(path)
+    requests = [line.request for line in lines if line.request is not None]
+    edited = {(r.fact.subject, r.fact.relation.name) for r in requests}
+    keep: dict[tuple[str, str], Fact] = {}
+    for line in lines:
+        for fact in (line.fact,) if line.request is None else (*line.neighbours, *line.same_subject):
+            key = (fact.subject, fact.relation.name)
+            if key not in edited:
+                keep.setdefault(key, fact)
+    if require_edits and not requests:
         raise DataError(f"'{path}' has no line with a 'new_object': nothing to edit")
-    return requests, keep
+    return requests, list(keep.values())
 
 
 def _templated(prompt: str, subject: str) -> str | None:

@@ -44,7 +44,13 @@ from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing.editor import EditResult, block_indices
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest
-from palimpsest.editing.statistics import LayerStatistics, cached_statistics, ffn_output_projection
+from palimpsest.editing.statistics import (
+    LayerStatistics,
+    cached_statistics,
+    ffn_output_projection,
+    read_cached_statistics,
+    weights_fingerprint,
+)
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import objective_of, transformer_blocks
 from palimpsest.recall import text_passages
@@ -136,7 +142,10 @@ class BatchEditor:
     """MEMIT or AlphaEdit on a causal LM; ``apply`` again continues a sequence of edits.
 
     ``statistics`` may be given (a dict by block, :func:`~palimpsest.editing.statistics.cached_statistics`)
-    or is computed on first use from the model as it is then, and kept for later edits.
+    or is read from the cache on first use: those of the weights named by ``statistics_fingerprint``
+    (an earlier round's, :mod:`palimpsest.editing.history`) when cached, else computed from the
+    model as it is then, and kept for later edits. ``previous_keys`` (per block, ``(inputs,
+    requests)``) are keys of edits made before this editor existed: they are preserved like its own.
     """
 
     def __init__(
@@ -147,6 +156,8 @@ class BatchEditor:
         config: BatchEditConfig | None = None,
         statistics: dict[int, LayerStatistics] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        previous_keys: dict[int, torch.Tensor] | None = None,
+        statistics_fingerprint: str | None = None,
         **settings: Any,
     ):
         from palimpsest.config import from_dict, to_dict
@@ -171,6 +182,20 @@ class BatchEditor:
         )
         #: Keys of earlier edits, by block: ``K_prev K_prev^T`` (d_in x d_in).
         self.previous_keys: dict[int, torch.Tensor] = {}
+        for block, keys in (previous_keys or {}).items():
+            if block not in self.projections:
+                continue  # a block this editor does not write: nothing of it to preserve here
+            width = self.original[block].shape[1 if self._stores_out_in(block) else 0]
+            if keys.dim() != 2 or keys.shape[0] != width:
+                raise DataError(
+                    f"stored keys of block {block} have shape {tuple(keys.shape)}; this model's projection "
+                    f"takes {width} inputs (keys of another model?)"
+                )
+            self.previous_keys[block] = keys.double() @ keys.double().T
+        self._initial_keys = dict(self.previous_keys)
+        #: The keys this editor wrote, by block (d_in x requests), for the edit history.
+        self.written_keys: dict[int, torch.Tensor] = {}
+        self.statistics_fingerprint = statistics_fingerprint
         self._nullspace: dict[int, torch.Tensor] = {}
         #: Norms of the last edit's target vectors (norm control caps them).
         self.target_norms: list[float] = []
@@ -203,8 +228,10 @@ class BatchEditor:
             residual = (targets - current) / (len(self.blocks) - position)
             self._add(block, self._solve(block, keys, residual, statistics[block]))
             used[block] = keys.double()
-        if self.config.accumulate_keys:  # what later edits must leave as this one wrote it
-            for block, keys in used.items():
+        for block, keys in used.items():
+            written = self.written_keys.get(block)
+            self.written_keys[block] = keys if written is None else torch.cat([written, keys], dim=1)
+            if self.config.accumulate_keys:  # what later edits must leave as this one wrote it
                 outer = keys @ keys.T
                 self.previous_keys[block] = self.previous_keys.get(block, torch.zeros_like(outer)) + outer
         seconds = time.perf_counter() - started
@@ -218,12 +245,23 @@ class BatchEditor:
             before, after, len(self.blocks), seconds, float("nan"), self.changes(), self.edited_parameters
         )
 
+    def preserve(self, requests: Sequence[EditRequest], block: int, template: int = 0) -> torch.Tensor:
+        """Keys at ``block`` of requests edited before this editor (by another method, or at other
+        blocks), read from the model as it is now and preserved by every later edit; returned
+        (inputs, requests) so that they can be stored."""
+        keys = self._keys(requests, template, block).double()
+        outer = keys @ keys.T
+        self.previous_keys[block] = self.previous_keys.get(block, torch.zeros_like(outer)) + outer
+        self._initial_keys[block] = self.previous_keys[block]
+        return keys
+
     def undo(self) -> None:
         """Put every edited projection back exactly as it was before the first edit."""
         with torch.no_grad():
             for block, projection in self.projections.items():
                 projection.weight.copy_(self.original[block])
-        self.previous_keys = {}
+        self.previous_keys = dict(self._initial_keys)
+        self.written_keys = {}
 
     def changes(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -269,19 +307,28 @@ class BatchEditor:
             self._nullspace[block] = small @ small.T
         return self._nullspace[block]
 
+    def _stores_out_in(self, block: int) -> bool:
+        """nn.Linear stores its weight (out, in); GPT-2's Conv1D (in, out)."""
+        return isinstance(self.projections[block], nn.Linear)
+
     def _add(self, block: int, update: torch.Tensor) -> None:
         weight = self.projections[block].weight
         with torch.no_grad():
             change = update.to(weight.dtype)
-            # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out)
-            weight.add_(change if tuple(weight.shape) == tuple(change.shape) else change.T)
+            weight.add_(change if self._stores_out_in(block) else change.T)
 
     def _statistics(self) -> dict[int, LayerStatistics]:
         if self.statistics is None or not all(b in self.statistics for b in self.blocks):
-            self.statistics = cached_statistics(
-                self.model, self.tokenizer, self.blocks, corpus=self.config.statistics_corpus,
-                tokens=self.config.statistics_tokens, progress=self.progress,
-            )  # fmt: skip
+            corpus, tokens = self.config.statistics_corpus, self.config.statistics_tokens
+            earlier = self.statistics_fingerprint
+            stored = read_cached_statistics(earlier, corpus, tokens, self.blocks) if earlier else None
+            if stored is None:  # none of the earlier weights here: measure the model as it is now
+                self.statistics_fingerprint = weights_fingerprint(self.model, self.blocks)
+                stored = cached_statistics(
+                    self.model, self.tokenizer, self.blocks, corpus=corpus, tokens=tokens,
+                    fingerprint=self.statistics_fingerprint, progress=self.progress,
+                )  # fmt: skip
+            self.statistics = stored
         return self.statistics
 
     # ------------------------------------------------------------------ prompts
@@ -426,76 +473,91 @@ class BatchEditor:
         hidden: torch.Tensor,
     ) -> torch.Tensor:
         """The ``delta`` of each request in ``chunk``, optimised together (their losses are
-        separate sums, so this is the same as optimising each alone)."""
+        separate sums, so this is the same as optimising each alone). A request whose answer
+        loss is below ``stop_loss`` is done: its ``delta`` is kept and its prompts leave the
+        batch, so the steps left cost only what the harder requests need."""
         device = next(self.model.parameters()).device
+        column = {index: c for c, index in enumerate(chunk)}
         edit_prompts = [p for i in chunk for p in self._prompts(requests[i], i, template, with_answer=True)]
         general = [self._general_prompt(requests[i], i) for i in chunk]
         prompts = edit_prompts + general
-        ids, mask = self._batch(prompts)
-        column = {index: c for c, index in enumerate(chunk)}
-        rows = torch.arange(len(prompts), device=device)
-        positions = torch.tensor([p.subject_last for p in prompts], device=device)
-        owner = torch.tensor([column[p.request] for p in prompts], device=device)
+        owner_all = torch.tensor([column[p.request] for p in prompts])
+        is_general = torch.tensor([False] * len(edit_prompts) + [True] * len(general))
         delta = torch.zeros(
             hidden.shape[0], len(chunk), dtype=torch.float32, device=device, requires_grad=True
         )
         optimizer = torch.optim.Adam([delta], lr=self.config.target_lr)
         base_norm = hidden.float().norm(dim=0).to(device)  # |h| per request
-
-        def steer(_m: nn.Module, _args: tuple, output: Any) -> Any:
-            states = output[0] if isinstance(output, tuple) else output
-            states = states.clone()
-            states[rows, positions] = states[rows, positions] + delta.T[owner].to(states.dtype)
-            return (states, *output[1:]) if isinstance(output, tuple) else states
-
-        answer_rows, answer_positions, answer_ids, answer_owner = [], [], [], []
-        for row, p in enumerate(edit_prompts):
-            for offset, token in enumerate(p.answer):
-                answer_rows.append(row)
-                answer_positions.append(len(p.ids) + offset - 1)
-                answer_ids.append(token)
-                answer_owner.append(column[p.request])
-        answer_rows_t = torch.tensor(answer_rows, device=device)
-        answer_positions_t = torch.tensor(answer_positions, device=device)
-        answer_ids_t = torch.tensor(answer_ids, device=device)
-        answer_owner_t = torch.tensor(answer_owner, device=device)
-        tokens_per_request = torch.bincount(answer_owner_t, minlength=len(chunk)).clamp(min=1).float()
-        general_rows = torch.arange(len(edit_prompts), len(prompts), device=device)
-        general_last = torch.tensor([len(p.ids) - 1 for p in general], device=device)
         body, head = self.model.base_model, self.model.get_output_embeddings()
+        active = torch.ones(len(chunk), dtype=torch.bool)
+        reference: torch.Tensor | None = None  # log-probabilities of the general prompts, unedited
+        for _step in range(self.config.target_steps):
+            rows = torch.nonzero(active[owner_all]).squeeze(-1).tolist()
+            batch = [prompts[r] for r in rows]
+            ids, mask = self._batch(batch)
+            owner = owner_all[rows].to(device)
+            where = torch.arange(len(batch), device=device)
+            subject = torch.tensor([p.subject_last for p in batch], device=device)
+            # where each loss reads the logits: the answer tokens, and the general prompts' last one
+            answer_rows, answer_positions, answer_ids = [], [], []
+            for row, p in enumerate(batch):
+                for offset, token in enumerate(p.answer):
+                    answer_rows.append(row)
+                    answer_positions.append(len(p.ids) + offset - 1)
+                    answer_ids.append(token)
+            general_rows = [row for row, r in enumerate(rows) if is_general[r]]
+            read_rows = torch.tensor(answer_rows + general_rows, device=device)
+            read_positions = torch.tensor(
+                answer_positions + [len(batch[row].ids) - 1 for row in general_rows], device=device
+            )
+            answer_owner = owner[torch.tensor(answer_rows, device=device)]
 
-        def logits_at(rows_at: torch.Tensor, positions_at: torch.Tensor) -> torch.Tensor:
-            # the vocabulary projection only where a loss reads it: the full (batch, length,
-            # vocabulary) logits would cost more than the whole body
-            hidden_states = body(input_ids=ids, attention_mask=mask)[0]
-            return head(hidden_states[rows_at, positions_at]).float()
+            def steer(
+                _m: nn.Module, _args: tuple, output: Any, at: tuple = (where, subject), owner: Any = owner
+            ) -> Any:
+                states = output[0] if isinstance(output, tuple) else output
+                states = states.clone()
+                states[at] = states[at] + delta.T[owner].to(states.dtype)
+                return (states, *output[1:]) if isinstance(output, tuple) else states
 
-        with torch.no_grad():
-            reference = logits_at(general_rows, general_last).log_softmax(-1)
-        every_row = torch.cat([answer_rows_t, general_rows])
-        every_position = torch.cat([answer_positions_t, general_last])
-        answers = len(answer_rows_t)
-        handle = last.register_forward_hook(steer)
-        try:
-            for _step in range(self.config.target_steps):
+            if reference is None:  # the first step has every request: read the unedited model
+                with torch.no_grad():
+                    states = body(input_ids=ids, attention_mask=mask)[0]
+                    reference = head(states[general_rows, read_positions[len(answer_rows) :]]).float()
+                    reference = reference.log_softmax(-1)
+            handle = last.register_forward_hook(steer)
+            try:
                 optimizer.zero_grad()
-                logits = logits_at(every_row, every_position)
-                log_probs = logits[:answers].log_softmax(-1)
-                token_nll = -log_probs.gather(-1, answer_ids_t.unsqueeze(-1)).squeeze(-1)
-                nll = torch.zeros(len(chunk), device=device).index_add(0, answer_owner_t, token_nll)
-                nll = nll / tokens_per_request
-                general_now = logits[answers:].log_softmax(-1)
-                kl = (reference.exp() * (reference - general_now)).sum(-1)  # KL(original || edited)
-                decay = self.config.weight_decay * delta.norm(dim=0) ** 2 / base_norm**2
-                if float(nll.detach().max()) < self.config.stop_loss:
+                # the vocabulary projection only where a loss reads it: the full (batch, length,
+                # vocabulary) logits would cost more than the whole body
+                states = body(input_ids=ids, attention_mask=mask)[0]
+                logits = head(states[read_rows, read_positions]).float()
+            finally:
+                handle.remove()
+            answers = len(answer_rows)
+            answer_ids_t = torch.tensor(answer_ids, device=device)[:, None]
+            token_nll = -logits[:answers].log_softmax(-1).gather(-1, answer_ids_t).squeeze(-1)
+            nll = torch.zeros(len(chunk), device=device).index_add(0, answer_owner, token_nll)
+            nll = nll / torch.bincount(answer_owner, minlength=len(chunk)).clamp(min=1)
+            general_owner = owner[torch.tensor(general_rows, device=device)]
+            now = logits[answers:].log_softmax(-1)
+            before = reference[general_owner]  # row c of the reference is request c's general prompt
+            kl = torch.zeros(len(chunk), device=device).index_add(
+                0, general_owner, (before.exp() * (before - now)).sum(-1)
+            )  # KL(original || edited) of each request's general prompt
+            logger.debug("target step %d: answer loss per request %s", _step, nll.detach().tolist())
+            done = active & (nll.detach().cpu() < self.config.stop_loss)
+            if bool(done.any()):
+                active &= ~done
+                if not bool(active.any()):
                     break  # every target already makes its new object near certain
-                loss = (nll + self.config.kl_factor * kl + decay).sum()
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():  # |delta| <= clamp * |h|
-                    bound = self.config.clamp_norm_factor * base_norm
-                    scale = (bound / delta.norm(dim=0).clamp(min=1e-12)).clamp(max=1.0)
-                    delta.mul_(scale)
-        finally:
-            handle.remove()
+            decay = self.config.weight_decay * delta.norm(dim=0) ** 2 / base_norm**2
+            loss = ((nll + self.config.kl_factor * kl + decay) * active.to(device)).sum()
+            kept = delta.detach()[:, ~active.to(device)].clone()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                delta[:, ~active.to(device)] = kept  # Adam's momentum would move a finished target on
+                bound = self.config.clamp_norm_factor * base_norm  # |delta| <= clamp * |h|
+                delta.mul_((bound / delta.norm(dim=0).clamp(min=1e-12)).clamp(max=1.0))
         return delta.detach().to(dtype=torch.float64, device="cpu")

@@ -191,6 +191,13 @@ def cached_statistics(
     return computed
 
 
+def read_cached_statistics(
+    fingerprint: str, corpus: str, tokens: int, blocks: Sequence[int]
+) -> dict[int, LayerStatistics] | None:
+    """The cached statistics of the weights named by ``fingerprint`` (None: not in this cache)."""
+    return _read(statistics_path(fingerprint, corpus, tokens), fingerprint, corpus, tokens, blocks)
+
+
 def _write(
     path: Path, statistics: dict[int, LayerStatistics], fingerprint: str, corpus: str, tokens: int
 ) -> None:

@@ -1,0 +1,412 @@
+"""Many edits at once and one after another (``palimpsest experiment many-edits``).
+
+Protocol:
+
+1. *The benchmark* (:mod:`palimpsest.editing.benchmark`) is built once for the model: what it
+   recalls of the shipped fact tables decides the counterfactual cases, what it gets wrong the
+   corrections. It is written to ``benchmark.jsonl`` in the output folder.
+2. *Draws*: per seed, the benchmark shuffled, its first ``n`` cases. Every method edits the same
+   draw, from the same weights (each is undone bit for bit before the next).
+3. *Modes*: ``n`` at once (one call), and ``n`` in sequence in batches of ``b`` (``b = 1``: one at
+   a time), measured on the final model only.
+4. *Methods*: FT-M (EasyEdit's recipe), palimpsest's constrained editor (Zhu et al.), MEMIT and
+   the AlphaEdit-style projection (:mod:`palimpsest.editing.memit`).
+5. *Measured* before and after (:func:`~palimpsest.editing.benchmark.benchmark_metrics`): made
+   (exact match, plain prompt and after unrelated text), P(new) > P(old), paraphrase,
+   neighbourhood and same-subject facts kept, greedy generation, fluency, wiki-en perplexity;
+   seconds and peak memory of the edit itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import TrainerCallback
+
+from palimpsest.config import to_dict
+from palimpsest.editing.benchmark import (
+    BenchmarkCase,
+    BenchmarkConfig,
+    benchmark_metrics,
+    build_benchmark,
+    read_benchmark,
+    write_benchmark,
+)
+from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.memit import BatchEditConfig, BatchEditor
+from palimpsest.errors import DataError
+from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set
+from palimpsest.plotting import plot_curves
+from palimpsest.report import Figure, Section, Table, pm
+from palimpsest.results import Results
+from palimpsest.storage import machine_info, resumable
+from palimpsest.training import evaluate_lm
+
+logger = logging.getLogger(__name__)
+
+#: FT-M as EasyEdit runs it (one MLP down-projection at relative depth 0.7, 25 steps, lr 5e-4,
+#: no bound, loss on the object only).
+FT_M = {
+    "layers": "0.7", "modules": ["ffn-out"], "norm": None, "learning_rate": 5e-4, "steps": 25,
+    "objective": "ft-m", "context_passages": 0,
+}  # fmt: skip
+METHODS = ("ft-m", "constrained", "memit", "alphaedit")
+
+
+@dataclass(frozen=True)
+class ManyEditsScale:
+    """Sizes of one run of the study."""
+
+    #: A built-in name, folder or hub id; ``None`` builds a random SmolLM2-shaped model (smoke).
+    model: str | None = "smollm2-135m"
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    at_once: tuple[int, ...] = (1, 10, 100, 1000)
+    #: (edits, batch) of each sequence.
+    in_sequence: tuple[tuple[int, int], ...] = ((1000, 1), (1000, 10))
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    statistics_tokens: int = 100_000
+    #: Blocks the batch editors write (None: their default, chosen on SmolLM2).
+    batch_layers: tuple[int, ...] | None = None
+    #: AlphaEdit's null-space threshold (None: its default; a random model's keys fill every direction).
+    nullspace_threshold: float | None = None
+    perplexity_blocks: int = 16
+    block_size: int = 128
+    generation_tokens: int = 8
+
+
+SCALES: dict[str, ManyEditsScale] = {
+    "smoke": ManyEditsScale(
+        model=None, benchmark=BenchmarkConfig(size=12, neighbours=2, min_city_population=5_000_000),
+        at_once=(1, 4), in_sequence=((4, 2),), seeds=(0,), statistics_tokens=2_000, batch_layers=(1, 2),
+        nullspace_threshold=0.5,
+        perplexity_blocks=2, block_size=32, generation_tokens=3,
+    ),
+    # What 2 cores finish in about an hour and a half: every method up to 100 edits, one seed.
+    "real-quick": ManyEditsScale(at_once=(1, 10, 100), in_sequence=((100, 10),), seeds=(0,)),
+    "real": ManyEditsScale(),
+}  # fmt: skip
+
+
+@dataclass
+class EditOutcome:
+    """One method on one draw: the metrics after, and what the edit cost."""
+
+    method: str
+    mode: str  # "at once" or "in sequence"
+    edits: int
+    batch: int
+    seed: int
+    metrics: dict[str, float]
+    seconds: float
+    peak_memory_mb: float
+
+
+@dataclass
+class DrawBaseline:
+    """The metrics of one draw before any edit."""
+
+    mode: str
+    edits: int
+    batch: int
+    seed: int
+    metrics: dict[str, float]
+
+
+class _PeakMemory:
+    """Peak memory of a block of work: CUDA's own counter, else the process's resident set
+    sampled every 20 ms (minus what it held when the block began)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0.0, threading.Event()
+
+    @staticmethod
+    def _resident() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self._start = self._resident()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._resident() - self._start)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
+            return
+        self._stop.set()
+        self._thread.join()
+
+
+def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEditConfig:
+    if method == "ft-m":
+        return EditConfig(**FT_M)
+    if method == "constrained":
+        return EditConfig()
+    chosen: dict[str, Any] = {"layers": list(scale.batch_layers)} if scale.batch_layers is not None else {}
+    if scale.nullspace_threshold is not None:
+        chosen["nullspace_threshold"] = scale.nullspace_threshold
+    return BatchEditConfig(method=method, statistics_tokens=scale.statistics_tokens, **chosen)
+
+
+def _editor(method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict) -> Any:
+    config = _method_config(method, scale)
+    if isinstance(config, EditConfig):
+        return ConstrainedFinetune(model, tokenizer, config=config)
+    return BatchEditor(model, tokenizer, config=config, statistics=statistics)
+
+
+def _measure(model: Any, tokenizer: Any, cases: Sequence[BenchmarkCase], perplexity_set: Any, scale) -> dict:
+    metrics = benchmark_metrics(model, tokenizer, cases, generation_tokens=scale.generation_tokens)
+    metrics["perplexity"] = math.exp(evaluate_lm(model, perplexity_set)["loss"])
+    return metrics
+
+
+def _run(
+    method: str, model: Any, tokenizer: Any, cases: list[BenchmarkCase], batch: int, mode: str,
+    scale: ManyEditsScale, statistics: dict, perplexity_set: Any, seed: int,
+) -> EditOutcome:  # fmt: skip
+    """One method on one draw; the model is put back exactly afterwards."""
+    editor = _editor(method, model, tokenizer, scale, statistics)
+    requests = [case.request for case in cases]
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    try:
+        with _PeakMemory(device) as memory:
+            if mode == "at once":
+                editor.apply(requests, measure=False)
+            elif batch == 1 and isinstance(editor, ConstrainedFinetune):
+                editor.apply(requests, sequential=True, measure=False)
+            else:
+                for first in range(0, len(requests), batch):
+                    editor.apply(requests[first : first + batch], measure=False)
+        seconds = time.perf_counter() - started
+        metrics = _measure(model, tokenizer, cases, perplexity_set, scale)
+    finally:
+        editor.undo()
+    kept = metrics.get("neighbourhood_kept", float("nan"))
+    logger.info(
+        "%s, %d %s (batch %d): made %.2f, neighbourhood kept %.2f, %.0f s",
+        method, len(cases), mode, batch, metrics["made"], kept, seconds,
+    )  # fmt: skip
+    return EditOutcome(method, mode, len(cases), batch, seed, metrics, seconds, memory.peak)
+
+
+def run_many_edits_study(
+    out: str | Path,
+    scale: str | ManyEditsScale | tuple[str, ManyEditsScale] = "real-quick",
+    *,
+    callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
+) -> ManyEditsResults:
+    """Run (or resume: every draw's baseline and every method's outcome is stored as it finishes)."""
+    from palimpsest.editing.statistics import cached_statistics
+
+    name, scale = resolve_scale(scale, SCALES, "many-edits")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = real_or_random_model(scale.model, out)
+    model.eval()
+    benchmark_file = out / "benchmark.jsonl"
+
+    def build() -> dict[str, dict[str, int]]:
+        cases, counts = build_benchmark(model, tokenizer, scale.benchmark)
+        write_benchmark(benchmark_file, cases)
+        return counts
+
+    key = {"model": scale.model, "benchmark": scale.benchmark}
+    counts = resumable(out / "units" / "benchmark.json", key, build)
+    if not benchmark_file.is_file():
+        counts = build()
+    cases = read_benchmark(benchmark_file)
+    largest = max((*scale.at_once, *(edits for edits, _ in scale.in_sequence)))
+    if len(cases) < largest:
+        raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")
+    perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
+    statistics: dict = {}
+    if {"memit", "alphaedit"} & set(scale.methods):
+        blocks = _editor("memit", model, tokenizer, scale, {}).blocks
+        statistics = cached_statistics(model, tokenizer, blocks, tokens=scale.statistics_tokens)
+    runs = [("at once", n, n) for n in scale.at_once] + [("in sequence", n, b) for n, b in scale.in_sequence]
+    baselines, outcomes = [], []
+    for seed in scale.seeds:
+        order = list(cases)
+        random.Random(seed).shuffle(order)
+        for mode, edits, batch in runs:
+            draw = order[:edits]
+            unit = f"{mode.replace(' ', '-')}-{edits}-b{batch}-s{seed}"
+            common = {**key, "edits": edits, "seed": seed, "perplexity_blocks": scale.perplexity_blocks}
+            baselines.append(
+                resumable(
+                    out / "units" / f"{unit}-before.json", common,
+                    lambda draw=draw, mode=mode, edits=edits, batch=batch, seed=seed: DrawBaseline(
+                        mode, edits, batch, seed, _measure(model, tokenizer, draw, perplexity_set, scale)
+                    ),
+                    kind=DrawBaseline,
+                )
+            )  # fmt: skip
+            for method in scale.methods:
+                outcomes.append(
+                    resumable(
+                        out / "units" / f"{unit}-{method}.json",
+                        {**common, "method": method, "mode": mode, "batch": batch,
+                         "settings": to_dict(_method_config(method, scale))},
+                        partial(_run, method, model, tokenizer, draw, batch, mode, scale, statistics,
+                                perplexity_set, seed),
+                        kind=EditOutcome,
+                    )
+                )  # fmt: skip
+    results = ManyEditsResults(
+        scale=name, settings=scale, model=scale.model or "random SmolLM2-shaped model",
+        benchmark=counts, benchmark_cases=len(cases), baselines=baselines, outcomes=outcomes,
+        rows=summarise(baselines, outcomes), machine=machine_info(),
+    )  # fmt: skip
+    results.write(out / "results.json")
+    return results
+
+
+#: The columns of the study's table, in order.
+COLUMNS = (
+    "made", "made@after-text", "efficacy", "paraphrase", "neighbourhood_kept", "same_subject_kept",
+    "generation", "fluency", "perplexity",
+)  # fmt: skip
+
+
+@dataclass
+class SummaryRow:
+    """Mean ± std over seeds of one (mode, edits, batch, method)."""
+
+    method: str
+    mode: str
+    edits: int
+    batch: int
+    seeds: int
+    metrics: dict[str, tuple[float, float]]
+    seconds: tuple[float, float]
+    peak_memory_mb: tuple[float, float]
+
+
+def summarise(baselines: Sequence[DrawBaseline], outcomes: Sequence[EditOutcome]) -> list[SummaryRow]:
+    """One row per (mode, edits, batch, method), the unedited model ("before") first."""
+    rows = []
+    cells: dict[tuple[str, int, int, str], list[Any]] = {}
+    for base in baselines:
+        cells.setdefault((base.mode, base.edits, base.batch, "before"), []).append(base)
+    for outcome in outcomes:
+        cells.setdefault((outcome.mode, outcome.edits, outcome.batch, outcome.method), []).append(outcome)
+    for (mode, edits, batch, method), group in cells.items():
+        metrics = {name: mean_std([g.metrics.get(name) for g in group]) for name in COLUMNS}
+        metrics = {name: pair for name, pair in metrics.items() if not math.isnan(pair[0])}  # unmeasured
+        costly = [g for g in group if isinstance(g, EditOutcome)]
+        rows.append(
+            SummaryRow(
+                method, mode, edits, batch, len(group), metrics,
+                mean_std([g.seconds for g in costly]) if costly else (0.0, 0.0),
+                mean_std([g.peak_memory_mb for g in costly]) if costly else (0.0, 0.0),
+            )
+        )  # fmt: skip
+    return rows
+
+
+@dataclass
+class ManyEditsResults(Results):
+    """The study's results.json."""
+
+    KIND: ClassVar[str] = "many-edits"
+
+    scale: str
+    settings: ManyEditsScale
+    model: str
+    benchmark: dict[str, dict[str, int]]
+    benchmark_cases: int
+    baselines: list[DrawBaseline]
+    outcomes: list[EditOutcome]
+    rows: list[SummaryRow]
+    machine: dict[str, Any]
+
+    def best(self, mode: str, edits: int) -> SummaryRow | None:
+        """The method with the highest mean of made and neighbourhood kept at (mode, edits)."""
+        cell = [r for r in self.rows if r.mode == mode and r.edits == edits and r.method != "before"]
+        score = lambda r: (r.metrics["made"][0] + r.metrics.get("neighbourhood_kept", (0.0,))[0]) / 2  # noqa: E731
+        return max(cell, key=score, default=None)
+
+    def headline(self) -> str:
+        parts = []
+        for mode, edits in dict.fromkeys((r.mode, r.edits) for r in self.rows):
+            best = self.best(mode, edits)
+            if best is not None:
+                kept = best.metrics.get("neighbourhood_kept", (math.nan,))[0]
+                parts.append(
+                    f"{edits} {mode}: {best.method} (made {best.metrics['made'][0]:.0%}, "
+                    f"neighbourhood kept {kept:.0%})"
+                )
+        return "Best by mean of made and kept — " + "; ".join(parts)
+
+    @classmethod
+    def report_section(cls, studies: Sequence[ManyEditsResults], plots_dir: Path) -> Section:
+        section = Section("Many edits: at once and in sequence")
+        for study in studies:
+            section.blocks += _blocks(study, plots_dir)
+        return section
+
+
+def _blocks(study: ManyEditsResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings = study.settings
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': {study.model}. Benchmark of {study.benchmark_cases} cases "
+        f"({settings.benchmark.corrections:.0%} corrections of facts the model gets wrong, the rest "
+        f"counterfactual edits of facts it recalls), {settings.benchmark.neighbours} neighbours each. "
+        "Every figure is exact-match recall of the prompt as a user writes it (no token in front) unless "
+        "marked @after-text (after a passage of unrelated text); kept = recalled before any edit and still "
+        f"recalled. Mean ± std over {len(settings.seeds)} seed(s) of draws; seconds and peak memory of the "
+        "edit alone (memory: resident set growth on CPU).",
+        Table(
+            ["relation", "facts", "usable", "recalled"],
+            [[name, c["facts"], c["usable"], c["recalled"]] for name, c in study.benchmark.items()],
+        ),
+    ]
+    table = [
+        [r.edits, r.mode, r.batch, r.method, *(pm(r.metrics.get(c), digits=2) for c in COLUMNS),
+         f"{r.seconds[0]:.0f}", f"{r.peak_memory_mb[0]:.0f}"]
+        for r in study.rows
+    ]  # fmt: skip
+    blocks.append(Table(["edits", "mode", "batch", "method", *COLUMNS, "seconds", "peak MB"], table))
+    at_once = [r for r in study.rows if r.mode == "at once" and r.method != "before"]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in sorted(at_once, key=lambda r: r.edits):
+        curves.setdefault(f"{row.method} made", []).append((row.edits, row.metrics["made"][0]))
+        if "neighbourhood_kept" in row.metrics:
+            kept = row.metrics["neighbourhood_kept"][0]
+            curves.setdefault(f"{row.method} kept", []).append((row.edits, kept))
+    if curves:
+        path = plot_curves(
+            curves, plots_dir / f"many-edits-{study.scale}.png",
+            title=f"{study.model}: edits made and neighbours kept, at once",
+            xlabel="edits at once", ylabel="share (exact match, plain prompt)",
+        )  # fmt: skip
+        blocks.append(Figure(path, "learning vs keeping over the number of edits made at once"))
+    blocks.append(study.headline())
+    return blocks

@@ -1,0 +1,147 @@
+"""The many-edits benchmark (what each case must keep, file round trip) and the study end to end."""
+
+import json
+
+import pytest
+
+from palimpsest.data.facts import Fact
+from palimpsest.editing import benchmark as benchmark_module
+from palimpsest.editing.benchmark import (
+    BenchmarkConfig,
+    build_benchmark,
+    kept_facts,
+    ngram_entropy,
+    read_benchmark,
+    write_benchmark,
+)
+from palimpsest.editing.datasets import read_edit_file
+from palimpsest.models import build_smollm2_like
+from palimpsest.recall import RecallResult
+
+SETS = ("country-capital", "country-currency", "country-language", "element-symbol")
+
+
+@pytest.fixture
+def recalls_first_half(monkeypatch):
+    """A model that 'recalls' every fact whose subject starts with A to M (the rest it gets wrong)."""
+
+    def fake_recall(_model, _tokenizer, facts, **_settings):
+        hits = [fact.subject[0] <= "M" for fact in facts]
+        return RecallResult(hits, [0.0] * len(facts), unprobeable=0)
+
+    monkeypatch.setattr(benchmark_module, "fact_recall", fake_recall)
+
+
+@pytest.fixture
+def cases(tokenizer, recalls_first_half):
+    model = build_smollm2_like(tokenizer, hidden=12, layers=2, seed=0)
+    config = BenchmarkConfig(size=60, corrections=0.25, neighbours=3, seed=0)
+    built, counts = build_benchmark(model, tokenizer, config, sets=SETS)
+    return built, counts
+
+
+def test_a_benchmark_mixes_relations_kinds_and_what_each_case_must_keep(cases):
+    built, counts = cases
+    assert set(counts) == {"capital", "currency", "language", "element-symbol"}
+    assert all(c["recalled"] <= c["usable"] <= c["facts"] for c in counts.values())
+    counterfactual = [c for c in built if c.kind == "counterfactual"]
+    assert len(counterfactual) == 45
+    assert {c.request.fact.relation.name for c in built[:4]} == set(counts)  # dealt round-robin
+    for case in counterfactual:  # a recalled fact, changed to another object of its relation
+        assert case.request.fact.subject[0] <= "M" and case.request.new_object != case.request.fact.object
+    for case in built:
+        if case.kind == "correction":  # a fact the model gets wrong, corrected to the truth
+            assert case.request.fact.subject[0] > "M"
+    edited = {(c.request.fact.subject, c.request.fact.relation.name) for c in built}
+    for case in built:
+        relation = case.request.fact.relation.name
+        assert len(case.neighbours) == 3
+        for fact in case.neighbours:  # recalled, same relation, another subject, edited by no case
+            assert fact.relation.name == relation and fact.subject != case.request.fact.subject
+            assert fact.subject[0] <= "M" and (fact.subject, relation) not in edited
+        for fact in case.same_subject:  # recalled facts of the subject's other relations
+            assert fact.subject == case.request.fact.subject and fact.relation.name != relation
+            assert fact.subject[0] <= "M"
+
+
+def test_a_benchmark_file_reads_back_as_written_and_as_a_fact_file(cases, tmp_path):
+    built, _ = cases
+    path = tmp_path / "benchmark.jsonl"
+    write_benchmark(path, built)
+    assert read_benchmark(path) == built
+    requests, keep = read_edit_file(path)
+    assert requests == [case.request for case in built]
+    neighbours, same = kept_facts(built)
+    assert {(f.subject, f.relation.name) for f in keep} == {
+        (f.subject, f.relation.name) for f in neighbours + same
+    }
+    assert not {(r.fact.subject, r.fact.relation.name) for r in requests} & {
+        (f.subject, f.relation.name) for f in keep
+    }
+
+
+def test_a_run_never_counts_a_fact_it_edits_as_kept(cases):
+    built, _ = cases
+    with_same = next(c for c in built if c.same_subject)
+    other = with_same.same_subject[0]
+    editing_both = [c for c in built if (c.request.fact.subject, c.request.fact.relation.name) == (
+        other.subject, other.relation.name
+    )]  # fmt: skip
+    neighbours, same = kept_facts([with_same, *editing_both])
+    kept = {(f.subject, f.relation.name) for f in neighbours + same}
+    assert ((other.subject, other.relation.name) in kept) == (not editing_both)
+
+
+def test_fluency_is_lower_for_repetition():
+    assert ngram_entropy(["Paris Paris Paris Paris Paris Paris"]) < ngram_entropy(
+        ["the city lies on a river and has an old bridge"]
+    )
+    assert ngram_entropy(["Paris Paris Paris Paris"]) == 0.0
+
+
+def test_bad_benchmark_lines_are_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    line = {"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}
+    for extra, message in (
+        ({"neighbours": "Spain"}, "'neighbours' must be a list of objects"),
+        ({"neighbours": [{"subject": "Spain"}]}, "'object' must be a non-empty string"),
+        ({"same_subject": [{"relation": "motto", "object": "x"}]}, "unknown relation 'motto'"),
+        ({"kind": "rumour"}, "'kind' must be counterfactual or correction"),
+    ):
+        path.write_text(json.dumps({**line, **extra}) + "\n")
+        with pytest.raises(Exception, match=message) as error:
+            read_benchmark(path)
+        assert str(error.value).startswith(f"{path}:1:")
+
+
+def test_kept_facts_of_a_file_without_edits_are_refused_only_when_edits_are_needed(tmp_path):
+    path = tmp_path / "keep.jsonl"
+    path.write_text(json.dumps({"subject": "France", "relation": "capital", "object": "Paris"}) + "\n")
+    requests, keep = read_edit_file(path, require_edits=False)
+    assert requests == [] and keep[0] == Fact("France", keep[0].relation, "Paris")
+    with pytest.raises(Exception, match="nothing to edit"):
+        read_edit_file(path)
+
+
+def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
+    from cli_helpers import palimpsest
+    from palimpsest.results import read_results
+
+    out = tmp_path / "study"
+    done = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)
+    assert done.returncode == 0, done.stderr
+    results = read_results(json.loads((out / "results.json").read_text()))
+    runs = {(o.mode, o.edits, o.batch, o.method) for o in results.outcomes}
+    assert runs == {
+        (mode, edits, batch, method)
+        for mode, edits, batch in (("at once", 1, 1), ("at once", 4, 4), ("in sequence", 4, 2))
+        for method in ("ft-m", "constrained", "memit", "alphaedit")
+    }
+    for outcome in results.outcomes:
+        assert 0 <= outcome.metrics["made"] <= 1 and outcome.seconds > 0
+        assert outcome.metrics["perplexity"] > 1
+    assert (out / "benchmark.jsonl").is_file() and "many-edits" in (out / "report.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
+    again = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == stamps  # nothing redone

@@ -273,7 +273,9 @@ def benchmark_metrics(
     ``generation`` the greedy continuation names the new object; ``neighbourhood_kept`` /
     ``same_subject_kept`` exact recall of the facts it must leave alone (:func:`kept_facts`; all
     recalled before any edit), also ``@after-text``; ``fluency`` :func:`ngram_entropy` of text
-    generated from the edited subjects."""
+    generated from the edited subjects. With a tokenizer that has a chat template,
+    ``generation@chat``: the prompt sent as a user's chat message, and the assistant's greedy
+    answer names the new object."""
     from palimpsest.editing.metrics import _pairwise, _share, greedy_continuations, probe_or_fail
     from palimpsest.recall import EVALUATION_PASSAGES, after_text, score_probes, text_passages
 
@@ -324,6 +326,17 @@ def benchmark_metrics(
         model, tokenizer, [r.fact.prompt() for r in requests], max_new_tokens=generation_tokens
     )
     metrics["generation"] = _share([r.new_object in t for r, t in zip(requests, continuations, strict=True)])
+    if getattr(tokenizer, "chat_template", None):  # asked as a chat user asks, answered as the assistant
+        chats = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r.fact.prompt()}], tokenize=False, add_generation_prompt=True
+            )
+            for r in requests
+        ]
+        answers = greedy_continuations(model, tokenizer, chats, max_new_tokens=2 * generation_tokens)
+        metrics["generation@chat"] = _share(
+            [r.new_object in t for r, t in zip(requests, answers, strict=True)]
+        )
     subjects = list(dict.fromkeys(r.fact.subject for r in requests))[:fluency_prompts]
     texts = greedy_continuations(model, tokenizer, subjects, max_new_tokens=fluency_tokens)
     metrics["fluency"] = ngram_entropy(texts)

@@ -291,7 +291,7 @@ def run_many_edits_study(
 #: The columns of the study's table, in order.
 COLUMNS = (
     "made", "made@after-text", "efficacy", "paraphrase", "neighbourhood_kept", "same_subject_kept",
-    "generation", "fluency", "perplexity",
+    "generation", "generation@chat", "fluency", "perplexity",
 )  # fmt: skip
 
 

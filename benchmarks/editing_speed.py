@@ -14,7 +14,15 @@ config (the speed does not depend on what the weights know). Reported: seconds p
 32 edits (the fine-tuning alone, and with the metrics before and after), seconds per step,
 peak MiB, and the ratios to ``ft``.
 
+With ``--real N``: the editors a user picks between on the built-in SmolLM2-135M, N counterfactual
+capital edits at once, each arm in its own process — FT-M (EasyEdit's recipe), the constrained
+editor (``EditConfig()``), MEMIT and AlphaEdit (``BatchEditConfig()``); the batch editors' text
+statistics timed apart, computed in a fresh cache (``statistics_s``) and read from it
+(``cached_statistics_s``). Reported: seconds of the edit (without the metrics), peak MiB, and
+ratios to FT-M.
+
 usage: python benchmarks/editing_speed.py [--models gpt2-tiny,roberta-tiny] [--steps 50] [--json F]
+       python benchmarks/editing_speed.py --real 10 [--json F]
 """
 
 from __future__ import annotations
@@ -78,13 +86,91 @@ def worker(model_name: str, arm: str, steps: int) -> dict:
     }
 
 
+REAL_ARMS = ("ft-m", "constrained", "memit", "alphaedit")
+
+
+def real_worker(arm: str, edits: int) -> dict:
+    import os
+    import tempfile
+
+    from palimpsest.data import load_tokenizer
+    from palimpsest.data.facts import builtin_facts
+    from palimpsest.editing import ConstrainedFinetune, EditConfig, counterfactual_requests
+    from palimpsest.editing.memit import BatchEditConfig, BatchEditor
+    from palimpsest.experiments.many_edits import FT_M
+    from palimpsest.models import load_pretrained, resolve_pretrained
+
+    tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
+    model = load_pretrained("smollm2-135m")
+    requests = counterfactual_requests(builtin_facts("country-capital"), edits, seed=0)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row: dict = {"arm": arm, "edits": edits}
+    if arm in ("ft-m", "constrained"):
+        config = EditConfig(**FT_M) if arm == "ft-m" else EditConfig()
+        editor = ConstrainedFinetune(model, tokenizer, config=config)
+    else:
+        os.environ["PALIMPSEST_MODEL_CACHE"] = tempfile.mkdtemp()  # a cold statistics cache
+        editor = BatchEditor(model, tokenizer, config=BatchEditConfig(method=arm))
+        started = time.perf_counter()
+        editor._statistics()
+        row["statistics_s"] = time.perf_counter() - started
+        editor.statistics = None
+        started = time.perf_counter()
+        editor._statistics()
+        row["cached_statistics_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    result = editor.apply(requests, measure=False)
+    row["seconds"] = time.perf_counter() - started
+    row["steps"] = result.steps
+    row["peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    return row
+
+
+def real(edits: int, json_path: str | None) -> None:
+    rows = []
+    for arm in REAL_ARMS:
+        command = [sys.executable, __file__, "--real-worker", arm, str(edits)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(f"{arm}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    reference = next((r for r in rows if r["arm"] == "ft-m"), None)
+    print(f"{'arm':>12} {'edits':>6} {'seconds':>9} {'s/edit':>7} {'statistics s':>12} {'cached s':>8} "
+          f"{'peak MiB':>8} {'time vs FT-M':>12} {'memory vs FT-M':>14}")  # fmt: skip
+    for row in rows:
+        row["time_vs_ft_m"] = row["seconds"] / reference["seconds"] if reference else None
+        row["memory_vs_ft_m"] = (
+            row["peak_mib"] / reference["peak_mib"] if reference and reference["peak_mib"] > 0 else None
+        )
+        print(
+            f"{row['arm']:>12} {row['edits']:>6} {row['seconds']:9.1f} {row['seconds'] / row['edits']:7.2f} "
+            f"{row.get('statistics_s', 0):12.1f} {row.get('cached_statistics_s', 0):8.2f} "
+            f"{row['peak_mib']:8.0f} "
+            f"{row['time_vs_ft_m'] or 0:12.2f} {row['memory_vs_ft_m'] or 0:14.2f}"
+        )
+    if json_path:
+        document = {"benchmark": "editing_speed --real", "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "rows": rows}  # fmt: skip
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="gpt2-tiny,roberta-tiny,gpt2-small")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "ARM"), help=argparse.SUPPRESS)
+    parser.add_argument("--real", type=int, metavar="N", help="N edits of SmolLM2-135M by each editor")
+    parser.add_argument("--real-worker", nargs=2, metavar=("ARM", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.real_worker:
+        print(json.dumps(real_worker(args.real_worker[0], int(args.real_worker[1]))))
+        return
+    if args.real:
+        real(args.real, args.json)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.steps)))
         return

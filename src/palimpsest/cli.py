@@ -926,6 +926,9 @@ def edit(
     console.print(f"wrote {out}/model, {out}/results.json, {out}/report.md")
 
 
+StudyConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
+]
 experiment_app = typer.Typer(help="End-to-end studies that reproduce each paper's effect.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -935,9 +938,7 @@ app.add_typer(experiment_app, name="experiment")
 def experiment_plasticity(
     scale: Annotated[str, typer.Option(help="smoke, demo or cpu (about 90 minutes on 2 cores).")] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/plasticity"),
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
-    ] = None,
+    config: StudyConfigOption = None,
     family: Annotated[
         str | None,
         typer.Option(help="Model family of the body: roberta or bert (the paper), gpt2 or llama (decoders)."),
@@ -966,9 +967,7 @@ def experiment_memory(
         str, typer.Option(help="smoke, demo, cpu (about an hour on 2 cores) or full (GPUs).")
     ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/memory"),
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
-    ] = None,
+    config: StudyConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """No memory vs replace/residual memory, from scratch or from a model pretrained without it."""
@@ -985,9 +984,7 @@ def experiment_editing(
         str, typer.Option(help="smoke, demo, cpu, full, or real (the built-in SmolLM2-135M).")
     ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/editing"),
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
-    ] = None,
+    config: StudyConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Unconstrained vs constrained fine-tuning of facts, by layer choice and bound (Zhu et al. 2020)."""
@@ -1006,9 +1003,7 @@ def experiment_many_edits(
         str, typer.Option(help="smoke, real-quick (about 1.5 h on 2 cores) or real (days on 2 cores).")
     ] = "real-quick",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/many-edits"),
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
-    ] = None,
+    config: StudyConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """FT-M, the constrained editor, MEMIT and AlphaEdit on 1 to 1,000 edits, at once and in sequence."""
@@ -1025,9 +1020,7 @@ def experiment_knowledge(
         str, typer.Option(help="smoke, demo or real (the built-in SmolLM2-135M; hours on 2 cores).")
     ] = "demo",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/knowledge"),
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML: fields of the scale to change.")
-    ] = None,
+    config: StudyConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """New facts into a model: full fine-tuning, LoRA, the editor, a memory, sparse memory updates."""

@@ -281,7 +281,9 @@ def run_many_edits_study(
                 )  # fmt: skip
     results = ManyEditsResults(
         scale=name, settings=scale, model=scale.model or "random SmolLM2-shaped model",
-        benchmark=counts, benchmark_cases=len(cases), baselines=baselines, outcomes=outcomes,
+        benchmark=counts, benchmark_cases=len(cases),
+        kinds={kind: sum(c.kind == kind for c in cases) for kind in ("counterfactual", "correction")},
+        baselines=baselines, outcomes=outcomes,
         rows=summarise(baselines, outcomes), machine=machine_info(),
     )  # fmt: skip
     results.write(out / "results.json")
@@ -342,6 +344,8 @@ class ManyEditsResults(Results):
     model: str
     benchmark: dict[str, dict[str, int]]
     benchmark_cases: int
+    #: Cases of each kind (counterfactual, correction) in the benchmark.
+    kinds: dict[str, int]
     baselines: list[DrawBaseline]
     outcomes: list[EditOutcome]
     rows: list[SummaryRow]
@@ -376,9 +380,11 @@ class ManyEditsResults(Results):
 def _blocks(study: ManyEditsResults, plots_dir: Path) -> list[str | Table | Figure]:
     settings = study.settings
     blocks: list[str | Table | Figure] = [
-        f"Scale '{study.scale}': {study.model}. Benchmark of {study.benchmark_cases} cases "
-        f"({settings.benchmark.corrections:.0%} corrections of facts the model gets wrong, the rest "
-        f"counterfactual edits of facts it recalls), {settings.benchmark.neighbours} neighbours each. "
+        f"Scale '{study.scale}': {study.model}. Benchmark of {study.benchmark_cases} cases: "
+        f"{study.kinds.get('counterfactual', 0)} counterfactual edits of facts the model recalls, "
+        f"{study.kinds.get('correction', 0)} corrections of facts it gets wrong (at least "
+        f"{settings.benchmark.corrections:.0%} corrections; more where too few facts are recalled), "
+        f"{settings.benchmark.neighbours} neighbours each. "
         "Every figure is exact-match recall of the prompt as a user writes it (no token in front) unless "
         "marked @after-text (after a passage of unrelated text); kept = recalled before any edit and still "
         f"recalled. Mean ± std over {len(settings.seeds)} seed(s) of draws; seconds and peak memory of the "

@@ -74,6 +74,8 @@ class ManyEditsScale:
     #: (edits, batch) of each sequence.
     in_sequence: tuple[tuple[int, int], ...] = ((1000, 1), (1000, 10))
     methods: tuple[str, ...] = METHODS
+    #: Methods of the sequences (None: ``methods``).
+    sequence_methods: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     statistics_tokens: int = 100_000
     #: Blocks the batch editors write (None: their default, chosen on SmolLM2).
@@ -268,7 +270,10 @@ def run_many_edits_study(
                     kind=DrawBaseline,
                 )
             )  # fmt: skip
-            for method in scale.methods:
+            methods = scale.methods
+            if mode == "in sequence" and scale.sequence_methods is not None:
+                methods = scale.sequence_methods
+            for method in methods:
                 outcomes.append(
                     resumable(
                         out / "units" / f"{unit}-{method}.json",

@@ -8,6 +8,7 @@ from palimpsest.data.facts import CAPITAL, Fact
 from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing import EditRequest
 from palimpsest.editing import statistics as stats_module
+from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.editing.statistics import (
     LayerStatistics,
@@ -326,3 +327,83 @@ def test_a_fact_file_with_no_request_is_refused_by_edit(tmp_path, tokenizer):
     facts = tmp_path / "f.jsonl"
     facts.write_text('{"subject": "Peru", "relation": "capital", "object": "Lima"}\n')
     assert "nothing to edit" in one_error_line(palimpsest("edit", "--model", base, "--facts", facts))
+
+
+def _preserving_editor(model, tokenizer, width_of, **settings):
+    """The constrained editor with preserve="text" on block 1's output projection, over a C0 whose
+    null space is half of the key space."""
+    from palimpsest.editing.statistics import ffn_output_projection
+
+    width = width_of(ffn_output_projection(model, 1))
+    generator = torch.Generator().manual_seed(3)
+    basis, _ = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+    spectrum = torch.cat([torch.ones(width // 2), torch.full((width - width // 2,), 1e-9)]).double()
+    statistics = {1: LayerStatistics(basis @ torch.diag(spectrum) @ basis.T, hidden_norm=1.0, tokens=100)}
+    editor = ConstrainedFinetune(
+        model, tokenizer, layers=[1], modules=["ffn-out"], norm=None, preserve="text", learning_rate=1e-2,
+        steps=30, stop_on_success=False, statistics=statistics, **settings,
+    )  # fmt: skip
+    return editor, basis[:, : width // 2]
+
+
+def test_the_preserving_constrained_editor_keeps_ordinary_text_and_earlier_edits(model, tokenizer):
+    from palimpsest.editing.statistics import ffn_output_projection
+
+    projection = ffn_output_projection(model, 1)
+    editor, used = _preserving_editor(model, tokenizer, lambda p: p.weight.shape[1])
+    original = projection.weight.detach().clone()
+    editor.apply(REQUESTS[:1], measure=False)
+    change = (projection.weight.detach() - original).double()
+    assert float(change.norm()) > 1e-4  # it does edit
+    # the directions ordinary text uses (C0's large eigenvalues) read what they read before, up to
+    # the float32 rounding of the stored weight
+    assert float((change @ used).norm()) <= 1e-6 * float(original.norm())
+    first_keys = editor._subject_keys(
+        [editor._probe(REQUESTS[0].fact, REQUESTS[0].new_object, 0, c) for c in editor._contexts]
+    )["model.layers.1.mlp.down_proj.weight"]
+    written = projection.weight.detach().double() @ first_keys
+    editor.apply(REQUESTS[1:2], measure=False)
+    moved = (projection.weight.detach() - original).double().sub(change)
+    assert float(moved.norm()) > 1e-4  # the second edit moved the weight
+    # the first edit's subject keys read what the first edit wrote, to float precision
+    torch.testing.assert_close(projection.weight.detach().double() @ first_keys, written, rtol=0, atol=1e-5)
+    editor.undo()
+    assert torch.equal(projection.weight, original)
+    assert editor._projectors == editor._initial_projectors
+
+
+def test_preserve_refuses_what_it_cannot_keep(model, tokenizer):
+    with pytest.raises(ConfigError, match="norm l2 or none"):
+        ConstrainedFinetune(model, tokenizer, layers=[1], modules=["ffn-out"], preserve="text")
+    with pytest.raises(ConfigError, match="not one"):
+        ConstrainedFinetune(model, tokenizer, layers=[1], modules=["ffn"], norm=None, preserve="text")
+    with pytest.raises(ConfigError, match="preserve: expected"):
+        ConstrainedFinetune(model, tokenizer, preserve="everything")
+
+
+def test_a_constrained_round_preserves_earlier_edits_only_with_preserve(tmp_path, tokenizer):
+    import json
+
+    from cli_helpers import palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, base)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    line = '{{"subject": "{}", "relation": "capital", "object": "{}", "new_object": "{}"}}\n'
+    first.write_text(line.format("France", "Paris", "Rome"))
+    second.write_text(line.format("Peru", "Lima", "Bern"))
+    config = tmp_path / "fast.yaml"
+    config.write_text("statistics_tokens: 2000\nsteps: 3\nlayers: [1]\nnullspace_threshold: 0.5\n")
+    done = palimpsest("edit", "--model", base, "--facts", first, "--config", config, "--out", tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    edited = tmp_path / "a" / "model"
+    again = ["edit", "--model", edited, "--facts", second, "--config", config]
+    plain = palimpsest(*again, "--out", tmp_path / "b")
+    assert plain.returncode == 0, plain.stderr
+    assert "not preserved" in plain.stdout
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["earlier_preserved"] is False
+    kept = palimpsest(*again, "--preserve", "text", "--norm", "none", "--out", tmp_path / "c")
+    assert kept.returncode == 0, kept.stderr
+    assert "1 earlier edit(s) in 1 round(s) preserved" in kept.stdout
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["earlier_preserved"] is True

@@ -805,6 +805,13 @@ def edit(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4, Adam).")] = None,
     steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 100; early stop).")] = None,
     objective: Annotated[str | None, typer.Option(help="auto (default), mlm, ft-m or ft-l.")] = None,
+    preserve: Annotated[
+        str | None,
+        typer.Option(
+            help="constrained: none (default) or text (keep the outputs of ordinary text and of earlier "
+            "edits: null-space projection; needs --norm l2 or none)."
+        ),
+    ] = None,
     sequential: Annotated[
         bool, typer.Option(help="Edit one fact after another instead of together.")
     ] = False,
@@ -846,7 +853,7 @@ def edit(
         method = choose_method(len(read_edit_file(facts)[0]))
         # settings only the constrained editor has name it, on the command line or in --config
         constrained_only = {f.name for f in fields(EditConfig)} - {f.name for f in fields(BatchEditConfig)}
-        if any(flag is not None for flag in (modules, norm, delta, objective)) or (
+        if any(flag is not None for flag in (modules, norm, delta, objective, preserve)) or (
             config is not None and constrained_only & set(_yaml_keys(config))
         ):
             method = "constrained"
@@ -870,10 +877,14 @@ def edit(
                 "layers": chosen_layers, "modules": modules.split(",") if modules else None,
                 "norm": "none" if norm is not None and norm.lower() == "none" else norm,
                 "delta": delta, "learning_rate": lr, "steps": steps, "objective": objective,
+                "preserve": preserve,
             },
         )  # fmt: skip
     else:
-        constrained_only = {"--modules": modules, "--norm": norm, "--delta": delta, "--objective": objective}
+        constrained_only = {
+            "--modules": modules, "--norm": norm, "--delta": delta, "--objective": objective,
+            "--preserve": preserve,
+        }  # fmt: skip
         given = [flag for flag, value in constrained_only.items() if value is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} belong(s) to --method constrained, not {method}")
@@ -922,7 +933,13 @@ def edit(
     console.print(table)
     if results.earlier_rounds:
         earlier = f"{results.earlier_edits} earlier edit(s) in {results.earlier_rounds} round(s)"
-        console.print(f"continued a sequence: {earlier} preserved")
+        if results.earlier_preserved:
+            console.print(f"continued a sequence: {earlier} preserved")
+        else:
+            console.print(
+                f"continued a sequence: {earlier} on record, not preserved by the norm ball alone "
+                "(--preserve text or a batch editor keeps them)"
+            )
     console.print(f"wrote {out}/model, {out}/results.json, {out}/report.md")
 
 

@@ -58,6 +58,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from palimpsest.data.facts import Fact
 from palimpsest.editing.metrics import edit_metrics, probe_or_fail
 from palimpsest.editing.requests import EditRequest
+from palimpsest.editing.statistics import (
+    LayerStatistics,
+    cached_statistics,
+    excluding_keys,
+    ffn_output_projection,
+    nullspace_projector,
+)
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import hidden_size, objective_of, transformer_blocks
 from palimpsest.recall import PLAIN, Probe, PromptContext, after_text, text_passages
@@ -238,6 +245,18 @@ class EditConfig:
     #: the question follows other text. Opt-in, because each passage is another prompt to train
     #: every step (its effect and cost on SmolLM2: README, "Recall").
     context_passages: int = 0
+    #: Preserved knowledge, the batch editors' constraint as an option of fine-tuning (Zhu et al.'s
+    #: ball asks "do not move the weights much", this asks "do not move these outputs"): with
+    #: ``"text"`` every change of an FFN output projection is kept in the null space of the keys
+    #: ordinary text gives it (:func:`~palimpsest.editing.statistics.nullspace_projector`) and of
+    #: the keys of the edits made before, so what that text and those edits read from the weight
+    #: does not move. Needs ``norm`` l2 or none: a rescaled change stays in the null space, a
+    #: clamped one does not. ``"none"``: the ball alone.
+    preserve: Literal["none", "text"] = "none"
+    #: The null space: eigenvectors of ``C0`` below this share of its largest eigenvalue.
+    nullspace_threshold: float = 1e-2
+    statistics_corpus: str = "wiki-en"
+    statistics_tokens: int = 100_000
 
     def __post_init__(self) -> None:
         if self.norm == "none":  # as the command line and YAML write "unconstrained"
@@ -267,6 +286,17 @@ class EditConfig:
             raise ConfigError(f"edit.learning_rate must be a positive number, got {self.learning_rate}")
         if self.stop_loss is not None and not math.isfinite(self.stop_loss):
             raise ConfigError(f"edit.stop_loss must be a number, got {self.stop_loss}")
+        if self.preserve not in ("none", "text"):
+            raise ConfigError(f"edit.preserve: expected none or text, got {self.preserve!r}")
+        if self.preserve == "text" and self.norm == "linf":
+            raise ConfigError(
+                "edit.preserve: text needs norm l2 or none (a change clamped to an L-inf box leaves the "
+                "null space of the preserved keys; one rescaled to an L2 ball stays in it)"
+            )
+        if not (math.isfinite(self.nullspace_threshold) and 0 < self.nullspace_threshold < 1):
+            raise ConfigError(f"edit.nullspace_threshold must be in (0, 1), got {self.nullspace_threshold}")
+        if self.statistics_tokens <= 0:
+            raise ConfigError(f"edit.statistics_tokens must be positive, got {self.statistics_tokens}")
 
 
 @dataclass
@@ -389,6 +419,10 @@ class ConstrainedFinetune:
     both are given (``ConstrainedFinetune(m, t, config=cfg, delta=0.1)`` is ``cfg`` with
     δ 0.1). The bound is always relative to the weights the editor first saw, so
     sequential edits share one budget δ.
+
+    With ``preserve="text"``, ``statistics`` (by block, as the batch editors take them) may be given,
+    else they are read from the cache or computed on the first edit; ``previous_keys`` (by block,
+    ``(inputs, n)``) are keys of edits made before this editor existed, preserved like its own.
     """
 
     def __init__(
@@ -397,6 +431,8 @@ class ConstrainedFinetune:
         tokenizer: PreTrainedTokenizerBase,
         *,
         config: EditConfig | None = None,
+        statistics: dict[int, LayerStatistics] | None = None,
+        previous_keys: dict[int, torch.Tensor] | None = None,
         **settings: Any,
     ):
         from palimpsest.config import from_dict, to_dict
@@ -416,6 +452,13 @@ class ConstrainedFinetune:
         self.parameters = select_parameters(
             model, self.config.layers, self.config.modules, self.config.parameters
         )
+        #: preserve="text": the edited output projections, by parameter name: (block, stored (out, in)).
+        self.preserved = self._preserved_weights() if self.config.preserve == "text" else {}
+        self.statistics = statistics
+        self._previous_keys = previous_keys or {}
+        #: The projector each preserved weight's change is kept in (built on the first edit).
+        self._projectors: dict[str, torch.Tensor] = {}
+        self._initial_projectors: dict[str, torch.Tensor] = {}
         self.original = {name: p.detach().clone() for name, p in self.parameters.items()}
         self.radius = {name: self._radius(weight) for name, weight in self.original.items()}
         self._last_block_only = self._selects_only_the_last_block()
@@ -471,9 +514,12 @@ class ConstrainedFinetune:
         support_probes = [self._probe(fact, fact.object) for fact in support]
         groups = [[request] for request in requests] if sequential else [list(requests)]
         steps, loss = (saver.steps, saver.loss) if saver else (0, float("nan"))
+        self._prepare_projectors()
         for index, group in enumerate(groups):
             if saver is not None:
                 if index < saver.group:  # edited before the resumed run began
+                    if sequential:
+                        self.preserve(group)
                     continue
                 saver.enter(index, steps, started)
             edit_probes = [
@@ -484,6 +530,7 @@ class ConstrainedFinetune:
             ]
             used, loss = self._finetune(edit_probes + support_probes, edits=len(edit_probes), saver=saver)
             steps += used
+            self.preserve(group)  # what later edits must leave as this one wrote it
         seconds = time.perf_counter() - started + (saver.seconds if saver else 0.0)
         after = (
             edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=template)
@@ -499,6 +546,23 @@ class ConstrainedFinetune:
         with torch.no_grad():
             for name, parameter in self.parameters.items():
                 parameter.copy_(self.original[name])
+        self._projectors = dict(self._initial_projectors)
+
+    def preserve(self, requests: Sequence[EditRequest]) -> None:
+        """With ``preserve="text"``: keep, from now on, the outputs of the preserved weights at the
+        subject tokens of ``requests`` (edited before) where they are. Without it, nothing."""
+        if not self.preserved or not requests:
+            return
+        self._prepare_projectors()
+        probes = [
+            self._probe(r.fact, r.new_object, template, context)
+            for r in requests
+            for template in self._templates(r.fact)
+            for context in self._contexts
+        ]
+        keys = self._subject_keys(probes)
+        for name, projector in self._projectors.items():
+            self._projectors[name] = excluding_keys(projector, keys[name])
 
     def changes(self) -> dict[str, dict[str, float]]:
         """Per edited tensor, the L-inf and L2 norms of its change from the original."""
@@ -673,6 +737,8 @@ class ConstrainedFinetune:
             taken, loss_value = saver.restore_optimizer(optimizer)
         gate: dict[str, torch.Tensor | None] = {"positions": None}
         hooks = self._position_hooks(gate) if self.config.edit_positions == "subject" else []
+        # where this group's change is measured from: earlier groups' changes are not projected again
+        anchor = {name: self.parameters[name].detach().clone() for name in self._projectors}
         try:
             while taken < self.config.steps:
                 taken += 1
@@ -693,6 +759,7 @@ class ConstrainedFinetune:
                     loss_value = total
                     break
                 optimizer.step()
+                self._keep_preserved(anchor)
                 self._project()
                 loss_value = total
                 if self.config.stop_loss is not None and total < self.config.stop_loss:
@@ -753,3 +820,103 @@ class ConstrainedFinetune:
                 norm = float(change.norm())
                 if norm > delta:
                     parameter.copy_(origin + change * (delta / norm))
+
+    # ------------------------------------------------------------ preserved knowledge
+
+    def _preserved_weights(self) -> dict[str, tuple[int, bool]]:
+        """The selected weights ``preserve`` applies to: FFN output projections, whose inputs the
+        statistics describe. Their biases are left out (a bias moves every output, whatever the key);
+        any other selected tensor is refused."""
+        _prefix, blocks = transformer_blocks(self.model)
+        weights, biases = {}, set()
+        for block in block_indices(self.config.layers, len(blocks)):
+            try:
+                projection = ffn_output_projection(self.model, block)
+            except ModelError:
+                continue
+            weights[id(projection.weight)] = (block, isinstance(projection, nn.Linear))
+            if getattr(projection, "bias", None) is not None:
+                biases.add(id(projection.bias))
+        preserved = {}
+        for name, parameter in list(self.parameters.items()):
+            if id(parameter) in biases:
+                del self.parameters[name]
+                logger.info("preserve: %s left unedited (a bias moves every output)", name)
+            elif id(parameter) in weights:
+                preserved[name] = weights[id(parameter)]
+            else:
+                raise ConfigError(
+                    f"edit.preserve: text keeps the outputs of FFN output projections (modules: [ffn-out]); "
+                    f"{name} is not one"
+                )
+        return preserved
+
+    def _prepare_projectors(self) -> None:
+        """Build each preserved weight's projector once: the null space of its ``C0``, minus the
+        span of the keys of edits made before this editor."""
+        if not self.preserved or self._projectors:
+            return
+        blocks = sorted({block for block, _ in self.preserved.values()})
+        if self.statistics is None or not all(b in self.statistics for b in blocks):
+            self.statistics = cached_statistics(
+                self.model, self.tokenizer, blocks,
+                corpus=self.config.statistics_corpus, tokens=self.config.statistics_tokens,
+            )  # fmt: skip
+        for name, (block, _out_in) in self.preserved.items():
+            second_moment = self.statistics[block].second_moment
+            projector = nullspace_projector(
+                second_moment, self.config.nullspace_threshold, where=f"block {block}: "
+            )
+            earlier = self._previous_keys.get(block)
+            if earlier is not None:
+                if earlier.dim() != 2 or earlier.shape[0] != projector.shape[0]:
+                    raise DataError(
+                        f"stored keys of block {block} have shape {tuple(earlier.shape)}; this model's "
+                        f"projection takes {projector.shape[0]} inputs (keys of another model?)"
+                    )
+                projector = excluding_keys(projector, earlier)
+            self._projectors[name] = projector
+        self._initial_projectors = dict(self._projectors)
+
+    @torch.no_grad()
+    def _subject_keys(self, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
+        """Each preserved weight's inputs at the subject tokens of ``probes``: ``(inputs, tokens)``."""
+        modules = {name: self._owner(name) for name in self.preserved}
+        found: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+        gate: dict[str, torch.Tensor | None] = {"positions": None}
+
+        def reader(name: str):
+            def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                found[name].append(args[0][gate["positions"]].detach().double().cpu())
+
+            return hook
+
+        handles = [module.register_forward_pre_hook(reader(name)) for name, module in modules.items()]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for ids, mask, *_rest, subject in self._batches(probes, len(probes)):
+                gate["positions"] = subject
+                self.model(input_ids=ids, attention_mask=mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.model.train(was_training)
+        return {name: torch.cat(rows).T for name, rows in found.items()}
+
+    def _owner(self, name: str) -> nn.Module:
+        target = self.parameters[name]
+        for module in self.model.modules():
+            if any(p is target for p in module.parameters(recurse=False)):
+                return module
+        raise ModelError(f"no module holds {name}")
+
+    @torch.no_grad()
+    def _keep_preserved(self, anchor: dict[str, torch.Tensor]) -> None:
+        """Each preserved weight's change from ``anchor`` (where this group began), projected back
+        into the null space of ordinary text and of the edits before it."""
+        for name, projector in self._projectors.items():
+            parameter, origin = self.parameters[name], anchor[name]
+            change = (parameter - origin).double()
+            kept = change @ projector if self.preserved[name][1] else projector @ change
+            parameter.copy_(origin + kept.to(parameter.dtype))

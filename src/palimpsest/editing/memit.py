@@ -48,6 +48,7 @@ from palimpsest.editing.statistics import (
     LayerStatistics,
     cached_statistics,
     ffn_output_projection,
+    nullspace_projector,
     read_cached_statistics,
     weights_fingerprint,
 )
@@ -297,14 +298,9 @@ class BatchEditor:
     def _projector(self, block: int, stats: LayerStatistics) -> torch.Tensor:
         """``P``: onto the eigenvectors of ``C0`` with (relatively) small eigenvalues."""
         if block not in self._nullspace:
-            values, vectors = torch.linalg.eigh(stats.second_moment.double())
-            small = vectors[:, values < self.config.nullspace_threshold * values.max()]
-            if small.shape[1] == 0:
-                raise ConfigError(
-                    f"block {block}: ordinary text uses every direction of its keys (no eigenvalue of C0 "
-                    f"below {self.config.nullspace_threshold} of the largest); raise nullspace_threshold"
-                )
-            self._nullspace[block] = small @ small.T
+            self._nullspace[block] = nullspace_projector(
+                stats.second_moment, self.config.nullspace_threshold, where=f"block {block}: "
+            )
         return self._nullspace[block]
 
     def _stores_out_in(self, block: int) -> bool:

@@ -152,7 +152,13 @@ def edit_saved_model(
         }  # every request so far, at each block this round wrote
         stored_for, fingerprint = sorted(written), batch.statistics_fingerprint
     else:
-        editor = ConstrainedFinetune(model, tokenizer, config=config)
+        # preserve="text" keeps the outputs of earlier edits: their stored keys, and those read again
+        # for requests whose keys were not stored at the editor's blocks
+        previous = history.keys if config.preserve == "text" else None
+        editor = ConstrainedFinetune(model, tokenizer, config=config, previous_keys=previous)
+        if config.preserve == "text":
+            for block in sorted({block for block, _ in editor.preserved.values()}):
+                editor.preserve(_unstored_requests(history, block))
         result = editor.apply(requests, unmodified=keep, sequential=sequential)
     new_round = EditRound(
         method=config.method if isinstance(config, BatchEditConfig) else "constrained",
@@ -188,6 +194,7 @@ def edit_saved_model(
         machine=machine_info(),
         earlier_rounds=len(history.rounds) - 1,
         earlier_edits=sum(len(r.requests) for r in history.rounds[:-1]),
+        earlier_preserved=isinstance(config, BatchEditConfig) or config.preserve == "text",
     )
     results.write(out / "results.json")
     return results
@@ -225,6 +232,9 @@ class EditResults(Results):
     #: Rounds of edits the model had before this one (``palimpsest-edits/`` of its folder).
     earlier_rounds: int = 0
     earlier_edits: int = 0
+    #: Whether this round kept the outputs of those earlier edits (the batch editors, and the
+    #: constrained editor with ``preserve="text"``; the norm ball alone does not).
+    earlier_preserved: bool = True
 
     @classmethod
     def report_section(cls, runs: Sequence[EditResults], plots_dir: Path) -> Section:

@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from palimpsest.errors import DataError, ModelError
+from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import hidden_size, model_cache_dir, transformer_blocks
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,35 @@ def ffn_output_projection(model: nn.Module, block: int) -> nn.Module:
     if len(found) != 1:
         raise ModelError(f"block {block} has {len(found)} FFN output projections, not one")
     return found[0]
+
+
+def nullspace_projector(second_moment: torch.Tensor, threshold: float, *, where: str = "") -> torch.Tensor:
+    """``P`` (float64): the orthogonal projector onto the eigenvectors of ``C0`` whose eigenvalue is
+    below ``threshold`` times the largest, the directions ordinary text leaves (nearly) unused.
+
+    A change ``dW`` with ``dW = dW P`` leaves ``W k`` as it was for every key ``k`` of that text
+    (AlphaEdit's projection)."""
+    values, vectors = torch.linalg.eigh(second_moment.double())
+    small = vectors[:, values < threshold * values.max()]
+    if small.shape[1] == 0:
+        raise ConfigError(
+            f"{where}ordinary text uses every direction of the keys (no eigenvalue of C0 below {threshold} "
+            "of the largest); raise nullspace_threshold"
+        )
+    return small @ small.T
+
+
+def excluding_keys(projector: torch.Tensor, keys: torch.Tensor, tolerance: float = 1e-8) -> torch.Tensor:
+    """The projector onto what ``projector`` keeps, minus the span of ``keys`` (``(inputs, n)``):
+    a change in its range leaves ``W k`` unchanged for those keys too (earlier edits)."""
+    inside = projector @ keys.double()
+    if inside.numel() == 0:
+        return projector
+    basis, singular, _ = torch.linalg.svd(inside, full_matrices=False)
+    if float(singular.max()) == 0.0:
+        return projector
+    basis = basis[:, singular > tolerance * singular.max()]
+    return projector - basis @ basis.T
 
 
 def weights_fingerprint(model: nn.Module, blocks: Sequence[int]) -> str:

@@ -9,8 +9,10 @@ Protocol:
    draw, from the same weights (each is undone bit for bit before the next).
 3. *Modes*: ``n`` at once (one call), and ``n`` in sequence in batches of ``b`` (``b = 1``: one at
    a time), measured on the final model only.
-4. *Methods*: FT-M (EasyEdit's recipe), palimpsest's constrained editor (Zhu et al.), MEMIT and
-   the AlphaEdit-style projection (:mod:`palimpsest.editing.memit`).
+4. *Methods*: FT-M (EasyEdit's recipe), palimpsest's constrained editor (Zhu et al.), the same
+   editor keeping its changes in the null space of preserved keys instead of a norm ball
+   (``constrained-preserve``), MEMIT and the AlphaEdit-style projection
+   (:mod:`palimpsest.editing.memit`).
 5. *Measured* before and after (:func:`~palimpsest.editing.benchmark.benchmark_metrics`): made
    (exact match, plain prompt and after unrelated text), P(new) > P(old), paraphrase,
    neighbourhood and same-subject facts kept, greedy generation, fluency, wiki-en perplexity;
@@ -60,7 +62,10 @@ FT_M = {
     "layers": "0.7", "modules": ["ffn-out"], "norm": None, "learning_rate": 5e-4, "steps": 25,
     "objective": "ft-m", "context_passages": 0,
 }  # fmt: skip
-METHODS = ("ft-m", "constrained", "memit", "alphaedit")
+#: The constrained editor with the batch editors' preserved-knowledge constraint instead of its
+#: norm ball (each change kept in the null space of ordinary text's keys and of earlier edits').
+CONSTRAINED_PRESERVE = {"norm": None, "preserve": "text"}
+METHODS = ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit")
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,11 @@ def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEdit
         return EditConfig(**FT_M)
     if method == "constrained":
         return EditConfig()
+    if method == "constrained-preserve":
+        chosen = {"statistics_tokens": scale.statistics_tokens}
+        if scale.nullspace_threshold is not None:
+            chosen["nullspace_threshold"] = scale.nullspace_threshold
+        return EditConfig(**CONSTRAINED_PRESERVE, **chosen)
     chosen: dict[str, Any] = {"layers": list(scale.batch_layers)} if scale.batch_layers is not None else {}
     if scale.nullspace_threshold is not None:
         chosen["nullspace_threshold"] = scale.nullspace_threshold
@@ -178,7 +188,8 @@ def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEdit
 def _editor(method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict) -> Any:
     config = _method_config(method, scale)
     if isinstance(config, EditConfig):
-        return ConstrainedFinetune(model, tokenizer, config=config)
+        given = statistics if config.preserve == "text" and statistics else None
+        return ConstrainedFinetune(model, tokenizer, config=config, statistics=given)
     return BatchEditor(model, tokenizer, config=config, statistics=statistics)
 
 
@@ -249,7 +260,7 @@ def run_many_edits_study(
         raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")
     perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
     statistics: dict = {}
-    if {"memit", "alphaedit"} & set(scale.methods):
+    if {"memit", "alphaedit", "constrained-preserve"} & set(scale.methods):
         blocks = _editor("memit", model, tokenizer, scale, {}).blocks
         statistics = cached_statistics(model, tokenizer, blocks, tokens=scale.statistics_tokens)
     runs = [("at once", n, n) for n in scale.at_once] + [("in sequence", n, b) for n, b in scale.in_sequence]

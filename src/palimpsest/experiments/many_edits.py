@@ -313,6 +313,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+#: What :meth:`ManyEditsResults.best` weighs, equally.
+SCORED = ("made", "made@after-text", "neighbourhood_kept")
+
+
 @dataclass
 class SummaryRow:
     """Mean ± std over seeds of one (mode, edits, batch, method)."""
@@ -368,9 +372,14 @@ class ManyEditsResults(Results):
     machine: dict[str, Any]
 
     def best(self, mode: str, edits: int) -> SummaryRow | None:
-        """The method with the highest mean of made and neighbourhood kept at (mode, edits)."""
+        """The method with the highest mean of made (plain prompt), made after unrelated text and
+        neighbourhood kept at (mode, edits): an edit must hold where users ask, without costing others."""
         cell = [r for r in self.rows if r.mode == mode and r.edits == edits and r.method != "before"]
-        score = lambda r: (r.metrics["made"][0] + r.metrics.get("neighbourhood_kept", (0.0,))[0]) / 2  # noqa: E731
+
+        def score(row: SummaryRow) -> float:
+            parts = [row.metrics.get(name, (0.0,))[0] for name in SCORED]
+            return sum(parts) / len(parts)
+
         return max(cell, key=score, default=None)
 
     def headline(self) -> str:
@@ -383,7 +392,7 @@ class ManyEditsResults(Results):
                     f"{edits} {mode}: {best.method} (made {best.metrics['made'][0]:.0%}, "
                     f"neighbourhood kept {kept:.0%})"
                 )
-        return "Best by mean of made and kept — " + "; ".join(parts)
+        return "Best by mean of made, made after text and neighbourhood kept — " + "; ".join(parts)
 
     @classmethod
     def report_section(cls, studies: Sequence[ManyEditsResults], plots_dir: Path) -> Section:

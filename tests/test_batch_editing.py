@@ -93,6 +93,16 @@ def test_undo_is_bit_exact_and_nothing_else_is_written(model, tokenizer, method)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
+def test_keys_are_a_column_per_context_or_their_mean(model, tokenizer):
+    each = BatchEditor(model, tokenizer, **{**FAST, "context_passages": 2})
+    mean = BatchEditor(model, tokenizer, **{**FAST, "context_passages": 2}, key_contexts="mean")
+    columns, owners = each._keys(REQUESTS, 0, 1)
+    averaged, requests = mean._keys(REQUESTS, 0, 1)
+    assert owners == [0, 0, 0, 1, 1, 1, 2, 2, 2] and requests == [0, 1, 2]
+    for request in range(3):
+        torch.testing.assert_close(columns[:, 3 * request : 3 * request + 3].mean(1), averaged[:, request])
+
+
 def test_the_target_moves_the_prompt_as_users_write_it(model, tokenizer):
     editor = BatchEditor(model, tokenizer, **{**FAST, "target_steps": 10, "target_lr": 0.05})
     assert editor.front == leading_special_ids(tokenizer)
@@ -223,7 +233,8 @@ def test_a_second_edit_of_an_edited_model_preserves_the_first_edits_keys(tmp_pat
     assert done.returncode == 0, done.stderr
     history = read_history(tmp_path / "a" / "model")
     assert [r.method for r in history.rounds] == ["memit"]  # auto: two requests go to the batch editor
-    assert {b: tuple(k.shape) for b, k in history.keys.items()} == {1: (64, 2), 2: (64, 2)}
+    # a key per request and context (the prompt as written, one passage in front)
+    assert {b: tuple(k.shape) for b, k in history.keys.items()} == {1: (64, 4), 2: (64, 4)}
 
     seen = {}
     original_init = memit_module.BatchEditor.__init__
@@ -244,8 +255,8 @@ def test_a_second_edit_of_an_edited_model_preserves_the_first_edits_keys(tmp_pat
     assert [len(r.requests) for r in again.rounds] == [2, 1]
     assert again.statistics_fingerprint == history.statistics_fingerprint  # the unedited model's statistics
     stored = load_file(str(tmp_path / "b" / "model" / "palimpsest-edits" / "keys.safetensors"))
-    assert stored["block.1"].shape == (64, 3)
-    torch.testing.assert_close(stored["block.1"][:, :2], history.keys[1])
+    assert stored["block.1"].shape == (64, 6)
+    torch.testing.assert_close(stored["block.1"][:, :4], history.keys[1])
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["earlier_rounds"] == 1 and results["earlier_edits"] == 2
 

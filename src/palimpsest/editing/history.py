@@ -8,7 +8,8 @@ model's folder, ``palimpsest-edits/``:
 * ``log.jsonl``: one line per round of edits (when, which method and settings, which requests,
   the fingerprint of the weights whose text statistics it used);
 * ``keys.safetensors``: per block a batch editor wrote, the keys there of every request edited up
-  to the last round that wrote it (float32, ``block.<b>`` of shape (projection inputs, requests));
+  to the last round that wrote it (float32, ``block.<b>`` of shape (projection inputs, keys): a key
+  per request and prompt context);
   the requests of later rounds are listed in the log, and their keys are read again when needed.
 
 Plain ``transformers`` ignores the folder; the model loads as any other. The next

@@ -11,7 +11,10 @@ Read top to bottom, one edit of ``n`` requests is:
    multiple of the block's typical output norm (norm control: targets that grow past the
    layer's scale are what makes long sequences of edits collapse).
 2. **Keys.** At each edited block, the input ``k`` of the FFN's output projection at the
-   subject's last token, averaged over the same contexts.
+   subject's last token, in each of the same contexts: one least-squares column per context, each
+   asked to move its own state by the request's ``delta`` (MEMIT averages the keys over the
+   contexts instead, ``key_contexts="mean"``; the prompt as written, whose key differs most from
+   the others', then barely takes the edit).
 3. **Spread.** Block by block, the part of ``z - h`` still missing is divided by the number of
    blocks left and written into the projection ``W`` by least squares:
    ``dW = R K^T (lam C0 + K_prev K_prev^T + K K^T)^-1`` (MEMIT; ``C0`` the keys' second moment on
@@ -88,6 +91,11 @@ class BatchEditConfig:
     #: from (besides the prompt as written), and their length in words.
     context_passages: int = 4
     context_words: int = 10
+    #: How the contexts enter the least squares: ``"each"``, one column (key, residual) per prompt
+    #: context, so the edit is fitted where each context puts the subject's key (the prompt as
+    #: written, whose key differs most, included); ``"mean"``, MEMIT's one column per request, the
+    #: keys averaged over the contexts.
+    key_contexts: Literal["each", "mean"] = "each"
     #: MEMIT's weight of the preserved statistics against the edits (``lam``); it depends on the
     #: model's key scale, so it is chosen by measuring (README, "Many edits").
     covariance_weight: float = 3_000.0
@@ -121,8 +129,18 @@ class BatchEditConfig:
                 raise ConfigError(f"batch_edit.{name} must be a number >= 0, got {getattr(self, name)}")
         if self.target_norm_limit is not None and not self.target_norm_limit > 0:
             raise ConfigError(f"batch_edit.target_norm_limit must be positive, got {self.target_norm_limit}")
+        if self.key_contexts not in ("each", "mean"):
+            raise ConfigError(f"batch_edit.key_contexts: expected each or mean, got {self.key_contexts!r}")
         if self.context_passages < 0 or self.context_words <= 0:
             raise ConfigError("batch_edit.context_passages must be >= 0 and context_words > 0")
+
+
+def _per_request_mean(columns: torch.Tensor, owners: Sequence[int], requests: int) -> torch.Tensor:
+    """(width, requests): the mean of the columns each request owns."""
+    index = torch.tensor(list(owners))
+    totals = torch.zeros(columns.shape[0], requests, dtype=torch.float64)
+    totals.index_add_(1, index, columns.double())
+    return totals / torch.bincount(index, minlength=requests).double()
 
 
 class _Captured(Exception):
@@ -221,11 +239,13 @@ class BatchEditor:
         )
         started = time.perf_counter()
         statistics = self._statistics()
-        targets, norms = self._targets(requests, edit_template, statistics)
+        shifts, norms = self._targets(requests, edit_template, statistics)
+        start, owners = self._hidden(requests, edit_template)  # (d, columns) before any write
+        targets = start + shifts[:, owners]  # each column's own state, moved by its request's shift
         used: dict[int, torch.Tensor] = {}
         for position, block in enumerate(self.blocks):
-            keys = self._keys(requests, edit_template, block)  # (d_in, n)
-            current = self._hidden(requests, edit_template)  # (d, n) at the last block
+            keys, _ = self._keys(requests, edit_template, block)  # (d_in, columns)
+            current, _ = self._hidden(requests, edit_template)  # (d, columns) at the last block
             residual = (targets - current) / (len(self.blocks) - position)
             self._add(block, self._solve(block, keys, residual, statistics[block]))
             used[block] = keys.double()
@@ -250,7 +270,7 @@ class BatchEditor:
         """Keys at ``block`` of requests edited before this editor (by another method, or at other
         blocks), read from the model as it is now and preserved by every later edit; returned
         (inputs, requests) so that they can be stored."""
-        keys = self._keys(requests, template, block).double()
+        keys = self._keys(requests, template, block)[0].double()
         outer = keys @ keys.T
         self.previous_keys[block] = self.previous_keys.get(block, torch.zeros_like(outer)) + outer
         self._initial_keys[block] = self.previous_keys[block]
@@ -383,9 +403,10 @@ class BatchEditor:
 
     def _at_subject(
         self, requests: Sequence[EditRequest], template: int, module: nn.Module, *, inputs: bool
-    ) -> torch.Tensor:
-        """(width, n): a module's input (or output) at each request's subject's last token,
-        averaged over the request's prompts."""
+    ) -> tuple[torch.Tensor, list[int]]:
+        """A module's input (or output) at each request's subject's last token: ``(width, columns)``
+        and the request of each column; a column per prompt context (``key_contexts="each"``) or
+        per request, averaged over its contexts (``"mean"``)."""
         prompts = [
             p for i, r in enumerate(requests) for p in self._prompts(r, i, template, with_answer=False)
         ]
@@ -400,8 +421,7 @@ class BatchEditor:
             raise _Captured
 
         handle = module.register_forward_pre_hook(pre) if inputs else module.register_forward_hook(post)
-        totals = torch.zeros(0, len(requests), dtype=torch.float64)
-        counts = torch.zeros(len(requests), dtype=torch.float64)
+        columns: list[torch.Tensor] = []
         try:
             with torch.no_grad():
                 for start in range(0, len(prompts), 64):
@@ -411,33 +431,36 @@ class BatchEditor:
                     with contextlib.suppress(_Captured):
                         self.model.base_model(input_ids=ids, attention_mask=mask)
                     states = captured[0]
-                    if totals.shape[0] == 0:
-                        totals = torch.zeros(states.shape[-1], len(requests), dtype=torch.float64)
-                    for row, p in enumerate(chunk):
-                        totals[:, p.request] += states[row, p.subject_last].double().cpu()
-                        counts[p.request] += 1
+                    columns += [states[row, p.subject_last].double().cpu() for row, p in enumerate(chunk)]
         finally:
             handle.remove()
-        return totals / counts
+        stacked, owners = torch.stack(columns, dim=1), [p.request for p in prompts]
+        if self.config.key_contexts == "each":
+            return stacked, owners
+        return _per_request_mean(stacked, owners, len(requests)), list(range(len(requests)))
 
-    def _keys(self, requests: Sequence[EditRequest], template: int, block: int) -> torch.Tensor:
+    def _keys(
+        self, requests: Sequence[EditRequest], template: int, block: int
+    ) -> tuple[torch.Tensor, list[int]]:
         return self._at_subject(requests, template, self.projections[block], inputs=True)
 
-    def _hidden(self, requests: Sequence[EditRequest], template: int) -> torch.Tensor:
+    def _hidden(self, requests: Sequence[EditRequest], template: int) -> tuple[torch.Tensor, list[int]]:
         _prefix, blocks = transformer_blocks(self.model)
         return self._at_subject(requests, template, blocks[self.blocks[-1]], inputs=False)
 
     def _targets(
         self, requests: Sequence[EditRequest], template: int, statistics: dict[int, LayerStatistics]
     ) -> tuple[torch.Tensor, list[float]]:
-        """(d, n) target vectors at the last edited block (step 1 of the module docstring)."""
+        """(d, n): how far each request's state at the last edited block must move, ``z - h`` (step 1
+        of the module docstring; ``h`` the state averaged over the request's contexts, ``z`` under
+        norm control), and the norms of the targets ``z``."""
         _prefix, blocks = transformer_blocks(self.model)
         last = blocks[self.blocks[-1]]
         limit = None
         if self.config.target_norm_limit is not None:
             limit = self.config.target_norm_limit * statistics[self.blocks[-1]].hidden_norm
-        hidden = self._hidden(requests, template)
-        targets = torch.zeros_like(hidden)
+        hidden = _per_request_mean(*self._hidden(requests, template), len(requests))
+        shifts = torch.zeros_like(hidden)
         norms: list[float] = []
         was_training = self.model.training
         self.model.eval()
@@ -452,13 +475,13 @@ class BatchEditor:
                     z = hidden[:, index] + found[:, column]
                     if limit is not None and float(z.norm()) > limit:
                         z = z * (limit / float(z.norm()))  # norm control
-                    targets[:, index] = z
+                    shifts[:, index] = z - hidden[:, index]
                     norms.append(float(z.norm()))
         finally:
             for p in self.model.parameters():
                 p.requires_grad_(grad_flags[id(p)])
             self.model.train(was_training)
-        return targets, norms
+        return shifts, norms
 
     def _optimise(
         self,

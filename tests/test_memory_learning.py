@@ -53,6 +53,16 @@ def test_memory_only_training_leaves_every_other_weight_bitwise(tmp_path, tokeni
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
 
 
+def test_learning_facts_leaves_weights_the_user_froze_frozen(tmp_path, tokenizer):
+    model = _model(tokenizer)
+    frozen = model.get_input_embeddings().weight
+    frozen.requires_grad_(False)
+    training = TrainingConfig(steps=2, batch_size=3, learning_rate=1e-2, eval_every=None, save_every=None)
+    learn_facts(model, tokenizer, FACTS, MemoryLearning(training=training), tmp_path, answers=NEW)
+    assert not frozen.requires_grad
+    assert all(p.requires_grad for p in model.parameters() if p is not frozen)
+
+
 def test_sparse_fine_tuning_moves_only_the_slots_it_chose(tmp_path, tokenizer, monkeypatch):
     import palimpsest.memory.learning as learning
 

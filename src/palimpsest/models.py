@@ -374,6 +374,18 @@ def without_load_report() -> Iterator[None]:
         source.removeFilter(dropper)
 
 
+@contextlib.contextmanager
+def trainable_flags_kept(model: nn.Module) -> Iterator[None]:
+    """Inside, a caller may freeze and unfreeze what it trains; afterwards every parameter's
+    ``requires_grad`` is what it was before, so weights the user froze stay frozen."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 #: Weight files that are Python pickles: loading one can run code, so palimpsest reads none.
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt.index", "tf_model.h5")
 

@@ -50,7 +50,7 @@ from palimpsest.data import (
 )
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.forgetting.reset import embedding_parameters, find_token_embeddings, forget_embeddings
-from palimpsest.models import load_config, load_pretrained, objective_of
+from palimpsest.models import load_config, load_pretrained, objective_of, trainable_flags_kept
 from palimpsest.report import Figure, Section, Table
 from palimpsest.results import Results
 from palimpsest.seeds import check_seed
@@ -212,26 +212,25 @@ def adapt_language(
         eval_blocks, tokenizer, objective, mlm_probability=settings.training.mlm_probability
     )
     swap_vocabulary(model, tokenizer, seed=settings.seed, std=settings.init_std)
-    trainable = freeze_all_but_embeddings(model)
-    start = evaluate_lm(model, eval_set)
-    training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
-    best = KeepBestWeights(model, start["loss"]) if settings.keep_best else None
-    result = train(
-        model,
-        tokenizer,
-        train_blocks,
-        training,
-        out / "trainer",
-        objective=objective,
-        eval_dataset=eval_set,
-        callbacks=[*callbacks, *([best] if best else [])],
-        resume=resume,
-    )
-    if best is not None:
-        best.restore()
+    with trainable_flags_kept(model):
+        trainable = freeze_all_but_embeddings(model)
+        start = evaluate_lm(model, eval_set)
+        training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
+        best = KeepBestWeights(model, start["loss"]) if settings.keep_best else None
+        result = train(
+            model,
+            tokenizer,
+            train_blocks,
+            training,
+            out / "trainer",
+            objective=objective,
+            eval_dataset=eval_set,
+            callbacks=[*callbacks, *([best] if best else [])],
+            resume=resume,
+        )
+        if best is not None:
+            best.restore()
     final = evaluate_lm(model, eval_set)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
     save_model(model, tokenizer, out / "model")
     return {
         "kind": "adapt-language",
@@ -271,22 +270,22 @@ def adapt_task(
     tokenizer = load_tokenizer(model_path)
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
-    find_token_embeddings(model).weight.requires_grad_(False)
     train_set = encode_classification(task.train, tokenizer, label_names, max_length=settings.max_length)
     valid_set = encode_classification(task.validation, tokenizer, label_names, max_length=settings.max_length)
     training = TrainingConfig(**{**settings.training.__dict__, "seed": settings.seed})
-    result = train(
-        model,
-        tokenizer,
-        train_set,
-        training,
-        out / "trainer",
-        objective="classification",
-        callbacks=callbacks,
-        resume=resume,
-    )
+    with trainable_flags_kept(model):
+        find_token_embeddings(model).weight.requires_grad_(False)
+        result = train(
+            model,
+            tokenizer,
+            train_set,
+            training,
+            out / "trainer",
+            objective="classification",
+            callbacks=callbacks,
+            resume=resume,
+        )
     metrics = evaluate_classification(model, valid_set, tokenizer)
-    find_token_embeddings(model).weight.requires_grad_(True)
     save_model(model, tokenizer, out / "model")
     return {
         "kind": "adapt-task",

@@ -316,40 +316,39 @@ def learn_facts(
 ) -> LearnedFacts:
     """Write ``facts`` (with ``answers`` as their objects, if given) into the model's memory.
 
-    Only the memory's ``settings.trainable`` part trains (everything else is frozen, and
-    unfrozen again afterwards); with ``settings.sparse_top_t`` only the top-t slots per step
-    move. Training (``settings.training``) goes through :func:`palimpsest.training.train`, so it
+    Only the memory's ``settings.trainable`` part trains (everything else is frozen meanwhile;
+    afterwards every parameter's ``requires_grad`` is what it was before); with
+    ``settings.sparse_top_t`` only the top-t slots per step move. Training (``settings.training``) goes through :func:`palimpsest.training.train`, so it
     checkpoints and resumes like every run.
     """
-    from palimpsest.models import objective_of
+    from palimpsest.models import objective_of, trainable_flags_kept
     from palimpsest.training import train
 
     check_learnable(model, settings)
     causal = objective_of(model.config) == "clm"
     dataset = fact_examples(tokenizer, facts, answers=answers, causal=causal, templates=settings.templates)
-    trained = freeze_all_but_memory(model, settings.trainable)
-    extra: list[TrainerCallback] = []
-    sparse: SparseSlotUpdates | None = None
-    layers = memories(model)
-    previous_sparse = {name: layer.sparse_updates for name, layer in layers.items()}
-    try:
-        if settings.sparse_top_t is not None:
-            frequency, documents = slot_document_frequency(
-                model, background_batches(tokenizer, settings, model=model)
-            )
-            for layer in layers.values():
-                layer.sparse_updates = True
-            sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)
-            extra.append(sparse)
-        result = train(
-            model, tokenizer, dataset, settings.training, output_dir, objective="clm" if causal else "mlm",
-            callbacks=[*extra, *callbacks],
-        )  # fmt: skip
-    finally:
-        for name, layer in layers.items():
-            layer.sparse_updates = previous_sparse[name]
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
+    with trainable_flags_kept(model):
+        trained = freeze_all_but_memory(model, settings.trainable)
+        extra: list[TrainerCallback] = []
+        sparse: SparseSlotUpdates | None = None
+        layers = memories(model)
+        previous_sparse = {name: layer.sparse_updates for name, layer in layers.items()}
+        try:
+            if settings.sparse_top_t is not None:
+                frequency, documents = slot_document_frequency(
+                    model, background_batches(tokenizer, settings, model=model)
+                )
+                for layer in layers.values():
+                    layer.sparse_updates = True
+                sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)
+                extra.append(sparse)
+            result = train(
+                model, tokenizer, dataset, settings.training, output_dir,
+                objective="clm" if causal else "mlm", callbacks=[*extra, *callbacks],
+            )  # fmt: skip
+        finally:
+            for name, layer in layers.items():
+                layer.sparse_updates = previous_sparse[name]
     updated = {name: int(mask.sum()) for name, mask in sparse.updated.items()} if sparse is not None else None
     return LearnedFacts(trained=trained, examples=len(dataset), steps=result.steps,
                         seconds=result.train_seconds, slots_updated=updated)  # fmt: skip

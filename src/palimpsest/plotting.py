@@ -20,16 +20,21 @@ def plot_curves(
     reference_lines: Mapping[str, float] | None = None,
     bands: Mapping[str, tuple[Curve, Curve]] | None = None,
     logy: bool = False,
+    logx: bool = False,
+    styles: Mapping[str, tuple[str, str]] | None = None,
+    legend_outside: bool = False,
 ) -> Path:
-    """Line plot of named ``[(x, y)]`` curves; ``bands`` shade a (low, high) range per name."""
-    figure = Figure(figsize=(6.4, 4.0), dpi=110)
+    """Line plot of named ``[(x, y)]`` curves; ``bands`` shade a (low, high) range per name;
+    ``styles`` give a curve its (colour, line style), so that pairs of curves read as pairs;
+    ``legend_outside`` puts the legend right of the axes, where it covers no line."""
+    figure = Figure(figsize=(8.4 if legend_outside else 6.4, 4.0), dpi=110)
     axes = figure.add_subplot()
     for index, (name, points) in enumerate(curves.items()):
         if not points:
             continue
-        color = f"C{index % 10}"
+        color, style = (styles or {}).get(name, (f"C{index % 10}", "-"))
         xs, ys = [p[0] for p in points], [p[1] for p in points]
-        axes.plot(xs, ys, label=name, color=color, linewidth=1.6)
+        axes.plot(xs, ys, label=name, color=color, linestyle=style, linewidth=1.6, marker="o", markersize=3)
         if bands and name in bands:
             low, high = bands[name]
             axes.fill_between(
@@ -39,11 +44,16 @@ def plot_curves(
         axes.axhline(value, linestyle="--", linewidth=1.0, color=f"C{(index + len(curves)) % 10}", label=name)
     if logy:
         axes.set_yscale("log")
+    if logx:
+        axes.set_xscale("log")
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if legend_outside:
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        axes.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

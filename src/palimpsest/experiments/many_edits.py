@@ -433,10 +433,17 @@ def _blocks(study: ManyEditsResults, plots_dir: Path) -> list[str | Table | Figu
             kept = row.metrics["neighbourhood_kept"][0]
             curves.setdefault(f"{row.method} kept", []).append((row.edits, kept))
     if curves:
+        methods = list(dict.fromkeys(name.rsplit(" ", 1)[0] for name in curves))
+        styles = {
+            f"{method} {what}": (f"C{index % 10}", style)
+            for index, method in enumerate(methods)
+            for what, style in (("made", "-"), ("kept", "--"))
+        }
         path = plot_curves(
             curves, plots_dir / f"many-edits-{study.scale}.png",
-            title=f"{study.model}: edits made and neighbours kept, at once",
+            title=f"{study.model}: edits made (solid) and neighbours kept (dashed), at once",
             xlabel="edits at once", ylabel="share (exact match, plain prompt)",
+            logx=True, styles=styles, legend_outside=True,
         )  # fmt: skip
         blocks.append(Figure(path, "learning vs keeping over the number of edits made at once"))
     blocks.append(study.headline())

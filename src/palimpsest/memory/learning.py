@@ -318,8 +318,9 @@ def learn_facts(
 
     Only the memory's ``settings.trainable`` part trains (everything else is frozen meanwhile;
     afterwards every parameter's ``requires_grad`` is what it was before); with
-    ``settings.sparse_top_t`` only the top-t slots per step move. Training (``settings.training``) goes through :func:`palimpsest.training.train`, so it
-    checkpoints and resumes like every run.
+    ``settings.sparse_top_t`` only the top-t slots per step move. Training
+    (``settings.training``) goes through :func:`palimpsest.training.train`, so it checkpoints and
+    resumes like every run.
     """
     from palimpsest.models import objective_of, trainable_flags_kept
     from palimpsest.training import train

@@ -453,6 +453,7 @@ class ConstrainedFinetune:
             model, self.config.layers, self.config.modules, self.config.parameters
         )
         #: preserve="text": the edited output projections, by parameter name: (block, stored (out, in)).
+        self._preserved_modules: dict[str, nn.Module] = {}
         self.preserved = self._preserved_weights() if self.config.preserve == "text" else {}
         self.statistics = statistics
         self._previous_keys = previous_keys or {}
@@ -828,13 +829,14 @@ class ConstrainedFinetune:
         statistics describe. Their biases are left out (a bias moves every output, whatever the key);
         any other selected tensor is refused."""
         _prefix, blocks = transformer_blocks(self.model)
-        weights, biases = {}, set()
+        weights, biases, owners = {}, set(), {}
         for block in block_indices(self.config.layers, len(blocks)):
             try:
                 projection = ffn_output_projection(self.model, block)
             except ModelError:
                 continue
             weights[id(projection.weight)] = (block, isinstance(projection, nn.Linear))
+            owners[id(projection.weight)] = projection
             if getattr(projection, "bias", None) is not None:
                 biases.add(id(projection.bias))
         preserved = {}
@@ -844,6 +846,7 @@ class ConstrainedFinetune:
                 logger.info("preserve: %s left unedited (a bias moves every output)", name)
             elif id(parameter) in weights:
                 preserved[name] = weights[id(parameter)]
+                self._preserved_modules[name] = owners[id(parameter)]
             else:
                 raise ConfigError(
                     f"edit.preserve: text keeps the outputs of FFN output projections (modules: [ffn-out]); "
@@ -881,7 +884,7 @@ class ConstrainedFinetune:
     @torch.no_grad()
     def _subject_keys(self, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
         """Each preserved weight's inputs at the subject tokens of ``probes``: ``(inputs, tokens)``."""
-        modules = {name: self._owner(name) for name in self.preserved}
+        modules = {name: self._preserved_modules[name] for name in self.preserved}
         found: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
         gate: dict[str, torch.Tensor | None] = {"positions": None}
 
@@ -903,13 +906,6 @@ class ConstrainedFinetune:
                 handle.remove()
             self.model.train(was_training)
         return {name: torch.cat(rows).T for name, rows in found.items()}
-
-    def _owner(self, name: str) -> nn.Module:
-        target = self.parameters[name]
-        for module in self.model.modules():
-            if any(p is target for p in module.parameters(recurse=False)):
-                return module
-        raise ModelError(f"no module holds {name}")
 
     @torch.no_grad()
     def _keep_preserved(self, anchor: dict[str, torch.Tensor]) -> None:

@@ -99,7 +99,7 @@ SCALES: dict[str, ManyEditsScale] = {
         nullspace_threshold=0.5,
         perplexity_blocks=2, block_size=32, generation_tokens=3,
     ),
-    # What 2 cores finish in about an hour and a half: every method up to 100 edits, one seed.
+    # Every method up to 100 edits, one seed (its cost on 2 cores: README, "The many-edits study").
     "real-quick": ManyEditsScale(at_once=(1, 10, 100), in_sequence=((100, 10),), seeds=(0,)),
     "real": ManyEditsScale(),
 }  # fmt: skip

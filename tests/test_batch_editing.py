@@ -163,8 +163,10 @@ def test_statistics_are_the_second_moment_of_the_projections_inputs(model, token
     assert computed.hidden_norm > 0
 
 
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
-def test_edit_from_the_command_line_with_a_batch_editor(tmp_path, tokenizer, method):
+@pytest.mark.parametrize(
+    ("method", "layers", "stored"), [("memit", "1,2", [1, 2]), ("alphaedit", "0.3:0.7", "0.3:0.7")]
+)
+def test_edit_from_the_command_line_with_a_batch_editor(tmp_path, tokenizer, method, layers, stored):
     import json
 
     from cli_helpers import one_error_line, palimpsest
@@ -180,10 +182,10 @@ def test_edit_from_the_command_line_with_a_batch_editor(tmp_path, tokenizer, met
     config = tmp_path / "batch.yaml"
     config.write_text("statistics_tokens: 2000\ncontext_passages: 1\nnullspace_threshold: 0.5\n")
     arguments = ["edit", "--model", base, "--facts", facts, "--method", method, "--config", config]
-    done = palimpsest(*arguments, "--layers", "1,2", "--steps", "3", "--out", tmp_path / "e")
+    done = palimpsest(*arguments, "--layers", layers, "--steps", "3", "--out", tmp_path / "e")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "e" / "results.json").read_text())
-    assert results["config"]["method"] == method and results["config"]["layers"] == [1, 2]
+    assert results["config"]["method"] == method and results["config"]["layers"] == stored
     assert results["max_abs_change"] > 0 and "A_M@after-text" in results["after"]
     line = one_error_line(palimpsest(*arguments, "--norm", "l2", "--out", tmp_path / "x"))
     assert "--norm" in line and "constrained" in line

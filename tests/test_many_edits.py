@@ -64,6 +64,25 @@ def test_a_benchmark_mixes_relations_kinds_and_what_each_case_must_keep(cases):
             assert fact.subject[0] <= "M"
 
 
+def test_a_benchmark_has_its_size_when_corrections_are_dropped(tokenizer, recalls_first_half, monkeypatch):
+    """A wrong fact whose greedy answer is unusable (empty here, every other one) gives way to the next."""
+    from palimpsest.editing import metrics
+
+    calls = []
+
+    def every_other_empty(_model, _tokenizer, prompts, **_settings):
+        calls.append(len(prompts))
+        return ["" if i % 2 else " Zanzibar." for i in range(len(prompts))]
+
+    monkeypatch.setattr(metrics, "greedy_continuations", every_other_empty)
+    model = build_smollm2_like(tokenizer, hidden=12, layers=2, seed=0)
+    config = BenchmarkConfig(size=60, corrections=0.1, neighbours=1, seed=0)
+    built, _ = build_benchmark(model, tokenizer, config, sets=SETS)
+    assert len(built) == 60
+    corrections = [c for c in built if c.kind == "correction"]
+    assert len(corrections) == 6 and all(c.request.fact.object == "Zanzibar" for c in corrections)
+
+
 def test_a_benchmark_file_reads_back_as_written_and_as_a_fact_file(cases, tmp_path):
     built, _ = cases
     path = tmp_path / "benchmark.jsonl"

@@ -44,6 +44,19 @@ def test_layers_by_relative_depth():
         block_indices("middle", 30)
 
 
+def test_layers_by_span_of_depths_or_indices():
+    assert block_indices("0.1:0.25", 30) == [3, 4, 5, 6, 7]
+    assert block_indices("0.1:0.25", 4) == [0, 1]  # the same place in a small model
+    assert block_indices("3:5+last", 30) == [3, 4, 5, 29]
+    assert block_indices("-3:-1", 30) == [27, 28, 29]
+    with pytest.raises(ConfigError, match="names no block"):
+        block_indices("5:3", 30)
+    with pytest.raises(ConfigError, match=r"not in 0\.\.29"):
+        block_indices("3:40", 30)
+    with pytest.raises(ConfigError, match="unknown choice"):
+        block_indices("0.1:x", 30)
+
+
 def test_ffn_output_projection_is_found_by_shape(tokenizer):
     from palimpsest.models import build_model
 

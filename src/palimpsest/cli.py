@@ -793,7 +793,10 @@ def edit(
     ),
     layers: Annotated[
         str | None,
-        typer.Option(help="first, last, first+last, all, block indices (0,3) or depths (0.15, the default)."),
+        typer.Option(
+            help="first, last, first+last, all, block indices (0,3), depths (0.15) or spans (0.1:0.25); "
+            "the editor's own default when left out."
+        ),
     ] = None,
     modules: Annotated[
         str | None, typer.Option(help="Comma list of ffn-out (default), ffn, attention, block, embeddings.")
@@ -861,7 +864,7 @@ def edit(
         raise ConfigError("--statistics belongs to --method memit or alphaedit, not constrained")
 
     chosen_layers: str | list[int | float] | None = layers
-    if layers and layers[0].isdigit():
+    if layers and all(part.replace(".", "", 1).lstrip("-").isdigit() for part in layers.split(",")):
         try:
             chosen_layers = [float(x) if "." in x else int(x) for x in layers.split(",")]
         except ValueError:
@@ -888,10 +891,6 @@ def edit(
         given = [flag for flag, value in constrained_only.items() if value is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} belong(s) to --method constrained, not {method}")
-        if isinstance(chosen_layers, str):
-            raise ConfigError(
-                f"--layers: {method} takes block indices or depths (like 3,4,5), got '{layers}'"
-            )
         settings = load_config(
             BatchEditConfig,
             config,

@@ -157,10 +157,7 @@ def build_benchmark(
         relation: sorted({f.object for f in recalled[relation] + missed[relation]}) for relation in recalled
     }
 
-    wanted_corrections = round(config.size * config.corrections)
-    counterfactual = _round_robin(editable, config.size - wanted_corrections)
-    corrections = _round_robin(missed, config.size - len(counterfactual))
-    answers = greedy_continuations(model, tokenizer, [f.prompt() for f in corrections], max_new_tokens=6)
+    counterfactual = _round_robin(editable, config.size - round(config.size * config.corrections))
     known_by_subject: dict[str, list[Fact]] = {}
     for facts in recalled.values():
         for fact in facts:
@@ -171,11 +168,20 @@ def build_benchmark(
         choices = [o for o in objects[fact.relation.name] if o != fact.object]
         if choices:
             cases.append((EditRequest(fact, rng.choice(choices)), "counterfactual"))
+    wanted_corrections = config.size - len(cases)
+    # Drawn with room to spare: a correction whose greedy answer is empty, already right or not
+    # probeable is dropped, and the next one in turn takes its place.
+    corrections = _round_robin(missed, wanted_corrections + max(8, wanted_corrections // 20))
+    answers = greedy_continuations(model, tokenizer, [f.prompt() for f in corrections], max_new_tokens=6)
+    made_corrections = 0
     for fact, text in zip(corrections, answers, strict=True):
+        if made_corrections == wanted_corrections:
+            break
         answer = _model_answer(text)
         believed = Fact(fact.subject, fact.relation, answer)
         if answer and answer != fact.object and build_probe(tokenizer, believed, causal=True) is not None:
             cases.append((EditRequest(believed, fact.object), "correction"))
+            made_corrections += 1
     built = []
     for request, kind in cases:
         relation = request.fact.relation.name

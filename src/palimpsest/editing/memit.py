@@ -69,9 +69,9 @@ class BatchEditConfig:
     """How a batch edit is made (defaults: see the README, "Many edits")."""
 
     method: Method = "memit"
-    #: Blocks whose FFN output projection is written (indices, relative depths, or names as
-    #: for the constrained editor); the target is set after the last of them.
-    layers: list[int | float] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    #: Blocks whose FFN output projection is written (indices, relative depths, spans or names
+    #: as for the constrained editor); the target is set after the last of them.
+    layers: str | list[int | float] = field(default_factory=lambda: [3, 4, 5, 6, 7])
     #: Adam steps and learning rate of each target vector.
     target_steps: int = 25
     target_lr: float = 0.5

@@ -864,13 +864,9 @@ def edit(
         raise ConfigError("--statistics belongs to --method memit or alphaedit, not constrained")
 
     chosen_layers: str | list[int | float] | None = layers
-    if layers and all(part.replace(".", "", 1).lstrip("-").isdigit() for part in layers.split(",")):
-        try:
-            chosen_layers = [float(x) if "." in x else int(x) for x in layers.split(",")]
-        except ValueError:
-            raise ConfigError(
-                f"--layers: expected first+last, all, indices like 0,3 or depths like 0.15, got '{layers}'"
-            ) from None
+    # A comma list of numbers is a list of blocks; any other text (names, spans) the editor parses.
+    if layers and all(part.removeprefix("-").replace(".", "", 1).isdigit() for part in layers.split(",")):
+        chosen_layers = [float(x) if "." in x else int(x) for x in layers.split(",")]
     settings: EditConfig | BatchEditConfig
     if method == "constrained":
         settings = load_config(

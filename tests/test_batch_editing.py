@@ -4,7 +4,7 @@ statistics cache (keyed by weights, corpus and token count; a torn file is compu
 import pytest
 import torch
 
-from palimpsest.data.facts import CAPITAL, Fact
+from palimpsest.data.facts import CAPITAL, CURRENCY, LANGUAGE, Fact
 from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing import EditRequest
 from palimpsest.editing import statistics as stats_module
@@ -113,11 +113,57 @@ def test_the_target_moves_the_prompt_as_users_write_it(model, tokenizer):
     assert prompts[1].ids[len(editor.front) :] != plain  # the same prompt after unrelated text
 
 
+def test_the_kl_term_reads_the_subject_through_the_other_relations_edited(model, tokenizer):
+    mixed = [*REQUESTS[:2], EditRequest(Fact("France", CURRENCY, "Euro"), "Yen"),
+             EditRequest(Fact("Peru", LANGUAGE, "Spanish"), "Dutch")]  # fmt: skip
+    editor = BatchEditor(model, tokenizer, **FAST, keep_prompts="other-relations")
+    prompts = editor._kept_prompts(mixed, 0)
+    texts = [tokenizer.decode(p.ids[len(editor.front) :]).strip() for p in prompts]
+    assert texts == ["France is a", "In France, people pay with the", "Most people in France speak"]
+    for prompt in prompts:  # the target is added where the subject ends
+        assert tokenizer.decode(prompt.ids[: prompt.subject_last + 1]).endswith("France")
+    assert all(p.request == 0 and not p.answer for p in prompts)
+    alone = BatchEditor(model, tokenizer, **FAST)._kept_prompts(mixed, 0)  # MEMIT's prompt alone
+    assert [tokenizer.decode(p.ids[len(editor.front) :]).strip() for p in alone] == ["France is a"]
+
+
+def test_the_kl_term_keeps_what_the_target_does_to_the_other_relations(model, tokenizer):
+    """The target of France's capital, added where "France" ends in a currency prompt, moves that
+    prompt's next-token distribution less when the KL term reads it."""
+    mixed = [REQUESTS[0], EditRequest(Fact("Peru", CURRENCY, "Sol"), "Yen")]
+    currency = BatchEditor(model, tokenizer, **FAST, keep_prompts="other-relations")._kept_prompts(mixed, 0)[
+        1
+    ]
+
+    def drift(**settings) -> float:
+        chosen = {**FAST, "target_steps": 15, "kl_factor": 1000.0, "target_norm_limit": None, **settings}
+        editor = BatchEditor(model, tokenizer, **chosen)
+        shift = editor._targets(mixed, 0, {})[0][:, 0]
+        ids = torch.tensor([currency.ids])
+        with torch.no_grad():
+            before = model(input_ids=ids).logits[0, -1].log_softmax(-1)
+            last = model.model.layers[editor.blocks[-1]]
+
+            def steer(_module, _args, output):
+                states = (output[0] if isinstance(output, tuple) else output).clone()
+                states[0, currency.subject_last] += shift.to(states.dtype)
+                return (states, *output[1:]) if isinstance(output, tuple) else states
+
+            handle = last.register_forward_hook(steer)
+            after = model(input_ids=ids).logits[0, -1].log_softmax(-1)
+            handle.remove()
+        return float((before.exp() * (before - after)).sum())
+
+    assert drift(keep_prompts="other-relations") < 0.5 * drift(keep_prompts="none")
+
+
 def test_a_config_that_cannot_work_is_refused(model, tokenizer):
     with pytest.raises(ConfigError, match="method"):
         BatchEditConfig(method="rome")
     with pytest.raises(ConfigError, match="covariance_weight"):
         BatchEditConfig(covariance_weight=float("nan"))
+    with pytest.raises(ConfigError, match="keep_prompts"):
+        BatchEditConfig(keep_prompts="all")
     editor = BatchEditor(model, tokenizer, method="alphaedit", nullspace_threshold=1e-12, **FAST)
     width = editor.projections[1].weight.shape[1]
     full_rank = LayerStatistics(torch.eye(width, dtype=torch.float64), 1.0, 10)

@@ -6,7 +6,9 @@ Read top to bottom, one edit of ``n`` requests is:
    subject's last token after the last edited block, found by a few Adam steps on ``delta``
    alone so that the model says the new object — through the edit prompt as written and after
    a few short passages of unrelated text in front of it, since users ask both ways — while a
-   KL term keeps what the model says of the subject in general ("{subject} is a"). ``delta``
+   KL term keeps what the model says of the subject in general ("{subject} is a") and through the
+   other relations being edited ("In {subject}, people pay with the" while its capital is edited),
+   so the target changes one fact of the subject, not all of them. ``delta``
    is clamped to a share of the hidden state's norm, and the target ``z = h + delta`` to a
    multiple of the block's typical output norm (norm control: targets that grow past the
    layer's scale are what makes long sequences of edits collapse).
@@ -35,7 +37,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -71,15 +73,21 @@ class BatchEditConfig:
     method: Method = "memit"
     #: Blocks whose FFN output projection is written (indices, relative depths, spans or names
     #: as for the constrained editor); the target is set after the last of them.
-    layers: str | list[int | float] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    layers: str | list[int | float] = "0.1:0.25"
     #: Adam steps and learning rate of each target vector.
     target_steps: int = 25
     target_lr: float = 0.5
     #: Stop a batch's target search once every request's answer loss is below this (nats per
     #: token; MEMIT stops at 0.05).
     stop_loss: float = 0.05
-    #: Weight of the KL term keeping what the model says of the subject in general.
+    #: Weight of the KL term keeping what the model says of the subject (mean over its prompts).
     kl_factor: float = 0.0625
+    #: The KL term's prompts besides MEMIT's "{subject} is a": ``"other-relations"`` adds the
+    #: subject through one template (the second, a paraphrase) of every other relation among the
+    #: requests, so the target moves what the edited relation says of the subject and not what the
+    #: others say (a target fitted without them changes the subject's other facts too: README,
+    #: "Many edits"); ``"none"``, MEMIT's prompt alone.
+    keep_prompts: Literal["other-relations", "none"] = "none"
     #: Weight decay on the target vector (relative to the hidden state's squared norm).
     weight_decay: float = 1e-3
     #: ``|delta| <= clamp_norm_factor * |h|`` at the subject's last token.
@@ -129,6 +137,10 @@ class BatchEditConfig:
                 raise ConfigError(f"batch_edit.{name} must be a number >= 0, got {getattr(self, name)}")
         if self.target_norm_limit is not None and not self.target_norm_limit > 0:
             raise ConfigError(f"batch_edit.target_norm_limit must be positive, got {self.target_norm_limit}")
+        if self.keep_prompts not in ("other-relations", "none"):
+            raise ConfigError(
+                f"batch_edit.keep_prompts: expected other-relations or none, got {self.keep_prompts!r}"
+            )
         if self.key_contexts not in ("each", "mean"):
             raise ConfigError(f"batch_edit.key_contexts: expected each or mean, got {self.key_contexts!r}")
         if self.context_passages < 0 or self.context_words <= 0:
@@ -381,11 +393,31 @@ class BatchEditor:
             )
         return prompts
 
-    def _general_prompt(self, request: EditRequest, index: int) -> _Prompt:
-        """ "{subject} is a": what the model says of the subject in general (the KL term's prompt)."""
-        ids = self.tokenizer(request.fact.subject, add_special_tokens=False)["input_ids"]
-        rest = self.tokenizer(request.fact.subject + " is a", add_special_tokens=False)["input_ids"]
-        return _Prompt(self.front + rest, len(self.front) + len(ids) - 1, [], index)
+    def _kept_prompts(self, requests: Sequence[EditRequest], index: int) -> list[_Prompt]:
+        """The KL term's prompts of request ``index``: what the model says of its subject in general
+        ("{subject} is a") and, with ``keep_prompts="other-relations"``, through one template of
+        each other relation among ``requests`` (prompts without answers: the term keeps the model's
+        own distribution there, whatever it is)."""
+        request = requests[index]
+        subject = request.fact.subject
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        ids = encode(subject)
+        prompts = [_Prompt(self.front + encode(subject + " is a"), len(self.front) + len(ids) - 1, [], index)]
+        if self.config.keep_prompts == "none":
+            return prompts
+        relations = {r.fact.relation.name: r.fact.relation for r in requests}
+        for name, relation in relations.items():
+            if name == request.fact.relation.name:
+                continue
+            template = 1 % len(relation.templates)
+            lead = relation.templates[template].split("{subject}")[0]
+            before, _after = relation.parts(subject, template)
+            prompt_ids, through = encode(before.rstrip()), encode(lead + subject)
+            if prompt_ids[: len(through)] == through:  # else no token ends the subject here: skip it
+                prompts.append(
+                    _Prompt(self.front + prompt_ids, len(self.front) + len(through) - 1, [], index)
+                )
+        return prompts
 
     def _batch(self, prompts: Sequence[_Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
@@ -498,7 +530,7 @@ class BatchEditor:
         device = next(self.model.parameters()).device
         column = {index: c for c, index in enumerate(chunk)}
         edit_prompts = [p for i in chunk for p in self._prompts(requests[i], i, template, with_answer=True)]
-        general = [self._general_prompt(requests[i], i) for i in chunk]
+        general = [p for i in chunk for p in self._kept_prompts(requests, i)]
         prompts = edit_prompts + general
         owner_all = torch.tensor([column[p.request] for p in prompts])
         is_general = torch.tensor([False] * len(edit_prompts) + [True] * len(general))
@@ -509,7 +541,8 @@ class BatchEditor:
         base_norm = hidden.float().norm(dim=0).to(device)  # |h| per request
         body, head = self.model.base_model, self.model.get_output_embeddings()
         active = torch.ones(len(chunk), dtype=torch.bool)
-        reference: torch.Tensor | None = None  # log-probabilities of the general prompts, unedited
+        reference: torch.Tensor | None = None  # log-probabilities of the kept prompts, unedited
+        kept_per_request = torch.bincount(owner_all[is_general], minlength=len(chunk)).clamp(min=1).to(device)
         for _step in range(self.config.target_steps):
             rows = torch.nonzero(active[owner_all]).squeeze(-1).tolist()
             batch = [prompts[r] for r in rows]
@@ -560,10 +593,16 @@ class BatchEditor:
             nll = nll / torch.bincount(answer_owner, minlength=len(chunk)).clamp(min=1)
             general_owner = owner[torch.tensor(general_rows, device=device)]
             now = logits[answers:].log_softmax(-1)
-            before = reference[general_owner]  # row c of the reference is request c's general prompt
-            kl = torch.zeros(len(chunk), device=device).index_add(
-                0, general_owner, (before.exp() * (before - now)).sum(-1)
-            )  # KL(original || edited) of each request's general prompt
+            # the reference has a row per kept prompt, in the order of ``prompts``
+            before = reference[
+                torch.tensor([rows[row] - len(edit_prompts) for row in general_rows], device=device)
+            ]
+            kl = (
+                torch.zeros(len(chunk), device=device).index_add(
+                    0, general_owner, (before.exp() * (before - now)).sum(-1)
+                )
+                / kept_per_request
+            )  # KL(original || edited), the mean over each request's kept prompts
             logger.debug("target step %d: answer loss per request %s", _step, nll.detach().tolist())
             done = active & (nll.detach().cpu() < self.config.stop_loss)
             if bool(done.any()):

@@ -6,9 +6,10 @@ Read top to bottom, one edit of ``n`` requests is:
    subject's last token after the last edited block, found by a few Adam steps on ``delta``
    alone so that the model says the new object — through the edit prompt as written and after
    a few short passages of unrelated text in front of it, since users ask both ways — while a
-   KL term keeps what the model says of the subject in general ("{subject} is a") and through the
-   other relations being edited ("In {subject}, people pay with the" while its capital is edited),
-   so the target changes one fact of the subject, not all of them. ``delta``
+   KL term keeps what the model says of the subject in general ("{subject} is a") and, with
+   ``keep_prompts="other-relations"``, through the other relations being edited ("In {subject},
+   people pay with the" while its capital is edited), so the target changes one fact of the
+   subject, not all of them. ``delta``
    is clamped to a share of the hidden state's norm, and the target ``z = h + delta`` to a
    multiple of the block's typical output norm (norm control: targets that grow past the
    layer's scale are what makes long sequences of edits collapse).
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from palimpsest.data.facts import Fact
+from palimpsest.data.facts import Fact, Relation
 from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing.editor import EditResult, block_indices
 from palimpsest.editing.metrics import edit_metrics
@@ -367,25 +368,21 @@ class BatchEditor:
         """The request's prompt as written and after each context passage."""
         fact = request.fact
         before, _after = fact.relation.parts(fact.subject, template)
-        prompt = before.rstrip()
-        lead = fact.relation.templates[template % len(fact.relation.templates)].split("{subject}")[0]
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         prompts = []
         for context in ["", *self.contexts]:
             joined = f"{context} " if context else ""
-            prompt_ids = encode(joined + prompt)
-            through_subject = encode(joined + lead + fact.subject)
-            if prompt_ids[: len(through_subject)] != through_subject:
+            read = self._subject_prompt(fact.relation, fact.subject, template, joined)
+            if read is None:
                 continue  # the tokenizer merges the subject with what follows: no token ends it here
+            prompt_ids, subject_last = read
             answer: list[int] = []
             if with_answer:
                 full = encode(joined + before + request.new_object)
                 if full[: len(prompt_ids)] != prompt_ids:
                     continue
                 answer = full[len(prompt_ids) :]
-            prompts.append(
-                _Prompt(self.front + prompt_ids, len(self.front) + len(through_subject) - 1, answer, index)
-            )
+            prompts.append(_Prompt(self.front + prompt_ids, len(self.front) + subject_last, answer, index))
         if not prompts:
             raise DataError(
                 f"cannot find where the subject ends in '{fact.prompt(template)}': the tokenizer merges it "
@@ -409,15 +406,24 @@ class BatchEditor:
         for name, relation in relations.items():
             if name == request.fact.relation.name:
                 continue
-            template = 1 % len(relation.templates)
-            lead = relation.templates[template].split("{subject}")[0]
-            before, _after = relation.parts(subject, template)
-            prompt_ids, through = encode(before.rstrip()), encode(lead + subject)
-            if prompt_ids[: len(through)] == through:  # else no token ends the subject here: skip it
-                prompts.append(
-                    _Prompt(self.front + prompt_ids, len(self.front) + len(through) - 1, [], index)
-                )
+            read = self._subject_prompt(relation, subject, 1 % len(relation.templates))
+            if read is not None:  # else no token ends the subject here: skip it
+                prompts.append(_Prompt(self.front + read[0], len(self.front) + read[1], [], index))
         return prompts
+
+    def _subject_prompt(
+        self, relation: Relation, subject: str, template: int, joined: str = ""
+    ) -> tuple[list[int], int] | None:
+        """The ids of ``subject``'s prompt through ``template`` (after the text ``joined``) and the
+        position of the subject's last token in them; None where the tokenizer merges the subject
+        with the word after it, so that no token ends it."""
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        before, _after = relation.parts(subject, template)
+        lead = relation.templates[template % len(relation.templates)].split("{subject}")[0]
+        prompt_ids, through = encode(joined + before.rstrip()), encode(joined + lead + subject)
+        if prompt_ids[: len(through)] != through:
+            return None
+        return prompt_ids, len(through) - 1
 
     def _batch(self, prompts: Sequence[_Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device

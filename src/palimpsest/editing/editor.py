@@ -426,6 +426,43 @@ class _Progress:
         logger.info("edit progress saved to %s (group %d, step %d)", self.path, self.group, taken)
 
 
+def check_fits_positions(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[EditRequest],
+    facts: Sequence[Fact],
+    passages: Sequence[str],
+    trained: Sequence[str],
+) -> None:
+    """Every statement an edit or a metric reads must fit the model's positions: one line if not,
+    before anything is measured or trained (a longer input would index past the position table).
+    ``trained`` are the statements an editor fits, each read after every one of ``passages``."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit:
+        return
+    pairs = [(r.fact, answer) for r in requests for answer in (r.new_object, r.fact.object)]
+    pairs += [(fact, fact.object) for fact in facts]
+    statements = [
+        fact.statement(template, answer)
+        for fact, answer in pairs
+        for template in range(len(fact.relation.templates))
+    ]
+    for statement, ids in zip(statements, tokenizer(statements)["input_ids"], strict=True):
+        length = len(ids) + 1  # and a boundary token
+        if length > limit:
+            shown = statement if len(statement) <= 60 else statement[:57] + "..."
+            raise DataError(f"'{shown}' is {length} tokens, more than the model's {limit} positions")
+    if passages and trained:
+        longest = max(len(tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in passages)
+        tokens = max(len(ids) for ids in tokenizer(list(trained))["input_ids"]) + 1 + longest
+        if tokens > limit:
+            raise DataError(
+                f"an edit after a passage of unrelated text is {tokens} tokens, more than the model's "
+                f"{limit} positions; set context_passages: 0 (train on the prompt alone)"
+            )
+
+
 class ConstrainedFinetune:
     """Edit facts in ``model`` by constrained fine-tuning; :meth:`undo` restores it exactly.
 
@@ -596,38 +633,9 @@ class ConstrainedFinetune:
     # ---------------------------------------------------------------------------- helpers
 
     def _check_lengths(self, requests: Sequence[EditRequest], facts: Sequence[Fact]) -> None:
-        """Every statement an edit or a metric reads must fit the model's positions (one line if not,
-        before anything is measured or trained)."""
-        config = getattr(self.model, "config", None)
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if not limit:
-            return
-        pairs = [(r.fact, answer) for r in requests for answer in (r.new_object, r.fact.object)]
-        pairs += [(fact, fact.object) for fact in facts]
-        statements = [
-            fact.statement(template, answer)
-            for fact, answer in pairs
-            for template in range(len(fact.relation.templates))
-        ]
-        for statement, ids in zip(statements, self.tokenizer(statements)["input_ids"], strict=True):
-            length = len(ids) + 1  # and a boundary token
-            if length > limit:
-                shown = statement if len(statement) <= 60 else statement[:57] + "..."
-                raise DataError(f"'{shown}' is {length} tokens, more than the model's {limit} positions")
         passages = [context.text for context in self._contexts if context.text]
-        if passages and requests:
-            longest = max(
-                len(self.tokenizer(p + " ", add_special_tokens=False)["input_ids"]) for p in passages
-            )
-            edit_statements = [
-                r.fact.statement(t, r.new_object) for r in requests for t in self._templates(r.fact)
-            ]
-            tokens = max(len(ids) for ids in self.tokenizer(edit_statements)["input_ids"]) + 1 + longest
-            if tokens > limit:
-                raise DataError(
-                    f"an edit after a passage of unrelated text is {tokens} tokens, more than the model's "
-                    f"{limit} positions; set context_passages: 0 (train on the prompt alone)"
-                )
+        trained = [r.fact.statement(t, r.new_object) for r in requests for t in self._templates(r.fact)]
+        check_fits_positions(self.model, self.tokenizer, requests, facts, passages, trained)
 
     def _selects_only_the_last_block(self) -> bool:
         """Whether every edited weight sits in the model's last block."""

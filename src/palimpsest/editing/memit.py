@@ -47,7 +47,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from palimpsest.data.facts import Fact, Relation
 from palimpsest.data.tokenization import leading_special_ids
-from palimpsest.editing.editor import EditResult, block_indices
+from palimpsest.editing.editor import EditResult, block_indices, check_fits_positions
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest
 from palimpsest.editing.statistics import (
@@ -243,8 +243,7 @@ class BatchEditor:
         edit_template: int = 0,
     ) -> EditResult:
         """Write every request into the model at once (call again for the next batch of a sequence)."""
-        if not requests:
-            raise DataError("no edit requests")
+        self.check(requests, unmodified, edit_template)
         before = (
             edit_metrics(self.model, self.tokenizer, requests, unmodified, edit_template=edit_template)
             if measure
@@ -278,6 +277,30 @@ class BatchEditor:
         return EditResult(
             before, after, len(self.blocks), seconds, float("nan"), self.changes(), self.edited_parameters
         )
+
+    def check(
+        self, requests: Sequence[EditRequest], unmodified: Sequence[Fact] = (), edit_template: int = 0
+    ) -> None:
+        """Refuse, in one line and before anything is computed, requests this editor cannot write:
+        none at all, statements longer than the model's positions, or targets set after the model's
+        last block where the subject does not end the prompt (no attention after that block carries
+        the subject's state on to the answer, so the target search could move nothing)."""
+        if not requests:
+            raise DataError("no edit requests")
+        trained = [r.fact.statement(edit_template, r.new_object) for r in requests]
+        check_fits_positions(self.model, self.tokenizer, requests, unmodified, self.contexts, trained)
+        _prefix, blocks = transformer_blocks(self.model)
+        if self.blocks[-1] != len(blocks) - 1:
+            return
+        for index, request in enumerate(requests):
+            prompt = self._prompts(request, index, edit_template, with_answer=False)[0]
+            if prompt.subject_last != len(prompt.ids) - 1:
+                raise ConfigError(
+                    f"this edit can move nothing: its targets are set after block {len(blocks) - 1} "
+                    "(the last), and no attention after it carries the subject's state on to the answer "
+                    f"of '{request.fact.prompt(edit_template)}'; choose earlier blocks (layers: 0.1:0.25, "
+                    "the default)"
+                )
 
     def preserve(self, requests: Sequence[EditRequest], block: int, template: int = 0) -> torch.Tensor:
         """Keys at ``block`` of requests edited before this editor (by another method, or at other

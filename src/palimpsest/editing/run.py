@@ -31,14 +31,13 @@ from palimpsest.report import Section, Table
 from palimpsest.results import Results
 from palimpsest.storage import machine_info, save_model
 
-#: ``method="auto"``: the constrained editor for fewer requests than this, MEMIT from there on
-#: (the many-edits study on SmolLM2-135M: README, "Many edits").
-AUTO_BATCH_FROM = 2
 
-
-def choose_method(requests: int) -> str:
-    """The editor ``method="auto"`` runs for this many requests."""
-    return "constrained" if requests < AUTO_BATCH_FROM else "memit"
+def choose_method(objective: str) -> str:
+    """The editor ``method="auto"`` runs: MEMIT on a causal LM, whatever the number of requests
+    (its edit holds after unrelated text and through a chat template, the constrained editor's
+    does not: README, "Many edits"); the constrained editor on a masked LM, which the batch
+    editors, reading the target at the next token, cannot edit."""
+    return "memit" if objective == "clm" else "constrained"
 
 
 def _request_record(request: EditRequest) -> dict[str, Any]:
@@ -123,6 +122,7 @@ def edit_saved_model(
             model, tokenizer, config=config, progress=progress, previous_keys=history.keys,
             statistics_fingerprint=history.statistics_fingerprint,
         )  # fmt: skip
+        batch.check(requests, keep)
         preserved = {b: history.keys[b] for b in batch.blocks if b in history.keys}
         for block in batch.blocks:
             unstored = _unstored_requests(history, block)

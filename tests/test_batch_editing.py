@@ -113,6 +113,22 @@ def test_the_target_moves_the_prompt_as_users_write_it(model, tokenizer):
     assert prompts[1].ids[len(editor.front) :] != plain  # the same prompt after unrelated text
 
 
+def test_targets_fitted_through_the_other_templates_leave_the_held_out_one_unseen(model, tokenizer):
+    editor = BatchEditor(model, tokenizer, **FAST, train_templates="all-but-held-out")
+    request = REQUESTS[0]  # France: capital, four templates
+    held_out = request.fact.held_out_template(0)
+    prompts = editor._prompts(request, 0, 0, with_answer=True)
+    texts = [tokenizer.decode(p.ids[len(editor.front) :] + p.answer).strip() for p in prompts]
+    fitted = [request.fact.statement(t, "Rome").rstrip(".") for t in range(4) if t != held_out]
+    assert len(prompts) == 2 + 2  # as written and after one passage; two more templates as written
+    assert texts[0] == fitted[0] and texts[2:] == fitted[1:]
+    assert request.fact.statement(held_out, "Rome").rstrip(".") not in texts
+    for prompt in prompts:  # each target is added where the subject ends
+        assert tokenizer.decode(prompt.ids[: prompt.subject_last + 1]).endswith("France")
+    with pytest.raises(ConfigError, match="train_templates"):
+        BatchEditConfig(train_templates="all")
+
+
 def test_the_kl_term_reads_the_subject_through_the_other_relations_edited(model, tokenizer):
     mixed = [*REQUESTS[:2], EditRequest(Fact("France", CURRENCY, "Euro"), "Yen"),
              EditRequest(Fact("Peru", LANGUAGE, "Spanish"), "Dutch")]  # fmt: skip

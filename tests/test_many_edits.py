@@ -159,6 +159,8 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
     for outcome in results.outcomes:
         assert 0 <= outcome.metrics["made"] <= 1 and outcome.seconds > 0
         assert outcome.metrics["perplexity"] > 1
+        if "paraphrase" in outcome.metrics:  # one of the paraphrases per case is the held-out one
+            assert 0 <= outcome.metrics["paraphrase@held-out"] <= 1
     assert (out / "benchmark.jsonl").is_file() and "many-edits" in (out / "report.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     again = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)

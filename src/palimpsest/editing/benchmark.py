@@ -276,6 +276,8 @@ def benchmark_metrics(
     ``made[counterfactual]``, ``made[correction]``), ``made@after-text``
     after a passage of unrelated text (mean of a few), ``efficacy`` P(new) > P(old), ``paraphrase``
     / ``paraphrase_efficacy`` the same through every other template of the relation,
+    ``paraphrase@held-out`` through the one template per subject that an editor fitting the
+    relation's other templates leaves out (:meth:`~palimpsest.data.facts.Fact.held_out_template`),
     ``generation`` the greedy continuation names the new object; ``neighbourhood_kept`` /
     ``same_subject_kept`` exact recall of the facts it must leave alone (:func:`kept_facts`; all
     recalled before any edit), also ``@after-text``; ``fluency`` :func:`ngram_entropy` of text
@@ -310,6 +312,13 @@ def benchmark_metrics(
     if usable:
         exact, _, beats = _pairwise(model, tokenizer, usable)
         metrics["paraphrase"], metrics["paraphrase_efficacy"] = _share(exact), _share(beats)
+        held_out = [
+            hit
+            for hit, (fact, t, _n, _o) in zip(exact, usable, strict=True)
+            if t == fact.held_out_template(0)
+        ]
+        if held_out:
+            metrics["paraphrase@held-out"] = _share(held_out)
     neighbours, same = kept_facts(cases)
     contexts = [after_text(p) for p in text_passages(EVALUATION_PASSAGES, seed=0, split="validation")]
     groups = {

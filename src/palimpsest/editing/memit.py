@@ -89,6 +89,12 @@ class BatchEditConfig:
     #: others say (a target fitted without them changes the subject's other facts too: README,
     #: "Many edits"); ``"none"``, MEMIT's prompt alone.
     keep_prompts: Literal["other-relations", "none"] = "none"
+    #: The templates each target is fitted through: ``"edit"``, the edit template alone (MEMIT);
+    #: ``"all-but-held-out"``, also each other template of the relation as written, but one per
+    #: subject (:meth:`~palimpsest.data.facts.Fact.held_out_template`), so that the edit reaches
+    #: phrasings it was not fitted on (measure paraphrases on the held-out one: the
+    #: ``paraphrase@held-out`` of :func:`~palimpsest.editing.benchmark.benchmark_metrics`).
+    train_templates: Literal["edit", "all-but-held-out"] = "edit"
     #: Weight decay on the target vector (relative to the hidden state's squared norm).
     weight_decay: float = 1e-3
     #: ``|delta| <= clamp_norm_factor * |h|`` at the subject's last token.
@@ -141,6 +147,10 @@ class BatchEditConfig:
         if self.keep_prompts not in ("other-relations", "none"):
             raise ConfigError(
                 f"batch_edit.keep_prompts: expected other-relations or none, got {self.keep_prompts!r}"
+            )
+        if self.train_templates not in ("edit", "all-but-held-out"):
+            raise ConfigError(
+                f"batch_edit.train_templates: expected edit or all-but-held-out, got {self.train_templates!r}"
             )
         if self.key_contexts not in ("each", "mean"):
             raise ConfigError(f"batch_edit.key_contexts: expected each or mean, got {self.key_contexts!r}")
@@ -388,19 +398,26 @@ class BatchEditor:
     def _prompts(
         self, request: EditRequest, index: int, template: int, *, with_answer: bool
     ) -> list[_Prompt]:
-        """The request's prompt as written and after each context passage."""
+        """The request's prompt as written and after each context passage; with
+        ``train_templates="all-but-held-out"`` also through the relation's other templates as
+        written, but the subject's held-out one."""
         fact = request.fact
-        before, _after = fact.relation.parts(fact.subject, template)
+        readings = [(template, context) for context in ["", *self.contexts]]
+        if self.config.train_templates == "all-but-held-out":
+            count = len(fact.relation.templates)
+            held_out = fact.held_out_template(template)
+            readings += [(other, "") for other in range(count) if other not in (template % count, held_out)]
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         prompts = []
-        for context in ["", *self.contexts]:
+        for reading, context in readings:
             joined = f"{context} " if context else ""
-            read = self._subject_prompt(fact.relation, fact.subject, template, joined)
+            read = self._subject_prompt(fact.relation, fact.subject, reading, joined)
             if read is None:
                 continue  # the tokenizer merges the subject with what follows: no token ends it here
             prompt_ids, subject_last = read
             answer: list[int] = []
             if with_answer:
+                before, _after = fact.relation.parts(fact.subject, reading)
                 full = encode(joined + before + request.new_object)
                 if full[: len(prompt_ids)] != prompt_ids:
                     continue

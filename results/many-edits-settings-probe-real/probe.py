@@ -33,6 +33,8 @@ SETTINGS = {
     "blocks 9-13": {"layers": [9, 10, 11, 12, 13]},
     "KL over the other relations, weight 4": {"keep_prompts": "other-relations", "kl_factor": 4.0},
     "KL weight 4": {"kl_factor": 4.0},
+    "defaults, measured again (paraphrase@held-out)": {},
+    "targets through the other templates": {"train_templates": "all-but-held-out"},
     "no norm control": {"target_norm_limit": None},
     "statistics 20k tokens": {"statistics_tokens": 20_000},
     "statistics 300k tokens": {"statistics_tokens": 300_000},

@@ -143,7 +143,11 @@ def test_kept_facts_of_a_file_without_edits_are_refused_only_when_edits_are_need
 
 
 def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
+    import dataclasses
+
     from cli_helpers import palimpsest
+    from palimpsest.experiments.many_edits import _blocks
+    from palimpsest.report import Figure
     from palimpsest.results import read_results
 
     out = tmp_path / "study"
@@ -162,6 +166,10 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
         if "paraphrase" in outcome.metrics:  # one of the paraphrases per case is the held-out one
             assert 0 <= outcome.metrics["paraphrase@held-out"] <= 1
     assert (out / "benchmark.jsonl").is_file() and "many-edits" in (out / "report.md").read_text()
+    figures = lambda study: [b for b in _blocks(study, tmp_path / "plots") if isinstance(b, Figure)]  # noqa: E731
+    assert len(figures(results)) == 1  # learning vs keeping over 1 and 4 edits at once
+    one_size = dataclasses.replace(results, rows=[r for r in results.rows if r.edits != 1])  # 4 at once
+    assert figures(one_size) == []  # one size is no curve
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     again = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)
     assert again.returncode == 0, again.stderr

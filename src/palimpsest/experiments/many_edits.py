@@ -432,7 +432,7 @@ def _blocks(study: ManyEditsResults, plots_dir: Path) -> list[str | Table | Figu
         if "neighbourhood_kept" in row.metrics:
             kept = row.metrics["neighbourhood_kept"][0]
             curves.setdefault(f"{row.method} kept", []).append((row.edits, kept))
-    if curves:
+    if len({row.edits for row in at_once}) > 1:  # a curve needs two sizes at least
         methods = list(dict.fromkeys(name.rsplit(" ", 1)[0] for name in curves))
         styles = {
             f"{method} {what}": (f"C{index % 10}", style)

@@ -11,8 +11,9 @@ Protocol:
    a time), measured on the final model only.
 4. *Methods*: FT-M (EasyEdit's recipe), palimpsest's constrained editor (Zhu et al.), the same
    editor keeping its changes in the null space of preserved keys instead of a norm ball
-   (``constrained-preserve``), MEMIT and the AlphaEdit-style projection
-   (:mod:`palimpsest.editing.memit`).
+   (``constrained-preserve``), MEMIT and AlphaEdit as published (keys averaged over the
+   contexts, no norm control; MEMIT without the earlier edits' keys, AlphaEdit with them), and
+   ``palimpsest``: the batch editor with its defaults (:mod:`palimpsest.editing.memit`).
 5. *Measured* before and after (:func:`~palimpsest.editing.benchmark.benchmark_metrics`): made
    (exact match, plain prompt and after unrelated text), P(new) > P(old), paraphrase,
    neighbourhood and same-subject facts kept, greedy generation, fluency, wiki-en perplexity;
@@ -65,7 +66,14 @@ FT_M = {
 #: The constrained editor with the batch editors' preserved-knowledge constraint instead of its
 #: norm ball (each change kept in the null space of ordinary text's keys and of earlier edits').
 CONSTRAINED_PRESERVE = {"norm": None, "preserve": "text"}
-METHODS = ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit")
+#: MEMIT and AlphaEdit as their papers set them, on the batch editor: a request's keys averaged
+#: over its contexts (one least-squares column per request), no norm control of the targets;
+#: MEMIT's least squares knows nothing of earlier batches, AlphaEdit keeps their keys.
+AS_PUBLISHED = {
+    "memit": {"key_contexts": "mean", "target_norm_limit": None, "accumulate_keys": False},
+    "alphaedit": {"key_contexts": "mean", "target_norm_limit": None, "accumulate_keys": True},
+}
+METHODS = ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit", "palimpsest")
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,11 @@ def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEdit
     chosen: dict[str, Any] = {"layers": list(scale.batch_layers)} if scale.batch_layers is not None else {}
     if scale.nullspace_threshold is not None:
         chosen["nullspace_threshold"] = scale.nullspace_threshold
-    return BatchEditConfig(method=method, statistics_tokens=scale.statistics_tokens, **chosen)
+    if method == "palimpsest":  # the batch editor's defaults: MEMIT's least squares and more
+        return BatchEditConfig(statistics_tokens=scale.statistics_tokens, **chosen)
+    return BatchEditConfig(
+        method=method, statistics_tokens=scale.statistics_tokens, **AS_PUBLISHED[method], **chosen
+    )
 
 
 def _editor(method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict) -> Any:
@@ -260,7 +272,7 @@ def run_many_edits_study(
         raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")
     perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
     statistics: dict = {}
-    if {"memit", "alphaedit", "constrained-preserve"} & set(scale.methods):
+    if {"memit", "alphaedit", "palimpsest", "constrained-preserve"} & set(scale.methods):
         blocks = _editor("memit", model, tokenizer, scale, {}).blocks
         statistics = cached_statistics(model, tokenizer, blocks, tokens=scale.statistics_tokens)
     runs = [("at once", n, n) for n in scale.at_once] + [("in sequence", n, b) for n, b in scale.in_sequence]
@@ -308,7 +320,8 @@ def run_many_edits_study(
 
 #: The columns of the study's table, in order.
 COLUMNS = (
-    "made", "made@after-text", "efficacy", "paraphrase", "neighbourhood_kept", "same_subject_kept",
+    "made", "made@after-text", "efficacy", "paraphrase", "paraphrase@held-out", "neighbourhood_kept",
+    "same_subject_kept",
     "generation", "generation@chat", "fluency", "perplexity",
 )  # fmt: skip
 

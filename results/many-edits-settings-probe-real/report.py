@@ -13,6 +13,7 @@ HERE = Path(__file__).parent
 STUDY = HERE.parent / "many-edits-real-quick" / "results.json"
 COLUMNS = [
     ("made", "made"), ("made@after-text", "made@after-text"), ("paraphrase", "paraphrase"),
+    ("paraphrase@held-out", "paraphrase, held-out template"),
     ("neighbourhood_kept", "neighbourhood kept"), ("same_subject_kept", "same-subject kept"),
     ("generation@chat", "generation@chat"), ("fluency", "fluency"), ("perplexity", "perplexity"),
 ]  # fmt: skip

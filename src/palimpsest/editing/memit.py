@@ -58,6 +58,7 @@ from palimpsest.editing.statistics import (
     read_cached_statistics,
     weights_fingerprint,
 )
+from palimpsest.editing.steering import SteeredPrompts
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import objective_of, transformer_blocks
 from palimpsest.recall import text_passages
@@ -261,13 +262,13 @@ class BatchEditor:
         )
         started = time.perf_counter()
         statistics = self._statistics()
-        shifts, norms = self._targets(requests, edit_template, statistics)
         start, owners = self._hidden(requests, edit_template)  # (d, columns) before any write
+        shifts, norms = self._targets(requests, edit_template, statistics, start, owners)
         targets = start + shifts[:, owners]  # each column's own state, moved by its request's shift
         used: dict[int, torch.Tensor] = {}
         for position, block in enumerate(self.blocks):
-            keys, _ = self._keys(requests, edit_template, block)  # (d_in, columns)
-            current, _ = self._hidden(requests, edit_template)  # (d, columns) at the last block
+            # (d_in, columns) and (d, columns) at the last block, with the blocks before written
+            keys, current = self._keys_and_hidden(requests, edit_template, block)
             residual = (targets - current) / (len(self.blocks) - position)
             self._add(block, self._solve(block, keys, residual, statistics[block]))
             used[block] = keys.double()
@@ -480,26 +481,39 @@ class BatchEditor:
     # ------------------------------------------------------------------ reading and steering the model
 
     def _at_subject(
-        self, requests: Sequence[EditRequest], template: int, module: nn.Module, *, inputs: bool
-    ) -> tuple[torch.Tensor, list[int]]:
-        """A module's input (or output) at each request's subject's last token: ``(width, columns)``
-        and the request of each column; a column per prompt context (``key_contexts="each"``) or
-        per request, averaged over its contexts (``"mean"``)."""
+        self,
+        requests: Sequence[EditRequest],
+        template: int,
+        reads: Sequence[tuple[nn.Module, bool]],
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """Modules' inputs (``(module, True)``) or outputs (``False``) at each request's subject's
+        last token, read in one pass: one ``(width, columns)`` per read, and the request of each
+        column; a column per prompt context (``key_contexts="each"``) or per request, averaged over
+        its contexts (``"mean"``). Each prompt is cut after the subject (causal attention: nothing
+        later reaches it) and the pass stops once every module has been read."""
         prompts = [
-            p for i, r in enumerate(requests) for p in self._prompts(r, i, template, with_answer=False)
+            _Prompt(p.ids[: p.subject_last + 1], p.subject_last, [], p.request)
+            for i, r in enumerate(requests)
+            for p in self._prompts(r, i, template, with_answer=False)
         ]
-        captured: list[torch.Tensor] = []
+        captured: dict[int, torch.Tensor] = {}
 
-        def pre(_m: nn.Module, args: tuple) -> None:
-            captured.append(args[0].detach())
-            raise _Captured  # the rest of the forward pass is not needed
+        def keep(index: int, states: torch.Tensor) -> None:
+            captured[index] = states.detach()
+            if len(captured) == len(reads):
+                raise _Captured  # the rest of the forward pass is not needed
 
-        def post(_m: nn.Module, _args: tuple, output: Any) -> None:
-            captured.append((output[0] if isinstance(output, tuple) else output).detach())
-            raise _Captured
-
-        handle = module.register_forward_pre_hook(pre) if inputs else module.register_forward_hook(post)
-        columns: list[torch.Tensor] = []
+        handles = []
+        for index, (module, inputs) in enumerate(reads):
+            if inputs:
+                handles.append(module.register_forward_pre_hook(lambda _m, args, i=index: keep(i, args[0])))
+            else:
+                handles.append(
+                    module.register_forward_hook(
+                        lambda _m, _args, out, i=index: keep(i, out[0] if isinstance(out, tuple) else out)
+                    )
+                )
+        columns: list[list[torch.Tensor]] = [[] for _ in reads]
         try:
             with torch.no_grad():
                 for start in range(0, len(prompts), 64):
@@ -508,36 +522,56 @@ class BatchEditor:
                     captured.clear()
                     with contextlib.suppress(_Captured):
                         self.model.base_model(input_ids=ids, attention_mask=mask)
-                    states = captured[0]
-                    columns += [states[row, p.subject_last].double().cpu() for row, p in enumerate(chunk)]
+                    for index, read in enumerate(columns):
+                        states = captured[index]
+                        read += [states[row, p.subject_last].double().cpu() for row, p in enumerate(chunk)]
         finally:
-            handle.remove()
-        stacked, owners = torch.stack(columns, dim=1), [p.request for p in prompts]
+            for handle in handles:
+                handle.remove()
+        stacked, owners = [torch.stack(c, dim=1) for c in columns], [p.request for p in prompts]
         if self.config.key_contexts == "each":
             return stacked, owners
-        return _per_request_mean(stacked, owners, len(requests)), list(range(len(requests)))
+        return [_per_request_mean(c, owners, len(requests)) for c in stacked], list(range(len(requests)))
 
     def _keys(
         self, requests: Sequence[EditRequest], template: int, block: int
     ) -> tuple[torch.Tensor, list[int]]:
-        return self._at_subject(requests, template, self.projections[block], inputs=True)
+        """The inputs of ``block``'s output projection at the subject's last token."""
+        (keys,), owners = self._at_subject(requests, template, [(self.projections[block], True)])
+        return keys, owners
+
+    def _keys_and_hidden(
+        self, requests: Sequence[EditRequest], template: int, block: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``block``'s keys and the state after the last edited block, in one pass."""
+        _prefix, blocks = transformer_blocks(self.model)
+        reads = [(self.projections[block], True), (blocks[self.blocks[-1]], False)]
+        (keys, hidden), _owners = self._at_subject(requests, template, reads)
+        return keys, hidden
 
     def _hidden(self, requests: Sequence[EditRequest], template: int) -> tuple[torch.Tensor, list[int]]:
+        """The state after the last edited block at the subject's last token."""
         _prefix, blocks = transformer_blocks(self.model)
-        return self._at_subject(requests, template, blocks[self.blocks[-1]], inputs=False)
+        (hidden,), owners = self._at_subject(requests, template, [(blocks[self.blocks[-1]], False)])
+        return hidden, owners
 
     def _targets(
-        self, requests: Sequence[EditRequest], template: int, statistics: dict[int, LayerStatistics]
+        self,
+        requests: Sequence[EditRequest],
+        template: int,
+        statistics: dict[int, LayerStatistics],
+        states: torch.Tensor | None = None,
+        owners: Sequence[int] = (),
     ) -> tuple[torch.Tensor, list[float]]:
         """(d, n): how far each request's state at the last edited block must move, ``z - h`` (step 1
-        of the module docstring; ``h`` the state averaged over the request's contexts, ``z`` under
-        norm control), and the norms of the targets ``z``."""
-        _prefix, blocks = transformer_blocks(self.model)
-        last = blocks[self.blocks[-1]]
+        of the module docstring; ``h`` the mean of the request's ``states`` columns, one per
+        context, read here unless given; ``z`` under norm control), and the norms of the targets."""
         limit = None
         if self.config.target_norm_limit is not None:
             limit = self.config.target_norm_limit * statistics[self.blocks[-1]].hidden_norm
-        hidden = _per_request_mean(*self._hidden(requests, template), len(requests))
+        if states is None:
+            states, owners = self._hidden(requests, template)
+        hidden = _per_request_mean(states, owners, len(requests))
         shifts = torch.zeros_like(hidden)
         norms: list[float] = []
         was_training = self.model.training
@@ -548,7 +582,7 @@ class BatchEditor:
         try:
             for start in range(0, len(requests), self.config.target_batch):
                 chunk = list(range(start, min(start + self.config.target_batch, len(requests))))
-                found = self._optimise(requests, chunk, template, last, hidden[:, chunk])
+                found = self._optimise(requests, chunk, template, self.blocks[-1], hidden[:, chunk])
                 for column, index in enumerate(chunk):
                     z = hidden[:, index] + found[:, column]
                     if limit is not None and float(z.norm()) > limit:
@@ -566,102 +600,81 @@ class BatchEditor:
         requests: Sequence[EditRequest],
         chunk: list[int],
         template: int,
-        last: nn.Module,
+        last: int,
         hidden: torch.Tensor,
     ) -> torch.Tensor:
         """The ``delta`` of each request in ``chunk``, optimised together (their losses are
         separate sums, so this is the same as optimising each alone). A request whose answer
         loss is below ``stop_loss`` is done: its ``delta`` is kept and its prompts leave the
-        batch, so the steps left cost only what the harder requests need."""
+        batch, so the steps left cost only what the harder requests need. Each step runs only
+        what ``delta`` can change: the tokens from the subject's last one on, through the blocks
+        after ``last`` (:class:`~palimpsest.editing.steering.SteeredPrompts`)."""
         device = next(self.model.parameters()).device
         column = {index: c for c, index in enumerate(chunk)}
         edit_prompts = [p for i in chunk for p in self._prompts(requests[i], i, template, with_answer=True)]
         general = [p for i in chunk for p in self._kept_prompts(requests, i)]
         prompts = edit_prompts + general
         owner_all = torch.tensor([column[p.request] for p in prompts])
-        is_general = torch.tensor([False] * len(edit_prompts) + [True] * len(general))
+        answer_count = torch.tensor([float(len(p.answer)) for p in prompts])
+        answers_per_request = torch.zeros(len(chunk)).index_add(0, owner_all, answer_count).clamp(min=1)
+        kept_per_request = torch.bincount(owner_all[len(edit_prompts) :], minlength=len(chunk)).clamp(min=1)
+        answers_per_request, kept_per_request = answers_per_request.to(device), kept_per_request.to(device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        steered = SteeredPrompts(
+            self.model, [p.ids + p.answer for p in prompts], [p.subject_last for p in prompts], last, pad
+        )
+        starts = steered.prefix_length.tolist()  # a sequence's position t is t - start in the suffix
+        head = self.model.get_output_embeddings()
+        kept_rows = range(len(edit_prompts), len(prompts))
+        with torch.no_grad():  # what the kept prompts read unedited: the KL term's reference
+            ends = steered.unedited[list(kept_rows), [len(prompts[r].ids) - 1 - starts[r] for r in kept_rows]]
+            reference = dict(zip(kept_rows, head(ends).float().log_softmax(-1), strict=True))
         delta = torch.zeros(
             hidden.shape[0], len(chunk), dtype=torch.float32, device=device, requires_grad=True
         )
         optimizer = torch.optim.Adam([delta], lr=self.config.target_lr)
         base_norm = hidden.float().norm(dim=0).to(device)  # |h| per request
-        body, head = self.model.base_model, self.model.get_output_embeddings()
         active = torch.ones(len(chunk), dtype=torch.bool)
-        reference: torch.Tensor | None = None  # log-probabilities of the kept prompts, unedited
-        kept_per_request = torch.bincount(owner_all[is_general], minlength=len(chunk)).clamp(min=1).to(device)
-        for _step in range(self.config.target_steps):
-            rows = torch.nonzero(active[owner_all]).squeeze(-1).tolist()
-            batch = [prompts[r] for r in rows]
-            ids, mask = self._batch(batch)
-            owner = owner_all[rows].to(device)
-            where = torch.arange(len(batch), device=device)
-            subject = torch.tensor([p.subject_last for p in batch], device=device)
-            # where each loss reads the logits: the answer tokens, and the general prompts' last one
-            answer_rows, answer_positions, answer_ids = [], [], []
-            for row, p in enumerate(batch):
-                for offset, token in enumerate(p.answer):
-                    answer_rows.append(row)
-                    answer_positions.append(len(p.ids) + offset - 1)
-                    answer_ids.append(token)
-            general_rows = [row for row, r in enumerate(rows) if is_general[r]]
-            read_rows = torch.tensor(answer_rows + general_rows, device=device)
-            read_positions = torch.tensor(
-                answer_positions + [len(batch[row].ids) - 1 for row in general_rows], device=device
-            )
-            answer_owner = owner[torch.tensor(answer_rows, device=device)]
-
-            def steer(
-                _m: nn.Module, _args: tuple, output: Any, at: tuple = (where, subject), owner: Any = owner
-            ) -> Any:
-                states = output[0] if isinstance(output, tuple) else output
-                states = states.clone()
-                states[at] = states[at] + delta.T[owner].to(states.dtype)
-                return (states, *output[1:]) if isinstance(output, tuple) else states
-
-            if reference is None:  # the first step has every request: read the unedited model
-                with torch.no_grad():
-                    states = body(input_ids=ids, attention_mask=mask)[0]
-                    reference = head(states[general_rows, read_positions[len(answer_rows) :]]).float()
-                    reference = reference.log_softmax(-1)
-            handle = last.register_forward_hook(steer)
-            try:
+        with steered.replaying():
+            for _step in range(self.config.target_steps):
                 optimizer.zero_grad()
+                rows = [r for r in range(len(prompts)) if active[owner_all[r]]]
+                owner = owner_all[rows].to(device)
+                out = steered.states(rows, delta.T[owner])
                 # the vocabulary projection only where a loss reads it: the full (batch, length,
-                # vocabulary) logits would cost more than the whole body
-                states = body(input_ids=ids, attention_mask=mask)[0]
-                logits = head(states[read_rows, read_positions]).float()
-            finally:
-                handle.remove()
-            answers = len(answer_rows)
-            answer_ids_t = torch.tensor(answer_ids, device=device)[:, None]
-            token_nll = -logits[:answers].log_softmax(-1).gather(-1, answer_ids_t).squeeze(-1)
-            nll = torch.zeros(len(chunk), device=device).index_add(0, answer_owner, token_nll)
-            nll = nll / torch.bincount(answer_owner, minlength=len(chunk)).clamp(min=1)
-            general_owner = owner[torch.tensor(general_rows, device=device)]
-            now = logits[answers:].log_softmax(-1)
-            # the reference has a row per kept prompt, in the order of ``prompts``
-            before = reference[
-                torch.tensor([rows[row] - len(edit_prompts) for row in general_rows], device=device)
-            ]
-            kl = (
-                torch.zeros(len(chunk), device=device).index_add(
-                    0, general_owner, (before.exp() * (before - now)).sum(-1)
+                # vocabulary) logits would cost more than the blocks
+                answer_rows = [i for i, r in enumerate(rows) for _ in prompts[r].answer]
+                positions = [  # answer token k is read one position before it
+                    len(prompts[r].ids) + k - 1 - starts[r]
+                    for r in rows
+                    for k, _ in enumerate(prompts[r].answer)
+                ]
+                tokens = torch.tensor([t for r in rows for t in prompts[r].answer], device=device)
+                logits = head(out[answer_rows, positions]).float().log_softmax(-1)
+                token_nll = -logits.gather(-1, tokens[:, None]).squeeze(-1)
+                nll = torch.zeros(len(chunk), device=device).index_add(0, owner[answer_rows], token_nll)
+                kept = [i for i, r in enumerate(rows) if r >= len(edit_prompts)]
+                now = head(out[kept, [len(prompts[rows[i]].ids) - 1 - starts[rows[i]] for i in kept]])
+                now = now.float().log_softmax(-1)
+                before = torch.stack([reference[rows[i]] for i in kept])
+                # KL(original || edited) of each kept prompt
+                kl = torch.zeros(len(chunk), device=device).index_add(
+                    0, owner[kept], (before.exp() * (before - now)).sum(-1)
                 )
-                / kept_per_request
-            )  # KL(original || edited), the mean over each request's kept prompts
-            logger.debug("target step %d: answer loss per request %s", _step, nll.detach().tolist())
-            done = active & (nll.detach().cpu() < self.config.stop_loss)
-            if bool(done.any()):
-                active &= ~done
-                if not bool(active.any()):
-                    break  # every target already makes its new object near certain
-            decay = self.config.weight_decay * delta.norm(dim=0) ** 2 / base_norm**2
-            loss = ((nll + self.config.kl_factor * kl + decay) * active.to(device)).sum()
-            kept = delta.detach()[:, ~active.to(device)].clone()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                delta[:, ~active.to(device)] = kept  # Adam's momentum would move a finished target on
-                bound = self.config.clamp_norm_factor * base_norm  # |delta| <= clamp * |h|
-                delta.mul_((bound / delta.norm(dim=0).clamp(min=1e-12)).clamp(max=1.0))
+                nll, kl = nll / answers_per_request, kl / kept_per_request  # means per request
+                logger.debug("target step %d: answer loss per request %s", _step, nll.detach().tolist())
+                done = active & (nll.detach().cpu() < self.config.stop_loss)
+                if bool(done.any()):
+                    active &= ~done
+                    if not bool(active.any()):
+                        break  # every target already makes its new object near certain
+                decay = self.config.weight_decay * delta.norm(dim=0) ** 2 / base_norm**2
+                loss = ((nll + self.config.kl_factor * kl + decay) * active.to(device)).sum()
+                finished = delta.detach()[:, ~active.to(device)].clone()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    delta[:, ~active.to(device)] = finished  # Adam's momentum would move a finished target on
+                    bound = self.config.clamp_norm_factor * base_norm  # |delta| <= clamp * |h|
+                    delta.mul_((bound / delta.norm(dim=0).clamp(min=1e-12)).clamp(max=1.0))
         return delta.detach().to(dtype=torch.float64, device="cpu")

@@ -290,7 +290,7 @@ def main() -> None:
             f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
             f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(diff, '12.1e'):>12}"
         )
-    from palimpsest.memory.kernels import cpu_kernels
+    from palimpsest.kernels import cpu_kernels
     from palimpsest.memory.layer import AUTO_SPARSE_SHARE, auto_prefers_sparse, expected_share_read
 
     compiled = args.device == "cpu" and dtype == torch.float32 and cpu_kernels() is not None

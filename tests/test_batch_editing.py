@@ -441,7 +441,7 @@ def test_a_target_after_the_last_block_or_past_the_positions_is_refused_before_a
 def _preserving_editor(model, tokenizer, width_of, **settings):
     """The constrained editor with preserve="text" on block 1's output projection, over a C0 whose
     null space is half of the key space."""
-    from palimpsest.editing.statistics import ffn_output_projection
+    from palimpsest.editing.selection import ffn_output_projection
 
     width = width_of(ffn_output_projection(model, 1))
     generator = torch.Generator().manual_seed(3)
@@ -456,7 +456,7 @@ def _preserving_editor(model, tokenizer, width_of, **settings):
 
 
 def test_the_preserving_constrained_editor_keeps_ordinary_text_and_earlier_edits(model, tokenizer):
-    from palimpsest.editing.statistics import ffn_output_projection
+    from palimpsest.editing.selection import ffn_output_projection
 
     projection = ffn_output_projection(model, 1)
     editor, used = _preserving_editor(model, tokenizer, lambda p: p.weight.shape[1])

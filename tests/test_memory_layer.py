@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn import functional
 
+from palimpsest.kernels import cpu_kernels
 from palimpsest.memory import ProductKeyMemory
 from palimpsest.memory import layer as layer_module
-from palimpsest.memory.kernels import cpu_kernels
 
 
 def brute_force(memory: ProductKeyMemory, queries: torch.Tensor):

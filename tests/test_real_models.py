@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM
 from cli_helpers import palimpsest
 from palimpsest.data.facts import CAPITAL, Fact
 from palimpsest.editing import ConstrainedFinetune, EditRequest, select_parameters
-from palimpsest.editing.editor import block_indices
+from palimpsest.editing.selection import block_indices
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory import PKMConfig, add_product_key_memory, save_merged
 from palimpsest.models import (

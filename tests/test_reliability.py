@@ -207,9 +207,9 @@ def test_other_commands_check_values_first(tmp_path, command, expected):
 )
 @pytest.mark.parametrize("model", ["nope/model", "./nope", "no/such/folder"])
 def test_a_missing_model_is_one_line_at_once_never_a_long_hub_wait(tmp_path, monkeypatch, command, model):
-    from palimpsest import models
+    from palimpsest import model_sources
 
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)  # as on this machine
+    monkeypatch.setattr(model_sources, "hub_reachable", lambda timeout=2.0: False)  # as on this machine
     facts = tmp_path / "f.jsonl"
     facts.write_text(
         '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
@@ -221,10 +221,10 @@ def test_a_missing_model_is_one_line_at_once_never_a_long_hub_wait(tmp_path, mon
 
 
 def test_an_owner_slash_name_is_a_hub_id_where_the_hub_answers(monkeypatch):
-    from palimpsest import models
+    from palimpsest import model_sources
 
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
-    assert models.locate_model("openai-community/gpt2") == "openai-community/gpt2"
+    monkeypatch.setattr(model_sources, "hub_reachable", lambda timeout=2.0: True)
+    assert model_sources.locate_model("openai-community/gpt2") == "openai-community/gpt2"
 
 
 # ----------------------------------------------------------------- properties of the parsers

@@ -81,7 +81,7 @@ def test_compiled_lazy_update_matches_the_torch_ops_update(monkeypatch):
     """The compiled row update (one pass per row read) gives the chunked torch-op update's weights and
     moments, step after step, with weight decay."""
     from palimpsest import optim
-    from palimpsest.memory.kernels import cpu_kernels
+    from palimpsest.kernels import cpu_kernels
 
     if cpu_kernels() is None:
         pytest.skip("the compiled memory kernels cannot be built on this machine")
@@ -142,8 +142,8 @@ def test_trainer_trains_with_sparse_value_updates(tokenizer, tmp_path):
 @pytest.mark.parametrize("path", ["compiled", "torch ops"])
 def test_auto_is_dense_until_an_optimizer_accepts_sparse_gradients(monkeypatch, path):
     """Then sparse: for every batch with the compiled loops, for small batches only with torch ops."""
+    from palimpsest.kernels import cpu_kernels
     from palimpsest.memory import layer as layer_module
-    from palimpsest.memory.kernels import cpu_kernels
 
     if path == "compiled" and cpu_kernels() is None:
         pytest.skip("the compiled memory kernels cannot be built on this machine")

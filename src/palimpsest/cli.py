@@ -23,7 +23,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from typer.core import TyperGroup
 
-from palimpsest.errors import PalimpsestError
+from palimpsest.errors import ConfigError, PalimpsestError
 
 if TYPE_CHECKING:
     from palimpsest.pretraining import PretrainResults
@@ -311,7 +311,6 @@ def pretrain(
     optionally with active forgetting and/or product-key memory; OUT/config.yaml re-runs it."""
     _setup_logging(verbose)
     from palimpsest.config import load_config
-    from palimpsest.errors import ConfigError
     from palimpsest.pretraining import PretrainConfig, run_pretrain
     from palimpsest.progress import RichProgressCallback, make_progress
     from palimpsest.report import write_report
@@ -427,7 +426,6 @@ def _yaml_keys(path: Path) -> list[str]:
 
 def _evaluate_facts(model: Path, facts: Path, out: Path | None, corpus_options: list[Any]) -> None:
     from palimpsest.editing.run import fact_file_recall
-    from palimpsest.errors import ConfigError
 
     if any(option is not None for option in corpus_options):
         raise ConfigError(
@@ -460,7 +458,6 @@ app.add_typer(adapt_app, name="adapt")
 
 def _parse_tokens(text: str) -> int:
     """``100k`` -> 100000, ``5M`` -> 5000000, ``2500`` -> 2500."""
-    from palimpsest.errors import ConfigError
 
     units = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
     cleaned = text.strip().lower().replace("_", "").replace(",", "")
@@ -605,7 +602,6 @@ app.add_typer(memory_app, name="memory")
 
 def _blocks(values: list[str], option: str) -> list[int | float]:
     """Block indices (``2``, ``-1``) or relative depths (``0.5``) as typed on the command line."""
-    from palimpsest.errors import ConfigError
 
     blocks: list[int | float] = []
     for value in values:
@@ -853,7 +849,6 @@ def edit(
     from palimpsest.editing.editor import EditConfig
     from palimpsest.editing.memit import BatchEditConfig
     from palimpsest.editing.run import edit_saved_model
-    from palimpsest.errors import ConfigError
     from palimpsest.progress import make_progress
     from palimpsest.report import write_report
 
@@ -970,7 +965,6 @@ def experiment_plasticity(
 ) -> None:
     """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
     _setup_logging(verbose)
-    from palimpsest.errors import ConfigError
     from palimpsest.experiments.plasticity import SCALES, run_plasticity
     from palimpsest.models import FAMILY_OBJECTIVE
 
@@ -1015,8 +1009,15 @@ def experiment_editing(
     from palimpsest.experiments import editing_real
     from palimpsest.experiments.editing import SCALES, run_editing_study
 
-    scales = {**SCALES, "real": editing_real.SCALES["real"], "real-smoke": editing_real.SCALES["smoke"]}
-    _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, scales)
+    real = {name: editing_real.SCALES[settings] for name, settings in editing_real.REAL_SCALE_NAMES.items()}
+    if scale in real:  # the built-in model, edited as it is
+        _run_study(editing_real.run_real_scale, out, scale, "palimpsest: editing study", config, real)
+        return
+    if scale not in SCALES:
+        raise ConfigError(
+            f"unknown scale '{scale}' for the editing study (known: {', '.join([*SCALES, *real])})"
+        )
+    _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, SCALES)
 
 
 @experiment_app.command("many-edits")

@@ -132,14 +132,14 @@ class LazyAdamW(torch.optim.AdamW):
 
 
 def _compiled_rows(parameter: torch.Tensor, state: dict, grad_rows: torch.Tensor):
-    """The compiled lazy update (:mod:`palimpsest.memory.kernels`, built for the memory's values) where
+    """The compiled lazy update (:mod:`palimpsest.kernels`, built for the memory's values) where
     it applies: a 2-D fp32 CPU table with its moments, all contiguous; else None."""
     tensors = (parameter, state["exp_avg"], state["exp_avg_sq"], grad_rows)
     if parameter.dim() != 2 or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
     if not all(t.is_contiguous() for t in tensors[:3]):
         return None
-    from palimpsest.memory.kernels import cpu_kernels
+    from palimpsest.kernels import cpu_kernels
 
     return cpu_kernels()
 

@@ -403,3 +403,8 @@ def _alive(pid: int) -> bool:
     except OverflowError:
         return False
     return True
+
+
+def default_cache_dir() -> Path:
+    """``$PALIMPSEST_CACHE`` or ``~/.cache/palimpsest``: tokenized datasets and tokenizers."""
+    return Path(os.environ.get("PALIMPSEST_CACHE", Path.home() / ".cache" / "palimpsest"))

@@ -27,13 +27,9 @@ from palimpsest.data.corpora import Corpus
 from palimpsest.data.tokenization import boundary_ids
 from palimpsest.errors import DataError
 from palimpsest.seeds import EVAL_MASK_SEED
+from palimpsest.storage import default_cache_dir  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """``$PALIMPSEST_CACHE`` or ``~/.cache/palimpsest``: tokenized datasets and tokenizers."""
-    return Path(os.environ.get("PALIMPSEST_CACHE", Path.home() / ".cache" / "palimpsest"))
 
 
 def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -111,7 +111,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     from palimpsest.errors import ModelError
-    from palimpsest.models import locate_model
+    from palimpsest.model_sources import locate_model
 
     try:
         path = locate_model(str(path), needs=("tokenizer.json", "tokenizer_config.json"))

@@ -8,9 +8,10 @@ both sides (the modified facts, the unmodified ones) with one definition per met
 """
 
 from palimpsest.data.facts import FACT_SETS, Fact, Relation, builtin_facts
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig, EditResult, select_parameters
+from palimpsest.editing.editor import ConstrainedFinetune, EditConfig, EditResult
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest, counterfactual_requests
+from palimpsest.editing.selection import select_parameters
 
 __all__ = [
     "FACT_SETS",

@@ -47,13 +47,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from palimpsest.data.facts import Fact, Relation
 from palimpsest.data.tokenization import leading_special_ids
-from palimpsest.editing.editor import EditResult, block_indices, check_fits_positions
+from palimpsest.editing.editor import EditResult, check_fits_positions
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest
+from palimpsest.editing.selection import block_indices, ffn_output_projection
 from palimpsest.editing.statistics import (
     LayerStatistics,
     cached_statistics,
-    ffn_output_projection,
     nullspace_projector,
     read_cached_statistics,
     weights_fingerprint,

@@ -27,8 +27,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from palimpsest.errors import ConfigError, DataError, ModelError
-from palimpsest.models import hidden_size, model_cache_dir, transformer_blocks
+from palimpsest.editing.selection import ffn_output_projection
+from palimpsest.errors import ConfigError, DataError
+from palimpsest.models import model_cache_dir, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +44,6 @@ class LayerStatistics:
     second_moment: torch.Tensor  # (d_in, d_in), float64: E[k k^T] over the tokens read
     hidden_norm: float  # mean L2 norm of the block's output (the residual stream) per token
     tokens: int
-
-
-def ffn_output_projection(model: nn.Module, block: int) -> nn.Module:
-    """The matrix of block ``block``'s FFN that maps the intermediate width back to the hidden size
-    (Llama's ``down_proj``, GPT-2's ``c_proj``, BERT's ``output.dense``), found by shape."""
-    from palimpsest.editing.editor import FFN_CHILDREN, ffn_output_projections
-
-    _prefix, blocks = transformer_blocks(model)
-    parts = [module for name, module in blocks[block].named_children() if name in FFN_CHILDREN]
-    found = ffn_output_projections(parts, hidden_size(model))
-    if len(found) != 1:
-        raise ModelError(f"block {block} has {len(found)} FFN output projections, not one")
-    return found[0]
 
 
 def nullspace_projector(second_moment: torch.Tensor, threshold: float, *, where: str = "") -> torch.Tensor:

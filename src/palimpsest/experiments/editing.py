@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
@@ -50,9 +50,6 @@ from palimpsest.results import Results
 from palimpsest.seeds import SUPPORT_FACTS_SEED_OFFSET
 from palimpsest.storage import machine_info, resumable, save_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
-
-if TYPE_CHECKING:
-    from palimpsest.experiments.editing_real import RealEditingResults
 
 logger = logging.getLogger(__name__)
 
@@ -261,23 +258,10 @@ def run_editing_study(
     scale: str | EditingScale | tuple[str, Any] = "demo",
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
-) -> EditingStudyResults | RealEditingResults:
-    """Run (or resume: every unit is stored as it finishes) the study into ``out``.
-
-    ``real`` (or a :class:`~palimpsest.experiments.editing_real.RealEditingScale`) edits the
-    built-in pretrained SmolLM2-135M instead of models pretrained here.
-    """
-    from palimpsest.experiments import editing_real
-
-    given = scale[1] if isinstance(scale, tuple) else scale  # (name, settings) of a changed scale
-    if scale == "real" or isinstance(given, editing_real.RealEditingScale):
-        name, real = resolve_scale(scale, {"real": editing_real.SCALES["real"]}, "editing")
-        return editing_real.run_real_editing_study(out, real, name, callbacks_for=callbacks_for)
-    if scale == "real-smoke":
-        return editing_real.run_real_editing_study(out, editing_real.SCALES["smoke"], "real-smoke")
-    if isinstance(scale, str) and scale not in SCALES:
-        known = ", ".join([*SCALES, "real", "real-smoke"])
-        raise ConfigError(f"unknown scale '{scale}' for the editing study (known: {known})")
+) -> EditingStudyResults:
+    """Run (or resume: every unit is stored as it finishes) the study into ``out``, on models
+    pretrained here (the built-in SmolLM2-135M's scales, ``real``, are
+    :func:`palimpsest.experiments.editing_real.run_real_scale`)."""
     scale_name, settings = resolve_scale(scale, SCALES, "editing")
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:

@@ -45,7 +45,7 @@ from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, Edi
 from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
-from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
+from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set
 from palimpsest.experiments.editing import EditingRow, EditingSummary, _layer_outcome, best_single_blocks
 from palimpsest.models import transformer_blocks
 from palimpsest.plotting import plot_bars, plot_points
@@ -310,6 +310,24 @@ def _unit_key(scale: RealEditingScale, grid: list[tuple[str, EditConfig]]) -> An
     document = {name: getattr(scale, name) for name in draws}
     document["grid"] = [[label, to_dict(config)] for label, config in grid]
     return document
+
+
+#: The scale names of the editing study that edit the built-in model (``palimpsest experiment
+#: editing --scale real``), and which settings each runs.
+REAL_SCALE_NAMES = {"real": "real", "real-smoke": "smoke"}
+
+
+def run_real_scale(
+    out: str | Path,
+    scale: str | RealEditingScale | tuple[str, RealEditingScale] = "real",
+    *,
+    callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
+) -> RealEditingResults:
+    """The editing study at a scale named as users name it (``real``, ``real-smoke``, or such a
+    scale with changed fields): resolved, then :func:`run_real_editing_study`."""
+    scales = {name: SCALES[settings] for name, settings in REAL_SCALE_NAMES.items()}
+    name, settings = resolve_scale(scale, scales, "editing")
+    return run_real_editing_study(out, settings, name, callbacks_for=callbacks_for)
 
 
 def run_real_editing_study(

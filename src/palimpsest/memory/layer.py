@@ -19,7 +19,7 @@ off (FSDP turns it off: a sharded run must not keep a whole table's gradient).
 ``sparse_updates=True`` instead hands autograd a sparse (coalesced) gradient over the rows
 that were read, so that an optimizer that understands it (:class:`palimpsest.optim.LazyAdamW`)
 reads and writes only those rows. It pays for sorting the reads; with the compiled CPU loops
-(:mod:`palimpsest.memory.kernels`) it was faster at every share of rows read measured, with torch
+(:mod:`palimpsest.kernels`) it was faster at every share of rows read measured, with torch
 ops only below about half. ``sparse_updates="auto"`` takes it accordingly
 (:func:`auto_prefers_sparse`), and only once palimpsest's trainer (which updates with
 ``LazyAdamW``) has said sparse gradients are welcome (``lazy_optimizer``); anywhere else "auto"
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from palimpsest.memory.kernels import cpu_kernels
+from palimpsest.kernels import cpu_kernels
 
 QueryNorm = Literal["layernorm", "batchnorm", "none"]
 SparseUpdates = bool | Literal["auto"]
@@ -232,7 +232,7 @@ class _ValueRead(torch.autograd.Function):
 
 
 def _compiled_loops(values: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor):
-    """The compiled backward loops (:mod:`palimpsest.memory.kernels`) where they apply: CPU, fp32,
+    """The compiled backward loops (:mod:`palimpsest.kernels`) where they apply: CPU, fp32,
     int64 indices, and built on this machine; else None (the torch-op path)."""
     if values.device.type != "cpu" or values.dtype != torch.float32 or weights.dtype != torch.float32:
         return None

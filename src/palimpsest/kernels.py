@@ -1,4 +1,7 @@
-"""Compiled CPU loops for the product-key memory (optional, built on first use).
+"""Compiled CPU loops for the product-key memory and its lazy optimizer (optional, built on first use).
+
+Part of the spine, beside :mod:`palimpsest.optim`, whose lazy AdamW uses the row update below
+and which no pillar may be below; the memory layer (:mod:`palimpsest.memory.layer`) uses the rest.
 
 With torch ops, a CPU step of the memory spends most of its time on temporaries and on work the
 selection makes unnecessary. Plain loops need neither:
@@ -16,9 +19,7 @@ selection makes unnecessary. Plain loops need neither:
 * the lazy AdamW update of the rows read (:class:`palimpsest.optim.LazyAdamW`), one pass per row.
 
 Reads of random rows from a table far larger than the caches fetch the row a few reads ahead.
-Measured on 2 CPU cores, one step of the layer (benchmarks/memory_speed.py: 2,048 tokens, 4
-heads, k=32, width 256): at 262k slots 175 ms before the selection and sparse loops -> 92 ms
-(sparse path); at 1M slots, sparse path, 540 -> 124-132 ms (README, "Benchmarks").
+What they save is measured by ``benchmarks/memory_speed.py`` (README, "Benchmarks").
 
 They are compiled with torch's C++ extension loader the first time a CPU fp32 memory runs (a
 C++ compiler and ninja are needed; ~30 s, then cached per CPU model and source, since the

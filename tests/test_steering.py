@@ -1,5 +1,6 @@
-"""The target search's cheap forward pass (:mod:`palimpsest.editing.steering`) gives what the
-whole model gives with the same shift added by a hook."""
+"""The cheap forward passes give what the whole model gives: the target search's
+(:mod:`palimpsest.editing.steering`, the same shift added by a hook) and the probes' with a
+shared passage in front (:func:`palimpsest.recall.score_probes`)."""
 
 import pytest
 import torch
@@ -68,3 +69,29 @@ def test_the_shift_gets_its_gradient_and_the_real_blocks_come_back(tokenizer):
     assert list(blocks) == originals
     with pytest.raises(RuntimeError):
         steered.states([0], shift)  # outside replaying(): the real blocks would run
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_probes_after_text_score_as_each_alone_through_the_whole_model(tokenizer, family):
+    """score_probes runs a shared passage once from the cache and reads only the answers' logits:
+    the same recall and log-probabilities as each probe alone, every logit computed."""
+    from palimpsest.data.facts import CAPITAL, Fact
+    from palimpsest.recall import _shared_start, after_text, build_probe, score_probes
+
+    if family == "llama":
+        model = build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0)
+    else:
+        model = build_model("gpt2", "micro", tokenizer, dropout=0.0, seed=0)
+    model.eval()
+    context = after_text("The river runs past the old mill and on into the hills beyond the town.")
+    facts = [Fact(s, CAPITAL, o) for s, o in [("France", "Paris"), ("Peru", "Lima"), ("Chile", "Santiago")]]
+    probes = [build_probe(tokenizer, f, causal=True, context=context) for f in facts]
+    assert _shared_start(probes, min(p.answer_positions[0] - 1 for p in probes)) > 0  # the cached path
+    recalled, logprobs = score_probes(model, probes)
+    for probe, hit, logprob in zip(probes, recalled, logprobs, strict=True):
+        with torch.no_grad():
+            log_probs = model(input_ids=torch.tensor([probe.input_ids])).logits[0].float().log_softmax(-1)
+        rows = log_probs[torch.tensor(probe.answer_positions) - 1]
+        answer = torch.tensor(probe.answer_ids)
+        assert hit == bool((rows.argmax(-1) == answer).all())
+        assert logprob == pytest.approx(float(rows.gather(-1, answer[:, None]).sum()), abs=1e-4)

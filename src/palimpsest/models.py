@@ -192,6 +192,26 @@ def build_smollm2_like(
     return AutoModelForCausalLM.from_config(config)
 
 
+def cache_argument(module: nn.Module) -> str | None:
+    """The keyword under which ``module``'s forward takes a key/value cache (``cache`` in
+    transformers 5, ``past_key_values`` before), where it also takes explicit positions; None
+    where it does not, so a prompt's shared start cannot be run once and reused."""
+    import inspect
+
+    parameters = inspect.signature(module.forward).parameters
+    if "position_ids" not in parameters:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def returned_cache(output: object, argument: str) -> object:
+    """The key/value cache a forward returned (under the name it takes it by, or the older one)."""
+    cache = getattr(output, argument, None) or getattr(output, "past_key_values", None)
+    if cache is None:
+        raise ModelError(f"{type(output).__name__} holds no key/value cache")
+    return cache
+
+
 def objective_of(config: PretrainedConfig) -> LMObjective:
     """Masked or causal LM, decided by the config's architecture, not by a name substring."""
     architectures = set(config.architectures or ())

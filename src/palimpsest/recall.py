@@ -25,15 +25,16 @@ probed this way; it is reported as ``unprobeable`` and left out, never silently 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from palimpsest.data.facts import Fact
 from palimpsest.data.tokenization import boundary_ids
-from palimpsest.models import objective_of
+from palimpsest.models import cache_argument, objective_of, returned_cache
 
 
 @dataclass(frozen=True)
@@ -174,32 +175,73 @@ class RecallResult:
 
 @torch.no_grad()
 def score_probes(model: PreTrainedModel, probes: Sequence[Probe], *, pad_id: int = 0, batch_size: int = 64):
-    """``(recalled, logprob)`` of each probe, in batches (right padding, attention mask)."""
+    """``(recalled, logprob)`` of each probe, in batches (right padding, attention mask).
+
+    A causal LM's logits are computed only where an answer is read, and the start that a
+    batch's probes share (a passage of text in front of each) is run once and reused from the
+    key/value cache: probes after text cost little more than the prompts alone."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     causal = objective_of(model.config) == "clm"
+    argument = cache_argument(model) if causal else None
+    parameters = inspect.signature(model.forward).parameters
     recalled: list[bool] = []
     logprobs: list[float] = []
     for start in range(0, len(probes), batch_size):
         batch = probes[start : start + batch_size]
-        width = max(len(p.input_ids) for p in batch)
+        # a causal LM predicts token i from position i - 1
+        reads = [
+            [p - 1 for p in probe.answer_positions] if causal else probe.answer_positions for probe in batch
+        ]
+        shared = _shared_start(batch, min(min(r) for r in reads)) if argument is not None else 0
+        width = max(len(p.input_ids) for p in batch) - shared
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, probe in enumerate(batch):
-            ids[row, : len(probe.input_ids)] = torch.tensor(probe.input_ids)
-            mask[row, : len(probe.input_ids)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        log_probs = logits.log_softmax(-1)
+            ids[row, : len(probe.input_ids) - shared] = torch.tensor(probe.input_ids[shared:])
+            mask[row, : len(probe.input_ids) - shared] = 1
+        arguments: dict = {}
+        if shared:
+            start_ids = torch.tensor([batch[0].input_ids[:shared]], device=device)
+            keep_one = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+            cache = returned_cache(model(input_ids=start_ids, use_cache=True, **keep_one), argument)
+            layers = []
+            for layer in cache:  # keys and values (and a sliding window's size), one row -> the batch
+                keys, values, *rest = (t for t in layer if t is not None)
+                rows = len(batch)
+                layers.append(
+                    (keys.expand(rows, *keys.shape[1:]), values.expand(rows, *values.shape[1:]), *rest)
+                )
+            arguments[argument] = DynamicCache(ddp_cache_data=layers, config=model.config)
+            arguments["use_cache"] = True
+            mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
+        kept = sorted({p - shared for r in reads for p in r})
+        if causal and "logits_to_keep" in parameters:
+            arguments["logits_to_keep"] = torch.tensor(kept, device=device)
+            column = {p: i for i, p in enumerate(kept)}
+        else:
+            column = {p: p for p in kept}
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **arguments).logits
         for row, probe in enumerate(batch):
-            # a causal LM predicts token i from position i - 1
-            positions = torch.tensor(probe.answer_positions) - (1 if causal else 0)
+            columns = torch.tensor([column[p - shared] for p in reads[row]], device=device)
             answer = torch.tensor(probe.answer_ids)
-            rows = log_probs[row, positions.to(device)].cpu()
+            rows = logits[row, columns].float().log_softmax(-1).cpu()
             recalled.append(bool((rows.argmax(-1) == answer).all()))
             logprobs.append(float(rows.gather(-1, answer.unsqueeze(-1)).sum()))
     model.train(was_training)
     return recalled, logprobs
+
+
+def _shared_start(probes: Sequence[Probe], before: int) -> int:
+    """How many first tokens every probe shares (none read: at most ``before``); 0 where that is
+    too short to be worth a pass of its own."""
+    first = probes[0].input_ids
+    shared = min(before, *(len(p.input_ids) for p in probes))
+    for probe in probes[1:]:
+        while shared and probe.input_ids[:shared] != first[:shared]:
+            shared -= 1
+    return shared if shared >= 4 and len(probes) > 1 else 0
 
 
 def fact_recall(

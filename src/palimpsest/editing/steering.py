@@ -18,7 +18,6 @@ whole prompt is the suffix) and still skips the lower blocks.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,8 +25,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from palimpsest.errors import ModelError
-from palimpsest.models import transformer_blocks
+from palimpsest.models import cache_argument, returned_cache, transformer_blocks
 
 
 class _PassThrough(nn.Module):
@@ -71,15 +69,6 @@ def _blocks_replayed(blocks: nn.ModuleList, last: int, as_tuple: bool) -> Iterat
             blocks[i] = block
 
 
-def _cache_argument(body: nn.Module) -> str | None:
-    """The name under which the model's forward takes a key/value cache (None: it takes none, or
-    no explicit positions, so the prompts cannot be split)."""
-    parameters = inspect.signature(body.forward).parameters
-    if "position_ids" not in parameters:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
-
-
 class SteeredPrompts:
     """Token sequences prepared for many forward passes with a shift at one token each.
 
@@ -102,7 +91,7 @@ class SteeredPrompts:
         self.body = model.base_model
         _prefix, self.blocks = transformer_blocks(model)
         self.device = next(model.parameters()).device
-        self.cache_argument = _cache_argument(self.body)
+        self.cache_argument = cache_argument(self.body)
         split = list(steer_at) if self.cache_argument is not None else [0] * len(sequences)
         self.prefix_length = torch.tensor(split)
         #: where the steered token sits in each suffix (0 wherever the prompt is split at it)
@@ -129,9 +118,7 @@ class SteeredPrompts:
                 input_ids=prefix_ids.to(self.device), attention_mask=self.prefix_mask.to(self.device),
                 position_ids=positions.to(self.device), use_cache=True,
             )  # fmt: skip
-            cache = getattr(out, self.cache_argument, None) or getattr(out, "past_key_values", None)
-            if cache is None:
-                raise ModelError(f"{type(self.body).__name__} returned no key/value cache for the prompts")
+            cache = returned_cache(out, self.cache_argument)
             # keys and values, per layer (a sliding-window layer also holds its window's size)
             self.cached = [tuple(t for t in layer if t is not None) for layer in cache]
         # the suffixes through the blocks up to ``block``, unedited: what each pass starts from

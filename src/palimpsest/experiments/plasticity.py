@@ -255,9 +255,8 @@ SCALES: dict[str, PlasticityScale] = {
     "cpu": PlasticityScale(
         pretrain=_pretraining(steps=10_000, reset_every=1000, training={"learning_rate": 1e-3}),
         forgetting=ForgettingConfig(reset_every=1000),
-        # 600 updates, the best evaluation kept: a 20k budget overfits after ~200 updates; on 200k
-        # the validation loss still falls at 2,400 (5.80 at 200, 5.14 at 2,400 on fake-en) but
-        # zero-shot transfer did not appear at any length probed (notes of the issue).
+        # 600 updates, the best evaluation kept: a 20k budget overfits early, and longer runs on
+        # 200k did not make zero-shot transfer appear (README, "The plasticity study").
         adaptation=_adaptation(steps=600, eval_every=50),
         task_adaptation=_task_adaptation(steps=600),
         languages=("wiki-fr", "fake-en-distant", CONTROL_LANGUAGE),

@@ -20,8 +20,8 @@ off (FSDP turns it off: a sharded run must not keep a whole table's gradient).
 that were read, so that an optimizer that understands it (:class:`palimpsest.optim.LazyAdamW`)
 reads and writes only those rows. It pays for sorting the reads; with the compiled CPU loops
 (:mod:`palimpsest.kernels`) it was faster at every share of rows read measured, with torch
-ops only below about half. ``sparse_updates="auto"`` takes it accordingly
-(:func:`auto_prefers_sparse`), and only once palimpsest's trainer (which updates with
+ops only below about half (README, "Library": sparse value updates). ``sparse_updates="auto"``
+takes it accordingly (:func:`auto_prefers_sparse`), and only once palimpsest's trainer (which updates with
 ``LazyAdamW``) has said sparse gradients are welcome (``lazy_optimizer``); anywhere else "auto"
 is dense, which every optimizer accepts. The lazy update leaves rows a batch did not read as
 they were, moments included (dense AdamW keeps decaying and moving them).
@@ -45,14 +45,9 @@ SparseUpdates = bool | Literal["auto"]
 SPARSE_UPDATES_CHOICES = (True, False, "auto")
 
 #: "auto" on the torch-op path (a GPU, bf16, or no C++ compiler) takes the sparse value path below
-#: this share of the table's rows read by a batch. Measured on the built-in real model
-#: (SmolLM2-135M, a 262k-slot zero-value memory of width 576 in block 15, values trained alone
-#: with LazyAdamW, 2 CPU cores) before the compiled loops, ms per step dense / sparse: 6% of the
-#: rows read 945 / 391, 39% 4,241 / 3,433, 63% 7,455 / 6,899; the bare layer was less
-#: favourable (sparse slower from 22% at 262k slots). With the compiled CPU loops (sparse
-#: gradient by segments, one-pass lazy AdamW rows) sparse is faster at every share measured:
-#: real model 935 / 388 at 6%, 3,978 / 3,279 at 39%, 7,542 / 6,752 at 63%; bare layer at 262k
-#: 51 / 18 ms at 12% ... 364 / 358 at 96%, at 1M 120 / 22 at 3% ... 712 / 462 at 60%.
+#: this share of the table's rows read by a batch: where the sparse step stopped beating the dense
+#: one on the built-in SmolLM2-135M (``benchmarks/memory_speed.py``; figures in the README,
+#: "Library" and "Benchmarks"). With the compiled loops sparse wins at every share.
 AUTO_SPARSE_SHARE = 0.5
 
 

@@ -84,8 +84,7 @@ class EditingScale:
     size: str = "mini"
     data: DataConfig = field(default_factory=_data)
     training: TrainingConfig = field(default_factory=_training)
-    #: Masked LMs learn facts far more slowly (measured on the demo's 120 facts: 0% recall after
-    #: 800 updates, 78% after 6,000, where the causal model reaches 94% after 800).
+    #: Masked LMs learn facts far more slowly than causal ones (README, "The editing study").
     masked_pretrain_steps: int | None = None
     edit: EditConfig = field(default_factory=_edit)
     fact_sets: tuple[str, ...] = ("country-capital", "country-continent")
@@ -119,8 +118,7 @@ SCALES: dict[str, EditingScale] = {
         seeds=(0,),
         layer_choices=("first+last", "single"),
     ),
-    # A causal model only: a masked LM needs several times more updates to learn the facts
-    # (measured: 0% recall after 800 updates where the causal model reaches 94%).
+    # A causal model only: a masked LM needs several times more updates to learn the facts.
     "demo": EditingScale(
         families=("gpt2",),
         data=_data(max_documents=100),
@@ -148,7 +146,7 @@ SCALES: dict[str, EditingScale] = {
     # For a GPU: 8-block models (so "first and last" are 2 of 8 blocks, not 2 of 4), every
     # built-in country and element relation (~1,230 facts), all of the shipped wiki text, five
     # seeds. Not run on the 2-core development machine; the pretraining lengths scale the
-    # cpu scale's (measured there: causal 98% recall after 5,000 updates) by the model size.
+    # cpu scale's by the model size.
     "full": EditingScale(
         size="small",
         data=_data(max_documents=None, vocab_size=8192, block_size=128, max_eval_blocks=512),

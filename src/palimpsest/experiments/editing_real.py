@@ -167,7 +167,7 @@ SCALES: dict[str, RealEditingScale] = {
         generation_tokens=3,
     ),
     # Every method at 1, 16 and 64 edits on three seeds; the per-depth sweep (single edits) on
-    # the first seed's draws and 64 edits in a row on one seed: about 100 minutes on 2 cores.
+    # the first seed's draws and 64 edits in a row on one seed (its cost: README, "On a real model").
     "real": RealEditingScale(depth_seeds=(0,), sequential_seeds=(0,)),
 }
 

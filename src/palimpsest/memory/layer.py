@@ -60,7 +60,7 @@ def auto_prefers_sparse(reads: int, slots: int, compiled: bool) -> bool:
 
 def expected_share_read(reads: int, slots: int) -> float:
     """Share of ``slots`` rows that ``reads`` uniform draws touch at least once: 1 - e^(-reads/slots)
-    (a memory's real addressing is skewed, so it reads a little fewer: 61% measured vs 63% at 262k)."""
+    (a memory's real addressing is skewed, so it reads a little fewer)."""
     return -math.expm1(-reads / slots)
 
 

@@ -8,6 +8,7 @@ from torch.nn import functional
 
 from palimpsest.kernels import cpu_kernels
 from palimpsest.memory import ProductKeyMemory
+from palimpsest.memory import autograd as autograd_module
 from palimpsest.memory import layer as layer_module
 
 
@@ -26,6 +27,7 @@ def _selection_path(monkeypatch, path):
         pytest.skip("the compiled memory kernels cannot be built on this machine")
     if path != "compiled":
         monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+        monkeypatch.setattr(autograd_module, "cpu_kernels", lambda: None)
 
 
 @pytest.mark.parametrize("path", ["compiled", "torch ops"])
@@ -53,6 +55,7 @@ def test_compiled_selection_gradients_match_torch_ops(monkeypatch):
     for path in ("compiled", "torch ops"):
         if path == "torch ops":
             monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+            monkeypatch.setattr(autograd_module, "cpu_kernels", lambda: None)
         leaf = queries.clone().requires_grad_()
         memory.keys.grad = None
         scores, indices = memory.select(leaf)
@@ -165,10 +168,11 @@ def test_value_read_backward_matches_embedding_bag(monkeypatch, path, sparse):
         pytest.skip("the compiled memory kernels cannot be built on this machine")
     if path != "compiled":
         monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+        monkeypatch.setattr(autograd_module, "cpu_kernels", lambda: None)
     if path == "torch ops, chunked":  # many chunks of tokens
-        monkeypatch.setattr(layer_module, "TOKENS_PER_CHUNK", 2)
+        monkeypatch.setattr(autograd_module, "TOKENS_PER_CHUNK", 2)
     generator = torch.Generator().manual_seed(0)
-    buffers = layer_module.ValueGradientBuffers()
+    buffers = autograd_module.ValueGradientBuffers()
     values = torch.nn.Parameter(torch.zeros(40, 8))
     pointers = []
     for step in range(3):
@@ -178,7 +182,7 @@ def test_value_read_backward_matches_embedding_bag(monkeypatch, path, sparse):
         values.grad = None  # zero_grad(set_to_none=True)
         expected = _embedding_bag_gradients(drawn, indices, weights, grad_output)
         leaf = weights.detach().requires_grad_()
-        layer_module._ValueRead.apply(values, indices, leaf, buffers, sparse).backward(grad_output)
+        autograd_module.ValueRead.apply(values, indices, leaf, buffers, sparse).backward(grad_output)
         got = values.grad.to_dense() if sparse else values.grad
         assert torch.allclose(got, expected[0], atol=1e-6), step
         assert torch.allclose(leaf.grad, expected[1], atol=1e-6), step
@@ -219,8 +223,8 @@ def test_bf16_value_gradients_are_summed_in_fp32(sparse):
     expected = _embedding_bag_gradients(values.float(), indices, weights.float(), grad_output.float())
     parameter = torch.nn.Parameter(values)
     leaf = weights.detach().requires_grad_()
-    buffers = layer_module.ValueGradientBuffers()
-    layer_module._ValueRead.apply(parameter, indices, leaf, buffers, sparse).backward(grad_output)
+    buffers = autograd_module.ValueGradientBuffers()
+    autograd_module.ValueRead.apply(parameter, indices, leaf, buffers, sparse).backward(grad_output)
     got = parameter.grad.to_dense() if sparse else parameter.grad
     assert got.dtype == torch.bfloat16
     # the fp32 sum of the same bf16 inputs, rounded once: at most one bf16 step (2^-8 relative) away

@@ -143,12 +143,14 @@ def test_trainer_trains_with_sparse_value_updates(tokenizer, tmp_path):
 def test_auto_is_dense_until_an_optimizer_accepts_sparse_gradients(monkeypatch, path):
     """Then sparse: for every batch with the compiled loops, for small batches only with torch ops."""
     from palimpsest.kernels import cpu_kernels
+    from palimpsest.memory import autograd as autograd_module
     from palimpsest.memory import layer as layer_module
 
     if path == "compiled" and cpu_kernels() is None:
         pytest.skip("the compiled memory kernels cannot be built on this machine")
     if path == "torch ops":
         monkeypatch.setattr(layer_module, "cpu_kernels", lambda: None)
+        monkeypatch.setattr(autograd_module, "cpu_kernels", lambda: None)
     torch.manual_seed(0)
     memory = ProductKeyMemory(16, n_keys=64, heads=2, k=4, k_dim=8, sparse_updates="auto")
     few, many = torch.randn(1, 8, 16), torch.randn(4, 512, 16)  # 64 reads of 4,096 slots; 16,384

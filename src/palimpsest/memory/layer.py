@@ -13,8 +13,9 @@ heads, with an ``EmbeddingBag`` so only the k selected rows per head are read.
 
 Value gradients come in two forms. The default is dense: a full ``n_keys**2 x value_dim``
 tensor, mostly zeros, that any optimizer and any distributed wrapper understands; it lives
-in a buffer the layer reuses from step to step (:class:`~palimpsest.memory.autograd.ValueGradientBuffers`: allocating
-and zero-filling a fresh one was most of a CPU step), unless ``reuse_gradient_buffer`` is
+in a buffer the layer reuses from step to step
+(:class:`~palimpsest.memory.autograd.ValueGradientBuffers`: allocating and zero-filling a
+fresh one was most of a CPU step), unless ``reuse_gradient_buffer`` is
 off (FSDP turns it off: a sharded run must not keep a whole table's gradient).
 ``sparse_updates=True`` instead hands autograd a sparse (coalesced) gradient over the rows
 that were read, so that an optimizer that understands it (:class:`palimpsest.optim.LazyAdamW`)

@@ -5,7 +5,8 @@ import torch
 
 from palimpsest.data.facts import CAPITAL, Fact, country_facts
 from palimpsest.editing import ConstrainedFinetune, EditRequest, counterfactual_requests, select_parameters
-from palimpsest.editing.editor import PLAIN_FINETUNING, _Progress
+from palimpsest.editing.checkpoint import EditCheckpoint
+from palimpsest.editing.config import PLAIN_FINETUNING
 from palimpsest.errors import ConfigError, DataError, ModelError
 from palimpsest.models import build_model
 
@@ -176,7 +177,7 @@ def test_counterfactuals_never_keep_the_old_object():
 
 
 def test_config_and_keywords_merge_never_ignore(tokenizer):
-    from palimpsest.editing.editor import EditConfig
+    from palimpsest.editing.config import EditConfig
     from palimpsest.models import build_model
 
     model = build_model("gpt2", "micro", tokenizer, max_positions=32, seed=0)
@@ -196,26 +197,26 @@ class _Stopped(Exception):
 def test_a_stopped_edit_resumes_to_the_same_weights(tokenizer, tmp_path, monkeypatch, sequential):
     """Saved every step and killed at step 4, the resumed edit ends bit-equal to an uninterrupted one,
     Adam's moments included (a restart from the saved weights alone would not)."""
-    from palimpsest.editing import editor as editor_module
+    from palimpsest.editing import checkpoint as checkpoint_module
 
     settings = plain(norm="linf", delta=2e-3, learning_rate=1e-2, steps=7, stop_loss=None)
     whole = ConstrainedFinetune(_model(tokenizer), tokenizer, **settings)
     expected = whole.apply(REQUESTS, sequential=sequential, measure=False)
 
     progress = tmp_path / "edit.safetensors"
-    original = editor_module._Progress.save_if_due
+    original = checkpoint_module.EditCheckpoint.save_if_due
 
-    def save_then_die(self, editor, optimizer, taken, loss):
-        original(self, editor, optimizer, taken, loss)
+    def save_then_die(self, parameters, optimizer, taken, loss):
+        original(self, parameters, optimizer, taken, loss)
         if self.group == (1 if sequential else 0) and taken == 4:
             raise _Stopped
 
-    monkeypatch.setattr(editor_module._Progress, "save_if_due", save_then_die)
+    monkeypatch.setattr(checkpoint_module.EditCheckpoint, "save_if_due", save_then_die)
     first = ConstrainedFinetune(_model(tokenizer), tokenizer, **settings)
     with pytest.raises(_Stopped):
         first.apply(REQUESTS, sequential=sequential, measure=False, progress=progress, progress_every=0)
     assert progress.is_file()
-    monkeypatch.setattr(editor_module._Progress, "save_if_due", original)
+    monkeypatch.setattr(checkpoint_module.EditCheckpoint, "save_if_due", original)
 
     model = _model(tokenizer)
     resumed = ConstrainedFinetune(model, tokenizer, **settings)
@@ -232,9 +233,11 @@ def test_progress_of_another_edit_is_refused(tokenizer, tmp_path):
     progress = tmp_path / "edit.safetensors"
     settings = plain(norm="linf", delta=2e-3, learning_rate=1e-2, steps=3, stop_loss=None)
     editor = ConstrainedFinetune(_model(tokenizer), tokenizer, **settings)
-    saver = _Progress(progress, editor._fingerprint(REQUESTS, (), False), every=0)
+    saver = EditCheckpoint(progress, editor._fingerprint(REQUESTS, (), False), every=0)
     editor.apply(REQUESTS[:1], measure=False)  # any optimizer state will do
-    saver.save_if_due(editor, torch.optim.Adam(list(editor.parameters.values())), taken=1, loss=1.0)
+    saver.save_if_due(
+        editor.parameters, torch.optim.Adam(list(editor.parameters.values())), taken=1, loss=1.0
+    )
     other = ConstrainedFinetune(_model(tokenizer), tokenizer, **{**settings, "delta": 3e-3})
     with pytest.raises(DataError, match="different edit"):
         other.apply(REQUESTS, measure=False, progress=progress)

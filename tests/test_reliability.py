@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from cli_helpers import one_error_line, palimpsest
 from palimpsest.config import from_dict
+from palimpsest.editing.config import EditConfig
 from palimpsest.editing.datasets import read_edit_file
-from palimpsest.editing.editor import EditConfig
 from palimpsest.errors import ConfigError, DataError
 from palimpsest.evaluation import EvaluateConfig
 from palimpsest.experiments.memory import MemoryScale

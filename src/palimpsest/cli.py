@@ -846,7 +846,7 @@ def edit(
     from dataclasses import fields
 
     from palimpsest.config import load_config
-    from palimpsest.editing.editor import EditConfig
+    from palimpsest.editing.config import EditConfig
     from palimpsest.editing.memit import BatchEditConfig
     from palimpsest.editing.run import edit_saved_model
     from palimpsest.progress import make_progress

@@ -8,7 +8,8 @@ both sides (the modified facts, the unmodified ones) with one definition per met
 """
 
 from palimpsest.data.facts import FACT_SETS, Fact, Relation, builtin_facts
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig, EditResult
+from palimpsest.editing.config import EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune, EditResult
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest, counterfactual_requests
 from palimpsest.editing.selection import select_parameters

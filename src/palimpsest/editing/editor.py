@@ -41,20 +41,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from palimpsest.data.facts import Fact
+from palimpsest.editing.checkpoint import EditCheckpoint
+from palimpsest.editing.config import EditConfig
 from palimpsest.editing.metrics import edit_metrics, probe_or_fail
 from palimpsest.editing.requests import EditRequest
 from palimpsest.editing.selection import block_indices, ffn_output_projection, select_parameters
@@ -69,115 +68,6 @@ from palimpsest.models import objective_of, transformer_blocks
 from palimpsest.recall import PLAIN, Probe, PromptContext, after_text, text_passages
 
 logger = logging.getLogger(__name__)
-
-Norm = Literal["linf", "l2"]
-EditObjective = Literal["auto", "mlm", "ft-m", "ft-l"]
-PLAIN_FINETUNING: dict[str, Any] = {
-    "delta_units": "absolute", "stop_loss": 1e-2, "stop_on_success": False, "edit_positions": "all",
-    "context_passages": 0,
-}  # fmt: skip
-
-
-@dataclass
-class EditConfig:
-    """How an edit is made.
-
-    The defaults were chosen by measuring single counterfactual edits on the built-in real
-    model (SmolLM2-135M; README, "Choosing the editor's defaults"): the output projection of
-    one early-middle block's MLP, learning from the subject's tokens only, an L-inf box of 8% of
-    each weight's RMS, Adam at 2e-4, stopping as soon as the edit takes. The studies' grids
-    and :data:`PLAIN_FINETUNING` give the paper's plain constrained fine-tuning.
-    """
-
-    #: Block 4 of SmolLM2's 30: on that model early-middle blocks kept the most other facts at
-    #: A_M 100% (measured: README, "Choosing the editor's defaults").
-    layers: str | list[int | float] = "0.15"
-    modules: list[str] = field(default_factory=lambda: ["ffn-out"])
-    parameters: list[str] = field(default_factory=list)
-    norm: Norm | Literal["none"] | None = "linf"
-    delta: float = 0.08
-    #: ``"absolute"``: δ in the weights' own units; ``"weight"``: δ times each edited tensor's
-    #: scale (its RMS for L-inf, its Frobenius norm for L2), so one δ means the same relative
-    #: change in a 64-wide and a 576-wide model.
-    delta_units: Literal["absolute", "weight"] = "weight"
-    objective: EditObjective = "auto"
-    #: ``"adam"`` moves every selected weight by about ``learning_rate`` per step, whatever its
-    #: gradient; ``"sgd"`` follows the gradient itself.
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = 2e-4
-    steps: int = 100
-    #: Stop when the training loss falls below this (None: no loss threshold).
-    stop_loss: float | None = None
-    #: Stop as soon as every trained token of the edits is the model's argmax (the edit has
-    #: taken, as recall measures it): the smallest change that makes the edit.
-    stop_on_success: bool = True
-    #: Where the edited weights learn from: every position (``"all"``, plain fine-tuning), or
-    #: only the subject's tokens (``"subject"``): the weights still change everywhere they are
-    #: used, but the change is built from the subject's own activations, so prompts about other
-    #: subjects — which share the template's tokens, not the subject's — are barely moved.
-    edit_positions: Literal["all", "subject"] = "subject"
-    batch_size: int = 64
-    edit_template: int = 0
-    #: Train each edit through its edit template only (``"edit"``), or through every template
-    #: of its relation except its held-out paraphrase (``"paraphrases"``).
-    train_templates: Literal["edit", "paraphrases"] = "edit"
-    #: Causal LMs: besides the prompt as written, train each edit after this many passages of
-    #: unrelated text (ordinary text of wiki-en's training split), so that it also holds when
-    #: the question follows other text. Opt-in, because each passage is another prompt to train
-    #: every step (its effect and cost on SmolLM2: README, "Recall").
-    context_passages: int = 0
-    #: Preserved knowledge, the batch editors' constraint as an option of fine-tuning (Zhu et al.'s
-    #: ball asks "do not move the weights much", this asks "do not move these outputs"): with
-    #: ``"text"`` every change of an FFN output projection is kept in the null space of the keys
-    #: ordinary text gives it (:func:`~palimpsest.editing.statistics.nullspace_projector`) and of
-    #: the keys of the edits made before, so what that text and those edits read from the weight
-    #: does not move. Needs ``norm`` l2 or none: a rescaled change stays in the null space, a
-    #: clamped one does not. ``"none"``: the ball alone.
-    preserve: Literal["none", "text"] = "none"
-    #: The null space: eigenvectors of ``C0`` below this share of its largest eigenvalue.
-    nullspace_threshold: float = 1e-2
-    statistics_corpus: str = "wiki-en"
-    statistics_tokens: int = 100_000
-
-    def __post_init__(self) -> None:
-        if self.norm == "none":  # as the command line and YAML write "unconstrained"
-            self.norm = None
-        if self.norm is not None and self.norm not in ("linf", "l2"):
-            raise ConfigError(f"edit.norm: expected linf, l2 or none, got {self.norm!r}")
-        if self.norm is not None and not (math.isfinite(self.delta) and self.delta > 0):
-            raise ConfigError(f"edit.delta must be a positive number, got {self.delta}")
-        if self.delta_units not in ("absolute", "weight"):
-            raise ConfigError(f"edit.delta_units: expected absolute or weight, got {self.delta_units!r}")
-        if self.edit_positions not in ("all", "subject"):
-            raise ConfigError(f"edit.edit_positions: expected all or subject, got {self.edit_positions!r}")
-        if self.train_templates not in ("edit", "paraphrases"):
-            raise ConfigError(
-                f"edit.train_templates: expected edit or paraphrases, got {self.train_templates!r}"
-            )
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"edit.optimizer: expected adam or sgd, got {self.optimizer!r}")
-        if self.objective not in ("auto", "mlm", "ft-m", "ft-l"):
-            raise ConfigError(f"edit.objective: expected auto, mlm, ft-m or ft-l, got {self.objective!r}")
-        if self.context_passages < 0:
-            raise ConfigError(f"edit.context_passages must be >= 0, got {self.context_passages}")
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"edit.{name} must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"edit.learning_rate must be a positive number, got {self.learning_rate}")
-        if self.stop_loss is not None and not math.isfinite(self.stop_loss):
-            raise ConfigError(f"edit.stop_loss must be a number, got {self.stop_loss}")
-        if self.preserve not in ("none", "text"):
-            raise ConfigError(f"edit.preserve: expected none or text, got {self.preserve!r}")
-        if self.preserve == "text" and self.norm == "linf":
-            raise ConfigError(
-                "edit.preserve: text needs norm l2 or none (a change clamped to an L-inf box leaves the "
-                "null space of the preserved keys; one rescaled to an L2 ball stays in it)"
-            )
-        if not (math.isfinite(self.nullspace_threshold) and 0 < self.nullspace_threshold < 1):
-            raise ConfigError(f"edit.nullspace_threshold must be in (0, 1), got {self.nullspace_threshold}")
-        if self.statistics_tokens <= 0:
-            raise ConfigError(f"edit.statistics_tokens must be positive, got {self.statistics_tokens}")
 
 
 @dataclass
@@ -199,97 +89,6 @@ class EditResult:
             "max_abs_change": max((c["linf"] for c in self.changes.values()), default=0.0),
             "max_l2_change": max((c["l2"] for c in self.changes.values()), default=0.0),
         }  # fmt: skip
-
-
-class _Progress:
-    """Where a long edit saves itself, and what a resumed run found there.
-
-    The file holds the edited tensors (``parameter/<name>``), the optimizer's state
-    (``optimizer/<index>/<key>``: Adam's moments and step count) and, as metadata, the edit's
-    fingerprint, the request group being edited, the steps taken in it and before it, and the
-    seconds spent so far. It is written under a temporary name and renamed, so a kill while
-    saving leaves the previous save.
-    """
-
-    def __init__(self, path: Path, fingerprint: str, every: float):
-        if not (math.isfinite(every) and every >= 0):
-            raise ConfigError(f"progress_every must be a number of seconds >= 0, got {every}")
-        self.path, self.fingerprint, self.every = path, fingerprint, every
-        #: The group being edited, steps taken in it, steps of the groups before it.
-        self.group, self.taken, self.steps = 0, 0, 0
-        #: Seconds spent by earlier runs, and the last loss they saw.
-        self.seconds, self.loss = 0.0, float("nan")
-        self._optimizer_state: dict[str, torch.Tensor] = {}
-        self._saved = self._run_started = time.perf_counter()
-
-    def resume(self, editor: ConstrainedFinetune) -> None:
-        """Put the saved tensors into the model (nothing to do if no progress was saved)."""
-        if not self.path.exists():
-            return
-        try:
-            with safe_open(str(self.path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            group, taken, steps = (int(metadata[key]) for key in ("group", "taken", "steps"))
-            seconds, loss = float(metadata["seconds"]), float(metadata["loss"])
-        except (SafetensorError, OSError, KeyError, ValueError) as error:
-            raise DataError(f"{self.path} is not an edit's saved progress ({error})") from None
-        if metadata.get("fingerprint") != self.fingerprint:
-            raise DataError(
-                f"{self.path} holds the progress of a different edit (other facts, settings or starting "
-                "weights): remove it or name another file"
-            )
-        with torch.no_grad():
-            for name, parameter in editor.parameters.items():
-                parameter.copy_(tensors[f"parameter/{name}"])
-        self.group, self.taken, self.steps, self.seconds, self.loss = group, taken, steps, seconds, loss
-        self._optimizer_state = {key: value for key, value in tensors.items() if key.startswith("optimizer/")}
-        logger.info("resuming the edit saved in %s: group %d, step %d", self.path, group, taken)
-
-    def enter(self, group: int, steps_before: int, started: float) -> None:
-        """The edit of ``group`` begins (or, for the saved group, resumes)."""
-        if group != self.group:
-            self._optimizer_state, self.taken = {}, 0
-        self.group, self.steps, self._run_started = group, steps_before, started
-
-    def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
-        """Load the saved optimizer state; returns (steps already taken, their last loss)."""
-        taken, loss = self.taken, (self.loss if self.taken else float("nan"))
-        if self._optimizer_state:
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in self._optimizer_state.items():
-                _, index, name = key.split("/")
-                state.setdefault(int(index), {})[name] = value
-            optimizer.load_state_dict(
-                {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
-            )
-        self._optimizer_state, self.taken = {}, 0
-        return taken, loss
-
-    def save_if_due(
-        self, editor: ConstrainedFinetune, optimizer: torch.optim.Optimizer, taken: int, loss: float
-    ) -> None:
-        now = time.perf_counter()
-        if now - self._saved < self.every:
-            return
-        tensors = {
-            f"parameter/{name}": p.detach().clone().contiguous() for name, p in editor.parameters.items()
-        }
-        for index, state in optimizer.state_dict()["state"].items():
-            for name, value in state.items():
-                value = value if torch.is_tensor(value) else torch.tensor(value)
-                tensors[f"optimizer/{index}/{name}"] = value.detach().clone().contiguous()
-        metadata = {
-            "fingerprint": self.fingerprint, "group": str(self.group), "taken": str(taken),
-            "steps": str(self.steps), "seconds": repr(self.seconds + now - self._run_started),
-            "loss": repr(loss),
-        }  # fmt: skip
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.tmp")
-        save_file(tensors, str(staging), metadata=metadata)
-        staging.replace(self.path)
-        self._saved = now
-        logger.info("edit progress saved to %s (group %d, step %d)", self.path, self.group, taken)
 
 
 def check_fits_positions(
@@ -425,10 +224,10 @@ class ConstrainedFinetune:
         )
         saver = None
         if progress is not None:
-            saver = _Progress(
+            saver = EditCheckpoint(
                 Path(progress), self._fingerprint(requests, support, sequential), progress_every
             )
-            saver.resume(self)
+            saver.resume(self.parameters)
         started = time.perf_counter()
         support_probes = [self._probe(fact, fact.object) for fact in support]
         groups = [[request] for request in requests] if sequential else [list(requests)]
@@ -602,7 +401,7 @@ class ConstrainedFinetune:
         return digest.hexdigest()
 
     def _finetune(
-        self, probes: Sequence[Probe], edits: int | None = None, saver: _Progress | None = None
+        self, probes: Sequence[Probe], edits: int | None = None, saver: EditCheckpoint | None = None
     ) -> tuple[int, float]:
         """Projected gradient descent on ``probes``; returns (steps taken, last loss).
 
@@ -655,7 +454,7 @@ class ConstrainedFinetune:
                 if self.config.stop_loss is not None and total < self.config.stop_loss:
                     break
                 if saver is not None:
-                    saver.save_if_due(self, optimizer, taken, loss_value)
+                    saver.save_if_due(self.parameters, optimizer, taken, loss_value)
         finally:
             for hook in hooks:
                 hook.remove()

@@ -19,8 +19,9 @@ import torch
 from palimpsest.config import to_dict
 from palimpsest.data import load_tokenizer
 from palimpsest.data.facts import Fact, Relation
+from palimpsest.editing.config import EditConfig
 from palimpsest.editing.datasets import read_edit_file
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig, EditResult
+from palimpsest.editing.editor import ConstrainedFinetune, EditResult
 from palimpsest.editing.history import EditHistory, EditRound, read_history, write_history
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.editing.metrics import edit_metrics

@@ -36,7 +36,8 @@ from transformers import TrainerCallback
 
 from palimpsest.data import load_tokenizer
 from palimpsest.data.facts import Fact, builtin_facts
-from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
+from palimpsest.editing.config import PLAIN_FINETUNING, EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError

@@ -41,7 +41,8 @@ from transformers import TrainerCallback
 
 from palimpsest.config import from_dict, to_dict
 from palimpsest.data.facts import Fact, builtin_facts
-from palimpsest.editing.editor import PLAIN_FINETUNING, ConstrainedFinetune, EditConfig
+from palimpsest.editing.config import PLAIN_FINETUNING, EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError

@@ -49,7 +49,8 @@ from transformers import TrainerCallback
 
 from palimpsest.config import to_dict
 from palimpsest.data.facts import Fact, builtin_facts, city_facts
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.config import EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.metrics import greedy_continuations
 from palimpsest.editing.requests import EditRequest, counterfactual_requests
 from palimpsest.errors import ConfigError, DataError

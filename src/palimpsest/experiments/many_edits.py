@@ -45,7 +45,8 @@ from palimpsest.editing.benchmark import (
     read_benchmark,
     write_benchmark,
 )
-from palimpsest.editing.editor import ConstrainedFinetune, EditConfig
+from palimpsest.editing.config import EditConfig
+from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.errors import DataError
 from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set

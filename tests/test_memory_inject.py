@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from palimpsest.errors import ModelError
+from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory import (
     PKMConfig,
     add_product_key_memory,
@@ -78,7 +78,7 @@ def test_merged_save_round_trip(family, tokenizer, tmp_path):
 
 def test_clear_errors(tokenizer):
     model = build_model("gpt2", "micro", tokenizer)
-    with pytest.raises(ModelError, match=r"not all in 0\.\.1"):
+    with pytest.raises(ConfigError, match=r"not all block indices in 0\.\.1"):
         add_product_key_memory(model, PKMConfig(layers=[5], **SMALL))
     with pytest.raises(ModelError, match=r"children: ln_1, attn, ln_2, mlp"):
         add_product_key_memory(model, PKMConfig(layers=[0], ffn_module="feed_forward", **SMALL))

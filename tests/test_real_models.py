@@ -12,12 +12,12 @@ from transformers import LlamaForCausalLM
 from cli_helpers import palimpsest
 from palimpsest.data.facts import CAPITAL, Fact
 from palimpsest.editing import ConstrainedFinetune, EditRequest, select_parameters
-from palimpsest.editing.selection import block_indices
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory import PKMConfig, add_product_key_memory, save_merged
 from palimpsest.models import (
     BUILTIN_GGUF,
     GGUFModel,
+    block_indices,
     build_smollm2_like,
     load_base,
     load_pretrained,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,7 +38,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from palimpsest.data.tokenization import boundary_ids
-from palimpsest.errors import ModelError
+from palimpsest.errors import ConfigError, ModelError
 from palimpsest.extensions import saved_extension
 from palimpsest.hf_auto import base_model_type
 from palimpsest.model_sources import (  # noqa: F401  (re-exported: where models come from)
@@ -441,6 +441,60 @@ def hidden_size(model: nn.Module) -> int:
     if size is None:
         raise ModelError(f"cannot read the hidden size of {type(model).__name__} from its config")
     return int(size)
+
+
+def relative_block(depth: float, count: int) -> int:
+    """The block at relative depth ``depth`` (0 = first, 1 = last) of ``count`` blocks."""
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"layers: a relative depth must be in [0, 1], got {depth}")
+    return round(depth * (count - 1))
+
+
+def block_indices(layers: str | Sequence[int | float], count: int) -> list[int]:
+    """Block indices from names, indices or relative depths.
+
+    One parser for every method that picks blocks (the editors, the memory, the command line).
+    Names: ``"first"``, ``"last"``, ``"all"``, joined with ``+`` (``"first+last"``); an int is
+    a block index (negative from the end); a float, or a string with a decimal point such as
+    ``"0.7"``, is a relative depth, so one setting means the same place in a 4-block and a
+    30-block model; ``"a:b"`` is every block from ``a`` to ``b``, both included (``"0.1:0.25"``:
+    a span of depths, blocks 3-7 of 30 and 0-1 of 4).
+    """
+    if isinstance(layers, str):
+        named = {"first": [0], "last": [count - 1], "all": list(range(count))}
+
+        def one(part: str) -> int:
+            index = relative_block(float(part), count) if "." in part else int(part)
+            if not -count <= index < count:
+                raise ConfigError(f"layers: block {index} is not in 0..{count - 1}")
+            return index % count
+
+        indices: list[int] = []
+        for part in layers.split("+"):
+            if part in named:
+                indices += named[part]
+                continue
+            try:
+                if ":" in part:
+                    first, last = (one(end) for end in part.split(":"))
+                    indices += list(range(first, last + 1))
+                else:
+                    indices.append(one(part))
+            except ValueError:
+                raise ConfigError(
+                    f"layers: unknown choice '{part}' (first, last, all, indices, depths like 0.7, "
+                    "or spans like 0.1:0.25)"
+                ) from None
+        if not indices:
+            raise ConfigError(f"layers: '{layers}' names no block")
+        return block_indices(indices, count)
+    if not layers:
+        raise ConfigError(f"layers: name at least one block of 0..{count - 1}")
+    resolved = [relative_block(i, count) if isinstance(i, float) else i for i in layers]
+    bad = [i for i in resolved if not -count <= i < count]
+    if bad:
+        raise ConfigError(f"layers {list(layers)} are not all block indices in 0..{count - 1}")
+    return sorted({i % count for i in resolved})
 
 
 def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

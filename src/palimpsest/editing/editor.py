@@ -56,7 +56,7 @@ from palimpsest.editing.checkpoint import EditCheckpoint
 from palimpsest.editing.config import EditConfig
 from palimpsest.editing.metrics import edit_metrics, probe_or_fail
 from palimpsest.editing.requests import EditRequest
-from palimpsest.editing.selection import block_indices, ffn_output_projection, select_parameters
+from palimpsest.editing.selection import ffn_output_projection, select_parameters
 from palimpsest.editing.statistics import (
     LayerStatistics,
     cached_statistics,
@@ -64,7 +64,7 @@ from palimpsest.editing.statistics import (
     nullspace_projector,
 )
 from palimpsest.errors import ConfigError, DataError, ModelError
-from palimpsest.models import objective_of, transformer_blocks
+from palimpsest.models import block_indices, objective_of, transformer_blocks
 from palimpsest.recall import PLAIN, Probe, PromptContext, after_text, text_passages
 
 logger = logging.getLogger(__name__)

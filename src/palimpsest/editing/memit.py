@@ -50,7 +50,7 @@ from palimpsest.data.tokenization import leading_special_ids
 from palimpsest.editing.editor import EditResult, check_fits_positions
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import EditRequest
-from palimpsest.editing.selection import block_indices, ffn_output_projection
+from palimpsest.editing.selection import ffn_output_projection
 from palimpsest.editing.statistics import (
     LayerStatistics,
     cached_statistics,
@@ -60,7 +60,7 @@ from palimpsest.editing.statistics import (
 )
 from palimpsest.editing.steering import SteeredPrompts
 from palimpsest.errors import ConfigError, DataError, ModelError
-from palimpsest.models import objective_of, transformer_blocks
+from palimpsest.models import block_indices, objective_of, transformer_blocks
 from palimpsest.recall import text_passages
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from torch import nn
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
-from palimpsest.models import hidden_size, transformer_blocks
+from palimpsest.models import block_indices, hidden_size, transformer_blocks
 from palimpsest.seeds import check_seed
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
 
@@ -204,15 +204,12 @@ def attach_to_ffn(
     the steps that undo the change (run them in reverse order).
     """
     prefix, blocks = transformer_blocks(model)
-    depths = [d for d in layers if isinstance(d, float) and not 0.0 <= d <= 1.0]
-    if depths:
-        raise ModelError(f"memory layers: a relative depth must be in [0, 1], got {depths[0]}")
-    layers = [round(d * (len(blocks) - 1)) if isinstance(d, float) else d for d in layers]
-    bad = [index for index in layers if not -len(blocks) <= index < len(blocks)]
-    if bad or not layers:
-        raise ModelError(f"memory layers {layers or '[]'} are not all in 0..{len(blocks) - 1}")
-    if len({index % len(blocks) for index in layers}) < len(layers):
-        raise ModelError(f"memory layers {layers} name one block twice")
+    if not layers:
+        raise ConfigError(f"memory layers: name at least one block of 0..{len(blocks) - 1}")
+    given = list(layers)
+    layers = [block_indices([index], len(blocks))[0] for index in given]  # in the order given
+    if len(set(layers)) < len(layers):
+        raise ConfigError(f"memory layers {given} name one block twice")
     dim = hidden_size(model)
     context = _MaskContext()
     reference = next(model.parameters())

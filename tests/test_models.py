@@ -66,3 +66,13 @@ def test_saved_model_round_trip(tokenizer, tmp_path):
     loaded = load_pretrained(str(tmp_path))
     ids = torch.tensor([[1, 9, 10, 11]])
     assert torch.allclose(model.eval()(input_ids=ids).logits, loaded.eval()(input_ids=ids).logits)
+
+
+def test_blocks_as_typed_become_indices_depths_or_text_for_the_one_parser():
+    from palimpsest.models import block_indices, typed_blocks
+
+    assert typed_blocks("2,-1,0.5") == [2, -1, 0.5]
+    assert typed_blocks("first+last") == "first+last"
+    assert typed_blocks("0.1:0.25") == "0.1:0.25"
+    assert block_indices(typed_blocks("2,-1,0.5"), 30) == [2, 14, 29]
+    assert block_indices(typed_blocks("0.1:0.25"), 30) == [3, 4, 5, 6, 7]

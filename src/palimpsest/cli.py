@@ -603,14 +603,14 @@ app.add_typer(memory_app, name="memory")
 def _blocks(values: list[str], option: str) -> list[int | float]:
     """Block indices (``2``, ``-1``) or relative depths (``0.5``) as typed on the command line."""
 
+    from palimpsest.models import typed_blocks
+
     blocks: list[int | float] = []
     for value in values:
-        try:
-            blocks.append(float(value) if "." in value else int(value))
-        except ValueError:
-            raise ConfigError(
-                f"{option}: expected a block index or a depth like 0.5, got '{value}'"
-            ) from None
+        typed = typed_blocks(value)
+        if not isinstance(typed, list) or len(typed) != 1:
+            raise ConfigError(f"{option}: expected a block index or a depth like 0.5, got '{value}'")
+        blocks += typed
     return blocks
 
 
@@ -869,10 +869,9 @@ def edit(
     if statistics is not None and method == "constrained":
         raise ConfigError("--statistics belongs to --method memit or alphaedit, not constrained")
 
-    chosen_layers: str | list[int | float] | None = layers
-    # A comma list of numbers is a list of blocks; any other text (names, spans) the editor parses.
-    if layers and all(part.removeprefix("-").replace(".", "", 1).isdigit() for part in layers.split(",")):
-        chosen_layers = [float(x) if "." in x else int(x) for x in layers.split(",")]
+    from palimpsest.models import typed_blocks
+
+    chosen_layers = typed_blocks(layers) if layers else None
     settings: EditConfig | BatchEditConfig
     if method == "constrained":
         settings = load_config(

@@ -497,6 +497,16 @@ def block_indices(layers: str | Sequence[int | float], count: int) -> list[int]:
     return sorted({i % count for i in resolved})
 
 
+def typed_blocks(text: str) -> str | list[int | float]:
+    """Blocks as a user types them: a comma list of numbers becomes indices (``2``, ``-1``) and
+    relative depths (``0.5``); names and spans (``first+last``, ``0.1:0.25``) stay text, for
+    :func:`block_indices` to read."""
+    parts = [part.strip() for part in text.split(",")]
+    if all(part.removeprefix("-").replace(".", "", 1).isdigit() for part in parts):
+        return [float(part) if "." in part else int(part) for part in parts]
+    return text
+
+
 def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ``nn.ModuleList`` holding one block per layer, or an error listing the lists found."""
     config = getattr(model, "config", None)

@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/palimpsest demo --out $(OUT)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/train_throughput.py

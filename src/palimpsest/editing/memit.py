@@ -579,10 +579,16 @@ class BatchEditor:
         grad_flags = {id(p): p.requires_grad for p in self.model.parameters()}
         for p in self.model.parameters():
             p.requires_grad_(False)
+        started, reported = time.perf_counter(), 0
         try:
             for start in range(0, len(requests), self.config.target_batch):
                 chunk = list(range(start, min(start + self.config.target_batch, len(requests))))
                 found = self._optimise(requests, chunk, template, self.blocks[-1], hidden[:, chunk])
+                done = chunk[-1] + 1
+                if done == len(requests) or done - reported >= max(1, len(requests) // 10):
+                    reported = done  # a long edit says how far it is, about every tenth
+                    elapsed = time.perf_counter() - started
+                    logger.info("targets found for %d of %d requests (%.0f s)", done, len(requests), elapsed)
                 for column, index in enumerate(chunk):
                     z = hidden[:, index] + found[:, column]
                     if limit is not None and float(z.norm()) > limit:

@@ -174,3 +174,31 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
     again = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)
     assert again.returncode == 0, again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()} == stamps  # nothing redone
+
+
+def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.results import read_results
+
+    first = tmp_path / "first"
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text("at_once: [1]\nin_sequence: []\nmethods: [ft-m]\n")
+    done = palimpsest("experiment", "many-edits", "--scale", "smoke", "--config", narrow, "--out", first)
+    assert done.returncode == 0, done.stderr
+    second = tmp_path / "second"
+    done = palimpsest(
+        "experiment", "many-edits", "--scale", "smoke", "--config", narrow, "--out", second,
+        "--benchmark", first / "benchmark.jsonl",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (second / "benchmark.jsonl").read_bytes() == (first / "benchmark.jsonl").read_bytes()
+    assert not (second / "units" / "benchmark.json").exists()  # nothing built
+    results = read_results(json.loads((second / "results.json").read_text()))
+    assert {(o.edits, o.method) for o in results.outcomes} == {(1, "ft-m")}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"subject": "France"}\n')
+    line = one_error_line(
+        palimpsest("experiment", "many-edits", "--scale", "smoke", "--benchmark", bad, "--out", tmp_path / "x")
+    )
+    assert "bad.jsonl:1" in line
+    assert not (tmp_path / "x").exists()

@@ -1027,13 +1027,20 @@ def experiment_many_edits(
     ] = "real-quick",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/many-edits"),
     config: StudyConfigOption = None,
+    benchmark: Annotated[
+        Path | None,
+        typer.Option(help="A benchmark.jsonl to use (an earlier run's) instead of building one."),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """FT-M, the constrained editor, MEMIT and AlphaEdit on 1 to 1,000 edits, at once and in sequence."""
     _setup_logging(verbose)
+    from functools import partial
+
     from palimpsest.experiments.many_edits import SCALES, run_many_edits_study
 
-    _run_study(run_many_edits_study, out, scale, "palimpsest: many-edits study", config, SCALES)
+    run = partial(run_many_edits_study, benchmark=benchmark)
+    _run_study(run, out, scale, "palimpsest: many-edits study", config, SCALES)
 
 
 @experiment_app.command("knowledge")

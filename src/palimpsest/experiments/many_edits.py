@@ -22,6 +22,7 @@ Protocol:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -246,27 +247,40 @@ def run_many_edits_study(
     out: str | Path,
     scale: str | ManyEditsScale | tuple[str, ManyEditsScale] = "real-quick",
     *,
+    benchmark: str | Path | None = None,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> ManyEditsResults:
-    """Run (or resume: every draw's baseline and every method's outcome is stored as it finishes)."""
+    """Run (or resume: every draw's baseline and every method's outcome is stored as it finishes).
+
+    ``benchmark``: a file :func:`~palimpsest.editing.benchmark.write_benchmark` wrote (an earlier
+    run's ``benchmark.jsonl``, or one made for another model) used instead of building one; the
+    units are then keyed by its content, so another file redoes them."""
     from palimpsest.editing.statistics import cached_statistics
 
     name, scale = resolve_scale(scale, SCALES, "many-edits")
+    given = read_benchmark(benchmark) if benchmark is not None else None  # a bad file: one line, first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = real_or_random_model(scale.model, out)
     model.eval()
     benchmark_file = out / "benchmark.jsonl"
+    if given is not None:
+        text = Path(benchmark).read_bytes()  # type: ignore[arg-type]
+        if not benchmark_file.is_file() or benchmark_file.read_bytes() != text:
+            write_benchmark(benchmark_file, given)
+        key: dict[str, Any] = {"model": scale.model, "benchmark": hashlib.sha256(text).hexdigest()}
+        counts = _counts_of(given)
+    else:
 
-    def build() -> dict[str, dict[str, int]]:
-        cases, counts = build_benchmark(model, tokenizer, scale.benchmark)
-        write_benchmark(benchmark_file, cases)
-        return counts
+        def build() -> dict[str, dict[str, int]]:
+            cases, counts = build_benchmark(model, tokenizer, scale.benchmark)
+            write_benchmark(benchmark_file, cases)
+            return counts
 
-    key = {"model": scale.model, "benchmark": scale.benchmark}
-    counts = resumable(out / "units" / "benchmark.json", key, build)
-    if not benchmark_file.is_file():
-        counts = build()
+        key = {"model": scale.model, "benchmark": scale.benchmark}
+        counts = resumable(out / "units" / "benchmark.json", key, build)
+        if not benchmark_file.is_file():
+            counts = build()
     cases = read_benchmark(benchmark_file)
     largest = max((*scale.at_once, *(edits for edits, _ in scale.in_sequence)))
     if len(cases) < largest:
@@ -317,6 +331,18 @@ def run_many_edits_study(
     )  # fmt: skip
     results.write(out / "results.json")
     return results
+
+
+def _counts_of(cases: Sequence[BenchmarkCase]) -> dict[str, dict[str, int]]:
+    """Per relation of a given benchmark: its cases (``facts``, all ``usable``) and, as ``recalled``,
+    its counterfactual cases (each edits a fact the model recalled when the file was built)."""
+    counts: dict[str, dict[str, int]] = {}
+    for case in cases:
+        row = counts.setdefault(case.request.fact.relation.name, {"facts": 0, "usable": 0, "recalled": 0})
+        row["facts"] += 1
+        row["usable"] += 1
+        row["recalled"] += case.kind == "counterfactual"
+    return counts
 
 
 #: The columns of the study's table, in order.

@@ -197,8 +197,9 @@ def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
     assert {(o.edits, o.method) for o in results.outcomes} == {(1, "ft-m")}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"subject": "France"}\n')
+    x = tmp_path / "x"
     line = one_error_line(
-        palimpsest("experiment", "many-edits", "--scale", "smoke", "--benchmark", bad, "--out", tmp_path / "x")
+        palimpsest("experiment", "many-edits", "--scale", "smoke", "--benchmark", bad, "--out", x)
     )
     assert "bad.jsonl:1" in line
-    assert not (tmp_path / "x").exists()
+    assert not x.exists()

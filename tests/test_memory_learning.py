@@ -122,7 +122,7 @@ def test_memory_layers_by_relative_depth(tokenizer):
     model = build_smollm2_like(tokenizer, hidden=24, layers=5, seed=0)
     add_product_key_memory(model, PKMConfig(layers=[0.5, 1], zero_values=True, seed=0, **SMALL))
     assert sorted(memories(model)) == ["model.layers.1.mlp.memory", "model.layers.2.mlp.memory"]
-    with pytest.raises(ModelError, match="one block twice"):
+    with pytest.raises(ConfigError, match="one block twice"):
         add_product_key_memory(
             build_smollm2_like(tokenizer, hidden=24, layers=5, seed=0),
             PKMConfig(layers=[0.0, 0], zero_values=True, **SMALL),

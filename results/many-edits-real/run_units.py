@@ -1,10 +1,27 @@
-"""Units of the real many-edits study, one (mode, edits, method) at a time: resumable."""
-import logging, sys
+"""Units of the real many-edits study, a few at a time (resumable; see this folder's README).
+
+    python results/many-edits-real/run_units.py METHODS [SIZES_AT_ONCE] [SEQUENCES]
+
+METHODS comma-separated (``palimpsest,memit``), SIZES_AT_ONCE comma-separated (``1000``; empty for
+none), SEQUENCES as ``EDITSbBATCH`` (``1000b10``); seed 0, into ``runs/many-edits-real``.
+"""
+
+import logging
+import sys
 from dataclasses import replace
+
 from palimpsest.experiments.many_edits import SCALES, run_many_edits_study
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-methods = tuple(sys.argv[1].split(","))
-at_once = tuple(int(x) for x in sys.argv[2].split(",")) if sys.argv[2] else ()
-in_sequence = tuple(tuple(int(v) for v in x.split("b")) for x in sys.argv[3].split(",")) if len(sys.argv) > 3 and sys.argv[3] else ()
-scale = replace(SCALES["real"], at_once=at_once, in_sequence=in_sequence, methods=methods, seeds=(0,))
-run_many_edits_study("runs/many-edits-real", ("real", scale))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    methods = tuple(sys.argv[1].split(","))
+    at_once = tuple(int(x) for x in sys.argv[2].split(",")) if len(sys.argv) > 2 and sys.argv[2] else ()
+    sequences = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else []
+    in_sequence = tuple(tuple(int(v) for v in x.split("b")) for x in sequences)
+    scale = replace(SCALES["real"], at_once=at_once, in_sequence=in_sequence, methods=methods, seeds=(0,))
+    run_many_edits_study("runs/many-edits-real", ("real", scale))
+
+
+if __name__ == "__main__":
+    main()

@@ -137,12 +137,12 @@ def edit(
     if not requests:
         raise DataError("edit: no requests")
     chosen = choose_method(objective_of(model.config)) if method == "auto" else method
-    if chosen == "constrained":
-        editor: BatchEditor | ConstrainedFinetune = ConstrainedFinetune(model, tokenizer, **settings)
-        editor.apply(requests, unmodified=keep, measure=False)
-    else:
-        editor = BatchEditor(model, tokenizer, method=chosen, **settings)
-        editor.apply(requests, unmodified=keep, measure=False)
+    editor: BatchEditor | ConstrainedFinetune = (
+        ConstrainedFinetune(model, tokenizer, **settings)
+        if chosen == "constrained"
+        else BatchEditor(model, tokenizer, method=chosen, **settings)
+    )
+    editor.apply(requests, unmodified=keep, measure=False)
     return editor
 
 

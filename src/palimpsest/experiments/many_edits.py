@@ -281,7 +281,7 @@ def run_many_edits_study(
         counts = resumable(out / "units" / "benchmark.json", key, build)
         if not benchmark_file.is_file():
             counts = build()
-    cases = read_benchmark(benchmark_file)
+    cases = given if given is not None else read_benchmark(benchmark_file)
     largest = max((*scale.at_once, *(edits for edits, _ in scale.in_sequence)))
     if len(cases) < largest:
         raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")

@@ -9,7 +9,7 @@ import torch
 import palimpsest as ps
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditor
-from palimpsest.errors import ConfigError, DataError, ModelError
+from palimpsest.errors import ConfigError, DataError, ModelError, StorageError
 from palimpsest.models import build_model, build_smollm2_like
 
 SMALL_MEMORY = {"n_keys": 8, "heads": 2, "k": 4, "k_dim": 16}
@@ -59,6 +59,12 @@ def test_load_save_add_and_remove_a_memory(tmp_path, tokenizer):
         ps.remove_memory(model)
     with pytest.raises(ConfigError):
         ps.add_memory(model, ps.PKMConfig(layers=[1]), seed=0)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's own file")
+    with pytest.raises(StorageError, match="holds no saved model"):
+        ps.save(model, tokenizer, mine)
+    assert (mine / "notes.txt").read_text() == "a user's own file"  # nothing of it replaced
 
 
 def test_edit_auto_runs_memit_on_a_causal_lm_and_undoes_exactly(tokenizer):

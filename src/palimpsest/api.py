@@ -73,9 +73,17 @@ def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, fold
     """Save as safetensors into ``folder``, atomically (it appears complete or not at all:
     :func:`palimpsest.storage.save_model`). A model carrying a memory is saved under model type
     ``palimpsest``: plain ``transformers`` refuses it loudly, and after ``import palimpsest`` its
-    Auto classes (and :func:`load`) read it whole."""
+    Auto classes (and :func:`load`) read it whole. An existing folder is replaced only where it
+    holds a saved model (a ``config.json``); any other non-empty folder is refused."""
+    from palimpsest.errors import StorageError
     from palimpsest.storage import save_model
 
+    folder = Path(folder)
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file())
+    ):
+        # the save replaces the folder whole: only a saved model's folder may be replaced
+        raise StorageError(f"{folder} exists and holds no saved model; save into a new or empty folder")
     return save_model(model, tokenizer, folder)
 
 

@@ -94,9 +94,22 @@ def test_demo_smoke_writes_report_and_results(tmp_path):
     done = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "results.json").read_text())
-    objectives = {r["model"]["objective"] for r in summary["results"] if r["kind"] == "pretrain"}
-    assert objectives == {"mlm", "clm"}
-    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+    pretrained = [r for r in summary["results"] if r["kind"] == "pretrain"]
+    assert [r["model"]["objective"] for r in pretrained] == ["clm", "clm"]  # the forgetting part's bodies
+    assert {r["kind"] for r in summary["results"]} >= {
+        "plasticity",
+        "memory-study",
+        "editing-real",
+    }
+    assert set(summary["timings"]) == {
+        line.split("] ", 1)[1].split(": done in")[0]
+        for line in done.stdout.splitlines()
+        if ": done in" in line
+    }  # output to a pipe: one line per stage with its time, where no progress bar is drawn
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("## Verdicts") < report.index("## Pretraining")  # the report opens with the table
+    assert "What this run shows" in done.stdout
+    assert (tmp_path / "report.html").is_file()
     again = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))  # finished runs are reused
     assert again.returncode == 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]

@@ -182,9 +182,14 @@ def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
 
     first = tmp_path / "first"
     narrow = tmp_path / "narrow.yaml"
-    narrow.write_text("at_once: [1]\nin_sequence: []\nmethods: [ft-m]\n")
+    narrow.write_text(
+        "at_once: [1]\nin_sequence: []\nmethods: [ft-m]\nbenchmark_sets: [country-capital, element-symbol]\n"
+    )
     done = palimpsest("experiment", "many-edits", "--scale", "smoke", "--config", narrow, "--out", first)
     assert done.returncode == 0, done.stderr
+    assert set(read_results(json.loads((first / "results.json").read_text())).benchmark) == {
+        "capital", "element-symbol",
+    }  # only the tables asked for were probed  # fmt: skip
     second = tmp_path / "second"
     done = palimpsest(
         "experiment", "many-edits", "--scale", "smoke", "--config", narrow, "--out", second,

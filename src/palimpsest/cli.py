@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -21,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from palimpsest.errors import ConfigError, PalimpsestError
@@ -124,7 +126,17 @@ def _output_kinds() -> dict[str, Any]:
             "experiment many-edits", (*study_units, "benchmark.jsonl"), ("many-edits",)
         ),
         "demo": OutputKind(
-            "demo", ("plasticity", "memory", "editing", "editing-real", "knowledge", "pretrain-*", *results)
+            "demo",
+            (
+                "plasticity",
+                "memory",
+                "many-edits",
+                "editing",
+                "editing-real",
+                "knowledge",
+                "pretrain-*",
+                *results,
+            ),
         ),
         "report": OutputKind("report", REPORT_FILES),
     }
@@ -1070,25 +1082,60 @@ def demo(
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     verbose: VerboseOption = False,
 ) -> None:
-    """The main job: every study at demo scale, then report.md and report.html."""
+    """The main job: every method at demo scale, a verdict table, report.md and report.html."""
     _setup_logging(verbose)
     from palimpsest.demo import run_demo
     from palimpsest.seeds import check_seed
 
     check_seed(seed, "--seed")
-    from palimpsest.pretraining import PretrainResults
     from palimpsest.progress import make_progress
 
+    started = time.perf_counter()
+
+    def stage_line(name: str, seconds: float | None) -> None:
+        # one plain line per stage: the progress bars draw nothing where output goes to a file
+        clock = _clock(time.perf_counter() - started)
+        text = f"{clock} {name} ..." if seconds is None else f"{clock} {name}: done in {seconds:.0f} s"
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     with make_progress(console) as progress:
-        summary = run_demo(out, scale, callbacks_for=_progress_callbacks(progress), seed=seed)
-    for pillar, result in summary.results:
-        if isinstance(result, PretrainResults):
-            _print_pretrain(result)
-        elif result.headline():
-            console.print(f"[bold]{pillar}[/]: {result.headline()}", highlight=False)
+        summary = run_demo(
+            out, scale, callbacks_for=_progress_callbacks(progress), on_stage=stage_line, seed=seed
+        )
+    _print_claims(summary.claims())
     console.print(
-        f"demo finished in {summary.seconds:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json"
+        f"demo finished in {summary.seconds:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json",
+        highlight=False,
     )
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"[{minutes:02d}:{rest:02d}]"
+
+
+def _print_claims(claims: list[Any]) -> None:
+    """The verdict table (:mod:`palimpsest.claims`): one row per claim, the verdict coloured."""
+    from palimpsest.claims import CLAIM_HEADERS, Outcome, claim_rows
+
+    colours = {
+        Outcome.REPRODUCED: "green", Outcome.PARTLY: "yellow", Outcome.NOT_REPRODUCED: "red",
+        Outcome.NOT_MEASURABLE: "dim",
+    }  # fmt: skip
+    # A log file has no width to respect; a narrow terminal drops the paper's figures (the report
+    # keeps every column).
+    width = console.width if console.is_terminal else 180
+    shown = [i for i, header in enumerate(CLAIM_HEADERS) if width >= 140 or header != "paper"]
+    table = Table(title="What this run shows", show_lines=True)
+    for index in shown:
+        table.add_column(CLAIM_HEADERS[index], overflow="fold")
+    for claim, row in zip(claims, claim_rows(claims), strict=True):
+        cells = [Text(cell) for cell in row]  # plain text: a claim's brackets are not markup
+        cells[CLAIM_HEADERS.index("verdict")].stylize(colours[claim.outcome])
+        table.add_row(*(cells[index] for index in shown))
+    # rich never prints wider than its console, so a log file gets a console of its own width
+    out = console if console.is_terminal else Console(file=console.file, width=width, no_color=True)
+    out.print(table)
 
 
 @app.command()

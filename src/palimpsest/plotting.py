@@ -106,14 +106,16 @@ def plot_points(
     reference_x: float | None = None,
     reference_label: str = "before the edit",
     spread: Mapping[str, tuple[float, float]] | None = None,
-    legend: bool = False,
+    legend: bool | None = None,
     shares: bool = True,
 ) -> Path:
     """A labelled scatter plot (``{label: (x, y)}``), e.g. a trade-off frontier of methods; a dashed
     vertical line at ``reference_x`` (e.g. where the model stood before). ``spread`` adds error bars
-    (``{label: (x std, y std)}``); ``legend`` names the points in a legend instead of beside them
-    (for points that crowd together). ``shares``: both axes are fractions in [0, 1]; otherwise the
-    x axis fits the data."""
+    (``{label: (x std, y std)}``); ``legend`` names the points in a legend instead of beside them;
+    None (the default) does so where two points crowd together, so no two labels overlap.
+    ``shares``: both axes are fractions in [0, 1]; otherwise the x axis fits the data."""
+    if legend is None:
+        legend = _crowded(list(points.values()), shares)
     figure = Figure(figsize=(6.4, 4.8), dpi=110)
     axes = figure.add_subplot()
     markers = "osD^vP*Xhp"
@@ -143,6 +145,21 @@ def plot_points(
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(figure, path)
     return path
+
+
+#: Two points closer than this (as a share of each axis's range) would have overlapping labels.
+CROWDED = 0.08
+
+
+def _crowded(points: Sequence[tuple[float, float]], shares: bool) -> bool:
+    """Whether any two points sit within :data:`CROWDED` of each other on both axes."""
+    xs = [x for x, _ in points]
+    x_range = 1.0 if shares else (max(xs, default=0.0) - min(xs, default=0.0)) or 1.0
+    return any(
+        abs(a[0] - b[0]) / x_range < CROWDED and abs(a[1] - b[1]) < CROWDED
+        for index, a in enumerate(points)
+        for b in points[index + 1 :]
+    )
 
 
 def _save(figure: Figure, path: Path) -> None:

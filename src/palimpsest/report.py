@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from palimpsest.claims import CLAIM_HEADERS, Claim, claim_rows
 from palimpsest.results import Results, read_results
 from palimpsest.storage import write_text
 
@@ -85,15 +86,32 @@ def machine_line(machine: Mapping[str, Any]) -> str:
 
 
 def build_sections(results: Sequence[Results | Mapping[str, Any]], plots_dir: Path) -> list[Section]:
-    """One section per kind (in first-seen order), each built by its results class.
+    """The verdict table of every claim the results bear on (if any), then one section per
+    kind (in first-seen order), each built by its results class.
 
     Plain mappings (read from results.json files) are checked against their class first.
     """
     grouped: dict[type[Results], list[Results]] = {}
+    claims: list[Claim] = []
     for result in results:
         typed = result if isinstance(result, Results) else read_results(result)
         grouped.setdefault(type(typed), []).append(typed)
-    return [cls.report_section(group, plots_dir) for cls, group in grouped.items()]
+        claims += typed.claims()
+    sections = [claims_section(claims)] if claims else []
+    return sections + [cls.report_section(group, plots_dir) for cls, group in grouped.items()]
+
+
+def claims_section(claims: Sequence[Claim]) -> Section:
+    """The table a report opens with: each claim, the paper's figure, this run's, the verdict."""
+    return Section(
+        "Verdicts",
+        [
+            "Each published claim this run bears on: what the paper reports, what was measured here, "
+            "and the outcome — reproduced, partly, not reproduced, or not measurable here (this scale "
+            "cannot show it either way; the committed run named beside it can). Details follow below.",
+            Table(list(CLAIM_HEADERS), claim_rows(claims)),
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- rendering

@@ -23,6 +23,7 @@ from palimpsest.errors import ConfigError, DataError
 from palimpsest.storage import write_json
 
 if TYPE_CHECKING:
+    from palimpsest.claims import Claim
     from palimpsest.report import Section
 
 RESULTS_GROUP = "palimpsest.results"
@@ -63,6 +64,11 @@ class Results:
     def headline(self) -> str | None:
         """One line for the terminal after a run (a study's verdict); None: nothing to add."""
         return None
+
+    def claims(self) -> list[Claim]:
+        """The published claims this run bears on, each with its outcome here (none by default);
+        the report opens with them in one table (:mod:`palimpsest.claims`)."""
+        return []
 
 
 def results_classes() -> dict[str, type[Results]]:

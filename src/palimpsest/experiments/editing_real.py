@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
+from palimpsest.claims import Claim, Outcome
 from palimpsest.config import from_dict, to_dict
 from palimpsest.data.facts import Fact, builtin_facts
 from palimpsest.editing.config import PLAIN_FINETUNING, EditConfig
@@ -482,6 +483,51 @@ def _verdict(
     return " ".join(parts)
 
 
+#: What "keeps the rest" means in the verdict table: every edit made (A_M) while at least this
+#: share of the other facts the model recalled is still recalled (A_F\\S).
+KEPT_GOAL = 0.9
+#: Where the committed real-model runs are: of this study, and of the batch editors made for many edits.
+EVIDENCE = "results/editing-real/"
+MANY_EDITS_EVIDENCE = "results/many-edits-real/"
+
+
+def real_editing_claims(study: RealEditingResults) -> list[Claim]:
+    """Zhu et al.'s claim for the default editor at each size this run measured, beside FT-M
+    (see :mod:`palimpsest.claims`): every edit made, and the facts not asked to change kept."""
+    claims = []
+    for row in study.summary.rows:
+        if row.label != "default":
+            continue
+        made, kept = row.mean("A_M"), row.mean(KEPT)
+        checks = [made >= 0.99, kept >= KEPT_GOAL]
+        outcome = (
+            Outcome.REPRODUCED if all(checks) else Outcome.PARTLY if any(checks) else Outcome.NOT_REPRODUCED
+        )
+        others = [
+            f"{r.label} {100 * r.mean('A_M'):.0f}% / {100 * r.mean(KEPT):.0f}%"
+            for r in study.summary.rows
+            if r.edits == row.edits and r.sequential == row.sequential and r.label in ("ft", "ft-m")
+        ]
+        size = (
+            "one edit"
+            if row.edits == 1
+            else f"{row.edits} edits {'in a row' if row.sequential else 'at once'}"
+        )
+        before = row.mean(KEPT + " before")
+        claims.append(
+            Claim(
+                "rewrite",
+                f"{size}: made, and the other facts kept",
+                "A_M high with A_F\\S almost unchanged, unlike plain fine-tuning (Zhu et al. 2020)",
+                f"A_M {100 * made:.0f}% / A_F\\S {100 * kept:.0f}% (before {100 * before:.0f}%)"
+                + (f"; {', '.join(others)}" if others else ""),
+                outcome,
+                "" if outcome is Outcome.REPRODUCED else EVIDENCE if row.edits == 1 else MANY_EDITS_EVIDENCE,
+            )
+        )
+    return claims
+
+
 def _one_line(text: str) -> str:
     """A continuation as one table cell: line breaks shown, not rendered."""
     return text.replace("\n", " ⏎ ")
@@ -561,6 +607,9 @@ class RealEditingResults(Results):
 
     def headline(self) -> str:
         return self.summary.verdict
+
+    def claims(self) -> list[Claim]:
+        return real_editing_claims(self)
 
     @classmethod
     def report_section(cls, studies: Sequence[RealEditingResults], plots_dir: Path) -> Section:

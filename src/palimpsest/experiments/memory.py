@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from palimpsest.claims import Claim, Outcome, outcome_of
 from palimpsest.data.facts import city_facts
 from palimpsest.errors import ConfigError
 from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
@@ -492,55 +493,152 @@ def _finding(comparisons: list[Comparison], checks: list[tuple[str, str, str]]) 
     return f"{verdict} — " + "; ".join(parts)
 
 
-def _verdict(comparisons: list[Comparison], settings: MemoryScale) -> str:
-    findings = {
-        "Capacity check (removing block {layer}'s FFN hurts)": [
-            ("no-ffn", "no-memory", "validation_loss"), ("no-ffn", "no-memory", "recall"),
-        ],
-        "Capacity check (a wider FFN helps)": [
-            ("wide-ffn", "no-memory", "validation_loss"), ("wide-ffn", "no-memory", "recall"),
-        ],
-        "Lample et al.: the memory adds recall where capacity is short (residual memory from the start vs "
-        "the plain model)": [("residual-scratch", "no-memory", "recall")],
-        "... at equal compute (vs a dense FFN of as many multiply-adds per token beside block {layer}'s)": [
+@dataclass(frozen=True)
+class Finding:
+    """A finding the study tests: the comparisons it rests on and, for a published claim, its
+    line in the verdict table (``claim`` None: a sanity check, kept to the details)."""
+
+    title: str
+    checks: tuple[tuple[str, str, str], ...]
+    claim: str | None = None
+    paper: str = ""
+
+
+FINDINGS = (
+    Finding(
+        "Capacity check (removing block {layer}'s FFN hurts)",
+        (("no-ffn", "no-memory", "validation_loss"), ("no-ffn", "no-memory", "recall")),
+    ),
+    Finding(
+        "Capacity check (a wider FFN helps)",
+        (("wide-ffn", "no-memory", "validation_loss"), ("wide-ffn", "no-memory", "recall")),
+    ),
+    Finding(
+        "Lample et al.: the memory adds recall where capacity is short (residual memory from the start "
+        "vs the plain model)",
+        (("residual-scratch", "no-memory", "recall"),),
+        "a memory adds capacity",
+        "a memory adds what a deeper model would (Lample et al. 2019)",
+    ),
+    Finding(
+        "... at equal compute (vs a dense FFN of as many multiply-adds per token beside block {layer}'s)",
+        (
             ("residual-scratch", "ffn-equal-compute", "recall"),
             ("residual-scratch", "ffn-equal-compute", "validation_loss"),
-        ],
-        "... at equal parameters (vs a dense FFN of as many parameters, many times the compute)": [
+        ),
+        "a memory beats a dense FFN of equal compute",
+        "12 layers + memory beat 24 layers at half the inference time (Lample et al. 2019)",
+    ),
+    Finding(
+        "... at equal parameters (vs a dense FFN of as many parameters, many times the compute)",
+        (
             ("residual-scratch", "ffn-equal-params", "recall"),
             ("residual-scratch", "ffn-equal-params", "validation_loss"),
-        ],
+        ),
+    ),
+    Finding(
         "Kim & Jung (1): initialising from a model pretrained without memory spreads the memory's use "
-        "(lower KL from uniform, more slots holding 90% of the weight)": [
+        "(lower KL from uniform, more slots holding 90% of the weight)",
+        (
             ("replace-pretrained", "replace-scratch", "kl_weights"),
             ("residual-pretrained", "residual-scratch", "kl_weights"),
             ("replace-pretrained", "replace-scratch", "slots_90"),
             ("residual-pretrained", "residual-scratch", "slots_90"),
-        ],
-        "Kim & Jung (1'): ... and improves the model (validation loss, fact recall)": [
+        ),
+        "starting from weights pretrained without memory spreads the memory's use",
+        "most slots stay outdated otherwise (Kim & Jung 2020)",
+    ),
+    Finding(
+        "Kim & Jung (1'): ... and improves the model (validation loss, fact recall)",
+        (
             ("replace-pretrained", "replace-scratch", "validation_loss"),
             ("residual-pretrained", "residual-scratch", "validation_loss"),
             ("replace-pretrained", "replace-scratch", "recall"),
             ("residual-pretrained", "residual-scratch", "recall"),
-        ],
-        "Kim & Jung (2): a residual memory beats one that replaces the FFN": [
+        ),
+        "starting from pretrained weights also improves the model",
+        "crucial for GLUE/SQuAD quality (Kim & Jung 2020)",
+    ),
+    Finding(
+        "Kim & Jung (2): a residual memory beats one that replaces the FFN",
+        (
             ("residual-scratch", "replace-scratch", "validation_loss"),
             ("residual-pretrained", "replace-pretrained", "validation_loss"),
             ("residual-scratch", "replace-scratch", "recall"),
             ("residual-pretrained", "replace-pretrained", "recall"),
-        ],
-        "The memory itself helps (memory added at update P vs the same continuation without it)": [
+        ),
+        "a memory beside the FFN beats one replacing it",
+        "crucial for memory use and downstream quality (Kim & Jung 2020)",
+    ),
+    Finding(
+        "The memory itself helps (memory added at update P vs the same continuation without it)",
+        (
             ("residual-pretrained", "no-memory-continued", "validation_loss"),
             ("residual-pretrained", "no-memory-continued", "recall"),
             ("replace-pretrained", "no-memory-continued", "validation_loss"),
             ("replace-pretrained", "no-memory-continued", "recall"),
-        ],
-    }  # fmt: skip
+        ),
+        "a memory added to a pretrained model improves it",
+        "BERT-large quality from a PKM-augmented BERT-base (Kim & Jung 2020)",
+    ),
+)
+#: Where a committed run shows the memory study's claims with 3 seeds.
+EVIDENCE = "results/memory-cpu/"
+_METRIC_WORDS = {
+    "validation_loss": "val. loss",
+    "recall": "recall",
+    "kl_weights": "KL",
+    "slots_90": "slots@90%",
+}
+
+
+def memory_claims(study: MemoryStudyResults) -> list[Claim]:
+    """The published findings as this run measured them (see :mod:`palimpsest.claims`).
+
+    A recall comparison counts only where one of its arms recalls more than answering every
+    city with the most common country: below that both arms guess, and their difference says
+    nothing about the memory.
+    """
+    arms, chance = study.summary.arms, study.data.majority_recall
+    claims = []
+    for finding in FINDINGS:
+        if finding.claim is None:
+            continue
+        found = [c for c in study.summary.comparisons if (c.a, c.b, c.metric) in finding.checks]
+        blind = [
+            c
+            for c in found
+            if c.metric == "recall" and max(arms[c.a].recall[0], arms[c.b].recall[0]) <= chance
+        ]
+        judged = [c for c in found if c not in blind]
+        by_metric: dict[str, list[Comparison]] = {}
+        for comparison in judged:
+            by_metric.setdefault(comparison.metric, []).append(comparison)
+        measured = "; ".join(
+            f"{_METRIC_WORDS.get(metric, metric)} {sum(c.holds for c in group)}/{len(group)} held "
+            f"({', '.join(f'{c.difference[0]:+.3f}' for c in group)})"
+            for metric, group in by_metric.items()
+        )
+        if blind:
+            measured += (
+                "; " if measured else ""
+            ) + f"recall at chance ({100 * chance:.0f}%) in every arm compared"
+        outcome = outcome_of(c.holds for c in judged)
+        evidence = "" if outcome is Outcome.REPRODUCED and len(study.settings.seeds) > 1 else EVIDENCE
+        claims.append(
+            Claim(
+                "grow", finding.claim, finding.paper, measured or "not run at this scale", outcome, evidence
+            )
+        )
+    return claims
+
+
+def _verdict(comparisons: list[Comparison], settings: MemoryScale) -> str:
     sentences = []
-    for title, checks in findings.items():
-        sentence = _finding(comparisons, checks)
+    for finding in FINDINGS:
+        sentence = _finding(comparisons, list(finding.checks))
         if sentence is not None:
-            sentences.append(f"{title.format(layer=settings.layer)}: {sentence}.")
+            sentences.append(f"{finding.title.format(layer=settings.layer)}: {sentence}.")
     seeds = len(settings.seeds)
     sentences.append(
         f"{seeds} seeds; a comparison counts only when every seed goes the expected way and the mean "
@@ -635,6 +733,9 @@ class MemoryStudyResults(Results):
 
     def headline(self) -> str:
         return self.summary.verdict
+
+    def claims(self) -> list[Claim]:
+        return memory_claims(self)
 
     @classmethod
     def report_section(cls, studies: Sequence[MemoryStudyResults], plots_dir: Path) -> Section:

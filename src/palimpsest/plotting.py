@@ -128,7 +128,10 @@ def plot_points(
         else:
             axes.scatter([x], [y], s=28, label=label if legend else None, **style)
         if not legend:
-            axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            below = y > 0.9  # a label above a point at the top would run into the frame
+            axes.annotate(
+                label, (x, y), fontsize=8, xytext=(4, -11 if below else 4), textcoords="offset points"
+            )
     if reference_x is not None:
         axes.axvline(reference_x, linestyle="--", linewidth=1.0, color="grey", label=reference_label)
     if legend or reference_x is not None:

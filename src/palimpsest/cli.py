@@ -1106,6 +1106,7 @@ def demo(
     console.print(
         f"demo finished in {summary.seconds:.0f}s: {out}/report.md, {out}/report.html, {out}/results.json",
         highlight=False,
+        soft_wrap=True,
     )
 
 

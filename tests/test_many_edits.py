@@ -208,3 +208,9 @@ def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
     )
     assert "bad.jsonl:1" in line
     assert not x.exists()
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("benchmark_sets: [no-such-table]\n")
+    line = one_error_line(
+        palimpsest("experiment", "many-edits", "--scale", "smoke", "--config", unknown, "--out", x)
+    )
+    assert "no-such-table" in line and not x.exists()  # refused before a model is built

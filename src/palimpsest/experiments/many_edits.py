@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 from palimpsest.claims import Claim, Outcome
 from palimpsest.config import to_dict
 from palimpsest.editing.benchmark import (
+    BENCHMARK_SETS,
     BenchmarkCase,
     BenchmarkConfig,
     benchmark_metrics,
@@ -50,7 +51,7 @@ from palimpsest.editing.benchmark import (
 from palimpsest.editing.config import EditConfig
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
-from palimpsest.errors import DataError
+from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, pm
@@ -103,6 +104,15 @@ class ManyEditsScale:
     perplexity_blocks: int = 16
     block_size: int = 128
     generation_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        # checked here, so a wrong name stops the run before a model is loaded or anything written
+        unknown = [name for name in self.benchmark_sets or () if name not in BENCHMARK_SETS]
+        if unknown:
+            raise ConfigError(
+                f"benchmark_sets: unknown fact table(s) {', '.join(unknown)} "
+                f"(known: {', '.join(BENCHMARK_SETS)})"
+            )
 
 
 SCALES: dict[str, ManyEditsScale] = {

@@ -862,30 +862,19 @@ def plasticity_claims(study: PlasticityResults) -> list[Claim]:
         for v, digest in study.pretrain.items()
         if digest.validation_loss > digest.unigram_loss - BODY_LOSS_MARGIN
     ]
-    method = "forget"
     if weak:
-        measured = f"bodies at the unigram level (val. loss {'; '.join(weak)} nats)"
-        faster = Claim(
-            method,
-            "pretraining with forgetting relearns a new language faster",
-            "adaptation loss converges faster (Chen et al. 2023)",
-            measured,
-            Outcome.NOT_MEASURABLE,
-            EVIDENCE,
-        )
+        faster_measured = f"bodies at the unigram level (val. loss {'; '.join(weak)} nats)"
+        faster_outcome, faster_evidence = Outcome.NOT_MEASURABLE, EVIDENCE
     else:
         ahead = [_ahead_early(c, seeds) for c in cells]
         gaps = [c.early_gap[0] for c in cells]
-        faster = Claim(
-            method,
-            "pretraining with forgetting relearns a new language faster",
-            "adaptation loss converges faster (Chen et al. 2023)",
+        faster_measured = (
             f"{min(gaps, default=math.nan):+.2f} to {max(gaps, default=math.nan):+.2f} nats lower at step "
             f"{cells[0].early_step if cells else '-'}; ahead in every seed in {sum(ahead)}/{len(cells)} "
-            "language cells",
-            outcome_of(ahead),
-            "" if all(ahead) and ahead else EVIDENCE,
+            "language cells"
         )
+        faster_outcome = outcome_of(ahead)
+        faster_evidence = "" if all(ahead) and ahead else EVIDENCE
     task = summary.english_task_accuracy
     majority = max((summary.english_task_majority or {}).values(), default=math.nan)
     body_margin = min(task.values(), default=math.nan) - majority
@@ -911,36 +900,34 @@ def plasticity_claims(study: PlasticityResults) -> list[Claim]:
     else:
         transfer_measured = f"relative gain {gains} (cells above majority: {len(working)}/{len(cells)})"
         transfer_outcome = outcome_of(c.relative_gain > 0 for c in working)
-    transfer = Claim(
-        method,
-        "zero-shot transfer to the new language improves",
-        "+21.2% relative XNLI accuracy, mean of 14 languages at 5M tokens",
-        transfer_measured,
-        transfer_outcome,
-        EVIDENCE,
-    )
     budgets = sorted({c.budget for c in cells})
     if len(budgets) < 2 or weak:
-        reversal = Claim(
-            method,
-            "the advantage reverses with plenty of data",
-            "Thai: ahead at 5M tokens (57.4 vs 33.5), behind at 5B (61.0 vs 67.6)",
-            "one token budget only" if len(budgets) < 2 else "bodies at the unigram level",
-            Outcome.NOT_MEASURABLE,
-            EVIDENCE,
-        )
+        reversal_measured = "one token budget only" if len(budgets) < 2 else "bodies at the unigram level"
+        reversal_outcome, reversal_evidence = Outcome.NOT_MEASURABLE, EVIDENCE
     else:
-        largest = [c for c in cells if c.budget == budgets[-1]]
-        behind = [c.final_gap_positive_seeds == 0 for c in largest]
-        reversal = Claim(
-            method,
-            "the advantage reverses with plenty of data",
-            "Thai: ahead at 5M tokens (57.4 vs 33.5), behind at 5B (61.0 vs 67.6)",
+        behind = [c.final_gap_positive_seeds == 0 for c in cells if c.budget == budgets[-1]]
+        reversal_measured = (
             f"at {budgets[-1]:,} tokens the standard model keeps the lower loss in "
-            f"{sum(behind)}/{len(behind)} languages (every seed)",
-            outcome_of(behind),
+            f"{sum(behind)}/{len(behind)} languages (every seed)"
         )
-    return [faster, transfer, reversal]
+        reversal_outcome, reversal_evidence = outcome_of(behind), ""
+    return [
+        Claim(
+            "forget", "pretraining with forgetting relearns a new language faster",
+            "adaptation loss converges faster (Chen et al. 2023)",
+            faster_measured, faster_outcome, faster_evidence,
+        ),
+        Claim(
+            "forget", "zero-shot transfer to the new language improves",
+            "+21.2% relative XNLI accuracy, mean of 14 languages at 5M tokens",
+            transfer_measured, transfer_outcome, EVIDENCE,
+        ),
+        Claim(
+            "forget", "the advantage reverses with plenty of data",
+            "Thai: ahead at 5M tokens (57.4 vs 33.5), behind at 5B (61.0 vs 67.6)",
+            reversal_measured, reversal_outcome, reversal_evidence,
+        ),
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- results

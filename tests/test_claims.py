@@ -73,3 +73,19 @@ def test_editing_claims_judge_each_size():
 def test_a_report_opens_with_the_verdict_table(tmp_path):
     sections = build_sections([committed("editing-real")], tmp_path)
     assert sections[0].title == "Verdicts" and len(sections) == 2
+
+
+def test_many_edits_claims_judge_one_edit_by_zhu_and_batches_by_the_batch_papers():
+    claims = committed("many-edits-real-quick").claims()
+    single, *batches = claims
+    assert single.claim.startswith("Constrained fine-tuning: one edit")
+    assert single.outcome is Outcome.REPRODUCED
+    assert batches and not any("(1 at once" in c.claim for c in batches)  # one edit says nothing of many
+    study = committed("many-edits-real-quick")
+    lost = [
+        replace(row, metrics={**row.metrics, "same_subject_kept": (0.5, 0.0)})
+        if (row.method, row.edits) == ("constrained", 1)
+        else row
+        for row in study.rows
+    ]
+    assert replace(study, rows=lost).claims()[0].outcome is Outcome.PARTLY  # made, but half the others lost

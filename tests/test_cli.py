@@ -96,11 +96,12 @@ def test_demo_smoke_writes_report_and_results(tmp_path):
     summary = json.loads((tmp_path / "results.json").read_text())
     pretrained = [r for r in summary["results"] if r["kind"] == "pretrain"]
     assert [r["model"]["objective"] for r in pretrained] == ["clm", "clm"]  # the forgetting part's bodies
-    assert {r["kind"] for r in summary["results"]} >= {
-        "plasticity",
-        "memory-study",
-        "editing-real",
-    }
+    assert {r["kind"] for r in summary["results"]} >= {"plasticity", "memory-study", "many-edits"}
+    edited = next(r for r in summary["results"] if r["kind"] == "many-edits")
+    assert {(row["mode"], row["edits"]) for row in edited["rows"]} == {
+        ("at once", 1), ("at once", 4), ("in sequence", 4)
+    }  # one edit, a batch at once and the batch in a sequence  # fmt: skip
+    assert {row["edits"] for row in edited["rows"] if row["method"] == "constrained"} == {1}
     assert set(summary["timings"]) == {
         line.split("] ", 1)[1].split(": done in")[0]
         for line in done.stdout.splitlines()

@@ -214,3 +214,49 @@ def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
         palimpsest("experiment", "many-edits", "--scale", "smoke", "--config", unknown, "--out", x)
     )
     assert "no-such-table" in line and not x.exists()  # refused before a model is built
+
+
+def test_a_method_limit_skips_larger_draws_and_one_draw_is_measured_once(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from palimpsest.experiments import many_edits
+
+    measured = []
+    measure = many_edits._measure
+    monkeypatch.setattr(
+        many_edits, "_measure", lambda model, tokenizer, cases, *rest: measured.append(len(cases)) or measure(
+            model, tokenizer, cases, *rest
+        ),
+    )  # fmt: skip
+    scale = replace(
+        many_edits.SCALES["demo-smoke"], at_once=(1, 2), in_sequence=((2, 1),),
+        methods=("ft-m", "constrained"), sequence_methods=None, method_limits=(("constrained", 1),),
+    )  # fmt: skip
+    results = many_edits.run_many_edits_study(tmp_path, scale)
+    runs = {(o.mode, o.edits, o.method) for o in results.outcomes}
+    assert runs == {
+        ("at once", 1, "ft-m"), ("at once", 1, "constrained"), ("at once", 2, "ft-m"),
+        ("in sequence", 2, "ft-m"),
+    }  # fmt: skip
+    # before any edit: each draw once, though two modes edit the 2-case draw; then one per outcome
+    assert sorted(measured) == sorted([1, 2, *(o.edits for o in results.outcomes)])
+    at_once, in_sequence = (b.metrics for b in results.baselines if b.edits == 2)
+    assert at_once == in_sequence
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method_limits": (("no-such-editor", 1),)},
+        {"method_limits": (("ft-m", 0),)},
+        {"methods": ("memitt",)},
+    ],
+)
+def test_a_scale_naming_an_unknown_method_or_an_empty_limit_is_refused(fields):
+    from dataclasses import replace
+
+    from palimpsest.errors import ConfigError
+    from palimpsest.experiments.many_edits import SCALES
+
+    with pytest.raises(ConfigError):
+        replace(SCALES["demo-smoke"], **fields)

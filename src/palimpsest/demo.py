@@ -8,10 +8,11 @@ minutes on 2 CPU cores. The demo runs one study per method, in stages:
   that models wiki-en far below the unigram level, so relearning on it means something (a
   masked LM of the same size stays at the unigram level in the minutes a demo has);
 * grow: the memory study (:mod:`palimpsest.experiments.memory`);
-* rewrite: single edits of the built-in SmolLM2-135M by the default editor beside FT-M, with
-  their continuations before and after (:mod:`palimpsest.experiments.editing_real`; a random
-  model of SmolLM2's shape at smoke scale). Many edits at once and in sequence take longer
-  than a demo has: ``palimpsest experiment many-edits`` and ``results/many-edits-real/``.
+* rewrite: the many-edits study on the built-in SmolLM2-135M (:mod:`palimpsest.experiments.many_edits`,
+  its ``demo`` scale; a random model of SmolLM2's shape at smoke scale): one edit by the
+  constrained editor, FT-M and the batch editor, then a batch of edits at once and the same
+  batch in a sequence, where fine-tuning stops making them and the batch editor does not. The
+  1,000-edit runs take longer than a demo has: ``results/many-edits-real/``.
 
 Each study turns its numbers into claims (:mod:`palimpsest.claims`); the report opens with
 their table. Each run writes its own results as soon as it finishes; a re-run with the same
@@ -32,7 +33,7 @@ from transformers import TrainerCallback
 
 from palimpsest.claims import Claim
 from palimpsest.errors import ConfigError
-from palimpsest.experiments import editing_real, plasticity
+from palimpsest.experiments import many_edits, plasticity
 from palimpsest.experiments.memory import run_memory_study
 from palimpsest.pretraining import PretrainResults
 from palimpsest.report import write_report
@@ -130,18 +131,18 @@ def run_demo(
         lambda: run_memory_study(out / "memory", scale, callbacks_for=callbacks_for),
     )
     real_model = "SmolLM2-135M" if scale == "demo" else "a random SmolLM2-shaped model"
-    single = stage(
-        f"rewrite: single edits on {real_model}",
-        lambda: editing_real.run_real_editing_study(
-            out / "editing-real", editing_real.SCALES["demo" if scale == "demo" else "demo-smoke"], scale
-        ),
+    editing = "demo" if scale == "demo" else "demo-smoke"
+    at_once = max(many_edits.SCALES[editing].at_once)
+    edits = stage(
+        f"rewrite: 1 edit, {at_once} at once and in sequence on {real_model}",
+        lambda: many_edits.run_many_edits_study(out / "many-edits", (scale, many_edits.SCALES[editing])),
     )
 
     results: list[tuple[str, Results]] = [
         *(("pretrain", body) for body in bodies),
         ("forget", forgetting),
         ("grow", memory),
-        ("rewrite", single),
+        ("rewrite", edits),
     ]
     summary = DemoRun(scale=scale, seconds=time.perf_counter() - started, timings=timings, results=results)
     write_json(out / "results.json", summary.to_json())

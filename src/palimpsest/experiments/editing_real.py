@@ -136,38 +136,6 @@ SCALES: dict[str, RealEditingScale] = {
         block_size=32,
         generation_tokens=3,
     ),
-    # The demo's part: three single edits on the real model by the default editor beside FT-M,
-    # with before/after continuations and the perplexity change (about a minute on 2 cores).
-    "demo": RealEditingScale(
-        knowledge_sets=("country-capital",),
-        edit_sets=("country-capital",),
-        sizes=(1,),
-        sequential=(),
-        singles=3,
-        seeds=(0,),
-        kept=20,
-        depth_sizes=(),
-        large_methods=("ft-m", "default"),
-        perplexity_blocks=4,
-    ),
-    # The demo's part at smoke scale: the same steps on a random SmolLM2-shaped model.
-    "demo-smoke": RealEditingScale(
-        model=None,
-        knowledge_sets=("country-capital",),
-        edit_sets=("country-capital",),
-        known_only=False,
-        sizes=(1,),
-        sequential=(),
-        singles=1,
-        seeds=(0,),
-        kept=4,
-        depth_sizes=(),
-        large_methods=("default",),
-        steps=3,
-        perplexity_blocks=2,
-        block_size=32,
-        generation_tokens=3,
-    ),
     # Every method at 1, 16 and 64 edits on three seeds; the per-depth sweep (single edits) on
     # the first seed's draws and 64 edits in a row on one seed (its cost: README, "On a real model").
     "real": RealEditingScale(depth_seeds=(0,), sequential_seeds=(0,)),

@@ -1,6 +1,7 @@
 # The two commands of the README. Both set up .venv on first use (see scripts/bootstrap.sh).
 VENV ?= .venv
 OUT ?= demo-out
+# one test process per core (pytest-xdist); PYTEST_ARGS="-n 0" runs them in one
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench lint clean
@@ -13,7 +14,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/palimpsest demo --out $(OUT)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n auto --durations=15 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/train_throughput.py

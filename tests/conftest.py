@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Threads per test process: the cores shared among pytest-xdist's workers (more threads than
+# cores only make them wait for each other).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _workers))))
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from datasets import Dataset
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
@@ -40,6 +39,9 @@ from palimpsest.extensions import TrainingExtension
 from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
 from palimpsest.seeds import check_seed
 from palimpsest.storage import is_write_failure
+
+if TYPE_CHECKING:  # datasets (and pandas) load at first use: importing palimpsest stays quick
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 

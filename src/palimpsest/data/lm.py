@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from palimpsest.data.corpora import Corpus
@@ -28,6 +28,9 @@ from palimpsest.data.tokenization import boundary_ids
 from palimpsest.errors import DataError
 from palimpsest.seeds import EVAL_MASK_SEED
 from palimpsest.storage import default_cache_dir  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # datasets (and pandas) load at first use: importing palimpsest stays quick
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ def encode_blocks(
     key = hashlib.sha256(
         f"{corpus.fingerprint()}|{_tokenizer_key(tokenizer)}|{block_size}|{max_tokens}".encode()
     ).hexdigest()[:20]
+    from datasets import Dataset, load_from_disk
+
     cached = cache_dir / "blocks" / key if cache_dir is not None else None
     if cached is not None and (cached / "dataset_info.json").is_file():
         return load_from_disk(str(cached))
@@ -157,6 +162,8 @@ def fixed_mlm_eval_set(
         generator=generator,
         at_least_one=True,
     )
+    from datasets import Dataset
+
     return Dataset.from_dict({"input_ids": inputs.tolist(), "labels": labels.tolist()})
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from palimpsest.data.corpora import Corpus
 from palimpsest.errors import DataError
+
+if TYPE_CHECKING:  # datasets (and pandas) load at first use: importing palimpsest stays quick
+    from datasets import Dataset
 
 
 def encode_classification(
@@ -33,6 +36,8 @@ def encode_classification(
     texts = [corpus.texts[i] for i in keep]
     pairs = [corpus.pairs[i] for i in keep] if corpus.pairs is not None else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    from datasets import Dataset
+
     return Dataset.from_dict(
         {
             "input_ids": encoded["input_ids"],

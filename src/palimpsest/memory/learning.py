@@ -21,10 +21,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
@@ -36,6 +35,9 @@ from palimpsest.recall import build_probe
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
 from palimpsest.training import TrainingConfig, train_only
+
+if TYPE_CHECKING:  # datasets (and pandas) load at first use: importing palimpsest stays quick
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ def fact_examples(
             rows.append((probe.input_ids, labels))
     if not rows:
         raise DataError("no facts to learn")
+    from datasets import Dataset
+
     length = max(len(ids) for ids, _ in rows)
     return Dataset.from_dict(
         {

@@ -21,7 +21,6 @@ their table. Each run writes its own results as soon as it finishes; a re-run wi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -35,7 +34,6 @@ from palimpsest.claims import Claim
 from palimpsest.errors import ConfigError
 from palimpsest.experiments import many_edits, plasticity
 from palimpsest.experiments.memory import run_memory_study
-from palimpsest.pretraining import PretrainResults
 from palimpsest.report import write_report
 from palimpsest.results import Results
 from palimpsest.storage import write_json
@@ -118,14 +116,7 @@ def run_demo(
             out / "plasticity", forgetting_scale(scale, seed), callbacks_for=callbacks_for
         ),
     )
-    bodies = [
-        PretrainResults.from_json(
-            json.loads(
-                (out / "plasticity" / f"pretrain-{variant}" / "results.json").read_text(encoding="utf-8")
-            )
-        )
-        for variant in plasticity.VARIANTS
-    ]
+    bodies = [forgetting.pretrain[variant].full_results() for variant in plasticity.VARIANTS]
     memory = stage(
         "grow: product-key memory",
         lambda: run_memory_study(out / "memory", scale, callbacks_for=callbacks_for),

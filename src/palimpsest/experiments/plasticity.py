@@ -25,6 +25,7 @@ per-language relative accuracy gains).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -51,7 +52,7 @@ from palimpsest.data import (
     split_corpus,
     synthetic_language,
 )
-from palimpsest.errors import ConfigError
+from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments.common import mean_std, resolve_scale
 from palimpsest.forgetting.callback import ForgettingConfig
 from palimpsest.forgetting.relearning import (
@@ -945,6 +946,14 @@ class PretrainDigest:
     steps: int
     eval_curve: list[tuple[int, float]]
     reset_every: int | None
+
+    def full_results(self) -> PretrainResults:
+        """The whole pretraining run's results (curves, settings, model), read from beside its model."""
+        written = Path(self.path).parent / "results.json"
+        try:
+            return PretrainResults.from_json(json.loads(written.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{written}: the pretraining run's results cannot be read ({error})") from None
 
     @classmethod
     def of(cls, run: PretrainResults) -> PretrainDigest:

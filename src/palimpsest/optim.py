@@ -112,8 +112,8 @@ class LazyAdamW(torch.optim.AdamW):
             weight.addcdiv_(exp_avg, denominator, value=-step_size)
             parameter.index_copy_(0, chunk, weight)
 
-    #: Rows updated together by the lazy step (a chunk of a 256-wide fp32 table is 8 MiB;
-    #: 8192 measured faster than 32k, 128k or all rows at once at 1M slots on 2 CPU cores).
+    #: Rows updated together by the lazy step: a chunk of a 256-wide fp32 table is 8 MiB, small
+    #: enough to stay in cache while it is read and written (its measured choice: README, "Benchmarks").
     rows_per_chunk = 8192
 
     def _workspaces(self, parameter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -153,6 +153,7 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
     out = tmp_path / "study"
     done = palimpsest("experiment", "many-edits", "--scale", "smoke", "--out", out)
     assert done.returncode == 0, done.stderr
+    assert "What this run shows" in done.stdout  # the verdict table the report opens with
     results = read_results(json.loads((out / "results.json").read_text()))
     runs = {(o.mode, o.edits, o.batch, o.method) for o in results.outcomes}
     assert runs == {

@@ -255,6 +255,9 @@ def _run_study(
     with make_progress(console) as progress:
         results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
     write_report([results], out, title=title)
+    claims = results.claims()
+    if claims:  # the same table the report opens with
+        _print_claims(claims)
     console.print(results.headline(), highlight=False)
     console.print(f"wrote {out}/results.json, {out}/report.md, {out}/report.html")
 
@@ -1035,7 +1038,10 @@ def experiment_editing(
 @user_errors
 def experiment_many_edits(
     scale: Annotated[
-        str, typer.Option(help="smoke, real-quick (about 1.5 h on 2 cores) or real (days on 2 cores).")
+        str,
+        typer.Option(
+            help="smoke, demo (the demo's part: minutes), real-quick (about 1.5 h on 2 cores) or real (days)."
+        ),
     ] = "real-quick",
     out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/many-edits"),
     config: StudyConfigOption = None,

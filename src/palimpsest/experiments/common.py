@@ -32,6 +32,14 @@ def resolve_scale(scale: str | S | tuple[str, S], scales: Mapping[str, S], study
     return scale, scales[scale]
 
 
+def consistent_across_seeds(mean: float, spread: float, agreeing: int, seeds: int, expected: int = 1) -> bool:
+    """Whether a difference between two arms counts, by the rule every study uses: each of the
+    ``seeds`` paired differences goes the ``expected`` way (+1 higher, -1 lower; ``agreeing`` of
+    them do) *and* their mean lies beyond their spread over seeds, so that one seed's large
+    effect beside another's negligible one is not read as an effect."""
+    return seeds > 0 and agreeing == seeds and expected * mean > max(spread, 0.0)
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation of the values that are numbers (NaN, NaN if none)."""
     kept = [v for v in values if v is not None and not math.isnan(v)]

@@ -49,7 +49,13 @@ from transformers import TrainerCallback
 from palimpsest.claims import Claim, Outcome, outcome_of
 from palimpsest.data.facts import city_facts
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
+from palimpsest.experiments.common import (
+    FactDataInfo,
+    consistent_across_seeds,
+    fact_mixture,
+    mean_std,
+    resolve_scale,
+)
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
@@ -473,7 +479,9 @@ def _compare(by_arm: dict[str, list[MemoryUnit]], a: str, b: str, metric: str, e
     ]
     sign = 1 if expected == "higher" else -1
     mean, spread = mean_std(differences)
-    holds = bool(differences) and all(sign * d > 0 for d in differences) and abs(mean) > spread
+    holds = consistent_across_seeds(
+        mean, spread, sum(sign * d > 0 for d in differences), len(differences), sign
+    )
     return Comparison(a, b, metric, expected, (mean, spread), differences, holds)
 
 

@@ -53,7 +53,7 @@ from palimpsest.data import (
     synthetic_language,
 )
 from palimpsest.errors import ConfigError, DataError
-from palimpsest.experiments.common import mean_std, resolve_scale
+from palimpsest.experiments.common import consistent_across_seeds, mean_std, resolve_scale
 from palimpsest.forgetting.callback import ForgettingConfig
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
@@ -698,10 +698,8 @@ def summarise(
 
 
 def _ahead_early(cell: PlasticityCell, seeds: int) -> bool:
-    """Forgetting relearned faster at the first evaluation, as the memory study counts a difference:
-    every seed the same way and the mean beyond its spread over seeds."""
-    mean, spread = cell.early_gap
-    return cell.early_gap_positive_seeds == seeds and mean > max(spread, 0.0)
+    """Forgetting relearned faster at the first evaluation (:func:`consistent_across_seeds`)."""
+    return consistent_across_seeds(*cell.early_gap, cell.early_gap_positive_seeds, seeds)
 
 
 def _mean_alignment(group: list[dict[str, Any]]) -> dict[str, float] | None:

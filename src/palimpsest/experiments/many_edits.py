@@ -52,13 +52,14 @@ from palimpsest.editing.config import EditConfig
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.errors import ConfigError, DataError
-from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set
+from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
 from palimpsest.experiments.editing_real import EVIDENCE as EDITING_EVIDENCE
 from palimpsest.experiments.editing_real import KEPT_GOAL
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
-from palimpsest.storage import machine_info, resumable
+from palimpsest.storage import machine_info
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)
@@ -301,93 +302,96 @@ def run_many_edits_study(
     ``benchmark``: a file :func:`~palimpsest.editing.benchmark.write_benchmark` wrote (an earlier
     run's ``benchmark.jsonl``, or one made for another model) used instead of building one; the
     units are then keyed by its content, so another file redoes them."""
-    from palimpsest.editing.statistics import cached_statistics
+    results = ManyEditsStudy(benchmark).run(out, scale, callbacks_for=callbacks_for)
+    return results  # type: ignore[return-value]
 
-    name, scale = resolve_scale(scale, SCALES, "many-edits")
-    given = read_benchmark(benchmark) if benchmark is not None else None  # a bad file: one line, first
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = real_or_random_model(scale.model, out)
-    model.eval()
-    benchmark_file = out / "benchmark.jsonl"
-    if given is not None:
-        text = Path(benchmark).read_bytes()  # type: ignore[arg-type]
-        if not benchmark_file.is_file() or benchmark_file.read_bytes() != text:
-            write_benchmark(benchmark_file, given)
-        key: dict[str, Any] = {"model": scale.model, "benchmark": hashlib.sha256(text).hexdigest()}
-        counts = _counts_of(given)
-    else:
 
-        def build() -> dict[str, dict[str, int]]:
-            sets = {"sets": scale.benchmark_sets} if scale.benchmark_sets is not None else {}
-            cases, counts = build_benchmark(model, tokenizer, scale.benchmark, **sets)
-            write_benchmark(benchmark_file, cases)
-            return counts
+class ManyEditsStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: the benchmark (built, or
+    a given file), then per seed and run a baseline unit and one unit per method."""
 
-        key = {"model": scale.model, "benchmark": scale.benchmark}
-        if scale.benchmark_sets is not None:
-            key["sets"] = scale.benchmark_sets
-        counts = resumable(out / "units" / "benchmark.json", key, build)
-        if not benchmark_file.is_file():
-            counts = build()
-    cases = given if given is not None else read_benchmark(benchmark_file)
-    largest = max((*scale.at_once, *(edits for edits, _ in scale.in_sequence)))
-    if len(cases) < largest:
-        raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")
-    perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
-    statistics: dict = {}
-    if {"memit", "alphaedit", "palimpsest", "constrained-preserve"} & set(scale.methods):
-        blocks = _editor("memit", model, tokenizer, scale, {}).blocks
-        statistics = cached_statistics(model, tokenizer, blocks, tokens=scale.statistics_tokens)
-    runs = [("at once", n, n) for n in scale.at_once] + [("in sequence", n, b) for n, b in scale.in_sequence]
-    baselines, outcomes = [], []
-    #: metrics of the unedited model by (edits, seed): one draw, measured once for all its modes
-    measured: dict[tuple[int, int], dict[str, float]] = {}
+    name = "many-edits"
+    scales = SCALES
 
-    def before(draw: list[BenchmarkCase], seed: int) -> dict[str, float]:
-        if (len(draw), seed) not in measured:
-            measured[len(draw), seed] = _measure(model, tokenizer, draw, perplexity_set, scale)
-        return measured[len(draw), seed]
+    def __init__(self, benchmark: str | Path | None = None):
+        self.benchmark_path = Path(benchmark) if benchmark is not None else None
+        # a bad file is refused in one line before any folder is made or model loaded
+        self.given = read_benchmark(self.benchmark_path) if self.benchmark_path is not None else None
 
-    for seed in scale.seeds:
-        order = list(cases)
-        random.Random(seed).shuffle(order)
-        for mode, edits, batch in runs:
-            draw = order[:edits]
-            unit = f"{mode.replace(' ', '-')}-{edits}-b{batch}-s{seed}"
-            common = {**key, "edits": edits, "seed": seed, "perplexity_blocks": scale.perplexity_blocks}
-            baselines.append(
-                resumable(
-                    out / "units" / f"{unit}-before.json", common,
-                    lambda draw=draw, mode=mode, edits=edits, batch=batch, seed=seed: DrawBaseline(
-                        mode, edits, batch, seed, before(draw, seed)
-                    ),
-                    kind=DrawBaseline,
-                )
-            )  # fmt: skip
-            methods = scale.methods
-            if mode == "in sequence" and scale.sequence_methods is not None:
-                methods = scale.sequence_methods
-            for method in (m for m in methods if scale.runs(m, edits)):
-                outcomes.append(
-                    resumable(
-                        out / "units" / f"{unit}-{method}.json",
-                        {**common, "method": method, "mode": mode, "batch": batch,
-                         "settings": to_dict(_method_config(method, scale))},
-                        partial(_run, method, model, tokenizer, draw, batch, mode, scale, statistics,
-                                perplexity_set, seed),
-                        kind=EditOutcome,
-                    )
-                )  # fmt: skip
-    results = ManyEditsResults(
-        scale=name, settings=scale, model=scale.model or "random SmolLM2-shaped model",
-        benchmark=counts, benchmark_cases=len(cases),
-        kinds={kind: sum(c.kind == kind for c in cases) for kind in ("counterfactual", "correction")},
-        baselines=baselines, outcomes=outcomes,
-        rows=summarise(baselines, outcomes), machine=machine_info(),
-    )  # fmt: skip
-    results.write(out / "results.json")
-    return results
+    def steps(self, run: StudyRun) -> Steps:
+        from palimpsest.editing.statistics import cached_statistics
+
+        out, scale = run.out, run.settings
+        model, tokenizer = real_or_random_model(scale.model, out)
+        model.eval()
+        benchmark_file = out / "benchmark.jsonl"
+        if self.given is not None:
+            text = self.benchmark_path.read_bytes()  # type: ignore[union-attr]
+            if not benchmark_file.is_file() or benchmark_file.read_bytes() != text:
+                write_benchmark(benchmark_file, self.given)
+            key: dict[str, Any] = {"model": scale.model, "benchmark": hashlib.sha256(text).hexdigest()}
+            counts = _counts_of(self.given)
+        else:
+
+            def build() -> dict[str, dict[str, int]]:
+                sets = {"sets": scale.benchmark_sets} if scale.benchmark_sets is not None else {}
+                cases, counts = build_benchmark(model, tokenizer, scale.benchmark, **sets)
+                write_benchmark(benchmark_file, cases)
+                return counts
+
+            key = {"model": scale.model, "benchmark": scale.benchmark}
+            if scale.benchmark_sets is not None:
+                key["sets"] = scale.benchmark_sets
+            counts = yield Unit("units/benchmark.json", key, build)
+            if not benchmark_file.is_file():
+                counts = build()
+        cases = self.given if self.given is not None else read_benchmark(benchmark_file)
+        largest = max((*scale.at_once, *(edits for edits, _ in scale.in_sequence)))
+        if len(cases) < largest:
+            raise DataError(f"the benchmark has {len(cases)} cases; the study needs {largest}")
+        perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
+        statistics: dict = {}
+        if {"memit", "alphaedit", "palimpsest", "constrained-preserve"} & set(scale.methods):
+            blocks = _editor("memit", model, tokenizer, scale, {}).blocks
+            statistics = cached_statistics(model, tokenizer, blocks, tokens=scale.statistics_tokens)
+        runs = [("at once", n, n) for n in scale.at_once] + [
+            ("in sequence", n, b) for n, b in scale.in_sequence
+        ]
+        baselines, outcomes = [], []
+        #: metrics of the unedited model by (edits, seed): one draw, measured once for all its modes
+        measured: dict[tuple[int, int], dict[str, float]] = {}
+
+        def baseline(draw: list[BenchmarkCase], mode: str, batch: int, seed: int) -> DrawBaseline:
+            if (len(draw), seed) not in measured:
+                measured[len(draw), seed] = _measure(model, tokenizer, draw, perplexity_set, scale)
+            return DrawBaseline(mode, len(draw), batch, seed, measured[len(draw), seed])
+
+        for seed in scale.seeds:
+            order = list(cases)
+            random.Random(seed).shuffle(order)
+            for mode, edits, batch in runs:
+                draw = order[:edits]
+                unit = f"units/{mode.replace(' ', '-')}-{edits}-b{batch}-s{seed}"
+                common = {**key, "edits": edits, "seed": seed, "perplexity_blocks": scale.perplexity_blocks}
+                unedited = partial(baseline, draw, mode, batch, seed)
+                baselines.append((yield Unit(f"{unit}-before.json", common, unedited, kind=DrawBaseline)))
+                methods = scale.methods
+                if mode == "in sequence" and scale.sequence_methods is not None:
+                    methods = scale.sequence_methods
+                for method in (m for m in methods if scale.runs(m, edits)):
+                    settings = {**common, "method": method, "mode": mode, "batch": batch,
+                                "settings": to_dict(_method_config(method, scale))}  # fmt: skip
+                    edit = partial(_run, method, model, tokenizer, draw, batch, mode, scale, statistics,
+                                   perplexity_set, seed)  # fmt: skip
+                    outcomes.append((yield Unit(f"{unit}-{method}.json", settings, edit, kind=EditOutcome)))
+        results = ManyEditsResults(
+            scale=run.scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model",
+            benchmark=counts, benchmark_cases=len(cases),
+            kinds={kind: sum(c.kind == kind for c in cases) for kind in ("counterfactual", "correction")},
+            baselines=baselines, outcomes=outcomes,
+            rows=summarise(baselines, outcomes), machine=machine_info(),
+        )  # fmt: skip
+        return results
 
 
 def _counts_of(cases: Sequence[BenchmarkCase]) -> dict[str, dict[str, int]]:

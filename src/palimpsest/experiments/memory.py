@@ -54,8 +54,8 @@ from palimpsest.experiments.common import (
     consistent_across_seeds,
     fact_mixture,
     mean_std,
-    resolve_scale,
 )
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.memory import (
     MemoryUsageCallback,
     PKMConfig,
@@ -73,7 +73,7 @@ from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, mean_curve, pm
 from palimpsest.results import Results
 from palimpsest.seeds import CONTINUED_DATA_SEED_OFFSET, MEMORY_SEED_OFFSET
-from palimpsest.storage import machine_info, remove_tree, resumable
+from palimpsest.storage import machine_info, remove_tree
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,13 @@ class MemoryScale:
             raise ConfigError(
                 f"memory.layers: the study compares arms in one block, got {self.memory.layers}"
             )
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown:
+            raise ConfigError(f"unknown arm(s) {', '.join(unknown)} (known: {', '.join(ARMS)})")
+        if any(arm in CONTINUED_ARMS for arm in self.arms) and "no-memory" not in self.arms:
+            raise ConfigError("the -pretrained arms continue the no-memory run: keep 'no-memory' in arms")
+        if not 0.0 < self.pretrained_fraction < 1.0:
+            raise ConfigError(f"pretrained_fraction must be in (0, 1), got {self.pretrained_fraction}")
 
     @property
     def layer(self) -> int:
@@ -365,47 +372,44 @@ def run_memory_study(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> MemoryStudyResults:
     """Run (or resume: every (arm, seed) unit is stored as it finishes) the study into ``out``."""
-    scale_name, settings = resolve_scale(scale, SCALES, "memory")
-    unknown = [arm for arm in settings.arms if arm not in ARMS]
-    if unknown:
-        raise ConfigError(f"unknown arm(s) {', '.join(unknown)} (known: {', '.join(ARMS)})")
-    arms = list(settings.arms)
-    if any(arm in CONTINUED_ARMS for arm in arms) and "no-memory" not in arms:
-        raise ConfigError("the -pretrained arms continue the no-memory run: keep 'no-memory' in arms")
-    arms.sort(key=ARMS.index)  # no-memory first: the continuations start from its checkpoint
-    if not 0.0 < settings.pretrained_fraction < 1.0:
-        raise ConfigError(f"pretrained_fraction must be in (0, 1), got {settings.pretrained_fraction}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = _prepare(settings, out)
-    # what decides a unit besides its arm and seed (more seeds or arms reuse the units done)
-    key = {k: v for k, v in asdict(settings).items() if k not in ("arms", "seeds", "keep_models")}
-    units: list[MemoryUnit] = []
-    for seed in settings.seeds:
-        for arm in arms:
-            units.append(
-                resumable(
-                    out / f"{arm}-s{seed}" / "result.json", {**key, "arm": arm, "seed": seed},
-                    partial(
-                        _run_unit, settings, data, arm, seed, out, callbacks_for(f"memory {arm} s{seed}")
-                    ),
-                    kind=MemoryUnit, workdir=out / f"{arm}-s{seed}" / "trainer",
-                )
-            )  # fmt: skip
-    if not settings.keep_models:
+    return MemoryStudy().run(out, scale, callbacks_for=callbacks_for)  # type: ignore[return-value]
+
+
+class MemoryStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: the fact mixture, then
+    one unit per (seed, arm), no-memory first (the continued arms start from its checkpoint)."""
+
+    name = "memory"
+    scales = SCALES
+
+    def steps(self, run: StudyRun) -> Steps:
+        out, settings = run.out, run.settings
+        arms = sorted(settings.arms, key=ARMS.index)
+        data = _prepare(settings, out)
+        # what decides a unit besides its arm and seed (more seeds or arms reuse the units done)
+        key = {k: v for k, v in asdict(settings).items() if k not in ("arms", "seeds", "keep_models")}
+        units: list[MemoryUnit] = []
         for seed in settings.seeds:
             for arm in arms:
-                remove_tree(out / f"{arm}-s{seed}" / "trainer")
-    results = MemoryStudyResults(
-        scale=scale_name,
-        settings=settings,
-        data=data.info,
-        units=units,
-        summary=summarise(units, settings),
-        machine=machine_info(),
-    )
-    results.write(out / "results.json")
-    return results
+                train = partial(
+                    _run_unit, settings, data, arm, seed, out, run.callbacks_for(f"memory {arm} s{seed}")
+                )
+                units.append(
+                    (yield Unit(f"{arm}-s{seed}/result.json", {**key, "arm": arm, "seed": seed}, train,
+                                kind=MemoryUnit, workdir=f"{arm}-s{seed}/trainer"))
+                )  # fmt: skip
+        if not settings.keep_models:
+            for seed in settings.seeds:
+                for arm in arms:
+                    remove_tree(out / f"{arm}-s{seed}" / "trainer")
+        return MemoryStudyResults(
+            scale=run.scale_name,
+            settings=settings,
+            data=data.info,
+            units=units,
+            summary=summarise(units, settings),
+            machine=machine_info(),
+        )
 
 
 ARM_METRICS = ("validation_loss", "validation_perplexity", "recall", "train_seconds", "parameters")

@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -57,9 +58,9 @@ from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments.common import (
     mean_std,
     real_or_random_model,
-    resolve_scale,
     wiki_perplexity_set,
 )
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.memory.inject import PKMConfig, add_product_key_memory, memories
 from palimpsest.memory.learning import (
     MemoryLearning,
@@ -600,57 +601,75 @@ def run_knowledge_study(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> KnowledgeResults:
     """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
-    scale_name, scale = resolve_scale(scale, SCALES, "knowledge")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = real_or_random_model(scale.model, out)
-    model.eval()
-    source = scale.model if scale.model is not None else str(out / "random-model")
-    known, recalled, wrong = survey(model, tokenizer, scale, stored=out / "units" / "survey.json")
-    perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
-    draws = {
-        (size, seed): draw(recalled, wrong, size, seed, scale) for size in scale.sizes for seed in scale.seeds
-    }
-    baselines, runs = [], []
-    units: list[tuple[int, int, int, Arm]] = []
-    for (size, seed), chosen in draws.items():
-        baseline = resumable(
-            out / "units" / f"{size}-s{seed}-before.json", _unit_key(scale, ["before", size, seed]),
-            lambda chosen=chosen, size=size, seed=seed: Baseline(
-                size, seed, chosen.counterfactuals, measure(model, tokenizer, chosen, perplexity_set, scale)
-            ),
-            kind=Baseline,
-        )  # fmt: skip
-        baselines.append(baseline)
-        units += [(size, seed, index, arm) for index, arm in arms_to_run(scale, size, seed)]
-    # At each N, an editor that runs on one seed only (it is the costly arm) goes after every other
-    # arm's seeds: a run cut short has the comparison on all seeds first.
-    units.sort(key=lambda u: (scale.sizes.index(u[0]), _one_seed_editor(scale, u[0], u[3])))
-    for size, seed, index, arm in units:
-        chosen = draws[(size, seed)]
-        name = f"{size}-s{seed}-arm{index}"
-        work = out / "work" / name
+    return KnowledgeStudy().run(out, scale, callbacks_for=callbacks_for)  # type: ignore[return-value]
 
-        def compute(arm=arm, chosen=chosen, size=size, seed=seed, work=work) -> ArmRun:
-            shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again (the editor resumes)
-            fresh = load_pretrained(source)
-            result = run_arm(
-                fresh, tokenizer, arm, chosen, perplexity_set, scale, work, size=size, seed=seed,
-                callbacks=callbacks_for(f"{arm.name}, {size} facts, seed {seed}"),
+
+class KnowledgeStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: the survey of what the
+    model knows, then per (N, seed) draw a baseline unit, then one unit per arm."""
+
+    name = "knowledge"
+    scales = SCALES
+
+    def steps(self, run: StudyRun) -> Steps:
+        out, scale = run.out, run.settings
+        model, tokenizer = real_or_random_model(scale.model, out)
+        model.eval()
+        source = scale.model if scale.model is not None else str(out / "random-model")
+        known, recalled, wrong = survey(model, tokenizer, scale, stored=out / "units" / "survey.json")
+        perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
+        draws = {
+            (size, seed): draw(recalled, wrong, size, seed, scale)
+            for size in scale.sizes
+            for seed in scale.seeds
+        }
+        baselines, runs = [], []
+        units: list[tuple[int, int, int, Arm]] = []
+        for (size, seed), chosen in draws.items():
+            unedited = partial(_baseline, model, tokenizer, chosen, perplexity_set, scale, size, seed)
+            key = _unit_key(scale, ["before", size, seed])
+            baselines.append((yield Unit(f"units/{size}-s{seed}-before.json", key, unedited, kind=Baseline)))
+            units += [(size, seed, index, arm) for index, arm in arms_to_run(scale, size, seed)]
+        # At each N, an editor that runs on one seed only (it is the costly arm) goes after every other
+        # arm's seeds: a run cut short has the comparison on all seeds first.
+        units.sort(key=lambda u: (scale.sizes.index(u[0]), _one_seed_editor(scale, u[0], u[3])))
+        for size, seed, index, arm in units:
+            name = f"{size}-s{seed}-arm{index}"
+            compute = partial(
+                _arm_unit, source, tokenizer, arm, draws[(size, seed)], perplexity_set, scale,
+                out / "work" / name, size, seed, run.callbacks_for,
             )  # fmt: skip
-            shutil.rmtree(work, ignore_errors=True)
-            return result
+            settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
+            key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
+            runs.append((yield Unit(f"units/{name}.json", key, compute, kind=ArmRun)))
+        return KnowledgeResults(
+            scale=run.scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model",
+            known=known, recalled_facts=len(recalled), unknown_cities=len(wrong), baselines=baselines,
+            runs=runs, summary=summarise(baselines, runs, scale), machine=machine_info(),
+        )  # fmt: skip
 
-        settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
-        key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
-        runs.append(resumable(out / "units" / f"{name}.json", key, compute, kind=ArmRun))
-    results = KnowledgeResults(
-        scale=scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model", known=known,
-        recalled_facts=len(recalled), unknown_cities=len(wrong), baselines=baselines, runs=runs,
-        summary=summarise(baselines, runs, scale), machine=machine_info(),
-    )  # fmt: skip
-    results.write(out / "results.json")
-    return results
+
+def _baseline(
+    model, tokenizer, chosen, perplexity_set, scale: KnowledgeScale, size: int, seed: int
+) -> Baseline:
+    return Baseline(
+        size, seed, chosen.counterfactuals, measure(model, tokenizer, chosen, perplexity_set, scale)
+    )
+
+
+def _arm_unit(
+    source: str, tokenizer, arm: Arm, chosen, perplexity_set, scale: KnowledgeScale, work: Path,
+    size: int, seed: int, callbacks_for: Callable[[str], Iterable[TrainerCallback]],
+) -> ArmRun:  # fmt: skip
+    """One arm on one draw, from a fresh copy of the model (its progress shown only when it runs)."""
+    callbacks = callbacks_for(f"{arm.name}, {size} facts, seed {seed}")
+    shutil.rmtree(work, ignore_errors=True)  # a unit killed midway starts again (the editor resumes)
+    fresh = load_pretrained(source)
+    result = run_arm(
+        fresh, tokenizer, arm, chosen, perplexity_set, scale, work, size=size, seed=seed, callbacks=callbacks
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 # --------------------------------------------------------------------------- summary

@@ -115,3 +115,16 @@ def test_layer_verdict_compares_blocks_by_a_mean_at_their_best_bound(tight, loos
     expected = [max((a + k) / 2 for a, k in (tight[b], loose[b])) for b in range(4)]
     assert [r.mean("A_mean") for r in best] == pytest.approx(expected)
     assert conclusion in summary.verdict
+
+
+def test_the_real_editing_study_runs_at_smoke_scale_and_sweeps_only_blocks_an_edit_can_use(tmp_path):
+    from cli_helpers import palimpsest
+    from palimpsest.results import read_results
+
+    done = palimpsest("experiment", "editing", "--scale", "real-smoke", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = read_results(json.loads((tmp_path / "results.json").read_text()))
+    assert results.KIND == "editing-real" and results.runs
+    swept = {int(r.label.rsplit(" ", 1)[1]) for r in results.runs if " block " in r.label}
+    assert swept and max(swept) == results.blocks - 2  # the last block's edit could move nothing
+    assert "What this run shows" in done.stdout

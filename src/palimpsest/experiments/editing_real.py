@@ -47,14 +47,15 @@ from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.metrics import edit_metrics, generation_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
-from palimpsest.experiments.common import mean_std, real_or_random_model, resolve_scale, wiki_perplexity_set
+from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
 from palimpsest.experiments.editing import EditingRow, EditingSummary, _layer_outcome, best_single_blocks
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.models import transformer_blocks
 from palimpsest.plotting import plot_bars, plot_points
 from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
-from palimpsest.storage import machine_info, resumable
+from palimpsest.storage import machine_info
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,9 @@ def method_grid(
     chosen = tuple(named) if size in scale.depth_sizes else scale.large_methods
     grid = [(name, named[name]) for name in chosen]
     if sweep:
-        depths = sorted({*range(0, blocks, scale.depth_every), blocks - 1})
+        # up to the last block but one: the last one's change at the subject's tokens reaches the
+        # answer through no attention, and the editor refuses such an edit
+        depths = sorted({*range(0, blocks - 1, scale.depth_every), blocks - 2})
         # The editor's own recipe (subject positions, stop at success; FT-M loss) with a
         # faster rate, 25 steps and each bound of the grid, one block's MLP down-projection at a time.
         for norm, deltas in (("linf", scale.linf_deltas), ("l2", scale.l2_deltas)):
@@ -294,10 +297,8 @@ def run_real_scale(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> RealEditingResults:
     """The editing study at a scale named as users name it (``real``, ``real-smoke``, or such a
-    scale with changed fields): resolved, then :func:`run_real_editing_study`."""
-    scales = {name: SCALES[settings] for name, settings in REAL_SCALE_NAMES.items()}
-    name, settings = resolve_scale(scale, scales, "editing")
-    return run_real_editing_study(out, settings, name, callbacks_for=callbacks_for)
+    scale with changed fields)."""
+    return RealEditingStudy().run(out, scale, callbacks_for=callbacks_for)  # type: ignore[return-value]
 
 
 def run_real_editing_study(
@@ -307,50 +308,58 @@ def run_real_editing_study(
     *,
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> RealEditingResults:
-    """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = real_or_random_model(scale.model, out)
-    model.eval()
-    known, facts = knowledge(model, tokenizer, scale)
-    needed = max((*scale.sizes, *scale.sequential)) * 2 + 2
-    if len(facts) < needed:
-        raise DataError(
-            f"the model knows {len(facts)} facts of {', '.join(scale.edit_sets)}; the study needs {needed}"
-        )
-    perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
-    blocks = len(transformer_blocks(model)[1])
-    runs: list[EditRun] = []
-    units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]
-    for size, sequential in units:
-        seeds = scale.sequential_seeds if sequential and scale.sequential_seeds is not None else scale.seeds
-        for seed in seeds:
-            grid = method_grid(scale, blocks, size, sequential, seed)
-            name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
-            draws = scale.singles if size == 1 else 1
-            request_sets = [_draw(facts, size, seed * 100 + i, scale) for i in range(draws)]
-            unit = resumable(
-                out / "units" / f"{name}.json", _unit_key(scale, grid),
-                partial(
+    """Run (or resume: every unit is stored as it finishes) the study with these settings."""
+    return RealEditingStudy().run(out, (scale_name, scale), callbacks_for=callbacks_for)  # type: ignore[return-value]
+
+
+class RealEditingStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: what the model knows,
+    then one unit per (size, mode, seed) holding every method of the grid on its draws."""
+
+    name = "editing"
+    scales: ClassVar = {name: SCALES[settings] for name, settings in REAL_SCALE_NAMES.items()}
+
+    def steps(self, run: StudyRun) -> Steps:
+        out, scale = run.out, run.settings
+        model, tokenizer = real_or_random_model(scale.model, out)
+        model.eval()
+        known, facts = knowledge(model, tokenizer, scale)
+        needed = max((*scale.sizes, *scale.sequential)) * 2 + 2
+        if len(facts) < needed:
+            raise DataError(
+                f"the model knows {len(facts)} facts of {', '.join(scale.edit_sets)}; "
+                f"the study needs {needed}"
+            )
+        perplexity_set = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
+        blocks = len(transformer_blocks(model)[1])
+        runs: list[EditRun] = []
+        units = [(size, False) for size in scale.sizes] + [(size, True) for size in scale.sequential]
+        for size, sequential in units:
+            seeds = (
+                scale.sequential_seeds if sequential and scale.sequential_seeds is not None else scale.seeds
+            )
+            for seed in seeds:
+                grid = method_grid(scale, blocks, size, sequential, seed)
+                name = f"{'sequential' if sequential else 'batch'}-{size}-s{seed}"
+                draws = scale.singles if size == 1 else 1
+                request_sets = [_draw(facts, size, seed * 100 + i, scale) for i in range(draws)]
+                edit = partial(
                     _run_unit, model, tokenizer, facts, grid, request_sets, perplexity_set, scale,
                     size=size, sequential=sequential, seed=seed,
-                ),
-                kind=RealEditUnit,
-            )  # fmt: skip
-            runs += unit.runs
-    results = RealEditingResults(
-        scale=scale_name,
-        settings=scale,
-        model=scale.model or "random SmolLM2-shaped model",
-        blocks=blocks,
-        knowledge=known,
-        editable_facts=len(facts),
-        runs=runs,
-        summary=summarise(runs, known, blocks, scale),
-        machine=machine_info(),
-    )
-    results.write(out / "results.json")
-    return results
+                )  # fmt: skip
+                unit = yield Unit(f"units/{name}.json", _unit_key(scale, grid), edit, kind=RealEditUnit)
+                runs += unit.runs
+        return RealEditingResults(
+            scale=run.scale_name,
+            settings=scale,
+            model=scale.model or "random SmolLM2-shaped model",
+            blocks=blocks,
+            knowledge=known,
+            editable_facts=len(facts),
+            runs=runs,
+            summary=summarise(runs, known, blocks, scale),
+            machine=machine_info(),
+        )
 
 
 METRICS = (

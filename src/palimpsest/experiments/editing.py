@@ -41,7 +41,8 @@ from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.metrics import edit_metrics
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import ConfigError
-from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std, resolve_scale
+from palimpsest.experiments.common import FactDataInfo, fact_mixture, mean_std
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.models import FAMILY_OBJECTIVE, SIZES, build_model, load_pretrained
 from palimpsest.plotting import plot_bars, plot_points
 from palimpsest.pretraining import DataConfig
@@ -49,7 +50,7 @@ from palimpsest.recall import fact_recall
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
 from palimpsest.seeds import SUPPORT_FACTS_SEED_OFFSET
-from palimpsest.storage import machine_info, resumable, save_model
+from palimpsest.storage import machine_info, save_model
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class EditingScale:
     layer_choices: tuple[str, ...] = ("first", "last", "first+last", "all", "single")
     linf_deltas: tuple[float, ...] = (5e-3,)
     l2_deltas: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
 
 
 FULL_FACT_SETS = (
@@ -261,49 +267,53 @@ def run_editing_study(
     """Run (or resume: every unit is stored as it finishes) the study into ``out``, on models
     pretrained here (the built-in SmolLM2-135M's scales, ``real``, are
     :func:`palimpsest.experiments.editing_real.run_real_scale`)."""
-    scale_name, settings = resolve_scale(scale, SCALES, "editing")
-    unknown = [m for m in settings.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    facts = study_facts(settings)
-    pretrained = {
-        family: resumable(
-            out / f"pretrain-{family}" / "unit.json", {"scale": asdict(settings), "family": family},
-            partial(
-                _pretrain, settings, family, facts, out / f"pretrain-{family}",
-                list(callbacks_for(f"editing: pretrain {family}")),
-            ),
-            kind=PretrainedModel, workdir=out / f"pretrain-{family}",
+    return EditingStudy().run(out, scale, callbacks_for=callbacks_for)  # type: ignore[return-value]
+
+
+class EditingStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: one pretraining unit per
+    family, then one unit per (family, edits, seed) holding every method of the grid."""
+
+    name = "editing"
+    scales = SCALES
+
+    def steps(self, run: StudyRun) -> Steps:
+        out, settings = run.out, run.settings
+        facts = study_facts(settings)
+        pretrained: dict[str, PretrainedModel] = {}
+        for family in settings.families:
+            folder = f"pretrain-{family}"
+            train = partial(
+                _pretrain, settings, family, facts, out / folder,
+                list(run.callbacks_for(f"editing: pretrain {family}")),
+            )  # fmt: skip
+            key = {"scale": asdict(settings), "family": family}
+            pretrained[family] = yield Unit(
+                f"{folder}/unit.json", key, train, kind=PretrainedModel, workdir=folder
+            )
+        runs: list[dict[str, Any]] = []
+        for family in settings.families:
+            model = load_pretrained(pretrained[family].model_path)
+            tokenizer = load_tokenizer(pretrained[family].model_path)
+            grid = method_grid(settings, SIZES[settings.size].layers)
+            key = {
+                "model": asdict(pretrained[family]),
+                "grid": [(label, asdict(config)) for label, config in grid],
+            }
+            for edits in settings.edits:
+                for seed in settings.seeds:
+                    edit = partial(_edit_unit, model, tokenizer, facts, grid, edits, seed, family)
+                    runs += yield Unit(
+                        f"edits-{family}-{edits}-s{seed}.json", {**key, "edits": edits, "seed": seed}, edit
+                    )
+        return EditingStudyResults(
+            scale=run.scale_name,
+            settings=settings,
+            pretrained=pretrained,
+            runs=runs,
+            summary=summarise(runs, pretrained, settings),
+            machine=machine_info(),
         )
-        for family in settings.families
-    }  # fmt: skip
-    runs: list[dict[str, Any]] = []
-    for family in settings.families:
-        model = load_pretrained(pretrained[family].model_path)
-        tokenizer = load_tokenizer(pretrained[family].model_path)
-        grid = method_grid(settings, SIZES[settings.size].layers)
-        key = {
-            "model": asdict(pretrained[family]),
-            "grid": [(label, asdict(config)) for label, config in grid],
-        }
-        for edits in settings.edits:
-            for seed in settings.seeds:
-                runs += resumable(
-                    out / f"edits-{family}-{edits}-s{seed}.json", {**key, "edits": edits, "seed": seed},
-                    partial(_edit_unit, model, tokenizer, facts, grid, edits, seed, family),
-                )  # fmt: skip
-    results = EditingStudyResults(
-        scale=scale_name,
-        settings=settings,
-        pretrained=pretrained,
-        runs=runs,
-        summary=summarise(runs, pretrained, settings),
-        machine=machine_info(),
-    )
-    results.write(out / "results.json")
-    return results
 
 
 def support_split(facts: list[Fact], requests, seed: int) -> tuple[list[Fact], list[Fact]]:

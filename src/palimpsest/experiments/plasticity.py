@@ -32,6 +32,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from itertools import product
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,7 +54,8 @@ from palimpsest.data import (
     synthetic_language,
 )
 from palimpsest.errors import ConfigError, DataError
-from palimpsest.experiments.common import consistent_across_seeds, mean_std, resolve_scale
+from palimpsest.experiments.common import consistent_across_seeds, mean_std
+from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.forgetting.callback import ForgettingConfig
 from palimpsest.forgetting.relearning import (
     LanguageAdaptation,
@@ -70,7 +72,7 @@ from palimpsest.pretraining import PretrainConfig, PretrainResults, holdout_spli
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
 from palimpsest.seeds import FORGETTING_SEED_OFFSET
-from palimpsest.storage import machine_info, remove_tree, resumable
+from palimpsest.storage import machine_info, remove_tree
 from palimpsest.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,8 @@ class PlasticityScale:
                 "pretrain.training.steps must be a multiple of forgetting.reset_every, "
                 "so training ends at an episode end"
             )
+        for language in self.languages:
+            self.language(language)  # an unknown one is refused here, before anything runs
 
     def with_family(self, family: str) -> PlasticityScale:
         """The same study with a body of another model family: ``gpt2`` or ``llama`` make it the
@@ -400,85 +404,83 @@ def run_plasticity(
     callbacks_for: Callable[[str], Iterable[TrainerCallback]] = lambda _name: (),
 ) -> PlasticityResults:
     """Run (or resume: every unit is stored as it finishes) the study into ``out``."""
-    scale_name, settings = resolve_scale(scale, SCALES, "plasticity")
-    for language in settings.languages:
-        settings.language(language)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    return PlasticityStudy().run(out, scale, callbacks_for=callbacks_for)  # type: ignore[return-value]
 
-    # Each unit's key holds the content of the units it builds on (not only their paths), so
-    # changing an earlier step's settings redoes every later unit that used its output.
-    pretrain: dict[str, PretrainDigest] = {}
-    pretrain_keys: dict[str, Any] = {}
-    for variant in VARIANTS:
-        run_dir = out / f"pretrain-{variant}"
-        config = _pretrain_config(settings, variant)
-        pretrain_keys[variant] = to_dict(config)
-        pretrain[variant] = resumable(
-            run_dir / "unit.json",
-            pretrain_keys[variant],
-            partial(_pretrain_unit, config, run_dir, callbacks_for(f"pretrain {variant}")),
-            kind=PretrainDigest,
+
+class PlasticityStudy(Study):
+    """The study on the skeleton of :mod:`palimpsest.experiments.study`: both pretraining runs,
+    both English task adaptations, then one language-adaptation unit per (language, budget,
+    seed, variant).
+
+    Each unit's key holds the content of the units it builds on (not only their paths), so
+    changing an earlier step's settings redoes every later unit that used its output."""
+
+    name = "plasticity"
+    scales = SCALES
+
+    def steps(self, run: StudyRun) -> Steps:
+        out, settings = run.out, run.settings
+        pretrain: dict[str, PretrainDigest] = {}
+        pretrain_keys: dict[str, Any] = {}
+        for variant in VARIANTS:
+            config = _pretrain_config(settings, variant)
+            pretrain_keys[variant] = to_dict(config)
+            train = partial(
+                _pretrain_unit, config, out / f"pretrain-{variant}", run.callbacks_for(f"pretrain {variant}")
+            )
+            pretrain[variant] = yield Unit(
+                f"pretrain-{variant}/unit.json", pretrain_keys[variant], train, kind=PretrainDigest
+            )
+
+        english_task = source_task(settings)
+        task_settings = settings.task_adaptation
+        task: dict[str, dict[str, Any]] = {}
+        task_keys: dict[str, Any] = {}
+        for variant in VARIANTS:
+            unit_dir = f"task-{variant}"
+            key = {
+                "model": pretrain[variant].path, "pretrain": pretrain_keys[variant],
+                "task": to_dict(task_settings), "spec": asdict(settings.task),
+            }  # fmt: skip
+            task_keys[variant] = key
+            adapt = partial(
+                _task_unit, pretrain[variant].path, english_task, task_settings, out / unit_dir,
+                settings.task.labels, run.callbacks_for(f"task {variant}"),
+            )  # fmt: skip
+            task[variant] = yield Unit(f"{unit_dir}/result.json", key, adapt, workdir=f"{unit_dir}/trainer")
+
+        runs: list[dict[str, Any]] = []
+        for language in settings.languages:
+            split = language_split(language, settings)
+            evaluation = language_task(language, split, settings)
+            new_language = settings.language(language)
+            for budget, seed, variant in product(settings.budgets, settings.seeds, VARIANTS):
+                unit_dir = f"adapt-{variant}-{language}-{budget}-s{seed}"
+                adaptation = replace(settings.adaptation, tokens=budget, seed=seed)
+                key = {
+                    "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
+                    "task": task_keys[variant], "adaptation": _adaptation_key(adaptation),
+                    "language": asdict(new_language),
+                    "max_length": settings.pretrain.data.block_size, "keep_models": settings.keep_models,
+                }  # fmt: skip
+                relearn = partial(
+                    _language_unit, settings, new_language, adaptation, pretrain[variant].path,
+                    task[variant]["model_path"], split, evaluation, out / unit_dir,
+                    run.callbacks_for(f"{variant} {language} {budget} s{seed}"),
+                )  # fmt: skip
+                result = yield Unit(f"{unit_dir}/result.json", key, relearn, workdir=f"{unit_dir}/trainer")
+                result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
+                runs.append(result)
+
+        return PlasticityResults(
+            scale=run.scale_name,
+            settings=settings,
+            pretrain=pretrain,
+            task=task,
+            runs=runs,
+            summary=summarise(runs, task, settings),
+            machine=machine_info(),
         )
-
-    english_task = source_task(settings)
-    task_settings = settings.task_adaptation
-    task: dict[str, dict[str, Any]] = {}
-    task_keys: dict[str, Any] = {}
-    for variant in VARIANTS:
-        unit_dir = out / f"task-{variant}"
-        key = {
-            "model": pretrain[variant].path, "pretrain": pretrain_keys[variant],
-            "task": to_dict(task_settings), "spec": asdict(settings.task),
-        }  # fmt: skip
-        task_keys[variant] = key
-        task[variant] = resumable(
-            unit_dir / "result.json", key,
-            partial(
-                _task_unit, pretrain[variant].path, english_task, task_settings, unit_dir,
-                settings.task.labels, callbacks_for(f"task {variant}"),
-            ),
-            workdir=unit_dir / "trainer",
-        )  # fmt: skip
-
-    runs: list[dict[str, Any]] = []
-    for language in settings.languages:
-        split = language_split(language, settings)
-        evaluation = language_task(language, split, settings)
-        for budget in settings.budgets:
-            for seed in settings.seeds:
-                for variant in VARIANTS:
-                    unit_dir = out / f"adapt-{variant}-{language}-{budget}-s{seed}"
-                    adaptation = replace(settings.adaptation, tokens=budget, seed=seed)
-                    key = {
-                        "model": pretrain[variant].path, "task_model": task[variant]["model_path"],
-                        "task": task_keys[variant], "adaptation": _adaptation_key(adaptation),
-                        "language": asdict(settings.language(language)),
-                        "max_length": settings.pretrain.data.block_size, "keep_models": settings.keep_models,
-                    }  # fmt: skip
-                    result = resumable(
-                        unit_dir / "result.json", key,
-                        partial(
-                            _language_unit, settings, settings.language(language), adaptation,
-                            pretrain[variant].path, task[variant]["model_path"], split, evaluation, unit_dir,
-                            callbacks_for(f"{variant} {language} {budget} s{seed}"),
-                        ),
-                        workdir=unit_dir / "trainer",
-                    )  # fmt: skip
-                    result.update({"variant": variant, "language": language, "budget": budget, "seed": seed})
-                    runs.append(result)
-
-    results = PlasticityResults(
-        scale=scale_name,
-        settings=settings,
-        pretrain=pretrain,
-        task=task,
-        runs=runs,
-        summary=summarise(runs, task, settings),
-        machine=machine_info(),
-    )
-    results.write(out / "results.json")
-    return results
 
 
 def _pretrain_unit(

@@ -83,3 +83,13 @@ def test_an_unknown_scale_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="huge"):
         TwoSteps().run(tmp_path / "out", "huge")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_registered_study_is_a_study_under_its_own_name():
+    from palimpsest.experiments import STUDIES, get_study
+
+    for name in STUDIES:
+        study = get_study(name)
+        assert isinstance(study, Study) and study.name == name and study.scales and study.title
+    with pytest.raises(ConfigError, match="no-such-study"):
+        get_study("no-such-study")

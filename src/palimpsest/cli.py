@@ -224,15 +224,14 @@ def _progress_callbacks(progress: Any) -> Callable[[str], list[Any]]:
 
 
 def _run_study(
-    run: Callable[..., dict[str, Any]],
+    study: Any,
     out: Path,
     scale: str,
-    title: str,
     config: Path | None = None,
-    scales: dict[str, Any] | None = None,
     adjust: Callable[[str, Any], tuple[str, Any]] | None = None,
 ) -> None:
-    """Run (or resume) a study with a progress display, write its report, print its verdict.
+    """Run (or resume) a study (:mod:`palimpsest.experiments`) with a progress display, write its
+    report, print its verdict table and headline.
 
     ``config`` (YAML) changes fields of the named scale: ``--scale demo --config more-seeds.yaml``;
     ``adjust`` then changes the settings (and their name) as a command's own options say (``--family``).
@@ -241,11 +240,11 @@ def _run_study(
     from palimpsest.report import write_report
 
     chosen: Any = scale
-    if (config is not None or adjust is not None) and scales is not None:
+    if config is not None or adjust is not None:
         from palimpsest.config import load_config
         from palimpsest.experiments.common import resolve_scale
 
-        name, settings = resolve_scale(scale, scales, title.rsplit(": ", 1)[-1])
+        name, settings = resolve_scale(scale, study.scales, study.name)
         if config is not None:
             settings = load_config(type(settings), config, base=settings)
             name = f"{name} + {config.name}"
@@ -253,8 +252,8 @@ def _run_study(
             name, settings = adjust(name, settings)
         chosen = (name, settings)
     with make_progress(console) as progress:
-        results = run(out, chosen, callbacks_for=_progress_callbacks(progress))
-    write_report([results], out, title=title)
+        results = study.run(out, chosen, callbacks_for=_progress_callbacks(progress))
+    write_report([results], out, title=f"palimpsest: {study.title}")
     claims = results.claims()
     if claims:  # the same table the report opens with
         _print_claims(claims)
@@ -979,7 +978,7 @@ def experiment_plasticity(
 ) -> None:
     """Standard vs active-forgetting pretraining, then relearning new languages (Chen et al. 2023)."""
     _setup_logging(verbose)
-    from palimpsest.experiments.plasticity import SCALES, run_plasticity
+    from palimpsest.experiments import get_study
     from palimpsest.models import FAMILY_OBJECTIVE
 
     if family is not None and family not in FAMILY_OBJECTIVE:
@@ -988,7 +987,7 @@ def experiment_plasticity(
     def adjust(name: str, settings: Any) -> tuple[str, Any]:
         return (name, settings) if family is None else (f"{name}, {family}", settings.with_family(family))
 
-    _run_study(run_plasticity, out, scale, "palimpsest: plasticity study", config, SCALES, adjust)
+    _run_study(get_study("plasticity"), out, scale, config, adjust)
 
 
 @experiment_app.command("memory")
@@ -1003,9 +1002,9 @@ def experiment_memory(
 ) -> None:
     """No memory vs replace/residual memory, from scratch or from a model pretrained without it."""
     _setup_logging(verbose)
-    from palimpsest.experiments.memory import SCALES, run_memory_study
+    from palimpsest.experiments import get_study
 
-    _run_study(run_memory_study, out, scale, "palimpsest: memory study", config, SCALES)
+    _run_study(get_study("memory"), out, scale, config)
 
 
 @experiment_app.command("editing")
@@ -1020,18 +1019,15 @@ def experiment_editing(
 ) -> None:
     """Unconstrained vs constrained fine-tuning of facts, by layer choice and bound (Zhu et al. 2020)."""
     _setup_logging(verbose)
-    from palimpsest.experiments import editing_real
-    from palimpsest.experiments.editing import SCALES, run_editing_study
+    from palimpsest.experiments import get_study
 
-    real = {name: editing_real.SCALES[settings] for name, settings in editing_real.REAL_SCALE_NAMES.items()}
-    if scale in real:  # the built-in model, edited as it is
-        _run_study(editing_real.run_real_scale, out, scale, "palimpsest: editing study", config, real)
-        return
-    if scale not in SCALES:
+    toy, real = get_study("editing"), get_study("editing-real")
+    study = real if scale in real.scales else toy  # the built-in model, edited as it is, or models made here
+    if scale not in study.scales:
         raise ConfigError(
-            f"unknown scale '{scale}' for the editing study (known: {', '.join([*SCALES, *real])})"
+            f"unknown scale '{scale}' for the editing study (known: {', '.join([*toy.scales, *real.scales])})"
         )
-    _run_study(run_editing_study, out, scale, "palimpsest: editing study", config, SCALES)
+    _run_study(study, out, scale, config)
 
 
 @experiment_app.command("many-edits")
@@ -1053,12 +1049,9 @@ def experiment_many_edits(
 ) -> None:
     """FT-M, the constrained editor, MEMIT and AlphaEdit on 1 to 1,000 edits, at once and in sequence."""
     _setup_logging(verbose)
-    from functools import partial
+    from palimpsest.experiments import get_study
 
-    from palimpsest.experiments.many_edits import SCALES, run_many_edits_study
-
-    run = partial(run_many_edits_study, benchmark=benchmark)
-    _run_study(run, out, scale, "palimpsest: many-edits study", config, SCALES)
+    _run_study(get_study("many-edits", benchmark=benchmark), out, scale, config)
 
 
 @experiment_app.command("knowledge")
@@ -1073,9 +1066,9 @@ def experiment_knowledge(
 ) -> None:
     """New facts into a model: full fine-tuning, LoRA, the editor, a memory, sparse memory updates."""
     _setup_logging(verbose)
-    from palimpsest.experiments.knowledge import SCALES, run_knowledge_study
+    from palimpsest.experiments import get_study
 
-    _run_study(run_knowledge_study, out, scale, "palimpsest: knowledge study", config, SCALES)
+    _run_study(get_study("knowledge"), out, scale, config)
 
 
 @app.command()

@@ -275,6 +275,7 @@ class EditingStudy(Study):
     family, then one unit per (family, edits, seed) holding every method of the grid."""
 
     name = "editing"
+    title = "editing study"
     scales = SCALES
 
     def steps(self, run: StudyRun) -> Steps:

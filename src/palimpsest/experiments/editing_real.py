@@ -316,7 +316,8 @@ class RealEditingStudy(Study):
     """The study on the skeleton of :mod:`palimpsest.experiments.study`: what the model knows,
     then one unit per (size, mode, seed) holding every method of the grid on its draws."""
 
-    name = "editing"
+    name = "editing-real"
+    title = "editing study"
     scales: ClassVar = {name: SCALES[settings] for name, settings in REAL_SCALE_NAMES.items()}
 
     def steps(self, run: StudyRun) -> Steps:

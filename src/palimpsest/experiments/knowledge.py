@@ -609,6 +609,7 @@ class KnowledgeStudy(Study):
     model knows, then per (N, seed) draw a baseline unit, then one unit per arm."""
 
     name = "knowledge"
+    title = "knowledge study"
     scales = SCALES
 
     def steps(self, run: StudyRun) -> Steps:

@@ -311,6 +311,7 @@ class ManyEditsStudy(Study):
     a given file), then per seed and run a baseline unit and one unit per method."""
 
     name = "many-edits"
+    title = "many-edits study"
     scales = SCALES
 
     def __init__(self, benchmark: str | Path | None = None):

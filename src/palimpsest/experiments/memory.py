@@ -380,6 +380,7 @@ class MemoryStudy(Study):
     one unit per (seed, arm), no-memory first (the continued arms start from its checkpoint)."""
 
     name = "memory"
+    title = "memory study"
     scales = SCALES
 
     def steps(self, run: StudyRun) -> Steps:

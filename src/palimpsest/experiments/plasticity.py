@@ -416,6 +416,7 @@ class PlasticityStudy(Study):
     changing an earlier step's settings redoes every later unit that used its output."""
 
     name = "plasticity"
+    title = "plasticity study"
     scales = SCALES
 
     def steps(self, run: StudyRun) -> Steps:

@@ -66,8 +66,10 @@ Steps = Generator[Unit[Any], Any, Results]
 class Study(ABC):
     """A study: its name, its scales and its steps; :meth:`run` is the same for every study."""
 
-    #: The name the command line and error messages use (``palimpsest experiment <name>``).
+    #: The name it is registered under (:data:`palimpsest.experiments.STUDIES`) and errors use.
     name: ClassVar[str]
+    #: What its report is called (``palimpsest: <title>``).
+    title: ClassVar[str]
     #: Named settings objects, smallest first.
     scales: ClassVar[Mapping[str, Any]]
 

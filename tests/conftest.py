@@ -7,9 +7,14 @@ import os
 import pytest
 
 # Threads per test process: the cores shared among pytest-xdist's workers (more threads than
-# cores only make them wait for each other).
+# cores only make them wait for each other). A worker inherits the controller's environment, so
+# it sets its own share rather than keeping a value the controller set for itself.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _workers))))
+_threads = str(max(1, min(2, (os.cpu_count() or 1) // _workers)))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = _threads
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
 
 
 @pytest.fixture(autouse=True)

@@ -217,7 +217,7 @@ def test_the_study_reuses_a_benchmark_file_and_refuses_a_bad_one(tmp_path):
     assert "no-such-table" in line and not x.exists()  # refused before a model is built
 
 
-def test_a_method_limit_skips_larger_draws_and_one_draw_is_measured_once(tmp_path, monkeypatch):
+def test_method_sizes_choose_the_draws_a_method_edits_and_one_draw_is_measured_once(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from palimpsest.experiments import many_edits
@@ -231,7 +231,7 @@ def test_a_method_limit_skips_larger_draws_and_one_draw_is_measured_once(tmp_pat
     )  # fmt: skip
     scale = replace(
         many_edits.SCALES["demo-smoke"], at_once=(1, 2), in_sequence=((2, 1),),
-        methods=("ft-m", "constrained"), sequence_methods=None, method_limits=(("constrained", 1),),
+        methods=("ft-m", "constrained"), sequence_methods=None, method_sizes=(("constrained", (1,)),),
     )  # fmt: skip
     results = many_edits.run_many_edits_study(tmp_path, scale)
     runs = {(o.mode, o.edits, o.method) for o in results.outcomes}
@@ -248,12 +248,12 @@ def test_a_method_limit_skips_larger_draws_and_one_draw_is_measured_once(tmp_pat
 @pytest.mark.parametrize(
     "fields",
     [
-        {"method_limits": (("no-such-editor", 1),)},
-        {"method_limits": (("ft-m", 0),)},
+        {"method_sizes": (("no-such-editor", (1,)),)},
+        {"method_sizes": (("ft-m", (3,)),)},  # the smoke scale draws 1 and 4
         {"methods": ("memitt",)},
     ],
 )
-def test_a_scale_naming_an_unknown_method_or_an_empty_limit_is_refused(fields):
+def test_a_scale_naming_an_unknown_method_or_sizes_it_never_draws_is_refused(fields):
     from dataclasses import replace
 
     from palimpsest.errors import ConfigError

@@ -10,9 +10,9 @@ minutes on 2 CPU cores. The demo runs one study per method, in stages:
 * grow: the memory study (:mod:`palimpsest.experiments.memory`);
 * rewrite: the many-edits study on the built-in SmolLM2-135M (:mod:`palimpsest.experiments.many_edits`,
   its ``demo`` scale; a random model of SmolLM2's shape at smoke scale): one edit by the
-  constrained editor, FT-M and the batch editor, then a batch of edits at once and the same
-  batch in a sequence, where fine-tuning stops making them and the batch editor does not. The
-  1,000-edit runs take longer than a demo has: ``results/many-edits-real/``.
+  constrained editor and the batch editor, then a batch of edits at once (FT-M beside) and the
+  same batch in a sequence, where fine-tuning stops making them and the batch editor does not.
+  The 1,000-edit runs take longer than a demo has: ``results/many-edits-real/``.
 
 Each study turns its numbers into claims (:mod:`palimpsest.claims`); the report opens with
 their table. Each run writes its own results as soon as it finishes; a re-run with the same

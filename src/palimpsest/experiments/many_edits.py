@@ -100,10 +100,11 @@ class ManyEditsScale:
     methods: tuple[str, ...] = METHODS
     #: Methods of the sequences (None: ``methods``).
     sequence_methods: tuple[str, ...] | None = None
-    #: ``(method, edits)``: that method is not run on draws of more edits. The fine-tuning editors'
-    #: cost grows with the batch while they fail past a handful (``results/editing-real/``), so a
-    #: short run can show them where they work and spend its time on the batch editors.
-    method_limits: tuple[tuple[str, int], ...] = ()
+    #: ``(method, sizes)``: that method edits only draws of those numbers of edits (a method not
+    #: named edits every draw). The fine-tuning editors' cost grows with the batch while they fail
+    #: past a handful (``results/editing-real/``), so a short run can show each where it makes its
+    #: point and spend its time on the batch editor.
+    method_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     statistics_tokens: int = 100_000
     #: Blocks the batch editors write (None: their default, chosen on SmolLM2).
@@ -122,16 +123,20 @@ class ManyEditsScale:
                 f"benchmark_sets: unknown fact table(s) {', '.join(unknown)} "
                 f"(known: {', '.join(BENCHMARK_SETS)})"
             )
-        named = [*self.methods, *(self.sequence_methods or ()), *(m for m, _ in self.method_limits)]
+        named = [*self.methods, *(self.sequence_methods or ()), *(m for m, _ in self.method_sizes)]
         unknown = [name for name in named if name not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
-        if any(edits < 1 for _, edits in self.method_limits):
-            raise ConfigError("method_limits: a method's most edits must be at least 1")
+        drawn = {*self.at_once, *(edits for edits, _ in self.in_sequence)}
+        for method, sizes in self.method_sizes:
+            if not set(sizes) & drawn:
+                raise ConfigError(
+                    f"method_sizes: {method} would edit no draw (sizes {list(sizes)}, drawn {sorted(drawn)})"
+                )
 
     def runs(self, method: str, edits: int) -> bool:
-        """Whether ``method`` edits a draw of ``edits`` requests (see ``method_limits``)."""
-        return edits <= dict(self.method_limits).get(method, edits)
+        """Whether ``method`` edits a draw of ``edits`` requests (see ``method_sizes``)."""
+        return edits in dict(self.method_sizes).get(method, (edits,))
 
 
 SCALES: dict[str, ManyEditsScale] = {
@@ -147,15 +152,16 @@ SCALES: dict[str, ManyEditsScale] = {
     # The demo's part: one edit and a batch at once, the batch again in a sequence, on fact tables
     # that are quick to probe (city-country's 4,706 facts are not); a few minutes on 2 cores.
     "demo": ManyEditsScale(
-        benchmark=BenchmarkConfig(size=64), benchmark_sets=DEMO_SETS, at_once=(1, 16), in_sequence=((16, 4),),
+        benchmark=BenchmarkConfig(size=64), benchmark_sets=DEMO_SETS, at_once=(1, 10), in_sequence=((10, 5),),
         methods=("constrained", "ft-m", "palimpsest"), sequence_methods=("palimpsest",),
-        method_limits=(("constrained", 1),), seeds=(0,), statistics_tokens=10_000, perplexity_blocks=4,
+        method_sizes=(("constrained", (1,)), ("ft-m", (10,))), seeds=(0,), statistics_tokens=10_000,
+        perplexity_blocks=4,
     ),
     # The demo's part on a random SmolLM2-shaped model, for tests.
     "demo-smoke": ManyEditsScale(
         model=None, benchmark=BenchmarkConfig(size=8, neighbours=2), benchmark_sets=DEMO_SETS,
         at_once=(1, 4), in_sequence=((4, 2),), methods=("constrained", "palimpsest"),
-        sequence_methods=("palimpsest",), method_limits=(("constrained", 1),), seeds=(0,),
+        sequence_methods=("palimpsest",), method_sizes=(("constrained", (1,)),), seeds=(0,),
         statistics_tokens=2_000, batch_layers=(1, 2),
         nullspace_threshold=0.5, perplexity_blocks=2, block_size=32, generation_tokens=3,
     ),

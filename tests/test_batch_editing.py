@@ -516,3 +516,24 @@ def test_a_constrained_round_preserves_earlier_edits_only_with_preserve(tmp_path
     assert kept.returncode == 0, kept.stderr
     assert "1 earlier edit(s) in 1 round(s) preserved" in kept.stdout
     assert json.loads((tmp_path / "c" / "results.json").read_text())["earlier_preserved"] is True
+
+
+def test_a_sequence_goes_on_in_another_editor_from_its_saved_state(model, tokenizer):
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kept = {"method": "memit", "accumulate_keys": True}  # the earlier edits' keys are part of the state
+    first = BatchEditor(model, tokenizer, **kept, **FAST)
+    first.apply(REQUESTS[:1], measure=False)
+    state = {name: tensor.clone() for name, tensor in first.sequence_state().items()}
+    first.apply(REQUESTS[1:], measure=False)
+    straight = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first.undo()
+    resumed = BatchEditor(model, tokenizer, **kept, **FAST)  # a new process would build it anew
+    resumed.load_sequence_state(state)
+    resumed.apply(REQUESTS[1:], measure=False)
+    assert all(torch.equal(p, straight[n]) for n, p in model.named_parameters())  # the same sequence
+    resumed.undo()
+    assert all(
+        torch.equal(p, originals[n]) for n, p in model.named_parameters()
+    )  # undo: the weights it found
+    with pytest.raises(DataError, match="saved sequence state"):
+        resumed.load_sequence_state({"weight.1": state["weight.1"]})

@@ -261,3 +261,35 @@ def test_a_scale_naming_an_unknown_method_or_sizes_it_never_draws_is_refused(fie
 
     with pytest.raises(ConfigError):
         replace(SCALES["demo-smoke"], **fields)
+
+
+def test_a_sequence_killed_midway_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from palimpsest.editing.memit import BatchEditor
+    from palimpsest.experiments import many_edits
+
+    scale = replace(
+        many_edits.SCALES["demo-smoke"], at_once=(), in_sequence=((4, 1),), methods=("palimpsest",),
+        sequence_methods=None, method_sizes=(),
+    )  # fmt: skip
+    straight = many_edits.run_many_edits_study(tmp_path / "straight", scale).outcomes[0]
+    monkeypatch.setattr(many_edits, "SEQUENCE_SAVE_SECONDS", 0.0)  # save after every batch
+    applied, apply = [], BatchEditor.apply
+
+    def killed_at_the_third(self, *args, **kwargs):
+        applied.append(1)
+        if len(applied) == 3:
+            raise KeyboardInterrupt
+        return apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchEditor, "apply", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        many_edits.run_many_edits_study(tmp_path / "killed", scale)
+    progress = tmp_path / "killed" / "units" / "in-sequence-4-b1-s0-palimpsest.progress"
+    assert json.loads((progress / "progress.json").read_text())["batches"] == 2
+    applied.clear()
+    monkeypatch.setattr(BatchEditor, "apply", lambda self, *a, **k: applied.append(1) or apply(self, *a, **k))
+    resumed = many_edits.run_many_edits_study(tmp_path / "killed", scale).outcomes[0]
+    assert len(applied) == 2  # the third and fourth batches only
+    assert resumed.metrics == straight.metrics and not progress.exists()

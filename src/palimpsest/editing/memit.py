@@ -37,7 +37,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -322,6 +322,42 @@ class BatchEditor:
         self.previous_keys[block] = self.previous_keys.get(block, torch.zeros_like(outer)) + outer
         self._initial_keys[block] = self.previous_keys[block]
         return keys
+
+    def sequence_state(self) -> dict[str, torch.Tensor]:
+        """What this editor's calls of :meth:`apply` have built, so that another process can go on
+        with the sequence (:meth:`load_sequence_state`): the edited projections, the earlier
+        edits' keys kept (``K K^T``) and the keys written, by block."""
+        state = {f"weight.{b}": p.weight.detach().clone() for b, p in self.projections.items()}
+        state |= {f"previous_keys.{b}": keys for b, keys in self.previous_keys.items()}
+        state |= {f"written_keys.{b}": keys for b, keys in self.written_keys.items()}
+        return state
+
+    def load_sequence_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Go on with a sequence :meth:`sequence_state` saved, on the weights it started from:
+        the projections take the saved values, the keys are restored, and :meth:`undo` still
+        puts back the weights this editor found."""
+        weights = {f"weight.{b}": p.weight for b, p in self.projections.items()}
+        known = [name for name in state if name.split(".")[0] in ("weight", "previous_keys", "written_keys")]
+        if set(weights) - set(state) or len(known) != len(state):
+            raise DataError(
+                f"a saved sequence state needs {', '.join(sorted(weights))} and keys of the same blocks; "
+                f"it holds {', '.join(sorted(state))}"
+            )
+        for name, weight in weights.items():
+            if state[name].shape != weight.shape:
+                raise DataError(
+                    f"saved {name} has shape {tuple(state[name].shape)}, not {tuple(weight.shape)}"
+                )
+        self._statistics()  # of the weights the sequence started from, as its first edit read them
+        with torch.no_grad():
+            for name, weight in weights.items():
+                weight.copy_(state[name])
+        self.previous_keys = {
+            int(n.split(".")[1]): t.double() for n, t in state.items() if n.startswith("previous_keys.")
+        }
+        self.written_keys = {
+            int(n.split(".")[1]): t.double() for n, t in state.items() if n.startswith("written_keys.")
+        }
 
     def undo(self) -> None:
         """Put every edited projection back exactly as it was before the first edit."""

@@ -23,6 +23,7 @@ Protocol:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from palimpsest.claims import Claim, Outcome
@@ -51,7 +53,7 @@ from palimpsest.editing.benchmark import (
 from palimpsest.editing.config import EditConfig
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
-from palimpsest.errors import ConfigError, DataError
+from palimpsest.errors import ConfigError, DataError, PalimpsestError
 from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
 from palimpsest.experiments.editing_real import EVIDENCE as EDITING_EVIDENCE
 from palimpsest.experiments.editing_real import KEPT_GOAL
@@ -59,7 +61,14 @@ from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
 from palimpsest.plotting import plot_curves
 from palimpsest.report import Figure, Section, Table, pm
 from palimpsest.results import Results
-from palimpsest.storage import machine_info
+from palimpsest.storage import (
+    as_stored,
+    atomic_folder,
+    machine_info,
+    read_safetensors,
+    remove_tree,
+    write_json,
+)
 from palimpsest.training import evaluate_lm
 
 logger = logging.getLogger(__name__)
@@ -266,11 +275,18 @@ def _measure(model: Any, tokenizer: Any, cases: Sequence[BenchmarkCase], perplex
     return metrics
 
 
+#: Seconds of editing between two saves of a long sequence's progress (the batch editor's state:
+#: its edited projections and kept keys, about 100 MB for SmolLM2's five blocks).
+SEQUENCE_SAVE_SECONDS = 600.0
+
+
 def _run(
     method: str, model: Any, tokenizer: Any, cases: list[BenchmarkCase], batch: int, mode: str,
     scale: ManyEditsScale, statistics: dict, perplexity_set: Any, seed: int,
+    progress: Path | None = None, key: Any = None,
 ) -> EditOutcome:  # fmt: skip
-    """One method on one draw; the model is put back exactly afterwards."""
+    """One method on one draw; the model is put back exactly afterwards. A sequence by the batch
+    editor saves its progress in ``progress`` (keyed by ``key``) and goes on from there."""
     editor = _editor(method, model, tokenizer, scale, statistics)
     requests = [case.request for case in cases]
     device = next(model.parameters()).device
@@ -282,18 +298,75 @@ def _run(
             elif batch == 1 and isinstance(editor, ConstrainedFinetune):
                 editor.apply(requests, sequential=True, measure=False)
             else:
-                for first in range(0, len(requests), batch):
-                    editor.apply(requests[first : first + batch], measure=False)
+                saved = progress if isinstance(editor, BatchEditor) else None
+                started -= _sequence(editor, requests, batch, saved, key)
         seconds = time.perf_counter() - started
         metrics = _measure(model, tokenizer, cases, perplexity_set, scale)
     finally:
         editor.undo()
+    if progress is not None:
+        remove_tree(progress)
     kept = metrics.get("neighbourhood_kept", float("nan"))
     logger.info(
         "%s, %d %s (batch %d): made %.2f, neighbourhood kept %.2f, %.0f s",
         method, len(cases), mode, batch, metrics["made"], kept, seconds,
     )  # fmt: skip
     return EditOutcome(method, mode, len(cases), batch, seed, metrics, seconds, memory.peak)
+
+
+def _sequence(editor: Any, requests: list, batch: int, progress: Path | None, key: Any) -> float:
+    """Apply ``requests`` in batches. With ``progress``, a saved state of the same ``key`` is
+    continued and the state is saved every :data:`SEQUENCE_SAVE_SECONDS` of editing. Returns the
+    seconds to add to this process's clock for the whole sequence's editing time: the earlier
+    processes' editing, less the time spent saving here."""
+    done, earlier = 0, 0.0
+    if progress is not None:
+        saved = _read_progress(progress, key)
+        if saved is not None:
+            done, earlier, state = saved
+            editor.load_sequence_state(state)
+            batches = -(-len(requests) // batch)
+            logger.info("continuing a sequence after batch %d of %d (%s)", done, batches, progress)
+    since, saving, last_save = time.perf_counter(), 0.0, 0.0
+    for first in range(done * batch, len(requests), batch):
+        editor.apply(requests[first : first + batch], measure=False)
+        done += 1
+        editing = time.perf_counter() - since - saving
+        if (
+            progress is not None
+            and first + batch < len(requests)
+            and editing - last_save >= SEQUENCE_SAVE_SECONDS
+        ):
+            began = time.perf_counter()
+            _save_progress(progress, key, done, earlier + editing, editor.sequence_state())
+            saving += time.perf_counter() - began
+            last_save = editing
+    return earlier - saving
+
+
+def _read_progress(folder: Path, key: Any) -> tuple[int, float, dict] | None:
+    """``(batches done, seconds, state)`` saved for ``key``, or None (none, another key, unreadable)."""
+    try:
+        record = json.loads((folder / "progress.json").read_text(encoding="utf-8"))
+        if record.get("key") != as_stored(key):
+            return None
+        return (
+            int(record["batches"]),
+            float(record["seconds"]),
+            read_safetensors(folder / "state.safetensors"),
+        )
+    except (OSError, ValueError, KeyError, TypeError, PalimpsestError) as error:
+        if folder.exists():
+            logger.warning("%s cannot be continued (%s); the sequence starts again", folder, error)
+        return None
+
+
+def _save_progress(folder: Path, key: Any, batches: int, seconds: float, state: dict) -> None:
+    with atomic_folder(folder) as staging:
+        save_file(
+            {name: tensor.contiguous() for name, tensor in state.items()}, str(staging / "state.safetensors")
+        )
+        write_json(staging / "progress.json", {"key": as_stored(key), "batches": batches, "seconds": seconds})
 
 
 def run_many_edits_study(
@@ -388,8 +461,9 @@ class ManyEditsStudy(Study):
                 for method in (m for m in methods if scale.runs(m, edits)):
                     settings = {**common, "method": method, "mode": mode, "batch": batch,
                                 "settings": to_dict(_method_config(method, scale))}  # fmt: skip
+                    saved = out / f"{unit}-{method}.progress"
                     edit = partial(_run, method, model, tokenizer, draw, batch, mode, scale, statistics,
-                                   perplexity_set, seed)  # fmt: skip
+                                   perplexity_set, seed, saved, settings)  # fmt: skip
                     outcomes.append((yield Unit(f"{unit}-{method}.json", settings, edit, kind=EditOutcome)))
         results = ManyEditsResults(
             scale=run.scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model",

@@ -156,7 +156,7 @@ def test_auto_is_dense_until_an_optimizer_accepts_sparse_gradients(monkeypatch, 
     few, many = torch.randn(1, 8, 16), torch.randn(4, 512, 16)  # 64 reads of 4,096 slots; 16,384
     memory(few).sum().backward()
     assert not memory.values.weight.grad.is_sparse  # any optimizer may be on the other side
-    memory.lazy_optimizer = True
+    memory.allow_sparse_gradients(True)
     memory.values.weight.grad = None
     memory(few).sum().backward()
     assert memory.values.weight.grad.is_sparse
@@ -175,13 +175,13 @@ def test_palimpsest_trainer_lets_auto_memories_go_sparse(tokenizer, tmp_path):
     model = build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
     add_product_key_memory(model, PKMConfig(layers=[1], n_keys=64, heads=2, k=4, k_dim=16))
     (memory,) = memories(model).values()
-    assert memory.sparse_updates == "auto" and not memory.lazy_optimizer
+    assert memory.sparse_updates == "auto" and not memory.sparse_gradients_allowed
     ids = torch.randint(5, len(tokenizer), (8, 16), generator=torch.Generator().manual_seed(0))
     train(
         model, tokenizer, Dataset.from_dict({"input_ids": ids.tolist()}),
         TrainingConfig(steps=1, batch_size=4, save_every=100), tmp_path, objective="clm",
     )  # fmt: skip
-    assert memory.lazy_optimizer
+    assert memory.sparse_gradients_allowed
 
 
 def test_sparse_updates_setting_is_checked():
@@ -191,3 +191,26 @@ def test_sparse_updates_setting_is_checked():
         PKMConfig(sparse_updates="sometimes")
     with pytest.raises(ValueError, match="sparse_updates"):
         ProductKeyMemory(16, n_keys=8, heads=1, k=2, k_dim=8, sparse_updates="sometimes")
+
+
+def test_sparse_gradient_modules_are_told_through_the_spines_interface():
+    from torch import nn
+
+    from palimpsest.optim import SparseGradientModule, allow_sparse_gradients
+
+    class OtherSparseModule(nn.Module):  # a third party's module: no memory, same interface
+        def __init__(self):
+            super().__init__()
+            self.allowed = None
+
+        def allow_sparse_gradients(self, allowed: bool) -> None:
+            self.allowed = allowed
+
+    memory = ProductKeyMemory(16, n_keys=8, heads=1, k=2, k_dim=8, sparse_updates="auto")
+    other = OtherSparseModule()
+    model = nn.Sequential(nn.Linear(16, 16), memory, other)
+    assert isinstance(memory, SparseGradientModule) and not isinstance(model[0], SparseGradientModule)
+    assert allow_sparse_gradients(model, True) == 2
+    assert memory.sparse_gradients_allowed and other.allowed is True
+    allow_sparse_gradients(model, False)
+    assert not memory.sparse_gradients_allowed and other.allowed is False

@@ -14,15 +14,39 @@ Torch's dense AdamW rejects sparse gradients, and its ``SparseAdam`` and
   them by their momentum.
 * :func:`clip_grad_norm_` is ``torch.nn.utils.clip_grad_norm_`` that also counts and
   scales sparse gradients.
+* :class:`SparseGradientModule` is how a module that *may* produce sparse gradients learns
+  that the optimizer accepts them: the trainer that builds a :class:`LazyAdamW` tells every
+  such module so (``allow_sparse_gradients(True)``), and a module never told stays dense,
+  which every optimizer and every distributed wrapper accepts. The spine declares the
+  interface; a pillar's module implements it, so the trainer needs no pillar's names.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+
+@runtime_checkable
+class SparseGradientModule(Protocol):
+    """A module whose gradients may be sparse once the optimizer accepts them."""
+
+    def allow_sparse_gradients(self, allowed: bool) -> None:
+        """Whether this module's gradients may from now on be sparse (``False`` keeps them dense)."""
+
+
+def allow_sparse_gradients(model: torch.nn.Module, allowed: bool) -> int:
+    """Tell every :class:`SparseGradientModule` in ``model`` whether sparse gradients are
+    accepted; returns how many were told."""
+    told = 0
+    for module in model.modules():
+        if isinstance(module, SparseGradientModule):
+            module.allow_sparse_gradients(allowed)
+            told += 1
+    return told
 
 
 class LazyAdamW(torch.optim.AdamW):

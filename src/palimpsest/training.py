@@ -36,7 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from palimpsest.data.lm import mlm_mask
 from palimpsest.errors import ConfigError, StorageError
 from palimpsest.extensions import TrainingExtension
-from palimpsest.optim import LazyAdamW, clip_grad_norm_, has_sparse_gradients
+from palimpsest.optim import LazyAdamW, allow_sparse_gradients, clip_grad_norm_, has_sparse_gradients
 from palimpsest.seeds import check_seed
 from palimpsest.storage import is_write_failure
 
@@ -179,9 +179,7 @@ class PalimpsestTrainer(Trainer):
         if optimizer_cls is torch.optim.AdamW:
             optimizer_cls = LazyAdamW  # the same AdamW, plus lazy updates for sparse gradients
             if self.args.world_size == 1:  # ranks could choose differently; DDP wants one layout
-                for module in target.modules():  # memories with sparse_updates="auto" may now go sparse
-                    if getattr(module, "sparse_updates", None) == "auto":
-                        module.lazy_optimizer = True
+                allow_sparse_gradients(target, True)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

@@ -81,7 +81,7 @@ def check_sharding(model: nn.Module) -> None:
     for layer in memories(model).values():  # a reused buffer would hold a whole unsharded gradient
         layer.reuse_gradient_buffer = False
         layer.gradient_buffers = type(layer.gradient_buffers)()
-        layer.lazy_optimizer = False  # "auto" stays dense
+        layer.allow_sparse_gradients(False)  # "auto" stays dense
     sparse = [name for name, layer in memories(model).items() if layer.sparse_updates is True]
     if sparse:
         raise ConfigError(

@@ -23,7 +23,8 @@ reads and writes only those rows. It pays for sorting the reads; with the compil
 (:mod:`palimpsest.kernels`) it was faster at every share of rows read measured, with torch
 ops only below about half (README, "Library": sparse value updates). ``sparse_updates="auto"``
 takes it accordingly (:func:`auto_prefers_sparse`), and only once palimpsest's trainer (which updates with
-``LazyAdamW``) has said sparse gradients are welcome (``lazy_optimizer``); anywhere else "auto"
+``LazyAdamW``) has said sparse gradients are welcome (``allow_sparse_gradients``, the spine's
+:class:`palimpsest.optim.SparseGradientModule` interface); anywhere else "auto"
 is dense, which every optimizer accepts. The lazy update leaves rows a batch did not read as
 they were, moments included (dense AdamW keeps decaying and moving them).
 """
@@ -102,7 +103,7 @@ class ProductKeyMemory(nn.Module):
     makes the value gradient sparse over the rows read (pair it with
     :class:`palimpsest.optim.LazyAdamW`; a plain optimizer or gradient clipping may not accept
     sparse gradients); ``"auto"`` makes it sparse only for batches that read few of the rows,
-    once ``lazy_optimizer`` is set (palimpsest's trainer sets it).
+    once the optimizer accepts them (palimpsest's trainer says so through ``allow_sparse_gradients``).
     """
 
     def __init__(
@@ -158,7 +159,7 @@ class ProductKeyMemory(nn.Module):
         self.value_dropout = nn.Dropout(value_dropout)
         self.sparse_updates = sparse_updates
         #: Whether the optimizer accepts sparse value gradients; "auto" stays dense until it is set.
-        self.lazy_optimizer = False
+        self.sparse_gradients_allowed = False
         self.gradient_buffers = ValueGradientBuffers()
         self.score_workspace = ScoreWorkspace()
         self.reuse_gradient_buffer = True
@@ -234,6 +235,11 @@ class ProductKeyMemory(nn.Module):
             output = self.values(bags, per_sample_weights=bag_weights)
         return self.value_dropout(output).view(*shape[:-1], self.value_dim)
 
+    def allow_sparse_gradients(self, allowed: bool) -> None:
+        """Whether the optimizer accepts sparse value gradients, so that ``sparse_updates="auto"``
+        may take them (``True`` and ``False`` settings do not depend on it)."""
+        self.sparse_gradients_allowed = allowed
+
     def sparse_gradient(self, reads: int) -> bool:
         """Whether a batch of ``reads`` slot reads gets a sparse value gradient."""
         if self.sparse_updates == "auto":
@@ -241,7 +247,7 @@ class ProductKeyMemory(nn.Module):
             compiled = (
                 values.device.type == "cpu" and values.dtype == torch.float32 and values.is_contiguous()
             )
-            return self.lazy_optimizer and auto_prefers_sparse(
+            return self.sparse_gradients_allowed and auto_prefers_sparse(
                 reads, self.size, compiled and cpu_kernels() is not None
             )
         return bool(self.sparse_updates)

@@ -12,11 +12,11 @@ from palimpsest.experiments.plasticity import (
     SCALES,
     NewLanguage,
     PlasticityResults,
-    _verdict,
     first_step_at_or_below,
     run_plasticity,
     summarise,
 )
+from palimpsest.experiments.plasticity.summary import _verdict
 from palimpsest.forgetting.callback import ForgettingConfig
 
 
@@ -191,7 +191,8 @@ def test_smoke_study_under_two_process_ddp(tmp_path):
 def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path, tokenizer):
     import torch
 
-    from palimpsest.experiments.plasticity import _renaming_of, embedding_alignment
+    from palimpsest.experiments.plasticity import embedding_alignment
+    from palimpsest.experiments.plasticity.units import _renaming_of
     from palimpsest.forgetting import find_token_embeddings
     from palimpsest.models import build_model
 
@@ -215,7 +216,7 @@ def test_embedding_alignment_scores_a_copy_fully_and_a_redraw_at_chance(tmp_path
 def test_units_stored_before_init_std_existed_keep_their_key():
     """An unset ``init_std`` stays out of the unit key, so earlier runs resume instead of redoing
     every adaptation; a set one is part of it (it changes the result)."""
-    from palimpsest.experiments.plasticity import _adaptation_key
+    from palimpsest.experiments.plasticity.units import _adaptation_key
     from palimpsest.forgetting.relearning import LanguageAdaptation
 
     assert "init_std" not in _adaptation_key(LanguageAdaptation())
@@ -227,7 +228,7 @@ def test_the_verdict_says_whether_the_papers_reversal_with_more_data_appeared():
     still ahead at the largest budget means it did not appear; mixed languages mean partial."""
     from types import SimpleNamespace
 
-    from palimpsest.experiments.plasticity import _reversal
+    from palimpsest.experiments.plasticity.summary import _reversal
 
     def cells(small, large):
         return [SimpleNamespace(budget=b, final_gap_positive_seeds=n) for b, n in ((20, small), (200, large))]

@@ -9,10 +9,10 @@ from palimpsest.experiments.memory import (
     SCALES,
     MemoryStudyResults,
     MemoryUnit,
-    _compare,
     run_memory_study,
     summarise,
 )
+from palimpsest.experiments.memory.summary import _compare
 
 
 def test_smoke_study_runs_every_arm_and_resumes(tmp_path):

@@ -12,6 +12,7 @@ from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments import knowledge
 from palimpsest.experiments.common import wiki_perplexity_set
 from palimpsest.experiments.knowledge import Arm, Draw, KnowledgeRow, KnowledgeScale, PeakMemory
+from palimpsest.experiments.knowledge.summary import _claim
 from palimpsest.models import build_smollm2_like
 
 KNOWN = [
@@ -118,27 +119,27 @@ def _row(arm, method, learned, lost, perplexity):
 
 def test_the_claim_is_judged_only_at_equal_learning():
     full = _row("full", "full", 1.0, 0.30, 5.0)
-    verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
+    verdict = _claim([full, _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
     assert "forgets less (reproduced)" in verdict
     assert "83% fewer (Lin et al.: 88% less F1 lost)" in verdict  # the size of the effect beside the paper's
-    verdict = knowledge._claim([full, _row("memory", "memory", 1.0, 0.30, 0.5)], 16)
+    verdict = _claim([full, _row("memory", "memory", 1.0, 0.30, 0.5)], 16)
     assert "reproduced on general text only" in verdict
-    verdict = knowledge._claim([full, _row("memory", "memory", 1.0, 0.05, 5.0)], 16)
+    verdict = _claim([full, _row("memory", "memory", 1.0, 0.05, 5.0)], 16)
     assert "reproduced on facts only" in verdict
-    verdict = knowledge._claim([full, _row("memory", "memory", 0.95, 0.40, 6.0)], 16)
+    verdict = _claim([full, _row("memory", "memory", 0.95, 0.40, 6.0)], 16)
     assert "forgets more (not reproduced)" in verdict
-    verdict = knowledge._claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)
+    verdict = _claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)
     assert "not comparable" in verdict and "reproduced" not in verdict
     # a difference inside the seeds' spread is no difference
     noisy = replace(
         _row("memory", "memory", 1.0, 0.31, 5.2), kept_lost=(0.31, 0.2), perplexity_change=(5.2, 2.0)
     )
-    assert "forgets as much (within the seed spread)" in knowledge._claim([full, noisy], 16)
+    assert "forgets as much (within the seed spread)" in _claim([full, noisy], 16)
     mixed = replace(noisy, kept_lost=(0.6, 0.01), perplexity_change=(0.5, 0.1))
-    assert "mixed: loses more kept facts, moves perplexity less" in knowledge._claim([full, mixed], 16)
-    assert "not evidence" not in knowledge._claim([full, mixed], 16)
+    assert "mixed: loses more kept facts, moves perplexity less" in _claim([full, mixed], 16)
+    assert "not evidence" not in _claim([full, mixed], 16)
     # one seed has no spread: the direction is reported but called what it is
-    single = knowledge._claim([replace(full, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
+    single = _claim([replace(full, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
     assert "One seed only for full" in single and "not evidence" in single
 
 

@@ -1,0 +1,126 @@
+"""The knowledge study's report section: tables and plots of learning against keeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from palimpsest.experiments.knowledge.scales import ANCHORS
+from palimpsest.plotting import plot_points
+from palimpsest.report import Figure, Table, pm
+
+if TYPE_CHECKING:  # the results class renders with this module's functions
+    from palimpsest.experiments.knowledge.results import KnowledgeResults
+
+
+def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table | Figure]:
+    settings = study.settings
+    memory = settings.memory
+    blocks: list[str | Table | Figure] = [
+        f"Scale '{study.scale}': {study.model}, nothing trained before. Per N and seed, "
+        f"{100 * settings.counterfactual_share:.0f}% of the N taught facts are counterfactual edits of "
+        f"facts it recalls, the rest true city -> country facts it gets wrong; {settings.kept} other "
+        "recalled facts "
+        f"are kept (never trained on). Every arm starts from the pretrained weights and takes the same "
+        f"optimizer steps (max({settings.min_steps}, {settings.epochs} epochs) at batch "
+        f"{settings.batch_size}; "
+        "the editor's steps see every fact and stop when all have taken). Learned = exact match through the "
+        "taught template; paraphrase = through the held-out template; generation = the greedy continuation "
+        f"({settings.generation_tokens} tokens) names the answer; kept = the kept facts still recalled; "
+        "perplexity on held-out wiki-en. Memory arms: a residual memory of "
+        f"{memory.n_keys**2:,} slots at depth {memory.layers}, zero values (outputs unchanged). "
+        "Slots outdated = the share of slots the new facts left untouched (Kim & Jung's outdated slots, the "
+        "whole learning run as the window). "
+        f"Mean ± std over {len(settings.seeds)} seed(s)"
+        + (
+            f" (the editor on the first seed only from N={settings.editor_one_seed_from}: each of its steps "
+            "sees every fact)."
+            if settings.editor_one_seed_from is not None
+            and max(settings.sizes) >= settings.editor_one_seed_from
+            else "."
+        ),
+        Table(
+            ["relation", "facts", "recalled", "recall %"],
+            [[name, v.facts, v.recalled, f"{100 * v.recall:.0f}"] for name, v in study.known.items()],
+        ),
+    ]
+    headers = [
+        "N", "arm", "learned", "paraphrase", "generation", "kept", "kept lost (points)",
+        "perplexity change %", "steps", "seconds", "peak MiB", "trained params", "changed params",
+        "slots changed (read by wiki)", "slots outdated %", "seeds",
+    ]  # fmt: skip
+    table = []
+    for r in study.summary.rows:
+        slots = (
+            f"{r.slots_changed[0]:,.0f} ({r.slots_changed_read_by_wiki[0]:,.0f})"
+            if r.slots_changed is not None and r.slots_changed_read_by_wiki is not None
+            else "-"
+        )
+        shares = [r.after[m] for m in ("learned", "paraphrase", "generation", "kept")] + [r.kept_lost]
+        table.append([
+            r.size, r.arm, *(pm(share, scale=100, digits=0) for share in shares),
+            pm(r.perplexity_change, digits=1), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.0f}",
+            f"{r.peak_mib[0]:.0f}" if r.peak_mib is not None else "-", f"{r.trained_parameters:,}",
+            f"{r.changed_parameters[0]:,.0f}", slots,
+            pm(r.slots_outdated, scale=100, digits=1) if r.slots_outdated is not None else "-", r.seeds,
+        ])  # fmt: skip
+    blocks.append(Table(headers, table))
+    before = [r for r in study.summary.rows if r.arm == settings.arms[0].name]
+    if before:
+        blocks.append(
+            Table(
+                [
+                    "N",
+                    "learned before",
+                    "paraphrase before",
+                    "kept before",
+                    "kept generation before",
+                    "perplexity before",
+                ],
+                [
+                    [
+                        r.size,
+                        pm(r.before["learned"], scale=100, digits=0),
+                        pm(r.before["paraphrase"], scale=100, digits=0),
+                        pm(r.before["kept"], scale=100, digits=0),
+                        pm(r.before["kept_generation"], scale=100, digits=0),
+                        pm(r.before["perplexity"], digits=2),
+                    ]
+                    for r in before
+                ],
+            )
+        )
+    blocks.append(
+        Table(
+            ["anchor (Lin et al. 2025, not this model)", "NaturalQuestions F1 lost %"],
+            [list(anchor) for anchor in ANCHORS],
+        )
+    )
+    blocks.append(study.summary.verdict)
+    for size in settings.sizes:
+        cell = [r for r in study.summary.rows if r.size == size]
+        if not cell:
+            continue
+        path = plot_points(
+            {r.arm: (r.after["kept"][0], r.after["learned"][0]) for r in cell},
+            plots_dir / f"knowledge-frontier-{size}.png",
+            title=f"{study.model}: {size} new facts — learning vs forgetting",
+            xlabel="kept facts still recalled (forgetting: left)", ylabel="taught facts recalled (learning)",
+            reference_x=cell[0].before["kept"][0],
+            reference_label="kept facts recalled before training",
+            spread={r.arm: (r.after["kept"][1], r.after["learned"][1]) for r in cell},
+            legend=True,
+        )  # fmt: skip
+        blocks.append(
+            Figure(path, f"N={size}: one point per arm (mean ± std over seeds); dashed: before training")
+        )
+        path = plot_points(
+            {r.arm: (r.perplexity_change[0], r.after["learned"][0]) for r in cell},
+            plots_dir / f"knowledge-fluency-{size}.png",
+            title=f"{study.model}: {size} new facts — learning vs wiki-en perplexity",
+            xlabel="wiki-en perplexity change % (forgetting: right)",
+            ylabel="taught facts recalled (learning)", legend=True, shares=False,
+            spread={r.arm: (r.perplexity_change[1], r.after["learned"][1]) for r in cell},
+        )  # fmt: skip
+        blocks.append(Figure(path, f"N={size}: learning against the change of general-text perplexity"))
+    return blocks

@@ -1,0 +1,203 @@
+"""The knowledge study's summary: each arm over seeds per N, and the verdict in prose."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from palimpsest.experiments.common import (
+    mean_std,
+)
+from palimpsest.experiments.knowledge.arms import ArmRun
+from palimpsest.experiments.knowledge.facts import Baseline
+from palimpsest.experiments.knowledge.scales import ANCHORS, KnowledgeScale
+
+METRICS = ("learned", "paraphrase", "generation", "kept", "kept_generation", "perplexity")
+
+
+@dataclass
+class KnowledgeRow:
+    """One arm at one N: mean ± std over seeds of every measure, its change, and the cost."""
+
+    arm: str
+    method: str
+    size: int
+    seeds: int
+    after: dict[str, tuple[float, float]]
+    before: dict[str, tuple[float, float]]
+    #: kept recall lost (before - after) and perplexity change in percent, per seed then mean ± std.
+    kept_lost: tuple[float, float]
+    perplexity_change: tuple[float, float]
+    steps: tuple[float, float]
+    seconds: tuple[float, float]
+    #: None where the platform cannot measure it.
+    peak_mib: tuple[float, float] | None
+    trained_parameters: int
+    changed_parameters: tuple[float, float]
+    slots_changed: tuple[float, float] | None = None
+    slots_changed_read_by_wiki: tuple[float, float] | None = None
+    #: Share of all memory slots wiki-en text reads (the background of the TF-IDF ranking).
+    slots_used_by_wiki: tuple[float, float] | None = None
+    #: Kim & Jung's "outdated" slots with the whole learning run as the window: the share of
+    #: all slots whose values the new facts left untouched (still zero).
+    slots_outdated: tuple[float, float] | None = None
+
+
+@dataclass
+class KnowledgeSummary:
+    rows: list[KnowledgeRow]
+    verdict: str
+
+
+def summarise(
+    baselines: Sequence[Baseline], runs: Sequence[ArmRun], scale: KnowledgeScale
+) -> KnowledgeSummary:
+    before = {(b.size, b.seed): b.before for b in baselines}
+    rows = []
+    for size in scale.sizes:
+        for arm in scale.arms:
+            group = [r for r in runs if r.size == size and r.arm == arm.name]
+            if not group:
+                continue
+            firsts = [before[(r.size, r.seed)] for r in group]
+            pairs = list(zip(firsts, group, strict=True))
+            memory = group[0].slots_changed is not None
+            slots = scale.memory.n_keys**2 * len(scale.memory.layers)
+            rows.append(
+                KnowledgeRow(
+                    arm=arm.name, method=arm.method, size=size, seeds=len(group),
+                    after={m: mean_std(r.after[m] for r in group) for m in METRICS},
+                    before={m: mean_std(b[m] for b in firsts) for m in METRICS},
+                    kept_lost=mean_std(b["kept"] - r.after["kept"] for b, r in pairs),
+                    perplexity_change=mean_std(
+                        100 * (r.after["perplexity"] / b["perplexity"] - 1) for b, r in pairs
+                    ),
+                    steps=mean_std(r.steps for r in group), seconds=mean_std(r.seconds for r in group),
+                    peak_mib=mean_std(r.peak_mib for r in group) if group[0].peak_mib is not None else None,
+                    trained_parameters=group[0].trained_parameters,
+                    changed_parameters=mean_std(r.changed_parameters for r in group),
+                    slots_changed=mean_std(r.slots_changed for r in group) if memory else None,
+                    slots_used_by_wiki=mean_std(r.slots_used_by_wiki for r in group) if memory else None,
+                    slots_changed_read_by_wiki=(
+                        mean_std(r.slots_changed_read_by_wiki for r in group) if memory else None
+                    ),
+                    slots_outdated=mean_std(1 - r.slots_changed / slots for r in group) if memory else None,
+                )
+            )  # fmt: skip
+    return KnowledgeSummary(rows=rows, verdict=_verdict(rows, scale))
+
+
+#: Two arms "learned equally" when their taught-fact recall differs by at most this much.
+EQUAL_LEARNING = 0.15
+
+
+def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
+    parts = []
+    for size in scale.sizes:
+        cell = [r for r in rows if r.size == size]
+        if not cell:
+            continue
+        described = "".join(
+            f"\n- {r.arm} learned {100 * r.after['learned'][0]:.0f}% "
+            f"(paraphrase {100 * r.after['paraphrase'][0]:.0f}%), "
+            f"kept {100 * r.after['kept'][0]:.0f}% (lost {100 * r.kept_lost[0]:+.0f} points), perplexity "
+            f"{r.perplexity_change[0]:+.1f}%"
+            for r in cell
+        )
+        parts.append(
+            f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%):{described}"
+        )
+        parts.append(_claim(cell, size))
+        parts.append(_specific_slots(cell, size))
+    # paragraphs and lists: the report renders them (markdown as is, HTML by ``report._html_text``)
+    return "\n\n".join(part for part in parts if part)
+
+
+def _direction(mine: tuple[float, float], other: tuple[float, float], n_mine: int, n_other: int) -> int:
+    """-1 / 0 / +1: ``mine`` is lower / not distinguishable / higher than ``other``, where a
+    difference counts only beyond one standard error of the difference of the two means."""
+    error = math.sqrt(mine[1] ** 2 / max(n_mine, 1) + other[1] ** 2 / max(n_other, 1))
+    difference = mine[0] - other[0]
+    if abs(difference) <= error or difference == 0:
+        return 0
+    return 1 if difference > 0 else -1
+
+
+def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
+    """Did the memory arms write into slots ordinary text does not read (sparse fine-tuning's premise)?"""
+    memory = [r for r in cell if r.slots_changed is not None and r.slots_used_by_wiki is not None]
+    if not memory:
+        return ""
+    described = []
+    for r in memory:
+        changed, read = r.slots_changed[0], r.slots_changed_read_by_wiki[0]  # type: ignore[index]
+        share = read / changed if changed else math.nan
+        described.append(
+            f"{r.arm}: {changed:,.0f} slots changed, {100 * share:.0f}% of them read by wiki-en text "
+            f"(which reads {100 * r.slots_used_by_wiki[0]:.0f}% of all slots)"  # type: ignore[index]
+        )
+    return (
+        f"Slots written at N={size} (the premise: new facts go to slots ordinary text leaves alone):"
+        + "".join(f"\n- {line}" for line in described)
+    )
+
+
+def _claim(cell: list[KnowledgeRow], size: int) -> str:
+    """'memory-only / sparse updates forget less at equal learning', judged at one N."""
+    memory = [r for r in cell if r.method == "memory"]
+    others = [r for r in cell if r.method in ("full", "lora")]
+    if not memory or not others:
+        return f"N={size}: the claim needs a memory arm beside full fine-tuning or LoRA."
+    findings = []
+    for mine in memory:
+        for other in others:
+            gap = mine.after["learned"][0] - other.after["learned"][0]
+            if abs(gap) > EQUAL_LEARNING:
+                findings.append(
+                    f"{mine.arm} vs {other.arm}: not comparable "
+                    f"(learned {100 * mine.after['learned'][0]:.0f}% vs "
+                    f"{100 * other.after['learned'][0]:.0f}%)"
+                )
+                continue
+            lost, other_lost = mine.kept_lost[0], other.kept_lost[0]
+            fluency, other_fluency = mine.perplexity_change[0], other.perplexity_change[0]
+            facts = _direction(mine.kept_lost, other.kept_lost, mine.seeds, other.seeds)
+            text = _direction(mine.perplexity_change, other.perplexity_change, mine.seeds, other.seeds)
+            if facts == text == 0:
+                outcome = "forgets as much (within the seed spread)"
+            elif facts < 0 and text < 0:
+                outcome = "forgets less (reproduced)"
+            elif facts < 0 and text == 0:
+                outcome = "loses fewer kept facts, moves perplexity as much (reproduced on facts only)"
+            elif facts == 0 and text < 0:
+                outcome = "moves perplexity less, loses as many kept facts (reproduced on general text only)"
+            elif facts >= 0 and text >= 0:
+                outcome = "forgets more (not reproduced)"
+            elif facts > 0:
+                outcome = "mixed: loses more kept facts, moves perplexity less"
+            else:
+                outcome = "mixed: loses fewer kept facts, moves perplexity more"
+            lost_words = {-1: "fewer", 0: "as many (within the spread)", 1: "more"}
+            moved_words = {-1: "less", 0: "as much (within the spread)", 1: "more"}
+            outcome += f" — kept facts lost: {lost_words[facts]}, perplexity moved: {moved_words[text]}"
+            if facts < 0 and other_lost > 0:  # how much less, beside the size of the paper's effect
+                paper = dict(ANCHORS)
+                reference = paper["LoRA" if other.method == "lora" else "full fine-tuning"]
+                paper_cut = 100 * (1 - paper["sparse memory fine-tuning"] / reference)
+                fewer = 100 * (1 - lost / other_lost)
+                outcome += f", {fewer:.0f}% fewer (Lin et al.: {paper_cut:.0f}% less F1 lost)"
+            findings.append(
+                f"{mine.arm} vs {other.arm} at equal learning: {outcome} (kept lost {100 * lost:+.0f} vs "
+                f"{100 * other_lost:+.0f} points, perplexity {fluency:+.1f}% vs {other_fluency:+.1f}%)"
+            )
+    single = [r.arm for r in [*memory, *others] if r.seeds < 2]
+    caveat = (
+        f" One seed only for {', '.join(single)}: no spread to judge a difference by, so these directions "
+        "are not evidence."
+        if single
+        else ""
+    )
+    return f"Claim 'memory-only / sparse updates forget less at equal learning', N={size}.{caveat}" + "".join(
+        f"\n- {finding}" for finding in findings
+    )

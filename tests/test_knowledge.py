@@ -10,8 +10,8 @@ from palimpsest.config import from_dict
 from palimpsest.data.facts import CAPITAL, CITY_COUNTRY, Fact
 from palimpsest.errors import ConfigError, DataError
 from palimpsest.experiments import knowledge
-from palimpsest.experiments.common import wiki_perplexity_set
-from palimpsest.experiments.knowledge import Arm, Draw, KnowledgeRow, KnowledgeScale, PeakMemory
+from palimpsest.experiments.common import PeakMemory, wiki_perplexity_set
+from palimpsest.experiments.knowledge import Arm, Draw, KnowledgeRow, KnowledgeScale
 from palimpsest.experiments.knowledge.summary import _claim
 from palimpsest.models import build_smollm2_like
 

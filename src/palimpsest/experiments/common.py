@@ -1,14 +1,20 @@
-"""What the fact studies share: wiki text mixed with fact statements, tokenized once per study."""
+"""What the studies share: the scale lookup, the rule for a difference across seeds, wiki text mixed
+with fact statements (tokenized once per study), the real or a random model, the peak memory of a
+block of work."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from palimpsest.config import to_dict
 from palimpsest.data import load_tokenizer
@@ -159,3 +165,53 @@ def wiki_perplexity_set(tokenizer: Any, block_size: int, blocks: int) -> Any:
     wiki = split_corpus(load_corpus("wiki-en"), 0.05, seed=0).validation
     encoded = encode_blocks(wiki, tokenizer, block_size)
     return causal_eval_set(encoded.select(range(min(blocks, len(encoded)))))
+
+
+class PeakMemory:
+    """Peak memory of a block of work above its level when the block began, in MiB.
+
+    On a CUDA ``device`` the allocator's own peak on that device; elsewhere the process's
+    resident set, sampled every ``interval`` seconds from ``/proc`` (``peak_mib`` stays ``None``
+    where there is no ``/proc``, e.g. macOS: nothing measured is not zero).
+    """
+
+    def __init__(self, device: torch.device | str | None = None, interval: float = 0.02):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.interval = interval
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = self._highest = 0
+
+    @staticmethod
+    def _resident() -> int | None:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._highest = max(self._highest, self._resident() or 0)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        resident = self._resident()
+        if resident is not None:
+            self._start = self._highest = resident
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._highest = max(self._highest, self._resident() or 0)
+            self.peak_mib = (self._highest - self._start) / 2**20

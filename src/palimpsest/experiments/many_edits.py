@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
@@ -54,7 +52,7 @@ from palimpsest.editing.config import EditConfig
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.errors import ConfigError, DataError, PalimpsestError
-from palimpsest.experiments.common import mean_std, real_or_random_model, wiki_perplexity_set
+from palimpsest.experiments.common import PeakMemory, mean_std, real_or_random_model, wiki_perplexity_set
 from palimpsest.experiments.editing_real import EVIDENCE as EDITING_EVIDENCE
 from palimpsest.experiments.editing_real import KEPT_GOAL
 from palimpsest.experiments.study import Steps, Study, StudyRun, Unit
@@ -202,45 +200,6 @@ class DrawBaseline:
     metrics: dict[str, float]
 
 
-class _PeakMemory:
-    """Peak memory of a block of work: CUDA's own counter, else the process's resident set
-    sampled every 20 ms (minus what it held when the block began)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0.0, threading.Event()
-
-    @staticmethod
-    def _resident() -> float:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return float(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def __enter__(self) -> _PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device) / 2**20
-            return self
-        self._start = self._resident()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._resident() - self._start)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
-            return
-        self._stop.set()
-        self._thread.join()
-
-
 def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEditConfig:
     if method == "ft-m":
         return EditConfig(**FT_M)
@@ -292,7 +251,7 @@ def _run(
     device = next(model.parameters()).device
     started = time.perf_counter()
     try:
-        with _PeakMemory(device) as memory:
+        with PeakMemory(device) as memory:
             if mode == "at once":
                 editor.apply(requests, measure=False)
             elif batch == 1 and isinstance(editor, ConstrainedFinetune):
@@ -311,7 +270,8 @@ def _run(
         "%s, %d %s (batch %d): made %.2f, neighbourhood kept %.2f, %.0f s",
         method, len(cases), mode, batch, metrics["made"], kept, seconds,
     )  # fmt: skip
-    return EditOutcome(method, mode, len(cases), batch, seed, metrics, seconds, memory.peak)
+    peak = memory.peak_mib if memory.peak_mib is not None else float("nan")
+    return EditOutcome(method, mode, len(cases), batch, seed, metrics, seconds, peak)
 
 
 def _sequence(editor: Any, requests: list, batch: int, progress: Path | None, key: Any) -> float:

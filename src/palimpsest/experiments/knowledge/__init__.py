@@ -38,7 +38,7 @@ units and :class:`KnowledgeStudy` on the skeleton of :mod:`palimpsest.experiment
 
 from __future__ import annotations
 
-from palimpsest.experiments.knowledge.arms import ArmRun, PeakMemory, run_arm
+from palimpsest.experiments.knowledge.arms import ArmRun, run_arm
 from palimpsest.experiments.knowledge.facts import Baseline, Draw, Known, draw, measure, survey
 from palimpsest.experiments.knowledge.results import KnowledgeResults
 from palimpsest.experiments.knowledge.scales import ANCHORS, KNOWN_SETS, SCALES, Arm, KnowledgeScale, Method
@@ -68,7 +68,6 @@ __all__ = [
     "KnowledgeSummary",
     "Known",
     "Method",
-    "PeakMemory",
     "arms_to_run",
     "draw",
     "measure",

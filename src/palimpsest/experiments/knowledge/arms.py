@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +15,7 @@ from transformers import TrainerCallback
 from palimpsest.data.facts import Fact
 from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.requests import EditRequest
+from palimpsest.experiments.common import PeakMemory
 from palimpsest.experiments.knowledge.facts import Draw, measure
 from palimpsest.experiments.knowledge.scales import Arm, KnowledgeScale
 from palimpsest.memory.inject import add_product_key_memory, memories
@@ -31,54 +30,6 @@ from palimpsest.models import count_parameters
 from palimpsest.training import TrainingConfig, train
 
 logger = logging.getLogger(__name__)
-
-
-class PeakMemory:
-    """Peak resident memory while inside the block, above its level at the start (MiB).
-
-    On CUDA it is the allocator's own peak; on CPU the process's resident set, sampled every
-    20 ms from ``/proc`` (``None`` where there is no ``/proc``, e.g. macOS).
-    """
-
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
-        self.peak_mib: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start = self._highest = 0
-
-    @staticmethod
-    def _resident() -> int | None:
-        try:
-            with open("/proc/self/statm", encoding="ascii") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._highest = max(self._highest, self._resident() or 0)
-
-    def __enter__(self) -> PeakMemory:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-            return self
-        resident = self._resident()
-        if resident is not None:
-            self._start = self._highest = resident
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if torch.cuda.is_available():
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._highest = max(self._highest, self._resident() or 0)
-            self.peak_mib = (self._highest - self._start) / 2**20
 
 
 @dataclass
@@ -131,7 +82,7 @@ def run_arm(
     examples :func:`~palimpsest.memory.learning.learn_facts` builds for the memory arms."""
     training = _training(scale, arm, size, seed)
     memory_facts: dict[str, Any] = {}
-    with PeakMemory() as peak:
+    with PeakMemory(next(model.parameters()).device) as peak:
         started = time.perf_counter()
         if arm.method == "full":
             trained = count_parameters(model)

@@ -146,7 +146,7 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
     import dataclasses
 
     from cli_helpers import palimpsest
-    from palimpsest.experiments.many_edits import _blocks
+    from palimpsest.experiments.many_edits.report import study_blocks
     from palimpsest.report import Figure
     from palimpsest.results import read_results
 
@@ -167,7 +167,7 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
         if "paraphrase" in outcome.metrics:  # one of the paraphrases per case is the held-out one
             assert 0 <= outcome.metrics["paraphrase@held-out"] <= 1
     assert (out / "benchmark.jsonl").is_file() and "many-edits" in (out / "report.md").read_text()
-    figures = lambda study: [b for b in _blocks(study, tmp_path / "plots") if isinstance(b, Figure)]  # noqa: E731
+    figures = lambda study: [b for b in study_blocks(study, tmp_path / "plots") if isinstance(b, Figure)]  # noqa: E731
     assert len(figures(results)) == 1  # learning vs keeping over 1 and 4 edits at once
     one_size = dataclasses.replace(results, rows=[r for r in results.rows if r.edits != 1])  # 4 at once
     assert figures(one_size) == []  # one size is no curve
@@ -223,9 +223,11 @@ def test_method_sizes_choose_the_draws_a_method_edits_and_one_draw_is_measured_o
     from palimpsest.experiments import many_edits
 
     measured = []
-    measure = many_edits._measure
+    from palimpsest.experiments.many_edits import units
+
+    measure = units._measure
     monkeypatch.setattr(
-        many_edits, "_measure", lambda model, tokenizer, cases, *rest: measured.append(len(cases)) or measure(
+        units, "_measure", lambda model, tokenizer, cases, *rest: measured.append(len(cases)) or measure(
             model, tokenizer, cases, *rest
         ),
     )  # fmt: skip
@@ -274,7 +276,7 @@ def test_a_sequence_killed_midway_goes_on_from_its_saved_progress(tmp_path, monk
         sequence_methods=None, method_sizes=(),
     )  # fmt: skip
     straight = many_edits.run_many_edits_study(tmp_path / "straight", scale).outcomes[0]
-    monkeypatch.setattr(many_edits, "SEQUENCE_SAVE_SECONDS", 0.0)  # save after every batch
+    monkeypatch.setattr(many_edits.progress, "SEQUENCE_SAVE_SECONDS", 0.0)  # save after every batch
     applied, apply = [], BatchEditor.apply
 
     def killed_at_the_third(self, *args, **kwargs):

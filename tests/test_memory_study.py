@@ -78,3 +78,30 @@ def test_a_finding_holds_only_when_every_seed_agrees():
     assert _compare(by_arm, "residual-scratch", "replace-scratch", "validation_loss", "lower").holds
     summary = summarise([u for group in by_arm.values() for u in group], SCALES["smoke"])
     assert "Kim & Jung (2)" in summary.verdict and "partly reproduced" in summary.verdict
+
+
+def test_one_seed_gives_the_study_and_a_pretraining_run_the_same_memory(tokenizer):
+    from dataclasses import replace
+
+    import torch
+
+    from palimpsest.experiments.memory.units import add_study_memory
+    from palimpsest.memory import memories
+    from palimpsest.memory.extension import MemoryExtension
+    from palimpsest.models import build_model
+
+    scale = SCALES["smoke"]
+
+    def model():
+        return build_model(scale.model.family, scale.model.size, tokenizer, max_positions=32, seed=0)
+
+    torch.manual_seed(123)  # whatever ran before must not matter
+    study = memories(add_study_memory(model(), scale, "residual-scratch", seed=3))
+    torch.manual_seed(456)
+    run = memories(MemoryExtension(replace(scale.memory, mode="residual"), run_seed=3).prepare_model(model()))
+    assert study.keys() == run.keys() and study
+    for name in study:
+        for (a, x), (b, y) in zip(
+            study[name].state_dict().items(), run[name].state_dict().items(), strict=True
+        ):
+            assert a == b and torch.equal(x, y), a

@@ -86,6 +86,15 @@ def _prepare(scale: MemoryScale, out: Path) -> _Data:
     return _Data(mixture.tokenizer, mixture.train_blocks, mixture.eval_set, facts, info)
 
 
+def add_study_memory(model: nn.Module, scale: MemoryScale, arm: str, seed: int) -> nn.Module:
+    """The memory of a memory arm, drawn as every palimpsest run with this seed draws it: from a
+    generator seeded with ``seed + MEMORY_SEED_OFFSET`` (what ``palimpsest pretrain --seed S
+    --memory-layer ...`` uses), never from torch's global generator, whose state depends on
+    whatever ran before."""
+    config = replace(scale.memory, mode=arm.split("-")[0], seed=seed + MEMORY_SEED_OFFSET)
+    return add_product_key_memory(model, config)
+
+
 def _unit_training(scale: MemoryScale, steps: int, seed: int, save_every: int) -> TrainingConfig:
     """The whole run's schedule, or for a continuation the rest of it (peak lr scaled down)."""
     full = scale.training
@@ -123,8 +132,7 @@ def _run_unit(
     extra_callbacks: list[TrainerCallback] = []
     usage_callback: MemoryUsageCallback | None = None
     if arm in MEMORY_ARMS:
-        torch.manual_seed(seed + MEMORY_SEED_OFFSET)  # the memory's own initialisation, every mode
-        add_product_key_memory(model, replace(scale.memory, mode=arm.split("-")[0]))
+        add_study_memory(model, scale, arm, seed)
         param_groups = lambda m: memory_param_groups(m, lr=scale.memory.value_lr)  # noqa: E731
         usage_callback = MemoryUsageCallback(window=scale.usage_window, log_every=scale.usage_window)
         extra_callbacks.append(usage_callback)

@@ -108,12 +108,19 @@ def test_the_editor_arm_teaches_facts_it_got_wrong_too(tmp_path, tokenizer):
     assert run.method == "editor" and 0 < run.changed_parameters <= run.trained_parameters
 
 
-def _row(arm, method, learned, lost, perplexity):
+def _row(arm, method, learned, lost, perplexity, spread=0.0, perplexity_spread=0.0, seeds=3):
+    """A row over ``seeds`` seeds whose per-seed values spread evenly around the means given."""
     cell = (learned, 0.0)
+    offsets = [i - (seeds - 1) / 2 for i in range(seeds)]
+    per_seed = {
+        "kept_lost": [lost + spread * o for o in offsets],
+        "perplexity_change": [perplexity + perplexity_spread * o for o in offsets],
+    }
     return KnowledgeRow(
-        arm=arm, method=method, size=16, seeds=3, after={"learned": cell}, before={"kept": (0.9, 0.0)},
-        kept_lost=(lost, 0.0), perplexity_change=(perplexity, 0.0), steps=(100, 0), seconds=(1, 0),
-        peak_mib=None, trained_parameters=1, changed_parameters=(1, 0),
+        arm=arm, method=method, size=16, seeds=seeds, after={"learned": cell}, before={"kept": (0.9, 0.0)},
+        kept_lost=(lost, spread), perplexity_change=(perplexity, perplexity_spread), steps=(100, 0),
+        seconds=(1, 0), peak_mib=None, trained_parameters=1, changed_parameters=(1, 0),
+        seed_list=list(range(seeds)), per_seed=per_seed,
     )  # fmt: skip
 
 
@@ -131,15 +138,24 @@ def test_the_claim_is_judged_only_at_equal_learning():
     verdict = _claim([full, _row("memory", "memory", 0.20, 0.0, 0.0)], 16)
     assert "not comparable" in verdict and "reproduced" not in verdict
     # a difference inside the seeds' spread is no difference
-    noisy = replace(
-        _row("memory", "memory", 1.0, 0.31, 5.2), kept_lost=(0.31, 0.2), perplexity_change=(5.2, 2.0)
-    )
+    noisy = _row("memory", "memory", 1.0, 0.31, 5.2, spread=0.2, perplexity_spread=2.0)
     assert "forgets as much (within the seed spread)" in _claim([full, noisy], 16)
-    mixed = replace(noisy, kept_lost=(0.6, 0.01), perplexity_change=(0.5, 0.1))
+    mixed = _row("memory", "memory", 1.0, 0.6, 0.5, spread=0.01, perplexity_spread=0.1)
     assert "mixed: loses more kept facts, moves perplexity less" in _claim([full, mixed], 16)
     assert "not evidence" not in _claim([full, mixed], 16)
+    # every seed the same way but the mean inside the spread of the differences: no difference
+    wide = replace(  # 0.01, 0.02 and 0.27 fewer lost than full's 0.30: mean 0.10, spread 0.15
+        _row("memory", "memory", 1.0, 0.20, 5.0),
+        per_seed={"kept_lost": [0.29, 0.28, 0.03], "perplexity_change": [5.0, 5.0, 5.0]},
+    )
+    assert "kept facts lost: as many (within the spread)" in _claim([full, wide], 16)
+    # arms compare on the seeds both ran, paired
+    two = replace(_row("memory", "memory", 0.95, 0.05, 0.5, seeds=2), seed_list=[1, 2])
+    assert "forgets less (reproduced)" in _claim([full, two], 16)
     # one seed has no spread: the direction is reported but called what it is
-    single = _claim([replace(full, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16)
+    single = _claim(
+        [_row("full", "full", 1.0, 0.30, 5.0, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16
+    )
     assert "One seed only for full" in single and "not evidence" in single
 
 

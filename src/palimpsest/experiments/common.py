@@ -46,6 +46,21 @@ def consistent_across_seeds(mean: float, spread: float, agreeing: int, seeds: in
     return seeds > 0 and agreeing == seeds and expected * mean > max(spread, 0.0)
 
 
+def paired_direction(mine: Sequence[float], other: Sequence[float]) -> int:
+    """-1 / 0 / +1: ``mine`` lower / not distinguishable / higher than ``other``, by
+    :func:`consistent_across_seeds` over their paired differences (the two sequences hold one
+    value per seed, in the same seed order)."""
+    differences = [a - b for a, b in zip(mine, other, strict=True)]
+    if not differences:
+        return 0
+    mean, spread = mean_std(differences)
+    for expected in (1, -1):
+        agreeing = sum(1 for difference in differences if expected * difference > 0)
+        if consistent_across_seeds(mean, spread, agreeing, len(differences), expected):
+            return expected
+    return 0
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation of the values that are numbers (NaN, NaN if none)."""
     kept = [v for v in values if v is not None and not math.isnan(v)]

@@ -6,9 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from palimpsest.experiments.common import (
-    mean_std,
-)
+from palimpsest.experiments.common import mean_std, paired_direction
 from palimpsest.experiments.knowledge.arms import ArmRun
 from palimpsest.experiments.knowledge.facts import Baseline
 from palimpsest.experiments.knowledge.scales import ANCHORS, KnowledgeScale
@@ -42,6 +40,25 @@ class KnowledgeRow:
     #: Kim & Jung's "outdated" slots with the whole learning run as the window: the share of
     #: all slots whose values the new facts left untouched (still zero).
     slots_outdated: tuple[float, float] | None = None
+    #: The seeds, and per seed (in that order) ``kept_lost`` and ``perplexity_change``: two arms
+    #: are compared by their paired differences over the seeds both ran (None in results written
+    #: before they were kept).
+    seed_list: list[int] | None = None
+    per_seed: dict[str, list[float]] | None = None
+
+    def paired(self, other: KnowledgeRow, measure: str) -> tuple[list[float], list[float]]:
+        """This row's and ``other``'s per-seed values of ``measure`` on the seeds both ran."""
+        if (
+            self.per_seed is None
+            or other.per_seed is None
+            or self.seed_list is None
+            or other.seed_list is None
+        ):
+            return [], []
+        mine = dict(zip(self.seed_list, self.per_seed[measure], strict=True))
+        theirs = dict(zip(other.seed_list, other.per_seed[measure], strict=True))
+        common = [seed for seed in self.seed_list if seed in theirs]
+        return [mine[seed] for seed in common], [theirs[seed] for seed in common]
 
 
 @dataclass
@@ -62,6 +79,8 @@ def summarise(
                 continue
             firsts = [before[(r.size, r.seed)] for r in group]
             pairs = list(zip(firsts, group, strict=True))
+            lost = [b["kept"] - r.after["kept"] for b, r in pairs]
+            moved = [100 * (r.after["perplexity"] / b["perplexity"] - 1) for b, r in pairs]
             memory = group[0].slots_changed is not None
             slots = scale.memory.n_keys**2 * len(scale.memory.layers)
             rows.append(
@@ -69,10 +88,9 @@ def summarise(
                     arm=arm.name, method=arm.method, size=size, seeds=len(group),
                     after={m: mean_std(r.after[m] for r in group) for m in METRICS},
                     before={m: mean_std(b[m] for b in firsts) for m in METRICS},
-                    kept_lost=mean_std(b["kept"] - r.after["kept"] for b, r in pairs),
-                    perplexity_change=mean_std(
-                        100 * (r.after["perplexity"] / b["perplexity"] - 1) for b, r in pairs
-                    ),
+                    kept_lost=mean_std(lost), perplexity_change=mean_std(moved),
+                    seed_list=[r.seed for r in group],
+                    per_seed={"kept_lost": lost, "perplexity_change": moved},
                     steps=mean_std(r.steps for r in group), seconds=mean_std(r.seconds for r in group),
                     peak_mib=mean_std(r.peak_mib for r in group) if group[0].peak_mib is not None else None,
                     trained_parameters=group[0].trained_parameters,
@@ -114,16 +132,6 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-def _direction(mine: tuple[float, float], other: tuple[float, float], n_mine: int, n_other: int) -> int:
-    """-1 / 0 / +1: ``mine`` is lower / not distinguishable / higher than ``other``, where a
-    difference counts only beyond one standard error of the difference of the two means."""
-    error = math.sqrt(mine[1] ** 2 / max(n_mine, 1) + other[1] ** 2 / max(n_other, 1))
-    difference = mine[0] - other[0]
-    if abs(difference) <= error or difference == 0:
-        return 0
-    return 1 if difference > 0 else -1
-
-
 def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
     """Did the memory arms write into slots ordinary text does not read (sparse fine-tuning's premise)?"""
     memory = [r for r in cell if r.slots_changed is not None and r.slots_used_by_wiki is not None]
@@ -162,8 +170,8 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
                 continue
             lost, other_lost = mine.kept_lost[0], other.kept_lost[0]
             fluency, other_fluency = mine.perplexity_change[0], other.perplexity_change[0]
-            facts = _direction(mine.kept_lost, other.kept_lost, mine.seeds, other.seeds)
-            text = _direction(mine.perplexity_change, other.perplexity_change, mine.seeds, other.seeds)
+            facts = paired_direction(*mine.paired(other, "kept_lost"))
+            text = paired_direction(*mine.paired(other, "perplexity_change"))
             if facts == text == 0:
                 outcome = "forgets as much (within the seed spread)"
             elif facts < 0 and text < 0:

@@ -71,11 +71,11 @@ def test_every_scale_leaves_unmodified_facts_to_measure(name):
     assert len(method_grid(settings, SIZES[settings.size].layers)) > len(settings.methods)
 
 
-def _fake_run(block: int, delta: float, a_m: float, kept: float) -> dict:
+def _fake_run(block: int, delta: float, a_m: float, kept: float, seed: int = 0) -> dict:
     metrics = {"A_M": a_m, "A_F\\S": kept, "A_mean": (a_m + kept) / 2}
     before = {"A_M": 0.0, "A_F\\S": 0.98, "A_mean": 0.49}
     return {
-        "family": "gpt2", "edits": 32, "seed": 0, "method": "linf",
+        "family": "gpt2", "edits": 32, "seed": seed, "method": "linf",
         "label": f"linf δ={delta:g} block {block}", "layers": [block], "norm": "linf", "delta": delta,
         "before": before, "after": metrics, "steps": 100, "seconds": 1.0,
     }  # fmt: skip
@@ -128,3 +128,21 @@ def test_the_real_editing_study_runs_at_smoke_scale_and_sweeps_only_blocks_an_ed
     swept = {int(r.label.rsplit(" ", 1)[1]) for r in results.runs if " block " in r.label}
     assert swept and max(swept) == results.blocks - 2  # the last block's edit could move nothing
     assert "What this run shows" in done.stdout
+
+
+def test_the_end_blocks_lead_only_when_every_seed_says_so():
+    from dataclasses import replace
+
+    from palimpsest.experiments.editing import best_single_blocks, summarise
+    from palimpsest.experiments.editing.summary import layer_outcome
+
+    def outcome(per_seed):  # per seed: each block's (A_M, A_F\S) at one bound
+        runs = [_fake_run(b, 5e-3, *cells[b], seed=s) for s, cells in enumerate(per_seed) for b in range(4)]
+        rows = summarise(runs, {}, replace(SCALES["demo"], families=())).rows
+        return layer_outcome(best_single_blocks(rows, "gpt2", 32, "linf", (5e-3,)))[0]
+
+    ends_ahead = [(1.0, 0.9), (1.0, 0.5), (1.0, 0.5), (1.0, 0.9)]
+    assert outcome([ends_ahead, ends_ahead, ends_ahead]) == "held"
+    # ahead by a wide margin on the means, but one seed has a middle block in front: not held
+    middle_ahead = [(1.0, 0.7), (1.0, 0.8), (1.0, 0.5), (1.0, 0.7)]
+    assert outcome([ends_ahead, ends_ahead, middle_ahead]) == "within spread"

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from palimpsest.experiments.common import FactDataInfo, mean_std
+from palimpsest.experiments.common import FactDataInfo, consistent_across_seeds, mean_std
 from palimpsest.experiments.editing.scales import EditingScale
 from palimpsest.models import SIZES
 
@@ -40,6 +40,8 @@ def summarise(
                 seconds=mean_std([r["seconds"] for r in group]),
                 seeds=len(group),
                 metrics=metrics,
+                pairing=[str(r["seed"]) for r in group],
+                per_seed={"A_mean": [r["after"]["A_mean"] for r in group]},
             )
         )
     return EditingSummary(rows=rows, verdict=_verdict(rows, pretrained, settings))
@@ -78,7 +80,9 @@ def layer_outcome(best: list[EditingRow]) -> tuple[str, str]:
     A comparison only counts where some block makes at least half of the edits while doing better
     than leaving the model unedited (A mean before any edit, plus the spread over seeds): where the
     edits fail, the block that changes least "wins", and the ranking says nothing about where facts
-    are best modified.
+    are best modified. The end blocks lead when, per seed, the weaker of them beats every middle
+    block, by the rule every study uses for a difference across seeds
+    (:func:`~palimpsest.experiments.common.consistent_across_seeds` over those per-seed margins).
     """
     scores = [r.mean("A_mean") for r in best]
     spread = max(r.metrics["A_mean"][1] for r in best)
@@ -92,9 +96,23 @@ def layer_outcome(best: list[EditingRow]) -> tuple[str, str]:
     if margin < 0:
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:2]
         return "failed", f"NOT first and last (best: blocks {sorted(best[i].layers[0] for i in ranked)})."
-    if margin <= spread:
-        return "within spread", "first and last ahead, but by less than the spread over seeds."
-    return "held", "first and last blocks most effective."
+    margins = _end_block_margins(best)
+    if margins and consistent_across_seeds(*mean_std(margins), sum(m > 0 for m in margins), len(margins)):
+        return "held", "first and last blocks most effective."
+    return "within spread", "first and last ahead, but not in every seed by more than the spread over seeds."
+
+
+def _end_block_margins(best: list[EditingRow]) -> list[float]:
+    """Per seed both ends and every middle block ran: the weaker end block's A mean minus the best
+    middle block's (empty where the rows carry no per-seed values)."""
+    if any(r.pairing is None or r.per_seed is None for r in best):
+        return []
+    by_block = [dict(zip(r.pairing, r.per_seed["A_mean"], strict=True)) for r in best]  # type: ignore[arg-type]
+    paired = [key for key in by_block[0] if all(key in block for block in by_block)]
+    return [
+        min(by_block[0][key], by_block[-1][key]) - max(block[key] for block in by_block[1:-1])
+        for key in paired
+    ]
 
 
 def _verdict(rows: list[EditingRow], pretrained: dict[str, PretrainedModel], settings: EditingScale) -> str:
@@ -216,6 +234,11 @@ class EditingRow:
     seeds: int | None = None
     sequential: bool = False
     draws: int | None = None
+    #: Which seed (or seed and draw) each per-seed value belongs to, and the A mean of each: rows
+    #: are compared by their paired differences over the seeds both ran (None in results written
+    #: before they were kept).
+    pairing: list[str] | None = None
+    per_seed: dict[str, list[float]] | None = None
 
     def mean(self, metric: str) -> float:
         """The mean over seeds (or draws) of one metric."""

@@ -44,6 +44,8 @@ def summarise(
                 # the median: robust to a draw slowed by other work on the machine
                 seconds=(statistics.median(r.seconds for r in group), 0.0),
                 metrics=metrics, sequential=sequential, draws=len(group),
+                pairing=[f"{r.seed}-{r.draw}" for r in group],
+                per_seed={"A_mean": [r.after["A_mean"] for r in group]},
             )
         )  # fmt: skip
     return EditingSummary(rows=rows, verdict=_verdict(rows, known, blocks, scale))

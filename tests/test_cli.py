@@ -1,6 +1,7 @@
 """End-to-end runs of the command line: two in a real process, the rest in-process (typer's runner)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -90,8 +91,9 @@ def test_report_of_missing_file_is_one_line(tmp_path):
     assert "not found" in one_error_line(palimpsest("report", str(tmp_path / "none.json")))
 
 
-def test_demo_smoke_writes_report_and_results(tmp_path):
-    done = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))
+def test_demo_smoke_writes_report_and_results(demo_smoke, tmp_path):
+    copied = tmp_path
+    done, tmp_path = demo_smoke["demo"], demo_smoke["out"]
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "results.json").read_text())
     pretrained = [r for r in summary["results"] if r["kind"] == "pretrain"]
@@ -111,9 +113,10 @@ def test_demo_smoke_writes_report_and_results(tmp_path):
     assert report.index("## Verdicts") < report.index("## Pretraining")  # the report opens with the table
     assert "What this run shows" in done.stdout
     assert (tmp_path / "report.html").is_file()
-    again = palimpsest("demo", "--scale", "smoke", "--out", str(tmp_path))  # finished runs are reused
+    copy = shutil.copytree(tmp_path, copied / "demo")  # the shared run stays as made
+    again = palimpsest("demo", "--scale", "smoke", "--out", str(copy))  # finished runs are reused
     assert again.returncode == 0
-    assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]
+    assert json.loads((copy / "results.json").read_text())["results"] == summary["results"]
 
 
 @pytest.mark.slow
@@ -179,23 +182,22 @@ def test_unknown_scale_is_one_line(tmp_path):
     assert "galactic" in line
 
 
-def test_the_plasticity_study_of_a_decoder(tmp_path):
-    """``--family gpt2``: pretrained with next-token loss, relearned and classified as a decoder."""
+def test_the_plasticity_study_of_a_decoder(tmp_path, demo_smoke):
+    """``--family gpt2``: pretrained with next-token loss, relearned and classified as a decoder
+    (the same run as the demo's forgetting part: the command reuses its units)."""
     line = one_error_line(
         palimpsest(
             "experiment", "plasticity", "--scale", "smoke", "--family", "bart", "--out", tmp_path / "x"
         )
     )
     assert "bart" in line and "gpt2" in line and not (tmp_path / "x").exists()
-    done = palimpsest(
-        "experiment", "plasticity", "--scale", "smoke", "--family", "gpt2", "--out", tmp_path / "d"
-    )
+    done, out = demo_smoke["plasticity"], demo_smoke["out"] / "plasticity"
     assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     assert results["settings"]["pretrain"]["model"]["family"] == "gpt2"
-    config = json.loads((tmp_path / "d" / "pretrain-forgetting" / "model" / "config.json").read_text())
+    config = json.loads((out / "pretrain-forgetting" / "model" / "config.json").read_text())
     assert config["model_type"] == "gpt2"
-    report = (tmp_path / "d" / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "next-token loss" in report and "Scale 'smoke, gpt2'" in report
 
 
@@ -261,13 +263,13 @@ def test_memory_add_and_stats(tmp_path):
     assert "no product-key memory" in line
 
 
-def test_memory_study_from_the_command_line(tmp_path):
-    done = palimpsest("experiment", "memory", "--scale", "smoke", "--out", str(tmp_path))
+def test_memory_study_from_the_command_line(tmp_path, demo_smoke):
+    done, out = demo_smoke["memory"], demo_smoke["out"] / "memory"
     assert done.returncode == 0, done.stderr
     assert "Kim & Jung" in done.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "memory-study" and results["summary"]["arms"]
-    report = (tmp_path / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "Grow: product-key memory" in report and "memory-study-recall.png" in report
     line = one_error_line(palimpsest("experiment", "memory", "--scale", "huge", "--out", str(tmp_path)))
     assert "huge" in line
@@ -335,10 +337,10 @@ def test_edit_from_the_command_line(tmp_path):
     assert "norm" in line
 
 
-def test_editing_study_from_the_command_line(tmp_path):
-    done = palimpsest("experiment", "editing", "--scale", "smoke", "--out", str(tmp_path))
+def test_editing_study_from_the_command_line(tmp_path, editing_smoke):
+    done = editing_smoke["done"]
     assert done.returncode == 0, done.stderr
     assert "recalls" in done.stdout
-    assert json.loads((tmp_path / "results.json").read_text())["kind"] == "editing-study"
+    assert json.loads((editing_smoke["out"] / "results.json").read_text())["kind"] == "editing-study"
     line = one_error_line(palimpsest("experiment", "editing", "--scale", "vast", "--out", str(tmp_path)))
     assert "vast" in line

@@ -1,6 +1,7 @@
 """The editing study at smoke scale: grid, pre-edit recall, resume, verdict and report."""
 
 import json
+import shutil
 
 import pytest
 
@@ -26,8 +27,11 @@ def test_method_grid_covers_methods_layers_and_bounds():
     assert ft.norm is None and "embeddings" in ft.modules
 
 
-def test_smoke_study_end_to_end(tmp_path):
-    results = run_editing_study(tmp_path, "smoke")
+def test_smoke_study_end_to_end(tmp_path, editing_smoke):
+    # made from the command line: the library reads back the same run (from a copy: the shared
+    # run stays as made)
+    study = shutil.copytree(editing_smoke["out"], tmp_path / "study")
+    results = run_editing_study(study, "smoke")
     settings = SCALES["smoke"]
     assert set(results.pretrained) == set(settings.families)
     for info in results.pretrained.values():
@@ -41,10 +45,10 @@ def test_smoke_study_end_to_end(tmp_path):
     assert [r.layers for r in single] == [[0], [1]]
     assert "recalls" in results.summary.verdict
     # a row's metrics sit beside its fields in results.json and read back into the typed row
-    stored = json.loads((tmp_path / "results.json").read_text())
+    stored = json.loads((study / "results.json").read_text())
     assert stored["summary"]["rows"][0]["A_M"] == list(results.summary.rows[0].metrics["A_M"])
     assert json.dumps(EditingStudyResults.from_json(stored).to_json()) == json.dumps(results.to_json())
-    again = run_editing_study(tmp_path, "smoke")  # pretraining and edit units are reused
+    again = run_editing_study(study, "smoke")  # pretraining and edit units are reused
     assert again.runs == results.runs
     markdown, _ = write_report([results], tmp_path, title="t")
     text = markdown.read_text()

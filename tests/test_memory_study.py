@@ -15,8 +15,12 @@ from palimpsest.experiments.memory import (
 from palimpsest.experiments.memory.summary import _compare
 
 
-def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
-    results = run_memory_study(tmp_path, "smoke")
+def test_smoke_study_runs_every_arm_and_resumes(demo_smoke, tmp_path):
+    import shutil
+
+    # the demo's memory part made these units (the same scale); the shared run stays as made
+    study = shutil.copytree(demo_smoke["out"] / "memory", tmp_path / "memory")
+    results = run_memory_study(study, "smoke")
     settings = SCALES["smoke"]
     units = {u.arm: u for u in results.units}
     assert set(units) == set(settings.arms)
@@ -38,13 +42,13 @@ def test_smoke_study_runs_every_arm_and_resumes(tmp_path):
         assert units[arm].outdated_curve
     assert "no-memory" not in {u.arm for u in results.units if u.usage is not None}
     assert results.summary.verdict
-    assert not (tmp_path / "no-memory-s0" / "trainer").exists()  # checkpoints removed at the end
+    assert not (study / "no-memory-s0" / "trainer").exists()  # checkpoints removed at the end
     # every unit is reused; the stored results read back to the same typed results
-    marker = tmp_path / "residual-pretrained-s0" / "result.json"
+    marker = study / "residual-pretrained-s0" / "result.json"
     mtime = marker.stat().st_mtime
-    again = run_memory_study(tmp_path, "smoke")
+    again = run_memory_study(study, "smoke")
     assert json.dumps(again.to_json()) == json.dumps(results.to_json()) and marker.stat().st_mtime == mtime
-    stored = json.loads((tmp_path / "results.json").read_text())
+    stored = json.loads((study / "results.json").read_text())
     assert MemoryStudyResults.from_json(stored).summary.arms.keys() == results.summary.arms.keys()
 
 

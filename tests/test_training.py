@@ -90,10 +90,9 @@ def test_sequence_classification_trains_and_evaluates(wiki_small, tokenizer, tmp
     assert after["loss"] < before["loss"]
 
 
-def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, straight_micro_run):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([sys.executable, str(SCRIPT), str(straight)], check=True, env=env, capture_output=True)
+    straight, killed = straight_micro_run, tmp_path / "killed"
     crash = subprocess.run(
         [sys.executable, str(SCRIPT), str(killed), "--kill-after-save", "8"], env=env, capture_output=True
     )
@@ -106,10 +105,9 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert a["eval_loss"] == b["eval_loss"]
 
 
-def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_one_before(tmp_path):
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_one_before(tmp_path, straight_micro_run):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([sys.executable, str(SCRIPT), str(straight)], check=True, env=env, capture_output=True)
+    straight, killed = straight_micro_run, tmp_path / "killed"
     crash = subprocess.run(
         [sys.executable, str(SCRIPT), str(killed), "--kill-during-save", "8"], env=env, capture_output=True
     )

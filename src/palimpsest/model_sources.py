@@ -39,8 +39,8 @@ class GGUFModel:
     license: str
 
 
-#: Real pretrained LMs shipped as GGUF. transformers de-quantises GGUF to fp32 on load (~25 s
-#: for SmolLM2-135M on 2 cores); the result is cached as an ordinary safetensors folder so
+#: Real pretrained LMs shipped as GGUF. transformers de-quantises GGUF to fp32 on load (slow:
+#: README, "Real models"); the result is cached as an ordinary safetensors folder so
 #: that later loads take seconds and every ``from_pretrained`` path (and ``save_pretrained``,
 #: which transformers refuses for a model loaded from GGUF) works on it.
 BUILTIN_GGUF: dict[str, GGUFModel] = {

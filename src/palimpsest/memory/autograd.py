@@ -73,8 +73,8 @@ class ValueGradientBuffers:
 
 
 #: Tokens per chunk of the value read's backward: the rows they gather (tokens x heads x k
-#: rows of the value width) stay in cache and in the reused workspace (16 measured fastest
-#: of 16, 64 and 256 at 262k slots on 2 CPU cores).
+#: rows of the value width) stay in cache and in the reused workspace (chosen by measuring:
+#: README, "Benchmarks").
 TOKENS_PER_CHUNK = 16
 
 

@@ -110,10 +110,8 @@ SCALES: dict[str, MemoryScale] = {
         usage_window=20,
         arms=("no-memory", "no-memory-continued", *MEMORY_ARMS),
     ),
-    # Sized by probes of the capacity check (one seed, micro model, block 1): with 1,000 cities
-    # x 12 repeats and 3,000 updates the plain model recalls 85.5% (most-common-country baseline
-    # 27.9%) and removing the FFN drops that to 24.5%, so capacity matters; at 1,000 updates of
-    # the tiny model with 2,000 cities it did not (recall stayed at the baseline).
+    # Sized by probes of the capacity check, so that capacity matters at this scale (the probes'
+    # figures: README, "The memory study").
     "cpu": MemoryScale(
         model=ModelConfig(family="gpt2", size="micro", dropout=0.0),
         data=_data(max_documents=500, vocab_size=2048, block_size=64, max_eval_blocks=64),

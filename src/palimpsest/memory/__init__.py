@@ -7,9 +7,12 @@ puts memories into a HF model by config, beside its FFN or in its place, and
 :func:`memory_usage` and :class:`MemoryUsageCallback` measure how the slots are used, and
 :func:`memory_param_groups` gives the values their own learning rate;
 :func:`learn_facts` writes new facts into a memory alone (optionally only the slots a fact
-selects specifically: sparse memory fine-tuning).
+selects specifically: sparse memory fine-tuning); a memory with ``PKMConfig(gate_hidden=...)``
+has a :class:`MemoryGate` that keeps its read at exactly zero except for inputs like those
+:func:`fit_gate` fitted it to.
 """
 
+from palimpsest.memory.gate import GateFit, MemoryGate, fit_gate
 from palimpsest.memory.inject import (
     MemoryHandle,
     PKMConfig,
@@ -33,8 +36,10 @@ from palimpsest.memory.usage import (
 )
 
 __all__ = [
+    "GateFit",
     "LearnedFacts",
     "MaskedBatchNorm",
+    "MemoryGate",
     "MemoryHandle",
     "MemoryLearning",
     "MemoryUsageCallback",
@@ -43,6 +48,7 @@ __all__ = [
     "Selection",
     "add_product_key_memory",
     "distribution_metrics",
+    "fit_gate",
     "learn_facts",
     "load_memory",
     "load_merged",

@@ -77,6 +77,10 @@ class PKMConfig:
     seed: int | None = None
     #: Learning rate of the memory values in training (XLM: a constant 1e-3, no weight decay).
     value_lr: float = 1e-3
+    #: Hidden width of a gate that opens the memory only for inputs like those it was taught
+    #: (:mod:`palimpsest.memory.gate`; closed for every input until fitted); ``None``: no gate,
+    #: every token reads the memory.
+    gate_hidden: int | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -104,6 +108,14 @@ class PKMConfig:
                 raise ConfigError(f"memory.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.value_lr > 0.0 or self.value_lr == float("inf"):
             raise ConfigError(f"memory.value_lr must be a positive number, got {self.value_lr}")
+        if self.gate_hidden is not None and (isinstance(self.gate_hidden, bool) or self.gate_hidden <= 0):
+            raise ConfigError(
+                f"memory.gate_hidden must be a positive width or null, got {self.gate_hidden!r}"
+            )
+        if self.gate_hidden is not None and self.mode != "residual":
+            raise ConfigError(
+                "memory.gate_hidden: a gate needs a residual memory (a closed replace memory drops the FFN)"
+            )
 
     def layer(self, dim: int, *, generator: torch.Generator | None = None) -> ProductKeyMemory:
         """One memory of these settings for a residual stream of width ``dim``."""
@@ -112,6 +124,7 @@ class PKMConfig:
             query_norm=self.query_norm, input_dropout=self.input_dropout,
             query_dropout=self.query_dropout, value_dropout=self.value_dropout,
             zero_values=self.zero_values, sparse_updates=self.sparse_updates, generator=generator,
+            gate_hidden=self.gate_hidden,
         )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from palimpsest.memory.autograd import (
     ValueRead,
     compiled_selection,
 )
+from palimpsest.memory.gate import MemoryGate
 
 QueryNorm = Literal["layernorm", "batchnorm", "none"]
 SparseUpdates = bool | Literal["auto"]
@@ -122,6 +123,7 @@ class ProductKeyMemory(nn.Module):
         zero_values: bool = False,
         sparse_updates: SparseUpdates = False,
         generator: torch.Generator | None = None,
+        gate_hidden: int | None = None,
     ):
         super().__init__()
         if sparse_updates not in SPARSE_UPDATES_CHOICES:
@@ -157,6 +159,9 @@ class ProductKeyMemory(nn.Module):
         if generator is not None:
             self.reset_parameters(generator)
         self.value_dropout = nn.Dropout(value_dropout)
+        #: Opens the memory only for inputs like those it was taught (:mod:`palimpsest.memory.gate`);
+        #: ``None``: every token reads the memory.
+        self.gate = MemoryGate(dim, gate_hidden) if gate_hidden else None
         self.sparse_updates = sparse_updates
         #: Whether the optimizer accepts sparse value gradients; "auto" stays dense until it is set.
         self.sparse_gradients_allowed = False
@@ -233,7 +238,10 @@ class ProductKeyMemory(nn.Module):
             output = ValueRead.apply(self.values.weight, bags, bag_weights, buffers, sparse)
         else:
             output = self.values(bags, per_sample_weights=bag_weights)
-        return self.value_dropout(output).view(*shape[:-1], self.value_dim)
+        output = self.value_dropout(output)
+        if self.gate is not None:  # exact zeros where it stays closed: no change, no gradient there
+            output = torch.where(self.gate(hidden.reshape(-1, shape[-1]))[:, None], output, 0.0)
+        return output.view(*shape[:-1], self.value_dim)
 
     def allow_sparse_gradients(self, allowed: bool) -> None:
         """Whether the optimizer accepts sparse value gradients, so that ``sparse_updates="auto"``

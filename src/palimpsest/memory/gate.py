@@ -1,0 +1,117 @@
+"""A gate that opens a memory only for inputs like those it was taught, and keeps it at exactly
+zero everywhere else.
+
+A memory added to a pretrained model is read by every token; whatever is written into it is
+then read by prompts it was never meant for (``results/knowledge-real/``). A similarity radius
+around the taught inputs (GRACE's codebook) cannot fix that on SmolLM2: the prompts of a taught
+fact's neighbours (the same relation, other subjects) lie as close to its inputs as the fact's
+own prompt after a passage of text does. A scorer *fitted* against those neighbours and ordinary
+text can: it opens for most of the taught facts' unseen phrasings and for none of other subjects'
+prompts (``results/gated-memory-probe-real/``). So the gate is a small MLP scorer on the memory's
+input, centred by the background's mean input; the memory's read passes where the score is
+positive and is replaced by exact zeros elsewhere, so a closed gate leaves the model's outputs
+bit-identical to the model without the memory, and no gradient reaches the values from there.
+
+A new gate is closed for every input (its last layer outputs a negative constant) until
+:func:`fit_gate` fits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+#: The score of every input before the gate is fitted: negative, so the gate starts closed.
+CLOSED_SCORE = -1.0
+
+
+class MemoryGate(nn.Module):
+    """Per token: is this input one the memory was taught? (``scores(x) > 0``)."""
+
+    def __init__(self, dim: int, hidden: int = 256):
+        super().__init__()
+        self.scorer = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.scorer[2].weight)
+        nn.init.constant_(self.scorer[2].bias, CLOSED_SCORE)
+        #: The background's mean input (subtracted first: the direction every input shares) and
+        #: the mean norm of the centred inputs it was fitted on; both saved with the memory.
+        self.register_buffer("centre", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """One score per input row: positive where the gate opens."""
+        centred = (hidden - self.centre.to(hidden.dtype)) / self.scale.to(hidden.dtype)
+        return self.scorer(centred).squeeze(-1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Where the gate opens, per input row (a boolean mask)."""
+        return self.scores(hidden) > 0
+
+
+@dataclass
+class GateFit:
+    """How a gate fitted its inputs: the share of positives it opens and of negatives it keeps closed."""
+
+    positives: int
+    negatives: int
+    opened_positives: float
+    closed_negatives: float
+    final_loss: float
+
+
+def fit_gate(
+    gate: MemoryGate,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    negative_weights: torch.Tensor | None = None,
+    steps: int = 1500,
+    learning_rate: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> GateFit:
+    """Fit ``gate`` to open for ``positives`` and stay closed for ``negatives`` (rows of memory
+    inputs), by weighted logistic loss, full batch, Adam; ``negative_weights`` weight the hard
+    negatives (a taught fact's neighbours) above ordinary text. The centre is the negatives' mean
+    (ordinary text's mean input, where they are mostly ordinary text). Returns how well it fits."""
+    if not len(positives) or not len(negatives):
+        raise ValueError("a gate needs positives and negatives to fit")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (gate.scorer[0], gate.scorer[2]):
+            bound = 1 / layer.in_features**0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+        gate.centre.copy_(negatives.float().mean(dim=0))
+        inputs = torch.cat([positives, negatives]).float()
+        gate.scale.copy_((inputs - gate.centre).norm(dim=-1).mean().clamp_min(1e-6))
+    targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
+    weights = torch.cat(
+        [
+            torch.ones(len(positives)),
+            negative_weights.float() if negative_weights is not None else torch.ones(len(negatives)),
+        ]
+    )
+    optimizer = torch.optim.Adam(gate.scorer.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    was_training = gate.training
+    gate.train()
+    loss = torch.zeros(())
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = functional.binary_cross_entropy_with_logits(gate.scores(inputs), targets, weight=weights)
+            loss.backward()
+            optimizer.step()
+    gate.train(was_training)
+    with torch.no_grad():
+        opened = gate(inputs)
+    return GateFit(
+        positives=len(positives),
+        negatives=len(negatives),
+        opened_positives=float(opened[: len(positives)].float().mean()),
+        closed_negatives=float((~opened[len(positives) :]).float().mean()),
+        final_loss=float(loss.detach()),
+    )

@@ -1,0 +1,101 @@
+"""The memory's gate: closed means exactly the model without the memory; fitted, it opens for what
+it was taught and nothing else; it travels with the saved model."""
+
+import pytest
+import torch
+
+from palimpsest.errors import ConfigError
+from palimpsest.memory import PKMConfig, add_product_key_memory, load_merged, memories, save_merged
+from palimpsest.memory.gate import MemoryGate, fit_gate
+from palimpsest.models import build_model
+
+SMALL = {"n_keys": 8, "heads": 2, "k": 4, "k_dim": 16, "seed": 0}
+
+
+def _model(tokenizer, **memory):
+    model = build_model("gpt2", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0).eval()
+    if memory:
+        add_product_key_memory(model, PKMConfig(layers=[1], **SMALL, **memory))
+    return model
+
+
+def _ids(tokenizer):
+    return torch.randint(5, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def test_an_unfitted_gate_leaves_the_model_bit_identical(tokenizer):
+    ids = _ids(tokenizer)
+    base = _model(tokenizer)(input_ids=ids).logits
+    ungated = _model(tokenizer, gate_hidden=None)(input_ids=ids).logits
+    gated = _model(tokenizer, gate_hidden=16)(input_ids=ids).logits  # values are random, not zero
+    assert not torch.equal(ungated, base)  # the memory does change the model without a gate
+    assert torch.equal(gated, base)
+
+
+def _clusters(dim: int, count: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    centre = torch.randn(dim, generator=generator) * 3
+    return centre + torch.randn(count, dim, generator=generator), -centre + torch.randn(
+        count, dim, generator=generator
+    )
+
+
+def test_a_fitted_gate_opens_for_what_it_was_taught_and_reads_exact_zeros_elsewhere():
+    from palimpsest.memory import ProductKeyMemory
+
+    memory = ProductKeyMemory(32, n_keys=8, heads=2, k=4, k_dim=16, gate_hidden=16).eval()
+    taught, other = _clusters(32, 64, seed=0)
+    fit = fit_gate(memory.gate, taught, other, steps=300)
+    assert fit.opened_positives == 1.0 and fit.closed_negatives == 1.0
+    unseen_taught, unseen_other = _clusters(32, 64, seed=0)  # the same clusters, fresh draws
+    unseen_taught, unseen_other = unseen_taught + 0.1, unseen_other + 0.1
+    assert memory.gate(unseen_taught).float().mean() > 0.95 and not memory.gate(unseen_other).any()
+    inputs = torch.cat([unseen_taught[:4], unseen_other[:4]])
+    gated = memory(inputs)
+    gate, memory.gate = memory.gate, None
+    ungated = memory(inputs)
+    memory.gate = gate
+    assert torch.equal(gated[:4], ungated[:4])  # open: the memory's read, unchanged
+    assert torch.equal(gated[4:], torch.zeros_like(gated[4:])) and ungated[4:].abs().sum() > 0
+
+
+def test_no_gradient_reaches_the_values_through_a_closed_gate():
+    from palimpsest.memory import ProductKeyMemory
+
+    memory = ProductKeyMemory(32, n_keys=8, heads=2, k=4, k_dim=16, gate_hidden=16)
+    taught, other = _clusters(32, 32, seed=1)
+    fit_gate(memory.gate, taught, other, steps=300)
+    memory(other).sum().backward()
+    assert memory.values.weight.grad is None or not memory.values.weight.grad.any()
+    memory.zero_grad()
+    memory(taught).sum().backward()
+    assert memory.values.weight.grad.any()
+
+
+def test_a_fitted_gate_is_saved_and_loaded_with_the_model(tokenizer, tmp_path):
+    model = _model(tokenizer, gate_hidden=16)
+    (memory,) = memories(model).values()
+    dim = memory.dim
+    taught, other = _clusters(dim, 32, seed=2)
+    fit_gate(memory.gate, taught, other, steps=100)
+    save_merged(model, tokenizer, tmp_path)
+    loaded = load_merged(tmp_path).eval()
+    (again,) = memories(loaded).values()
+    assert isinstance(again.gate, MemoryGate)
+    for name, tensor in memory.gate.state_dict().items():
+        assert torch.equal(tensor, again.gate.state_dict()[name]), name
+    ids = _ids(tokenizer)
+    assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"gate_hidden": 0}, {"gate_hidden": True}, {"gate_hidden": 8, "mode": "replace"}]
+)
+def test_gate_settings_that_cannot_work_are_refused(settings):
+    with pytest.raises(ConfigError, match="gate_hidden"):
+        PKMConfig(**settings)
+
+
+def test_a_gate_needs_both_sides_to_fit():
+    with pytest.raises(ValueError, match="positives and negatives"):
+        fit_gate(MemoryGate(8, 4), torch.zeros(0, 8), torch.ones(3, 8))

@@ -99,3 +99,32 @@ def test_gate_settings_that_cannot_work_are_refused(settings):
 def test_a_gate_needs_both_sides_to_fit():
     with pytest.raises(ValueError, match="positives and negatives"):
         fit_gate(MemoryGate(8, 4), torch.zeros(0, 8), torch.ones(3, 8))
+
+
+def test_usage_counts_only_the_tokens_a_gate_lets_read(tokenizer):
+    from palimpsest.memory import memory_usage
+
+    model = _model(tokenizer, gate_hidden=16)
+    batches = [{"input_ids": _ids(tokenizer), "attention_mask": torch.ones(2, 12, dtype=torch.long)}]
+    closed = memory_usage(model, batches)
+    (usage,) = closed.values()
+    assert usage["used"] == 0  # a closed gate: no token read any slot
+    (memory,) = memories(model).values()
+    memory.gate = None
+    (ungated,) = memory_usage(model, batches).values()
+    assert ungated["used"] > 0
+
+
+def test_learning_facts_through_a_gate_never_fitted_is_refused(tokenizer, tmp_path):
+    from palimpsest.data.facts import city_facts
+    from palimpsest.errors import ModelError
+    from palimpsest.memory import MemoryLearning, learn_facts
+
+    model = _model(tokenizer, gate_hidden=16, zero_values=True)
+    with pytest.raises(ModelError, match="never fitted"):
+        learn_facts(model, tokenizer, city_facts(2), MemoryLearning(), tmp_path)
+    (memory,) = memories(model).values()
+    assert not memory.gate.fitted
+    taught, other = _clusters(memory.dim, 16, seed=3)
+    fit_gate(memory.gate, taught, other, steps=50)
+    assert memory.gate.fitted

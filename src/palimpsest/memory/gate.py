@@ -40,6 +40,12 @@ class MemoryGate(nn.Module):
         #: the mean norm of the centred inputs it was fitted on; both saved with the memory.
         self.register_buffer("centre", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("fitted_flag", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :func:`fit_gate` has fitted it (an unfitted gate is closed for every input)."""
+        return bool(self.fitted_flag)
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """One score per input row: positive where the gate opens."""
@@ -106,6 +112,7 @@ def fit_gate(
             loss.backward()
             optimizer.step()
     gate.train(was_training)
+    gate.fitted_flag.fill_(True)
     with torch.no_grad():
         opened = gate(inputs)
     return GateFit(

@@ -87,10 +87,20 @@ class MaskedBatchNorm(nn.BatchNorm1d):
 
 @dataclass
 class Selection:
-    """What one forward pass read: slot indices and weights, ``(tokens, heads, k)``."""
+    """What one forward pass selected: slot indices and weights, ``(tokens, heads, k)``, and which
+    tokens read them (``read``: a gated memory's open tokens; ``None``: every token)."""
 
     indices: torch.Tensor
     weights: torch.Tensor
+    read: torch.Tensor | None = None
+
+    def rows(self, keep: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The tokens to count: those that read the memory and that ``keep`` (an attention mask,
+        any shape with one entry per token) keeps; ``None`` where every token counts."""
+        if keep is None:
+            return self.read
+        kept = keep.reshape(-1).bool().to(self.indices.device)
+        return kept if self.read is None else kept & self.read
 
 
 class ProductKeyMemory(nn.Module):
@@ -228,8 +238,9 @@ class ProductKeyMemory(nn.Module):
         queries = self.query_dropout(queries)
         scores, indices = self.select(queries)
         weights = functional.softmax(scores.float(), dim=-1).to(hidden.dtype)
+        read = self.gate(hidden.reshape(-1, shape[-1])) if self.gate is not None else None  # the raw input
         if self.record_selection:
-            self.last_selection = Selection(indices.detach(), weights.detach())
+            self.last_selection = Selection(indices.detach(), weights.detach(), read)
         bags = indices.reshape(flat.shape[0], -1)  # one bag of heads * k slots per token
         bag_weights = weights.reshape(flat.shape[0], -1)
         if torch.is_grad_enabled():
@@ -239,8 +250,8 @@ class ProductKeyMemory(nn.Module):
         else:
             output = self.values(bags, per_sample_weights=bag_weights)
         output = self.value_dropout(output)
-        if self.gate is not None:  # exact zeros where it stays closed: no change, no gradient there
-            output = torch.where(self.gate(hidden.reshape(-1, shape[-1]))[:, None], output, 0.0)
+        if read is not None:  # exact zeros where the gate stays closed: no change, no gradient there
+            output = torch.where(read[:, None], output, 0.0)
         return output.view(*shape[:-1], self.value_dim)
 
     def allow_sparse_gradients(self, allowed: bool) -> None:

@@ -212,8 +212,9 @@ class _SlotCounter:
         def count(layer: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
             indices = layer.last_selection.indices  # (tokens, heads, k)
             keep = args[1] if len(args) > 1 and args[1] is not None else None
-            if keep is not None:
-                indices = indices[keep.reshape(-1).bool()]
+            rows = layer.last_selection.rows(keep)
+            if rows is not None:
+                indices = indices[rows]
             self.counts[name] += torch.bincount(indices.reshape(-1).cpu(), minlength=layer.size)
 
         return count
@@ -283,6 +284,14 @@ def check_learnable(model: nn.Module, settings: MemoryLearning) -> None:
     """One line before any training when the model cannot learn as asked."""
     if memory_handle(model) is None:
         raise ModelError("the model has no product-key memory to write into (add one first: memory add)")
+    closed = [
+        name for name, layer in memories(model).items() if layer.gate is not None and not layer.gate.fitted
+    ]
+    if closed:  # training through a gate no one fitted would write what no token reads
+        raise ModelError(
+            f"the memory at {closed[0]} has a gate that was never fitted (closed for every input): "
+            "fit it first (palimpsest.memory.fit_gate); learning facts does not fit gates yet"
+        )
     if settings.sparse_top_t is not None:
         too_many = [n for n, layer in memories(model).items() if settings.sparse_top_t > layer.size]
         if too_many:

@@ -39,9 +39,11 @@ def slot_mass(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> dict[st
             model(**batch)
             for name, layer in layers.items():
                 selection = layer.last_selection
-                mass[name].index_add_(
-                    0, selection.indices.reshape(-1).cpu(), selection.weights.double().reshape(-1).cpu()
-                )
+                indices, weights = selection.indices, selection.weights
+                rows = selection.rows()  # a gated memory: the tokens that read it
+                if rows is not None:
+                    indices, weights = indices[rows], weights[rows]
+                mass[name].index_add_(0, indices.reshape(-1).cpu(), weights.double().reshape(-1).cpu())
     return {name: (m.sort(descending=True).values / m.sum()).tolist() for name, m in mass.items()}
 
 

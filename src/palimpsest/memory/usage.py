@@ -101,9 +101,9 @@ def memory_usage(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -
             for name, layer in layers.items():
                 selection = layer.last_selection
                 indices, weights = selection.indices.cpu(), selection.weights.float().cpu()
-                if keep is not None:
-                    rows = keep.reshape(-1).bool().cpu()
-                    indices, weights = indices[rows], weights[rows]
+                rows = selection.rows(keep)
+                if rows is not None:
+                    indices, weights = indices[rows.cpu()], weights[rows.cpu()]
                 counts[name].index_add_(0, indices.reshape(-1), torch.ones(indices.numel()))
                 mass[name].index_add_(0, indices.reshape(-1), weights.reshape(-1))
     model.train(was_training)
@@ -135,8 +135,11 @@ class MemoryUsageCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         for name, layer in self._layers.items():
-            if layer.last_selection is not None:
-                self.last_seen[name][layer.last_selection.indices.reshape(-1).cpu()] = state.global_step
+            selection = layer.last_selection
+            if selection is not None:
+                rows = selection.rows()  # a gated memory: only the tokens that read it
+                indices = selection.indices if rows is None else selection.indices[rows]
+                self.last_seen[name][indices.reshape(-1).cpu()] = state.global_step
         self.step = state.global_step
         if state.global_step % self.log_every == 0:
             entry = self.snapshot()

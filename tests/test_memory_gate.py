@@ -115,16 +115,15 @@ def test_usage_counts_only_the_tokens_a_gate_lets_read(tokenizer):
     assert ungated["used"] > 0
 
 
-def test_learning_facts_through_a_gate_never_fitted_is_refused(tokenizer, tmp_path):
-    from palimpsest.data.facts import city_facts
-    from palimpsest.errors import ModelError
-    from palimpsest.memory import MemoryLearning, learn_facts
-
-    model = _model(tokenizer, gate_hidden=16, zero_values=True)
-    with pytest.raises(ModelError, match="never fitted"):
-        learn_facts(model, tokenizer, city_facts(2), MemoryLearning(), tmp_path)
+def test_fitting_opens_a_gate_and_closing_it_gives_back_the_base_model(tokenizer):
+    model = _model(tokenizer, gate_hidden=16)
+    ids = _ids(tokenizer)
+    base = model(input_ids=ids).logits
     (memory,) = memories(model).values()
     assert not memory.gate.fitted
     taught, other = _clusters(memory.dim, 16, seed=3)
     fit_gate(memory.gate, taught, other, steps=50)
-    assert memory.gate.fitted
+    assert memory.gate.fitted and memory.gate(taught).any()
+    memory.gate.close()
+    assert not memory.gate.fitted and not memory.gate(torch.cat([taught, other])).any()
+    assert torch.equal(model(input_ids=ids).logits, base)

@@ -112,6 +112,7 @@ def _output_kinds() -> dict[str, Any]:
         "assemble": OutputKind("assemble", MODEL_FILES),
         "memory_add": OutputKind("memory add", MODEL_FILES),
         "memory_learn": OutputKind("memory learn", ("model", "trainer", *results), ("memory-learn",)),
+        "memory_forget": OutputKind("memory forget", ("model", *results), ("memory-forget",)),
         "memory_stats": OutputKind("memory stats", results, ("memory-stats",)),
         "edit": OutputKind("edit", ("model", *results), ("edit",)),
         "experiment_plasticity": OutputKind(
@@ -661,6 +662,13 @@ def memory_add(
             help="Sparse value gradients: train only the rows read (default: auto, if batches read few).",
         ),
     ] = None,
+    gate_hidden: Annotated[
+        int | None,
+        typer.Option(
+            help="A gate of this width: the memory reads nothing until `memory learn` fits it, then only "
+            "for the facts taught (residual memories).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the memory's initial weights.")] = 0,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
     verbose: VerboseOption = False,
@@ -678,7 +686,7 @@ def memory_add(
         config,
         {"layers": _blocks(layers, "--layer") if layers else None, "mode": mode, "n_keys": n_keys,
          "heads": heads, "k": k, "k_dim": k_dim, "query_norm": query_norm, "zero_values": zero_values,
-         "sparse_updates": sparse_updates},
+         "sparse_updates": sparse_updates, "gate_hidden": gate_hidden},
     )  # fmt: skip
     if settings.seed is None:
         check_seed(seed, "--seed")
@@ -717,13 +725,20 @@ def memory_learn(
     steps: Annotated[int | None, typer.Option(help="Optimizer updates (default 100).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-2).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Statements per step (default 16).")] = None,
+    paraphrases: Annotated[
+        bool | None,
+        typer.Option(help="Also teach each fact's other templates, but one held out per subject."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a run with other facts, model or settings in OUT.")
     ] = False,
     verbose: VerboseOption = False,
     claim: Any = None,
 ) -> None:
-    """Write facts into a model's memory alone (optionally only the slots they select specifically)."""
+    """Write facts into a model's memory alone (optionally only the slots they select specifically).
+
+    A gated memory (memory add --gate-hidden) first fits its gate to every fact it holds: run again
+    on the saved model to teach more facts in rounds; `memory forget` takes facts out again."""
     _setup_logging(verbose)
     from palimpsest.config import load_config
     from palimpsest.editing.datasets import read_edit_file
@@ -734,7 +749,7 @@ def memory_learn(
         MemoryLearning,
         config,
         {"trainable": trainable, "sparse_top_t": sparse_top_t, "training.steps": steps,
-         "training.learning_rate": lr, "training.batch_size": batch_size},
+         "training.learning_rate": lr, "training.batch_size": batch_size, "paraphrases": paraphrases},
     )  # fmt: skip
     requests, keep = read_edit_file(facts)
     claim.start_run(settings, overwrite=overwrite, model=model, facts=facts)
@@ -747,11 +762,84 @@ def memory_learn(
         if results.kept_recall_before is not None and results.kept_recall_after is not None
         else ""
     )
+    gate = results.learned.gate
+    opened = (
+        "; the gate opens for "
+        + ", ".join(f"{100 * fit.opened_positives:.0f}%" for fit in gate.layers.values())
+        + f" of the {gate.facts} facts' prompts it was fitted to"
+        if gate is not None
+        else ""
+    )
     console.print(
         f"taught {results.facts} fact(s) in {results.learned.steps} steps: recall "
-        f"{100 * results.learned_recall_before:.0f}% -> {100 * results.learned_recall_after:.0f}%{kept}; "
+        f"{100 * results.learned_recall_before:.0f}% -> {100 * results.learned_recall_after:.0f}% "
+        f"(after text {100 * results.learned_recall_after_text_after:.0f}%){kept}{opened}; "
         f"wrote {out}/model, {out}/results.json, {out}/report.md"
     )
+
+
+@memory_app.command("forget")
+@user_errors
+def memory_forget(
+    model: Annotated[str, typer.Option(help="A model whose gated memory was taught facts (memory learn).")],
+    facts: Annotated[
+        Path, typer.Option(help="JSONL as for `edit`: the facts to take out (subject and relation).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where the model without them, results.json and the report go.")],
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Take facts out of a gated memory: the slots only they read are zeroed and the gate is refitted
+    without them (closed again, the base model exactly, once none is left)."""
+    _setup_logging(verbose)
+    from palimpsest.config import load_config
+    from palimpsest.editing.datasets import read_edit_records
+    from palimpsest.memory.gated import forget_saved_model
+    from palimpsest.memory.learning import MemoryLearning
+    from palimpsest.report import write_report
+
+    settings = load_config(MemoryLearning, config, {})
+    chosen = [line.fact for line in read_edit_records(facts)]
+    results = forget_saved_model(model, chosen, settings, out)
+    write_report([results], out, title="palimpsest memory forget")
+    kept_before, kept_after = results.remaining_recall_before or 0.0, results.remaining_recall_after or 0.0
+    left = (
+        "the gate is closed again (the base model's outputs)"
+        if results.gate_closed
+        else f"{results.remaining} fact(s) left, recalled {100 * kept_before:.0f}% -> {100 * kept_after:.0f}%"
+    )
+    console.print(
+        f"took {results.facts} fact(s) out: recall of their taught answers "
+        f"{100 * results.taught_recall_before:.0f}% -> {100 * results.taught_recall_after:.0f}%, of the "
+        f"objects the file states {100 * results.stated_recall_before:.0f}% -> "
+        f"{100 * results.stated_recall_after:.0f}%; {left}; wrote {out}/model, {out}/results.json"
+    )
+
+
+@memory_app.command("list")
+@user_errors
+def memory_list(
+    model: Annotated[str, typer.Option(help="A model with a memory, folder or built-in name.")],
+    verbose: VerboseOption = False,
+) -> None:
+    """What a gated memory holds: its facts, when each was taught, the slots each reads."""
+    _setup_logging(verbose)
+    from palimpsest.data import load_tokenizer
+    from palimpsest.memory.gated import taught_fact_rows
+    from palimpsest.models import load_pretrained, resolve_pretrained
+
+    network = load_pretrained(model).eval()
+    rows = taught_fact_rows(network, load_tokenizer(resolve_pretrained(model)))
+    if not rows:
+        console.print(f"the memory of {model} holds no taught facts")
+        return
+    table = Table(title=f"{len(rows)} fact(s) in the memory of {model}")
+    for column in ("subject", "relation", "answer", "round", "taught (UTC)", "slots", "own slots", "gate"):
+        table.add_column(column, justify="right" if column in ("round", "slots", "own slots") else "left")
+    for row in rows:
+        table.add_row(row.subject, row.relation, row.answer, str(row.round), row.taught_at, str(row.slots),
+                      str(row.own_slots), "opens" if row.opens else "closed")  # fmt: skip
+    console.print(table)
 
 
 @memory_app.command("stats")

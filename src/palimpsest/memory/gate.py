@@ -47,6 +47,15 @@ class MemoryGate(nn.Module):
         """Whether :func:`fit_gate` has fitted it (an unfitted gate is closed for every input)."""
         return bool(self.fitted_flag)
 
+    @torch.no_grad()
+    def close(self) -> None:
+        """Closed for every input again, as when new (a memory whose facts were all taken out)."""
+        nn.init.zeros_(self.scorer[2].weight)
+        nn.init.constant_(self.scorer[2].bias, CLOSED_SCORE)
+        self.centre.zero_()
+        self.scale.fill_(1.0)
+        self.fitted_flag.fill_(False)
+
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """One score per input row: positive where the gate opens."""
         centred = (hidden - self.centre.to(hidden.dtype)) / self.scale.to(hidden.dtype)
@@ -74,15 +83,21 @@ def fit_gate(
     negatives: torch.Tensor,
     *,
     negative_weights: torch.Tensor | None = None,
+    open_share: float | None = None,
+    centre: torch.Tensor | None = None,
     steps: int = 1500,
+    batch_size: int | None = 4096,
     learning_rate: float = 3e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
 ) -> GateFit:
     """Fit ``gate`` to open for ``positives`` and stay closed for ``negatives`` (rows of memory
-    inputs), by weighted logistic loss, full batch, Adam; ``negative_weights`` weight the hard
-    negatives (a taught fact's neighbours) above ordinary text. The centre is the negatives' mean
-    (ordinary text's mean input, where they are mostly ordinary text). Returns how well it fits."""
+    inputs), by weighted logistic loss and Adam; ``negative_weights`` weight the hard negatives
+    (a taught fact's neighbours) above ordinary text; ``open_share`` (if given) weights the
+    positives so that they carry that share of the loss however many of each there are.
+    ``centre`` is ordinary text's mean input (default: the negatives' mean). Each step reads
+    ``batch_size`` rows drawn at random (every row where there are no more; ``None``: every row),
+    so the cost of a fit does not grow with the number of facts. Returns how well it fits."""
     if not len(positives) or not len(negatives):
         raise ValueError("a gate needs positives and negatives to fit")
     generator = torch.Generator().manual_seed(seed)
@@ -91,24 +106,29 @@ def fit_gate(
             bound = 1 / layer.in_features**0.5
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
-        gate.centre.copy_(negatives.float().mean(dim=0))
+        gate.centre.copy_(negatives.float().mean(dim=0) if centre is None else centre.float())
         inputs = torch.cat([positives, negatives]).float()
         gate.scale.copy_((inputs - gate.centre).norm(dim=-1).mean().clamp_min(1e-6))
     targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
-    weights = torch.cat(
-        [
-            torch.ones(len(positives)),
-            negative_weights.float() if negative_weights is not None else torch.ones(len(negatives)),
-        ]
-    )
+    closed = negative_weights.float() if negative_weights is not None else torch.ones(len(negatives))
+    opened = torch.ones(len(positives))
+    if open_share is not None:
+        if not 0.0 < open_share < 1.0:
+            raise ValueError(f"open_share must be in (0, 1), got {open_share}")
+        opened *= closed.sum() * open_share / (1 - open_share) / len(positives)
+    weights = torch.cat([opened, closed])
     optimizer = torch.optim.Adam(gate.scorer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     was_training = gate.training
     gate.train()
     loss = torch.zeros(())
+    full = batch_size is None or batch_size >= len(inputs)
     with torch.enable_grad():
         for _ in range(steps):
+            rows = slice(None) if full else torch.randint(len(inputs), (batch_size,), generator=generator)
             optimizer.zero_grad()
-            loss = functional.binary_cross_entropy_with_logits(gate.scores(inputs), targets, weight=weights)
+            loss = functional.binary_cross_entropy_with_logits(
+                gate.scores(inputs[rows]), targets[rows], weight=weights[rows]
+            )
             loss.backward()
             optimizer.step()
     gate.train(was_training)

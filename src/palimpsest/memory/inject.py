@@ -36,6 +36,7 @@ from torch import nn
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
+from palimpsest.memory.taught import TAUGHT_FILE, TaughtFacts
 from palimpsest.models import block_indices, hidden_size, transformer_blocks
 from palimpsest.seeds import check_seed
 from palimpsest.storage import is_main_process, read_safetensors, save_model, write_text
@@ -298,6 +299,8 @@ class MemoryHandle:
     def __init__(self, model: nn.Module, undo: list[Undo]):
         self._model = model
         self._undo = undo
+        #: The facts a gated memory was taught (:mod:`palimpsest.memory.taught`); saved beside it.
+        self.taught = TaughtFacts([])
 
     @property
     def config(self) -> PKMConfig:
@@ -384,8 +387,24 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
         tensors = {key: value.detach().contiguous().cpu() for key, value in memory_state_dict(model).items()}
         save_file(tensors, str(path / f".{WEIGHTS_FILE}.tmp"))
         (path / f".{WEIGHTS_FILE}.tmp").replace(path / WEIGHTS_FILE)
+        _write_taught(handle, path)
     write_text(path / CONFIG_FILE, json.dumps(document, indent=2))
     return path
+
+
+def _write_taught(handle: MemoryHandle, folder: Path) -> None:
+    """The list of taught facts beside the weights (none written, and a stale one removed, when
+    the memory holds none)."""
+    if handle.taught.facts:
+        handle.taught.write(folder)
+    else:
+        (folder / TAUGHT_FILE).unlink(missing_ok=True)
+
+
+def _read_taught(model: nn.Module, folder: Path) -> None:
+    taught = TaughtFacts.read(folder)
+    if taught is not None:
+        model.palimpsest_memory.taught = taught
 
 
 def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
@@ -421,6 +440,7 @@ def load_memory(model: nn.Module, path: str | Path) -> nn.Module:
             f"the model needs {tuple(expected[wrong[0]].shape)}"
         )
     model.load_state_dict({key: stored[key] for key in expected}, strict=False)
+    _read_taught(model, path)
     return model
 
 
@@ -430,9 +450,10 @@ def save_merged(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
     The base tensors keep their names and config.json carries the memory settings;
     :func:`palimpsest.models.load_pretrained` (or :func:`load_merged`) rebuilds it exactly.
     """
-    if memory_handle(model) is None:
+    handle = memory_handle(model)
+    if handle is None:
         raise ModelError("this model has no product-key memory to save")
-    return save_model(model, tokenizer, path)
+    return save_model(model, tokenizer, path, extra=lambda staging: _write_taught(handle, staging))
 
 
 def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = None) -> nn.Module:
@@ -468,4 +489,5 @@ def load_merged(path: str | Path, *, task: str = "lm", num_labels: int | None = 
     unloaded = [name for name, parameter in names.items() if id(parameter) not in loaded]
     if unloaded:
         raise ModelError(f"{path} lacks weights, e.g. {unloaded[0]}")
+    _read_taught(model, path)
     return model

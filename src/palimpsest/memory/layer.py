@@ -226,6 +226,20 @@ class ProductKeyMemory(nn.Module):
         column = index_2.gather(-1, self.candidate_columns[best])
         return scores, row * self.n_keys + column
 
+    @torch.no_grad()
+    def selected_slots(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The slots each input row selects, ``(rows, heads, k)``, as an evaluation forward pass does
+        (BatchNorm statistics used, not updated)."""
+        was_training = self.training
+        self.eval()
+        try:
+            queries = self.query(hidden.reshape(-1, hidden.shape[-1]))
+            if self.query_norm is not None:
+                queries = self.query_norm(queries)
+            return self.select(queries)[1]
+        finally:
+            self.train(was_training)
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         shape = hidden.shape
         flat = self.input_dropout(hidden.reshape(-1, shape[-1]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -29,9 +30,19 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from palimpsest.data.facts import Fact
 from palimpsest.errors import ConfigError, DataError, ModelError
+from palimpsest.memory.gated import (
+    GateFits,
+    GateTraining,
+    check_taught_list,
+    fact_templates,
+    fit_memory_gates,
+    gated_memories,
+    training_contexts,
+)
 from palimpsest.memory.inject import memories, memory_handle
+from palimpsest.memory.taught import TaughtFacts, taught_fact
 from palimpsest.memory.usage import validation_batches
-from palimpsest.recall import build_probe
+from palimpsest.recall import PLAIN, PromptContext, build_probe
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
 from palimpsest.training import TrainingConfig, train_only
@@ -68,6 +79,11 @@ class MemoryLearning:
     block_size: int = 64
     #: Templates of each fact the memory trains on (0: the edit template).
     templates: list[int] = field(default_factory=lambda: [0])
+    #: Also train on every other template of a fact's relation but one held out per subject
+    #: (:meth:`~palimpsest.data.facts.Fact.held_out_template`): its paraphrases.
+    paraphrases: bool = False
+    #: How the gate of a gated memory is fitted to the facts (unused without a gate).
+    gate: GateTraining = field(default_factory=GateTraining)
     #: The run: steps, batch size and the memory's learning rate (constant, no warmup).
     training: TrainingConfig = field(default_factory=lambda: _learning_schedule())
 
@@ -109,9 +125,12 @@ def fact_examples(
     answers: Sequence[str] | None = None,
     causal: bool,
     templates: Sequence[int] = (0,),
+    paraphrases: bool = False,
+    contexts: Sequence[PromptContext] = (PLAIN,),
 ) -> Dataset:
     """Training examples that teach each fact (with ``answers[i]`` as its object, if given):
-    the statement through each template, the loss on the answer's tokens only.
+    the statement through each template (and, with ``paraphrases``, the relation's other
+    templates but the fact's held-out one) in each context, the loss on the answer's tokens only.
 
     Examples are padded to one length (``attention_mask`` marks the real tokens) so they batch
     without a collator of their own. A fact whose answer the tokenizer cannot separate from
@@ -121,16 +140,19 @@ def fact_examples(
     rows: list[tuple[list[int], list[int]]] = []
     for index, fact in enumerate(facts):
         answer = answers[index] if answers is not None else fact.object
-        for template in templates:
-            probe = build_probe(tokenizer, fact, template=template, object_=answer, causal=causal)
-            if probe is None:
-                raise DataError(
-                    f"cannot teach '{fact.statement(template, answer)}': the tokenizer merges the answer"
+        for template in fact_templates(fact, templates, paraphrases) if paraphrases else templates:
+            for context in contexts if causal else (PLAIN,):
+                probe = build_probe(
+                    tokenizer, fact, template=template, object_=answer, causal=causal, context=context
                 )
-            labels = [-100] * len(probe.input_ids)
-            for position, token in zip(probe.answer_positions, probe.answer_ids, strict=True):
-                labels[position] = token
-            rows.append((probe.input_ids, labels))
+                if probe is None:
+                    raise DataError(
+                        f"cannot teach '{fact.statement(template, answer)}': the tokenizer merges the answer"
+                    )
+                labels = [-100] * len(probe.input_ids)
+                for position, token in zip(probe.answer_positions, probe.answer_ids, strict=True):
+                    labels[position] = token
+                rows.append((probe.input_ids, labels))
     if not rows:
         raise DataError("no facts to learn")
     from datasets import Dataset
@@ -284,14 +306,13 @@ def check_learnable(model: nn.Module, settings: MemoryLearning) -> None:
     """One line before any training when the model cannot learn as asked."""
     if memory_handle(model) is None:
         raise ModelError("the model has no product-key memory to write into (add one first: memory add)")
-    closed = [
-        name for name, layer in memories(model).items() if layer.gate is not None and not layer.gate.fitted
-    ]
-    if closed:  # training through a gate no one fitted would write what no token reads
-        raise ModelError(
-            f"the memory at {closed[0]} has a gate that was never fitted (closed for every input): "
-            "fit it first (palimpsest.memory.fit_gate); learning facts does not fit gates yet"
-        )
+    if gated_memories(model):
+        from palimpsest.models import objective_of
+
+        if objective_of(model.config) != "clm":
+            raise ModelError("a gated memory learns facts in causal language models only (it opens at the "
+                             "subject's last token of a prompt the model continues)")  # fmt: skip
+        check_taught_list(model)
     if settings.sparse_top_t is not None:
         too_many = [n for n, layer in memories(model).items() if settings.sparse_top_t > layer.size]
         if too_many:
@@ -324,6 +345,7 @@ def learn_facts(
     output_dir: str | Path,
     *,
     answers: Sequence[str] | None = None,
+    keep: Sequence[Fact] = (),
     callbacks: Iterable[TrainerCallback] = (),
 ) -> LearnedFacts:
     """Write ``facts`` (with ``answers`` as their objects, if given) into the model's memory.
@@ -333,13 +355,40 @@ def learn_facts(
     ``settings.sparse_top_t`` only the top-t slots per step move. Training
     (``settings.training``) goes through :func:`palimpsest.training.train`, so it checkpoints and
     resumes like every run.
+
+    A gated memory (:mod:`palimpsest.memory.gated`) first has its gate fitted to every fact it
+    holds — those taught before and these — with ``keep``'s facts among the inputs it stays closed
+    for; then its values train on all of them (the earlier facts are replayed, so a new round does
+    not overwrite the slots they share), each prompt also after passages of text; the facts join
+    the memory's list of taught facts (``memory_facts.json`` when saved).
     """
     from palimpsest.models import objective_of, trainable_flags_kept
     from palimpsest.training import train
 
     check_learnable(model, settings)
     causal = objective_of(model.config) == "clm"
-    dataset = fact_examples(tokenizer, facts, answers=answers, causal=causal, templates=settings.templates)
+    gate_fits: GateFits | None = None
+    contexts = [PLAIN]
+    taught: TaughtFacts | None = None
+    if gated_memories(model):
+        handle = memory_handle(model)
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        objects = answers if answers is not None else [fact.object for fact in facts]
+        new = [
+            taught_fact(fact, answer, handle.taught.rounds + 1, when)
+            for fact, answer in zip(facts, objects, strict=True)
+        ]
+        taught = handle.taught.adding(new)
+        gate_fits = fit_memory_gates(
+            model, tokenizer, taught.facts, templates=settings.templates, paraphrases=settings.paraphrases,
+            settings=settings.gate, keep=keep,
+        )  # fmt: skip
+        facts, answers = [entry.fact for entry in taught.facts], None
+        contexts = training_contexts(settings.gate)
+    dataset = fact_examples(
+        tokenizer, facts, answers=answers, causal=causal, templates=settings.templates,
+        paraphrases=settings.paraphrases, contexts=contexts,
+    )  # fmt: skip
     with trainable_flags_kept(model):
         trained = freeze_all_but_memory(model, settings.trainable)
         extra: list[TrainerCallback] = []
@@ -363,8 +412,10 @@ def learn_facts(
             for name, layer in layers.items():
                 layer.sparse_updates = previous_sparse[name]
     updated = {name: int(mask.sum()) for name, mask in sparse.updated.items()} if sparse is not None else None
+    if taught is not None:
+        memory_handle(model).taught = taught
     return LearnedFacts(trained=trained, examples=len(dataset), steps=result.steps,
-                        seconds=result.train_seconds, slots_updated=updated)  # fmt: skip
+                        seconds=result.train_seconds, slots_updated=updated, gate=gate_fits)  # fmt: skip
 
 
 @dataclass
@@ -377,6 +428,8 @@ class LearnedFacts:
     steps: int
     seconds: float
     slots_updated: dict[str, int] | None
+    #: A gated memory: how its gate fitted every fact it now holds.
+    gate: GateFits | None = None
 
 
 def learn_saved_model(
@@ -393,32 +446,40 @@ def learn_saved_model(
     measure recall of what it learned and of the ``keep`` facts before and after, and save the
     model with its memory (base names unchanged) to ``out/model``."""
     from palimpsest.data import load_tokenizer
+    from palimpsest.memory.inject import save_merged
     from palimpsest.models import load_pretrained, resolve_pretrained
-    from palimpsest.recall import fact_recall
-    from palimpsest.storage import machine_info, save_model
+    from palimpsest.recall import EVALUATION_PASSAGES, after_text, fact_recall, text_passages
+    from palimpsest.storage import machine_info
 
     model = load_pretrained(str(model_dir))
     check_learnable(model, settings)
     tokenizer = load_tokenizer(resolve_pretrained(str(model_dir)))
     taught = [Fact(fact.subject, fact.relation, answer) for fact, answer in zip(facts, answers, strict=True)]
 
-    def recall() -> tuple[float, float | None]:
+    passages = text_passages(EVALUATION_PASSAGES, seed=0, split="validation")
+
+    def recall() -> tuple[float, float, float | None]:
         model.eval()
         learned = fact_recall(model, tokenizer, taught).accuracy
+        after_passages = [
+            fact_recall(model, tokenizer, taught, context=after_text(passage)).accuracy
+            for passage in passages
+        ]
         kept = fact_recall(model, tokenizer, list(keep)).accuracy if keep else None
-        return learned, kept
+        return learned, sum(after_passages) / len(after_passages), kept
 
     before = recall()
     out = Path(out)
     learned = learn_facts(
-        model, tokenizer, facts, settings, out / "trainer", answers=answers, callbacks=callbacks
+        model, tokenizer, facts, settings, out / "trainer", answers=answers, keep=keep, callbacks=callbacks
     )
     after = recall()
-    save_model(model, tokenizer, out / "model")
+    save_merged(model, tokenizer, out / "model")
     results = MemoryLearnResults(
         model=str(model_dir), settings=settings, facts=len(facts), kept_facts=len(keep),
         learned_recall_before=before[0], learned_recall_after=after[0],
-        kept_recall_before=before[1], kept_recall_after=after[1],
+        learned_recall_after_text_before=before[1], learned_recall_after_text_after=after[1],
+        kept_recall_before=before[2], kept_recall_after=after[2],
         learned=learned, saved_model=str(out / "model"), machine=machine_info(),
     )  # fmt: skip
     results.write(out / "results.json")
@@ -437,6 +498,9 @@ class MemoryLearnResults(Results):
     kept_facts: int
     learned_recall_before: float
     learned_recall_after: float
+    #: The same prompts after a passage of unrelated text (mean over a few held-out passages).
+    learned_recall_after_text_before: float
+    learned_recall_after_text_after: float
     kept_recall_before: float | None
     kept_recall_after: float | None
     learned: LearnedFacts
@@ -447,21 +511,23 @@ class MemoryLearnResults(Results):
     def report_section(cls, runs: Sequence[MemoryLearnResults], plots_dir: Path) -> Section:
         section = Section("Grow meets rewrite: new facts written into the memory alone")
         section.blocks.append(
-            "Recall is the exact match of the whole object (greedy) through the fact's first template; "
+            "Recall is the exact match of the whole object (greedy) through the fact's first template, "
+            "the prompt as a user writes it ('after text': behind a passage of unrelated text); "
             "'learned' are the facts taught (with their new objects), 'kept' the facts listed to keep. "
-            "Only the memory trained; with sparse fine-tuning only the top-t slots per step."
+            "Only the memory trained; with sparse fine-tuning only the top-t slots per step; a gated "
+            "memory reads only where its gate, fitted to every fact it holds, opens."
         )
         rows = [
             [
                 run.model, run.settings.trainable, run.settings.sparse_top_t, run.facts,
-                run.learned_recall_before, run.learned_recall_after, run.kept_recall_before,
-                run.kept_recall_after, run.learned.steps, run.learned.seconds,
+                run.learned_recall_before, run.learned_recall_after, run.learned_recall_after_text_after,
+                run.kept_recall_before, run.kept_recall_after, run.learned.steps, run.learned.seconds,
             ]
             for run in runs
         ]  # fmt: skip
         headers = [
-            "model", "trains", "top-t", "facts", "learned before", "learned after", "kept before",
-            "kept after", "steps", "seconds",
+            "model", "trains", "top-t", "facts", "learned before", "learned after",
+            "learned after (after text)", "kept before", "kept after", "steps", "seconds",
         ]  # fmt: skip
         section.blocks.append(Table(headers, rows))
         return section

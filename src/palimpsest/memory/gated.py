@@ -1,0 +1,576 @@
+"""Teaching facts to a gated memory, and taking them out again.
+
+A gated memory (``PKMConfig(gate_hidden=...)``, :mod:`palimpsest.memory.gate`) reads nothing until
+its gate is fitted. Teaching facts therefore has two parts:
+
+1. **Fit the gate** on the memory's inputs: *open* at the last token of each taught fact's subject
+   (where MEMIT writes a fact: the token whose input names the subject), in the prompt as users
+   write it and after passages of unrelated text; *closed* everywhere else — the other tokens of
+   those prompts, the same prompts with other subjects (the facts' neighbours: the hard negatives,
+   weighted up) and ordinary text. A fitted scorer, not a similarity radius, because on SmolLM2 a
+   neighbour's input lies as close to a taught one as the taught prompt after text does
+   (``results/gated-memory-probe-real/``).
+2. **Train the values through it** (:func:`palimpsest.memory.learning.learn_facts`): only tokens
+   the gate opens read the memory, so only the slots they select move, and every other input
+   reads exact zeros — the model is the base model there.
+
+The gate is fitted on every fact the memory holds (:class:`~palimpsest.memory.taught.TaughtFacts`),
+so a later round refits it on the old facts and the new, and :func:`forget_facts` refits it
+without the facts taken out (and with them as closed inputs), zeroing the slots only they read;
+once no fact is left the gate is closed again and the model computes exactly the base model.
+
+The neighbours are the facts' relations with other subjects: the facts a user asked to keep
+(``memory learn``'s file) and subjects of palimpsest's built-in fact tables (cities, countries,
+elements), never a subject the memory was taught (its own prompts under another relation share
+the subject's input, so they cannot be told apart there).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from palimpsest.data.facts import Fact
+from palimpsest.errors import ConfigError, ModelError
+from palimpsest.memory.gate import GateFit, fit_gate
+from palimpsest.memory.inject import memories, memory_handle
+from palimpsest.memory.layer import ProductKeyMemory
+from palimpsest.memory.taught import TaughtFact, TaughtFacts
+from palimpsest.recall import PLAIN, PromptContext, after_text, build_probe, text_passages
+from palimpsest.report import Section, Table
+from palimpsest.results import Results
+
+if TYPE_CHECKING:
+    from palimpsest.memory.learning import MemoryLearning
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GateTraining:
+    """How a memory's gate is fitted when facts are taught to it or taken out of it."""
+
+    #: Passages of ordinary text (the background's train split) each taught prompt is also seen
+    #: after, as an open input and as a training example: a question asked mid-conversation.
+    passages: int = 2
+    #: Other subjects per taught fact, stated in its relation's first template: closed inputs.
+    neighbours: int = 4
+    #: The weight of a neighbour's tokens against one token of ordinary text.
+    neighbour_weight: float = 5.0
+    #: The share of the fit's loss the open inputs carry, however many closed ones there are (the
+    #: share the probe's gate had: ``results/gated-memory-probe-real/``).
+    open_share: float = 0.1
+    #: Tokens of ordinary text the gate learns to stay closed for.
+    background_tokens: int = 4096
+    background: str = "wiki-en"
+    #: The scorer's fit: Adam steps of ``batch_size`` rows drawn at random.
+    steps: int = 1500
+    batch_size: int = 4096
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("neighbours", "background_tokens", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"gate.{name} must be positive, got {getattr(self, name)}")
+        if self.passages < 0:
+            raise ConfigError(f"gate.passages must be 0 or more, got {self.passages}")
+        if not self.neighbour_weight > 0 or not self.learning_rate > 0:
+            raise ConfigError("gate.neighbour_weight and gate.learning_rate must be positive")
+        if not 0.0 < self.open_share < 1.0:
+            raise ConfigError(f"gate.open_share must be between 0 and 1, got {self.open_share}")
+
+
+def gated_memories(model: nn.Module) -> dict[str, ProductKeyMemory]:
+    """The model's memory layers that have a gate."""
+    return {name: layer for name, layer in memories(model).items() if layer.gate is not None}
+
+
+def check_taught_list(model: nn.Module) -> None:
+    """One line where a fitted gate's facts are unknown (its list was not saved with it): teaching
+    or forgetting would refit the gate without them."""
+    handle = memory_handle(model)
+    fitted = [name for name, layer in gated_memories(model).items() if layer.gate.fitted]
+    if fitted and handle is not None and not handle.taught.facts:
+        raise ModelError(
+            f"the gate of the memory at {fitted[0]} was fitted on facts this model does not list "
+            "(memory_facts.json was not saved with it): it cannot be taught more or made to forget"
+        )
+
+
+def training_contexts(settings: GateTraining) -> list[PromptContext]:
+    """The contexts a taught prompt is seen in: as written, and after each training passage."""
+    passages = text_passages(settings.passages, seed=settings.seed, split="train", corpus=settings.background)
+    return [PLAIN, *(after_text(passage) for passage in passages)]
+
+
+def fact_templates(fact: Fact, templates: Sequence[int], paraphrases: bool) -> list[int]:
+    """The templates ``fact`` is taught through: ``templates``, and with ``paraphrases`` every other
+    template of its relation but its held-out one (one phrasing per subject stays unseen)."""
+    count = len(fact.relation.templates)
+    chosen = sorted({template % count for template in templates})
+    if paraphrases:
+        held_out = fact.held_out_template(chosen[0])
+        chosen += [t for t in range(count) if t not in chosen and t != held_out]
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Token ids fed to the model; ``open_at`` the one position the gate must open at (None: none),
+    every other position from ``closed_from`` on a closed input of weight ``weight``."""
+
+    ids: list[int]
+    open_at: int | None
+    weight: float
+    closed_from: int = 0
+
+
+def _prompt_text(tokenizer, fact: Fact, template: int, context: PromptContext, weight: float, *, open_: bool):
+    probe = build_probe(tokenizer, fact, template=template, causal=True, context=context)
+    if probe is None or not probe.subject_positions:
+        return None
+    ids = probe.input_ids[: probe.answer_positions[0]]
+    if not open_:
+        return _Text(ids, None, weight)
+    # closed: the subject's other tokens and the words after it, which read the subject too; the
+    # template's words before it are the neighbours' as well, and a context passage is ordinary text
+    return _Text(ids, probe.subject_positions[-1], weight, closed_from=probe.subject_positions[0])
+
+
+def neighbour_facts(taught: Sequence[TaughtFact], keep: Sequence[Fact], settings: GateTraining) -> list[Fact]:
+    """Per taught fact, ``settings.neighbours`` facts of its relation about subjects never taught:
+    the kept facts of that relation first, then subjects of the built-in fact tables (chosen by a
+    hash of the fact, so a refit draws the same ones)."""
+    from palimpsest.data.facts import FACT_SETS, builtin_facts, city_facts
+
+    taught_subjects = {fact.subject for fact in taught}
+    kept_by_relation: dict[str, list[Fact]] = {}
+    for fact in keep:
+        if fact.subject not in taught_subjects:
+            kept_by_relation.setdefault(fact.relation.name, []).append(fact)
+    pool = sorted(
+        {fact.subject for fact in city_facts(2000)}
+        | {fact.subject for name in FACT_SETS for fact in builtin_facts(name)} - taught_subjects
+    )
+    neighbours: list[Fact] = []
+    for entry in taught:
+        fact = entry.fact
+        chosen = kept_by_relation.get(fact.relation.name, [])[: settings.neighbours]
+        rng = random.Random(zlib.crc32(f"{settings.seed}|{fact.subject}|{fact.relation.name}".encode()))
+        while len(chosen) < settings.neighbours and pool:
+            chosen.append(Fact(rng.choice(pool), fact.relation, fact.object))
+        neighbours += chosen
+    return neighbours
+
+
+def gate_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    taught: Sequence[TaughtFact],
+    *,
+    templates: Sequence[int],
+    paraphrases: bool,
+    contexts: Sequence[PromptContext],
+    closed_facts: Sequence[Fact],
+    settings: GateTraining,
+) -> list[_Text]:
+    """What the gate is fitted on: each taught prompt (open at the subject's last token, closed at
+    its other tokens from the template's start), ``closed_facts``' prompts (closed, weighted as
+    neighbours) and ordinary text (closed)."""
+    texts: list[_Text] = []
+    for entry in taught:
+        fact = entry.fact
+        for template in fact_templates(fact, templates, paraphrases):
+            for context in contexts:
+                text = _prompt_text(tokenizer, fact, template, context, 1.0, open_=True)
+                if text is not None:
+                    texts.append(text)
+    for fact in closed_facts:
+        text = _prompt_text(tokenizer, fact, 0, PLAIN, settings.neighbour_weight, open_=False)
+        if text is not None:
+            texts.append(text)
+    tokens = 0
+    passages = text_passages(
+        max(settings.background_tokens // 32, 1), words=48, seed=settings.seed + 1, split="train",
+        corpus=settings.background,
+    )  # fmt: skip
+    for passage in passages:
+        ids = tokenizer(passage)["input_ids"]
+        texts.append(_Text(ids, None, 1.0))
+        tokens += len(ids)
+        if tokens >= settings.background_tokens:
+            break
+    return texts
+
+
+@torch.no_grad()
+def memory_inputs(
+    model: nn.Module, texts: Sequence[_Text], *, pad_id: int = 0, batch_size: int = 32
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per gated memory layer: (open inputs, closed inputs, closed weights) of ``texts``."""
+    layers = gated_memories(model)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
+        for name, layer in layers.items()
+    ]
+    opened: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    closed: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    weights: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            length = max(len(text.ids) for text in batch)
+            ids = torch.tensor(
+                [text.ids + [pad_id] * (length - len(text.ids)) for text in batch], device=device
+            )
+            mask = torch.tensor(
+                [[1] * len(t.ids) + [0] * (length - len(t.ids)) for t in batch], device=device
+            )
+            model(input_ids=ids, attention_mask=mask)
+            rows_closed: list[tuple[int, int]] = []
+            rows_open: list[tuple[int, int]] = []
+            for row, text in enumerate(batch):
+                first = text.closed_from
+                if text.open_at is not None:
+                    rows_open.append((row, text.open_at))
+                rows_closed += [(row, p) for p in range(first, len(text.ids)) if p != text.open_at]
+                weights.append(torch.full((len(text.ids) - first - (text.open_at is not None),), text.weight))
+            for name in layers:
+                hidden = captured[name].float().cpu()
+                if rows_open:
+                    opened[name].append(hidden[[r for r, _ in rows_open], [p for _, p in rows_open]])
+                closed[name].append(hidden[[r for r, _ in rows_closed], [p for _, p in rows_closed]])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    dim = next(iter(captured.values())).shape[-1] if captured else 0
+    return {
+        name: (
+            torch.cat(opened[name]) if opened[name] else torch.zeros(0, dim),
+            torch.cat(closed[name]),
+            torch.cat(weights),
+        )
+        for name in layers
+    }
+
+
+@dataclass
+class GateFits:
+    """Per gated memory layer, how its gate fitted (:class:`~palimpsest.memory.gate.GateFit`)."""
+
+    layers: dict[str, GateFit]
+    facts: int
+    texts: int
+
+
+def fit_memory_gates(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    taught: Sequence[TaughtFact],
+    *,
+    templates: Sequence[int],
+    paraphrases: bool,
+    settings: GateTraining,
+    keep: Sequence[Fact] = (),
+    closed_facts: Sequence[Fact] = (),
+) -> GateFits:
+    """Fit every gate of ``model``'s memories to open for ``taught`` (see the module docstring);
+    ``closed_facts`` are kept closed as hard negatives (facts taken out)."""
+    contexts = training_contexts(settings)
+    neighbours = neighbour_facts(taught, keep, settings)
+    texts = gate_texts(
+        tokenizer, taught, templates=templates, paraphrases=paraphrases, contexts=contexts,
+        closed_facts=[*neighbours, *closed_facts], settings=settings,
+    )  # fmt: skip
+    if not any(text.open_at is not None for text in texts):
+        raise ModelError("none of the taught facts has a prompt with a subject to open the gate at")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    inputs = memory_inputs(model, texts, pad_id=pad)
+    background = [text for text in texts if text.open_at is None and text.weight == 1.0]
+    centre_rows = memory_inputs(model, background, pad_id=pad) if background else None
+    fits: dict[str, GateFit] = {}
+    for name, layer in gated_memories(model).items():
+        positives, negatives, weights = inputs[name]
+        centre = centre_rows[name][1].mean(dim=0) if centre_rows is not None else None
+        fits[name] = fit_gate(
+            layer.gate, positives, negatives, negative_weights=weights, open_share=settings.open_share,
+            centre=centre,
+            steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+            seed=settings.seed,
+        )  # fmt: skip
+        logger.info(
+            "gate of %s fitted on %d open and %d closed inputs: opens %.1f%% of the open, keeps %.1f%% "
+            "of the closed closed", name, fits[name].positives, fits[name].negatives,
+            100 * fits[name].opened_positives, 100 * fits[name].closed_negatives,
+        )  # fmt: skip
+    return GateFits(fits, facts=len(taught), texts=len(texts))
+
+
+@torch.no_grad()
+def slots_read(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, facts: Sequence[TaughtFact], *,
+    templates: Sequence[int], paraphrases: bool, settings: GateTraining,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per gated memory layer, which slots (a boolean per slot) the open inputs of ``facts`` select."""
+    layers = gated_memories(model)
+    used = {name: torch.zeros(layer.size, dtype=torch.bool) for name, layer in layers.items()}
+    if not facts:
+        return used
+    texts = [
+        text
+        for entry in facts
+        for template in fact_templates(entry.fact, templates, paraphrases)
+        for context in training_contexts(settings)
+        if (text := _prompt_text(tokenizer, entry.fact, template, context, 1.0, open_=True)) is not None
+    ]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    inputs = memory_inputs(model, texts, pad_id=pad)
+    for name, layer in layers.items():
+        positives = inputs[name][0]
+        if len(positives):
+            used[name][layer.selected_slots(positives.to(layer.values.weight.device)).reshape(-1).cpu()] = (
+                True
+            )
+    return used
+
+
+@dataclass
+class Forgotten:
+    """What :func:`forget_facts` took out: facts, the facts left, and per layer the slots zeroed."""
+
+    facts: int
+    remaining: int
+    slots_zeroed: dict[str, int]
+    gate: GateFits | None
+
+
+def forget_facts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    facts: Sequence[Fact],
+    *,
+    templates: Sequence[int] = (0,),
+    paraphrases: bool = False,
+    settings: GateTraining | None = None,
+) -> Forgotten:
+    """Take ``facts`` (each one the memory was taught; by subject and relation) out of the model's
+    gated memory: the slots only they select are zeroed, and the gate is refitted on the facts left
+    with the ones taken out as closed inputs — or, when none is left, closed for every input, so the
+    model computes exactly the base model again. ``templates``/``paraphrases`` are how they were taught."""
+    settings = settings or GateTraining()
+    handle = memory_handle(model)
+    if handle is None or not gated_memories(model):
+        raise ModelError("the model has no gated memory to take facts out of (memory add --gate-hidden)")
+    check_taught_list(model)
+    remaining = handle.taught.without(facts)
+    gone_keys = {(fact.subject, fact.relation.name) for fact in facts}
+    gone = [entry for entry in handle.taught.facts if entry.key in gone_keys]
+    kwargs = {"templates": templates, "paraphrases": paraphrases, "settings": settings}
+    theirs = slots_read(model, tokenizer, gone, **kwargs)
+    others = slots_read(model, tokenizer, remaining.facts, **kwargs)
+    zeroed: dict[str, int] = {}
+    for name, layer in gated_memories(model).items():
+        owned = theirs[name] & ~others[name]
+        with torch.no_grad():
+            layer.values.weight[owned.to(layer.values.weight.device)] = 0.0
+        zeroed[name] = int(owned.sum())
+    fits = None
+    if remaining.facts:
+        fits = fit_memory_gates(
+            model, tokenizer, remaining.facts, closed_facts=[entry.fact for entry in gone], **kwargs
+        )
+    else:
+        for layer in gated_memories(model).values():
+            layer.gate.close()
+    handle.taught = remaining
+    return Forgotten(len(gone), len(remaining.facts), zeroed, fits)
+
+
+def forget_saved_model(
+    model_dir: str | Path, facts: Sequence[Fact], settings: MemoryLearning, out: str | Path
+) -> MemoryForgetResults:
+    """``palimpsest memory forget``: take ``facts`` out of a saved model's gated memory, measure the
+    recall of their taught answers, of their objects as the file states them, and of the facts left,
+    before and after; save the model (with the shorter list of facts) to ``out/model``."""
+    from palimpsest.data import load_tokenizer
+    from palimpsest.memory.inject import save_merged
+    from palimpsest.models import load_pretrained, resolve_pretrained
+    from palimpsest.recall import fact_recall
+    from palimpsest.storage import machine_info
+
+    model = load_pretrained(str(model_dir)).eval()
+    handle = memory_handle(model)
+    if handle is None or not gated_memories(model):
+        raise ModelError(f"'{model_dir}' has no gated memory to take facts out of (memory add --gate-hidden)")
+    check_taught_list(model)
+    handle.taught.without(facts)  # every fact must be one it holds: refused before any work
+    tokenizer = load_tokenizer(resolve_pretrained(str(model_dir)))
+    gone_keys = {(fact.subject, fact.relation.name) for fact in facts}
+    gone = [entry.fact for entry in handle.taught.facts if entry.key in gone_keys]
+    left = [entry.fact for entry in handle.taught.facts if entry.key not in gone_keys]
+
+    def recall(chosen: Sequence[Fact]) -> float | None:
+        return fact_recall(model, tokenizer, chosen).accuracy if chosen else None
+
+    before = (recall(gone), recall(facts), recall(left))
+    started = time.perf_counter()
+    forgotten = forget_facts(
+        model, tokenizer, facts, templates=settings.templates, paraphrases=settings.paraphrases,
+        settings=settings.gate,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    model.eval()
+    after = (recall(gone), recall(facts), recall(left))
+    out = Path(out)
+    save_merged(model, tokenizer, out / "model")
+    results = MemoryForgetResults(
+        model=str(model_dir), facts=forgotten.facts, remaining=forgotten.remaining,
+        taught_recall_before=before[0], taught_recall_after=after[0],
+        stated_recall_before=before[1], stated_recall_after=after[1],
+        remaining_recall_before=before[2], remaining_recall_after=after[2],
+        slots_zeroed=forgotten.slots_zeroed, gate_closed=not forgotten.remaining, seconds=seconds,
+        saved_model=str(out / "model"), machine=machine_info(),
+    )  # fmt: skip
+    results.write(out / "results.json")
+    return results
+
+
+@dataclass
+class MemoryForgetResults(Results):
+    """What ``palimpsest memory forget`` took out of a memory, and what the model recalls after."""
+
+    KIND: ClassVar[str] = "memory-forget"
+
+    model: str
+    facts: int
+    remaining: int
+    #: Recall of the facts taken out with the answers the memory taught them.
+    taught_recall_before: float
+    taught_recall_after: float
+    #: Recall of the same facts with the objects the file states (their answers before teaching).
+    stated_recall_before: float
+    stated_recall_after: float
+    #: Recall of the facts the memory still holds, with their taught answers.
+    remaining_recall_before: float | None
+    remaining_recall_after: float | None
+    slots_zeroed: dict[str, int]
+    #: Every fact was taken out: the gate is closed again and the model computes the base model.
+    gate_closed: bool
+    seconds: float
+    saved_model: str
+    machine: dict[str, Any]
+
+    @classmethod
+    def report_section(cls, runs: Sequence[MemoryForgetResults], plots_dir: Path) -> Section:
+        section = Section("Facts taken out of a gated memory")
+        section.blocks.append(
+            "Recall is the exact match of the whole object (greedy) through the fact's first template, "
+            "the prompt as a user writes it: 'taught' with the answer the memory taught, 'stated' with "
+            "the object the file states, 'remaining' the facts the memory still holds. The slots only "
+            "the facts taken out read are zeroed and the gate is refitted without them (closed for "
+            "every input when none is left: the base model's outputs exactly)."
+        )
+        rows = [
+            [
+                run.model, run.facts, run.remaining, run.taught_recall_before, run.taught_recall_after,
+                run.stated_recall_before, run.stated_recall_after, run.remaining_recall_before,
+                run.remaining_recall_after, sum(run.slots_zeroed.values()), run.gate_closed, run.seconds,
+            ]
+            for run in runs
+        ]  # fmt: skip
+        headers = [
+            "model", "facts out", "facts left", "taught before", "taught after", "stated before",
+            "stated after", "remaining before", "remaining after", "slots zeroed", "gate closed", "seconds",
+        ]  # fmt: skip
+        section.blocks.append(Table(headers, rows))
+        return section
+
+
+@dataclass
+class TaughtFactRow:
+    """One line of ``memory list``: a fact, its answer, when it was taught, the slots it reads."""
+
+    subject: str
+    relation: str
+    answer: str
+    round: int
+    taught_at: str
+    #: Slots its prompt (as written, first template) selects, and how many of them no other
+    #: taught fact's prompt selects.
+    slots: int
+    own_slots: int
+    #: Whether the gate opens at its prompt.
+    opens: bool
+
+
+def taught_fact_rows(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[TaughtFactRow]:
+    """What a gated memory holds, fact by fact (``memory list``)."""
+    handle = memory_handle(model)
+    if handle is None:
+        raise ModelError("the model has no product-key memory (memory add)")
+    check_taught_list(model)
+    entries = handle.taught.facts
+    texts = [_prompt_text(tokenizer, entry.fact, 0, PLAIN, 1.0, open_=True) for entry in entries]
+    usable = [(entry, text) for entry, text in zip(entries, texts, strict=True) if text is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    inputs = memory_inputs(model, [text for _, text in usable], pad_id=pad) if usable else {}
+    per_fact: list[set[int]] = [set() for _ in usable]
+    opens = [False] * len(usable)
+    for name, layer in gated_memories(model).items():
+        positives = inputs[name][0] if inputs else torch.zeros(0, layer.dim)
+        if not len(positives):
+            continue
+        device = layer.values.weight.device
+        selected = layer.selected_slots(positives.to(device)).reshape(len(positives), -1).cpu()
+        with torch.no_grad():
+            opened = layer.gate(positives.to(device)).cpu()
+        for index in range(len(usable)):
+            per_fact[index] |= {f"{name}:{slot}" for slot in selected[index].tolist()}
+            opens[index] = opens[index] or bool(opened[index])
+    counts: dict[str, int] = {}
+    for slots in per_fact:
+        for slot in slots:
+            counts[slot] = counts.get(slot, 0) + 1
+    rows = []
+    for index, (entry, _) in enumerate(usable):
+        own = sum(1 for slot in per_fact[index] if counts[slot] == 1)
+        rows.append(TaughtFactRow(entry.subject, entry.relation, entry.answer, entry.round, entry.taught_at,
+                                  len(per_fact[index]), own, opens[index]))  # fmt: skip
+    return rows
+
+
+__all__ = [
+    "Forgotten",
+    "GateFits",
+    "GateTraining",
+    "MemoryForgetResults",
+    "TaughtFactRow",
+    "TaughtFacts",
+    "check_taught_list",
+    "fact_templates",
+    "fit_memory_gates",
+    "forget_facts",
+    "forget_saved_model",
+    "gate_texts",
+    "gated_memories",
+    "memory_inputs",
+    "neighbour_facts",
+    "slots_read",
+    "taught_fact_rows",
+    "training_contexts",
+]

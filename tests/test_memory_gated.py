@@ -1,0 +1,220 @@
+"""Teaching a gated memory and taking facts out again: the gate is fitted to every fact the memory
+holds, rounds add to them, forgetting closes the gate for what was taken out and zeroes the slots
+only it read, and a memory with nothing left computes exactly the base model."""
+
+import json
+
+import pytest
+import torch
+
+from palimpsest.data.facts import CAPITAL, CURRENCY, Fact
+from palimpsest.errors import DataError, ModelError
+from palimpsest.memory import PKMConfig, add_product_key_memory, load_merged, memories, save_merged
+from palimpsest.memory.gated import GateTraining, forget_facts, slots_read
+from palimpsest.memory.inject import memory_handle
+from palimpsest.memory.learning import MemoryLearning, learn_facts
+from palimpsest.memory.taught import TAUGHT_FILE
+from palimpsest.models import build_smollm2_like
+from palimpsest.training import TrainingConfig
+
+SMALL = {"n_keys": 8, "heads": 2, "k": 4, "k_dim": 16, "seed": 0, "zero_values": True, "gate_hidden": 16}
+FIRST = [Fact("France", CAPITAL, "Paris"), Fact("Peru", CAPITAL, "Lima")]
+SECOND = [Fact("Japan", CURRENCY, "Yen"), Fact("Chile", CAPITAL, "Santiago")]
+GATE = GateTraining(passages=1, neighbours=2, background_tokens=256, steps=200, batch_size=512)
+
+
+def _base(tokenizer):
+    return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0).eval()
+
+
+def _gated(tokenizer):
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL))
+    return model
+
+
+def _settings():
+    training = TrainingConfig(steps=4, batch_size=4, learning_rate=1e-2, eval_every=None, save_every=None)
+    return MemoryLearning(gate=GATE, training=training)
+
+
+def _ids(tokenizer, text="The river rises in the hills north of the town and flows south."):
+    return torch.tensor([tokenizer(text)["input_ids"]])
+
+
+def _prompt_opened(model, tokenizer, fact) -> torch.Tensor:
+    """Per token of the fact's prompt, whether the gate lets the memory read."""
+    (memory,) = memories(model).values()
+    captured = {}
+    hook = memory.register_forward_pre_hook(lambda _m, args: captured.__setitem__("x", args[0]))
+    with torch.no_grad():
+        model(input_ids=_ids(tokenizer, fact.prompt(0)))
+    hook.remove()
+    return memory.gate(captured["x"][0])
+
+
+def test_learning_fits_the_gate_to_the_facts_and_moves_only_the_memory(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    learned = learn_facts(model, tokenizer, FIRST, _settings(), tmp_path, answers=["Rome", "Oslo"])
+    (memory,) = memories(model).values()
+    assert memory.gate.fitted and learned.gate is not None
+    (fit,) = learned.gate.layers.values()
+    assert fit.positives >= len(FIRST) and fit.negatives > fit.positives
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(".memory." in name for name in moved)
+    taught = memory_handle(model).taught
+    assert [(f.subject, f.answer, f.round) for f in taught.facts] == [
+        ("France", "Rome", 1),
+        ("Peru", "Oslo", 1),
+    ]
+
+
+def test_a_second_round_adds_to_the_facts_and_the_gate_still_opens_for_the_first(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "1", answers=["Rome", "Oslo"])
+    learn_facts(model, tokenizer, SECOND, _settings(), tmp_path / "2", answers=["Euro", "Lima"])
+    taught = memory_handle(model).taught
+    assert [f.round for f in taught.facts] == [1, 1, 2, 2] and taught.rounds == 2
+    for fact in FIRST + SECOND:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+    # teaching a fact again replaces its answer, it is not listed twice
+    learn_facts(model, tokenizer, FIRST[:1], _settings(), tmp_path / "3", answers=["Madrid"])
+    assert [(f.subject, f.answer) for f in memory_handle(model).taught.facts][-1] == ("France", "Madrid")
+    assert len(memory_handle(model).taught.facts) == 4
+
+
+def test_forgetting_closes_the_gate_for_what_was_taken_out_and_keeps_the_rest(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    learn_facts(
+        model, tokenizer, FIRST + SECOND, _settings(), tmp_path, answers=["Rome", "Oslo", "Euro", "Lima"]
+    )
+    base = _base(tokenizer)
+    owned = slots_read(model, tokenizer, memory_handle(model).taught.facts[:1], templates=[0],
+                       paraphrases=False, settings=GATE)  # fmt: skip
+    forgotten = forget_facts(model, tokenizer, FIRST[:1], settings=GATE)
+    assert forgotten.facts == 1 and forgotten.remaining == 3
+    assert [f.subject for f in memory_handle(model).taught.facts] == ["Peru", "Japan", "Chile"]
+    (memory,) = memories(model).values()
+    (name,) = owned
+    others = slots_read(model, tokenizer, memory_handle(model).taught.facts, templates=[0],
+                        paraphrases=False, settings=GATE)[name]  # fmt: skip
+    only_theirs = owned[name] & ~others
+    assert int(only_theirs.sum()) == forgotten.slots_zeroed[name]
+    assert not memory.values.weight[only_theirs].any()
+    assert not _prompt_opened(model, tokenizer, FIRST[0]).any()  # closed at every token of its prompt:
+    ids = _ids(tokenizer, FIRST[0].prompt(0))  # the base model's outputs, exactly
+    assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    for fact in FIRST[1:] + SECOND:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+
+
+def test_forgetting_every_fact_gives_back_the_base_model_bit_for_bit(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path, answers=["Rome", "Oslo"])
+    ids = _ids(tokenizer, "The capital of France is Rome. " + FIRST[1].prompt(0))
+    base = _base(tokenizer)(input_ids=ids).logits
+    forget_facts(model, tokenizer, FIRST, settings=GATE)
+    (memory,) = memories(model).values()
+    assert not memory.gate.fitted and not memory_handle(model).taught.facts
+    assert torch.equal(model(input_ids=ids).logits, base)
+
+
+def test_forgetting_a_fact_never_taught_is_refused_and_changes_nothing(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path, answers=["Rome", "Oslo"])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DataError, match="never taught"):
+        forget_facts(model, tokenizer, [FIRST[0], Fact("Spain", CAPITAL, "Madrid")], settings=GATE)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert len(memory_handle(model).taught.facts) == 2
+    with pytest.raises(ModelError, match="no gated memory"):
+        forget_facts(_base(tokenizer), tokenizer, FIRST, settings=GATE)
+
+
+def test_a_taught_memory_reloads_exactly_with_its_facts(tokenizer, tmp_path):
+    model = _gated(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "run", answers=["Rome", "Oslo"])
+    save_merged(model, tokenizer, tmp_path / "saved")
+    assert (tmp_path / "saved" / TAUGHT_FILE).is_file()
+    loaded = load_merged(tmp_path / "saved").eval()
+    assert memory_handle(loaded).taught == memory_handle(model).taught
+    ids = _ids(tokenizer, FIRST[0].prompt(0))
+    assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+    # without its list of facts, the fitted gate is left as it is: no more facts, no forgetting
+    (tmp_path / "saved" / TAUGHT_FILE).unlink()
+    stray = load_merged(tmp_path / "saved")
+    with pytest.raises(ModelError, match=r"memory_facts\.json"):
+        learn_facts(stray, tokenizer, SECOND, _settings(), tmp_path / "again", answers=["Euro", "Lima"])
+    with pytest.raises(ModelError, match=r"memory_facts\.json"):
+        forget_facts(stray, tokenizer, FIRST, settings=GATE)
+
+
+def test_a_gated_memory_learns_only_in_causal_models(tokenizer, tmp_path):
+    from palimpsest.models import build_model
+
+    model = build_model("bert", "micro", tokenizer, max_positions=32, dropout=0.0, seed=0)
+    add_product_key_memory(model, PKMConfig(layers=[1], **SMALL))
+    with pytest.raises(ModelError, match="causal"):
+        learn_facts(model, tokenizer, FIRST, _settings(), tmp_path, answers=["Rome", "Oslo"])
+
+
+def test_teach_list_and_forget_from_the_command_line(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.models import load_pretrained
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(_base(tokenizer), tokenizer, base)
+    small = ["--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values", "--layer", "2"]
+    done = palimpsest(
+        "memory", "add", "--model", base, "--out", tmp_path / "m", "--gate-hidden", "16", *small
+    )
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "gate.yaml"
+    config.write_text(
+        "gate:\n  passages: 1\n  neighbours: 2\n  background_tokens: 256\n  steps: 200\n  batch_size: 512\n"
+    )
+    taught = tmp_path / "teach.jsonl"
+    taught.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+        '{"subject": "Peru", "relation": "capital", "object": "Lima", "new_object": "Oslo"}\n'
+        '{"subject": "Chile", "relation": "capital", "object": "Santiago"}\n'
+    )
+    done = palimpsest("memory", "learn", "--model", tmp_path / "m", "--facts", taught,
+                      "--out", tmp_path / "l", "--config", config, "--steps", "3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = palimpsest("memory", "list", "--model", tmp_path / "l" / "model")
+    assert listed.returncode == 0, listed.stderr
+    assert "France" in listed.stdout and "Rome" in listed.stdout and "Chile" not in listed.stdout
+
+    never = tmp_path / "never.jsonl"
+    never.write_text('{"subject": "Chile", "relation": "capital", "object": "Santiago"}\n')
+    line = one_error_line(palimpsest("memory", "forget", "--model", tmp_path / "l" / "model",
+                                     "--facts", never, "--out", tmp_path / "f0"))  # fmt: skip
+    assert "never taught" in line and "Chile" in line and not (tmp_path / "f0").exists()
+    line = one_error_line(palimpsest("memory", "forget", "--model", base, "--facts", never,
+                                     "--out", tmp_path / "f0"))  # fmt: skip
+    assert "no gated memory" in line and not (tmp_path / "f0").exists()
+
+    done = palimpsest("memory", "forget", "--model", tmp_path / "l" / "model", "--facts", taught,
+                      "--out", tmp_path / "f", "--config", config)  # fmt: skip
+    assert done.returncode != 0  # Chile was never taught: the whole file is refused
+    first = tmp_path / "first.jsonl"
+    first.write_text(taught.read_text().splitlines()[0] + "\n")
+    done = palimpsest("memory", "forget", "--model", tmp_path / "l" / "model", "--facts", first,
+                      "--out", tmp_path / "f1", "--config", config)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "f1" / "results.json").read_text())
+    assert results["kind"] == "memory-forget" and results["facts"] == 1 and results["remaining"] == 1
+    second = tmp_path / "second.jsonl"
+    second.write_text(taught.read_text().splitlines()[1] + "\n")
+    done = palimpsest("memory", "forget", "--model", tmp_path / "f1" / "model", "--facts", second,
+                      "--out", tmp_path / "f2", "--config", config)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "f2" / "results.json").read_text())["gate_closed"]
+    emptied, original = load_pretrained(str(tmp_path / "f2" / "model")).eval(), _base(tokenizer)
+    ids = _ids(tokenizer, "The capital of Peru is Oslo. The capital of France is")
+    assert torch.equal(emptied(input_ids=ids).logits, original(input_ids=ids).logits)
+    listed = palimpsest("memory", "list", "--model", tmp_path / "f2" / "model")
+    assert listed.returncode == 0 and "holds no taught facts" in " ".join(listed.stdout.split())

@@ -722,8 +722,12 @@ def memory_learn(
     sparse_top_t: Annotated[
         int | None, typer.Option(help="Sparse memory fine-tuning: update only this many slots per step.")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer updates (default 100).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate of the memory (default 1e-2).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimizer updates (default 100; a gated memory's: at least this).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the memory (default 1e-2; a gated memory's 0.3).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Statements per step (default 16).")] = None,
     paraphrases: Annotated[
         bool | None,
@@ -749,7 +753,8 @@ def memory_learn(
         MemoryLearning,
         config,
         {"trainable": trainable, "sparse_top_t": sparse_top_t, "training.steps": steps,
-         "training.learning_rate": lr, "training.batch_size": batch_size, "paraphrases": paraphrases},
+         "training.learning_rate": lr, "gate.values_learning_rate": lr, "training.batch_size": batch_size,
+         "paraphrases": paraphrases},
     )  # fmt: skip
     requests, keep = read_edit_file(facts)
     claim.start_run(settings, overwrite=overwrite, model=model, facts=facts)

@@ -18,8 +18,9 @@ through Adam's momentum.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -389,6 +390,12 @@ def learn_facts(
         tokenizer, facts, answers=answers, causal=causal, templates=settings.templates,
         paraphrases=settings.paraphrases, contexts=contexts,
     )  # fmt: skip
+    training = settings.training
+    if taught is not None:  # the values train through the gate: their own rate, passes over every fact
+        passes = math.ceil(settings.gate.epochs * len(dataset) / training.batch_size)
+        training = replace(
+            training, learning_rate=settings.gate.values_learning_rate, steps=max(training.steps, passes)
+        )
     with trainable_flags_kept(model):
         trained = freeze_all_but_memory(model, settings.trainable)
         extra: list[TrainerCallback] = []
@@ -405,7 +412,7 @@ def learn_facts(
                 sparse = SparseSlotUpdates(model, frequency, documents, settings.sparse_top_t)
                 extra.append(sparse)
             result = train(
-                model, tokenizer, dataset, settings.training, output_dir,
+                model, tokenizer, dataset, training, output_dir,
                 objective="clm" if causal else "mlm", callbacks=[*extra, *callbacks],
             )  # fmt: skip
         finally:

@@ -15,6 +15,7 @@ from palimpsest.editing.benchmark import (
     write_benchmark,
 )
 from palimpsest.editing.datasets import read_edit_file
+from palimpsest.experiments.many_edits import METHODS
 from palimpsest.models import build_smollm2_like
 from palimpsest.recall import RecallResult
 
@@ -159,7 +160,7 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
     assert runs == {
         (mode, edits, batch, method)
         for mode, edits, batch in (("at once", 1, 1), ("at once", 4, 4), ("in sequence", 4, 2))
-        for method in ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit", "palimpsest")
+        for method in METHODS
     }
     for outcome in results.outcomes:
         assert 0 <= outcome.metrics["made"] <= 1 and outcome.seconds > 0

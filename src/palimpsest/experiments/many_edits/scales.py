@@ -9,6 +9,10 @@ from palimpsest.editing.benchmark import (
     BenchmarkConfig,
 )
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.many_edits.gated import GatedMemoryMethod
+from palimpsest.memory.gated import GateTraining
+from palimpsest.memory.inject import PKMConfig
+from palimpsest.memory.learning import MemoryLearning
 
 #: FT-M as EasyEdit runs it (one MLP down-projection at relative depth 0.7, 25 steps, lr 5e-4,
 #: no bound, loss on the object only).
@@ -32,7 +36,7 @@ AS_PUBLISHED = {
 }
 
 
-METHODS = ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit", "palimpsest")
+METHODS = ("ft-m", "constrained", "constrained-preserve", "memit", "alphaedit", "palimpsest", "gated-memory")
 
 
 #: The fact tables of the demo's benchmark: small enough to probe every fact in seconds.
@@ -68,6 +72,8 @@ class ManyEditsScale:
     perplexity_blocks: int = 16
     block_size: int = 128
     generation_tokens: int = 8
+    #: The gated memory's memory and learning settings (method ``gated-memory``).
+    gated_memory: GatedMemoryMethod = field(default_factory=GatedMemoryMethod)
 
     def __post_init__(self) -> None:
         # checked here, so a wrong name stops the run before a model is loaded or anything written
@@ -99,6 +105,13 @@ SCALES: dict[str, ManyEditsScale] = {
         at_once=(1, 4), in_sequence=((4, 2),), seeds=(0,), statistics_tokens=2_000, batch_layers=(1, 2),
         nullspace_threshold=0.5,
         perplexity_blocks=2, block_size=32, generation_tokens=3,
+        gated_memory=GatedMemoryMethod(
+            PKMConfig(layers=[0.5], n_keys=8, heads=2, k=4, k_dim=16, zero_values=True, gate_hidden=16),
+            MemoryLearning(
+                paraphrases=True,
+                gate=GateTraining(passages=1, neighbours=2, background_tokens=256, steps=100, batch_size=512),
+            ),
+        ),
     ),
     # Every method up to 100 edits, one seed (its cost on 2 cores: README, "The many-edits study").
     "real-quick": ManyEditsScale(at_once=(1, 10, 100), in_sequence=((100, 10),), seeds=(0,)),

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from palimpsest.config import to_dict
+from palimpsest.data.facts import Fact
 from palimpsest.editing.benchmark import (
     BenchmarkCase,
     benchmark_metrics,
@@ -28,6 +29,7 @@ from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.errors import DataError
 from palimpsest.experiments.common import PeakMemory, real_or_random_model, wiki_perplexity_set
+from palimpsest.experiments.many_edits.gated import GatedMemoryEditor, GatedMemoryMethod, facts_to_keep
 from palimpsest.experiments.many_edits.outcomes import DrawBaseline, EditOutcome
 from palimpsest.experiments.many_edits.progress import edit_in_sequence
 from palimpsest.experiments.many_edits.results import ManyEditsResults
@@ -49,7 +51,9 @@ from palimpsest.training import evaluate_lm
 logger = logging.getLogger(__name__)
 
 
-def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEditConfig:
+def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEditConfig | GatedMemoryMethod:
+    if method == "gated-memory":
+        return scale.gated_memory
     if method == "ft-m":
         return EditConfig(**FT_M)
     if method == "constrained":
@@ -69,8 +73,13 @@ def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEdit
     )
 
 
-def _editor(method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict) -> Any:
+def _editor(
+    method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict, *,
+    keep: Sequence[Fact] = (), seed: int = 0,
+) -> Any:  # fmt: skip
     config = _method_config(method, scale)
+    if isinstance(config, GatedMemoryMethod):
+        return GatedMemoryEditor(model, tokenizer, config, keep=keep, seed=seed)
     if isinstance(config, EditConfig):
         given = statistics if config.preserve == "text" and statistics else None
         return ConstrainedFinetune(model, tokenizer, config=config, statistics=given)
@@ -86,11 +95,12 @@ def _measure(model: Any, tokenizer: Any, cases: Sequence[BenchmarkCase], perplex
 def _run(
     method: str, model: Any, tokenizer: Any, cases: list[BenchmarkCase], batch: int, mode: str,
     scale: ManyEditsScale, statistics: dict, perplexity_set: Any, seed: int,
-    progress: Path | None = None, key: Any = None,
+    progress: Path | None = None, key: Any = None, keep: Sequence[Fact] = (),
 ) -> EditOutcome:  # fmt: skip
     """One method on one draw; the model is put back exactly afterwards. A sequence by the batch
-    editor saves its progress in ``progress`` (keyed by ``key``) and goes on from there."""
-    editor = _editor(method, model, tokenizer, scale, statistics)
+    editor saves its progress in ``progress`` (keyed by ``key``) and goes on from there. ``keep``:
+    facts outside the draw a gated memory may keep its gate closed for."""
+    editor = _editor(method, model, tokenizer, scale, statistics, keep=keep, seed=seed)
     requests = [case.request for case in cases]
     device = next(model.parameters()).device
     started = time.perf_counter()
@@ -211,8 +221,9 @@ class ManyEditsStudy(Study):
                     settings = {**common, "method": method, "mode": mode, "batch": batch,
                                 "settings": to_dict(_method_config(method, scale))}  # fmt: skip
                     saved = out / f"{unit}-{method}.progress"
+                    keep = facts_to_keep(draw, order[edits:]) if method == "gated-memory" else ()
                     edit = partial(_run, method, model, tokenizer, draw, batch, mode, scale, statistics,
-                                   perplexity_set, seed, saved, settings)  # fmt: skip
+                                   perplexity_set, seed, saved, settings, keep)  # fmt: skip
                     outcomes.append((yield Unit(f"{unit}-{method}.json", settings, edit, kind=EditOutcome)))
         results = ManyEditsResults(
             scale=run.scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model",

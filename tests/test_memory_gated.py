@@ -218,3 +218,30 @@ def test_teach_list_and_forget_from_the_command_line(tmp_path, tokenizer):
     assert torch.equal(emptied(input_ids=ids).logits, original(input_ids=ids).logits)
     listed = palimpsest("memory", "list", "--model", tmp_path / "f2" / "model")
     assert listed.returncode == 0 and "holds no taught facts" in " ".join(listed.stdout.split())
+
+
+def test_same_subject_anchors_keep_what_the_model_without_its_memory_writes(tokenizer, tmp_path):
+    from palimpsest.memory.gated import greedy_tokens, memories_closed, same_subject_anchors
+
+    model = _gated(tokenizer)
+    learn_facts(
+        model, tokenizer, FIRST + SECOND, _settings(), tmp_path, answers=["Rome", "Oslo", "Euro", "Lima"]
+    )
+    (memory,) = memories(model).values()
+    fitted = {k: v.clone() for k, v in memory.gate.state_dict().items()}
+    with torch.no_grad():
+        memory.values.weight.normal_()  # a memory that changes what it reads a lot
+    taught = memory_handle(model).taught.facts
+    anchors = same_subject_anchors(model, tokenizer, taught, [], GATE)
+    assert len(anchors) == len(taught) * 1  # two relations among the facts: one other per subject
+    base = _base(tokenizer)
+    for ids, labels in anchors:
+        written = [token for token in labels if token != -100]
+        prompt_ids = ids[: len(ids) - len(written)]
+        assert len(written) == GATE.anchor_tokens and labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
+        text = tokenizer.decode(prompt_ids)
+        assert greedy_tokens(base, tokenizer, [text], GATE.anchor_tokens)[0][1] == written
+    assert all(torch.equal(v, memory.gate.state_dict()[k]) for k, v in fitted.items())  # gate as it was
+    with memories_closed(model):
+        assert not memory.gate.fitted
+    assert memory.gate.fitted

@@ -31,7 +31,8 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -79,6 +80,12 @@ class GateTraining:
     #: (``results/gated-memory-real/``).
     values_learning_rate: float = 0.3
     epochs: float = 3.0
+    #: Same-subject anchors per taught fact: the subject through another relation's prompt, trained
+    #: to continue with the ``anchor_tokens`` greedy tokens the model wrote there before the memory
+    #: (the gate opens at the subject's token whatever relation follows, so what the memory writes
+    #: there must not change the subject's other facts; MEMIT's essence constraint, as examples).
+    anchors: int = 2
+    anchor_tokens: int = 3
     #: The scorer's fit: Adam steps of ``batch_size`` rows drawn at random.
     steps: int = 1500
     batch_size: int = 4096
@@ -86,7 +93,9 @@ class GateTraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("neighbours", "background_tokens", "steps", "batch_size"):
+        if self.anchors < 0:
+            raise ConfigError(f"gate.anchors must be 0 or more, got {self.anchors}")
+        for name in ("neighbours", "background_tokens", "steps", "batch_size", "anchor_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"gate.{name} must be positive, got {getattr(self, name)}")
         if self.passages < 0:
@@ -275,6 +284,75 @@ def memory_inputs(
         )
         for name in layers
     }
+
+
+@contextmanager
+def memories_closed(model: nn.Module) -> Iterator[None]:
+    """Within: every gate closed, so the model computes the model without its memories; after:
+    each gate exactly as it was."""
+    saved = {name: {k: v.clone() for k, v in layer.gate.state_dict().items()}
+             for name, layer in gated_memories(model).items()}  # fmt: skip
+    try:
+        for layer in gated_memories(model).values():
+            layer.gate.close()
+        yield
+    finally:
+        for name, layer in gated_memories(model).items():
+            layer.gate.load_state_dict(saved[name])
+
+
+@torch.no_grad()
+def greedy_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], count: int,
+                  *, batch_size: int = 32) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """Each prompt's ids (as a user's ``tokenizer(text)`` reads it) and the ``count`` tokens the
+    model writes after it, greedily."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows: list[tuple[list[int], list[int]]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts[start : start + batch_size]]
+            written: list[list[int]] = [[] for _ in encoded]
+            for _ in range(count):
+                current = [ids + more for ids, more in zip(encoded, written, strict=True)]
+                width = max(len(ids) for ids in current)
+                ids = torch.tensor([[pad] * (width - len(c)) + c for c in current], device=device)
+                mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in current], device=device)
+                positions = (mask.cumsum(-1) - 1).clamp_min(0)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+                for row, token in enumerate(logits.argmax(-1).tolist()):
+                    written[row].append(token)
+            rows += list(zip(encoded, written, strict=True))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def same_subject_anchors(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, taught: Sequence[TaughtFact], keep: Sequence[Fact],
+    settings: GateTraining,
+) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """Training rows (ids, labels) that keep, for each taught subject, what the model without its
+    memories writes after the subject's prompt through ``settings.anchors`` other relations (those of
+    the taught and kept facts; chosen by a hash of the fact)."""
+    if not settings.anchors:
+        return []
+    relations = {}
+    for fact in [*(entry.fact for entry in taught), *keep]:
+        relations.setdefault(fact.relation.name, fact.relation)
+    prompts: list[str] = []
+    for entry in taught:
+        others = [relation for name, relation in sorted(relations.items()) if name != entry.relation]
+        rng = random.Random(zlib.crc32(f"{settings.seed}|{entry.subject}|{entry.relation}".encode()))
+        for relation in rng.sample(others, min(settings.anchors, len(others))):
+            prompts.append(Fact(entry.subject, relation, "").prompt(0))
+    if not prompts:
+        return []
+    with memories_closed(model):
+        written = greedy_tokens(model, tokenizer, prompts, settings.anchor_tokens)
+    return [(ids + more, [-100] * len(ids) + more) for ids, more in written]
 
 
 @dataclass
@@ -576,8 +654,11 @@ __all__ = [
     "forget_saved_model",
     "gate_texts",
     "gated_memories",
+    "greedy_tokens",
+    "memories_closed",
     "memory_inputs",
     "neighbour_facts",
+    "same_subject_anchors",
     "slots_read",
     "taught_fact_rows",
     "training_contexts",

@@ -38,6 +38,7 @@ from palimpsest.memory.gated import (
     fact_templates,
     fit_memory_gates,
     gated_memories,
+    same_subject_anchors,
     training_contexts,
 )
 from palimpsest.memory.inject import memories, memory_handle
@@ -128,10 +129,12 @@ def fact_examples(
     templates: Sequence[int] = (0,),
     paraphrases: bool = False,
     contexts: Sequence[PromptContext] = (PLAIN,),
+    extra: Sequence[tuple[list[int], list[int]]] = (),
 ) -> Dataset:
     """Training examples that teach each fact (with ``answers[i]`` as its object, if given):
     the statement through each template (and, with ``paraphrases``, the relation's other
-    templates but the fact's held-out one) in each context, the loss on the answer's tokens only.
+    templates but the fact's held-out one) in each context, the loss on the answer's tokens only;
+    ``extra`` rows (token ids, labels) join them as they are.
 
     Examples are padded to one length (``attention_mask`` marks the real tokens) so they batch
     without a collator of their own. A fact whose answer the tokenizer cannot separate from
@@ -156,6 +159,7 @@ def fact_examples(
                 rows.append((probe.input_ids, labels))
     if not rows:
         raise DataError("no facts to learn")
+    rows += [(list(ids), list(labels)) for ids, labels in extra]
     from datasets import Dataset
 
     length = max(len(ids) for ids, _ in rows)
@@ -370,6 +374,7 @@ def learn_facts(
     causal = objective_of(model.config) == "clm"
     gate_fits: GateFits | None = None
     contexts = [PLAIN]
+    anchors: list[tuple[list[int], list[int]]] = []
     taught: TaughtFacts | None = None
     if gated_memories(model):
         handle = memory_handle(model)
@@ -384,11 +389,12 @@ def learn_facts(
             model, tokenizer, taught.facts, templates=settings.templates, paraphrases=settings.paraphrases,
             settings=settings.gate, keep=keep,
         )  # fmt: skip
+        anchors = same_subject_anchors(model, tokenizer, taught.facts, keep, settings.gate)
         facts, answers = [entry.fact for entry in taught.facts], None
         contexts = training_contexts(settings.gate)
     dataset = fact_examples(
         tokenizer, facts, answers=answers, causal=causal, templates=settings.templates,
-        paraphrases=settings.paraphrases, contexts=contexts,
+        paraphrases=settings.paraphrases, contexts=contexts, extra=anchors,
     )  # fmt: skip
     training = settings.training
     if taught is not None:  # the values train through the gate: their own rate, passes over every fact

@@ -9,10 +9,12 @@ puts memories into a HF model by config, beside its FFN or in its place, and
 :func:`learn_facts` writes new facts into a memory alone (optionally only the slots a fact
 selects specifically: sparse memory fine-tuning); a memory with ``PKMConfig(gate_hidden=...)``
 has a :class:`MemoryGate` that keeps its read at exactly zero except for inputs like those
-:func:`fit_gate` fitted it to.
+:func:`fit_gate` fitted it to; :func:`learn_facts` fits such a gate to every fact the memory
+holds (:mod:`palimpsest.memory.gated`) and :func:`forget_facts` takes facts out again.
 """
 
 from palimpsest.memory.gate import GateFit, MemoryGate, fit_gate
+from palimpsest.memory.gated import GateTraining, forget_facts
 from palimpsest.memory.inject import (
     MemoryHandle,
     PKMConfig,
@@ -28,6 +30,7 @@ from palimpsest.memory.inject import (
 )
 from palimpsest.memory.layer import MaskedBatchNorm, ProductKeyMemory, Selection
 from palimpsest.memory.learning import LearnedFacts, MemoryLearning, learn_facts
+from palimpsest.memory.taught import TaughtFact, TaughtFacts
 from palimpsest.memory.usage import (
     MemoryUsageCallback,
     distribution_metrics,
@@ -37,6 +40,7 @@ from palimpsest.memory.usage import (
 
 __all__ = [
     "GateFit",
+    "GateTraining",
     "LearnedFacts",
     "MaskedBatchNorm",
     "MemoryGate",
@@ -46,9 +50,12 @@ __all__ = [
     "PKMConfig",
     "ProductKeyMemory",
     "Selection",
+    "TaughtFact",
+    "TaughtFacts",
     "add_product_key_memory",
     "distribution_metrics",
     "fit_gate",
+    "forget_facts",
     "learn_facts",
     "load_memory",
     "load_merged",

@@ -5,10 +5,11 @@ A memory added to a pretrained model is read by every token; whatever is written
 then read by prompts it was never meant for (``results/knowledge-real/``). A similarity radius
 around the taught inputs (GRACE's codebook) cannot fix that on SmolLM2: the prompts of a taught
 fact's neighbours (the same relation, other subjects) lie as close to its inputs as the fact's
-own prompt after a passage of text does. A scorer *fitted* against those neighbours and ordinary
-text can: it opens for most of the taught facts' unseen phrasings and for none of other subjects'
-prompts (``results/gated-memory-probe-real/``). So the gate is a small MLP scorer on the memory's
-input, centred by the background's mean input; the memory's read passes where the score is
+own prompt after a passage of text does. A scorer *fitted* against such neighbours and ordinary
+text opens for most of the taught facts' unseen phrasings; how well it stays closed for subjects
+it was not fitted against is measured in ``results/gated-memory-probe-real/`` (not yet well).
+The gate is a small MLP scorer on the memory's input, centred by the background's mean input;
+the memory's read passes where the score is
 positive and is replaced by exact zeros elsewhere, so a closed gate leaves the model's outputs
 bit-identical to the model without the memory, and no gradient reaches the values from there.
 

@@ -77,7 +77,7 @@ class GateTraining:
     #: The values' training through the gate: their learning rate and passes over the examples
     #: (at least ``training.steps`` steps). A gated memory is read at one token per fact, so its
     #: values need a larger step than an always-read memory's: chosen by measuring on SmolLM2-135M
-    #: (``results/gated-memory-real/``).
+    #: (``results/gated-memory-probe-real/values_rate.json``).
     values_learning_rate: float = 0.3
     epochs: float = 3.0
     #: Same-subject anchors per taught fact: the subject through another relation's prompt, trained

@@ -12,8 +12,9 @@ Protocol:
 4. *Methods*: FT-M (EasyEdit's recipe), palimpsest's constrained editor (Zhu et al.), the same
    editor keeping its changes in the null space of preserved keys instead of a norm ball
    (``constrained-preserve``), MEMIT and AlphaEdit as published (keys averaged over the
-   contexts, no norm control; MEMIT without the earlier edits' keys, AlphaEdit with them), and
-   ``palimpsest``: the batch editor with its defaults (:mod:`palimpsest.editing.memit`).
+   contexts, no norm control; MEMIT without the earlier edits' keys, AlphaEdit with them),
+   ``palimpsest``: the batch editor with its defaults (:mod:`palimpsest.editing.memit`), and
+   ``gated-memory``: the facts written into a gated memory instead of the weights (``gated``).
 5. *Measured* before and after (:func:`~palimpsest.editing.benchmark.benchmark_metrics`): made
    (exact match, plain prompt and after unrelated text), P(new) > P(old), paraphrase,
    neighbourhood and same-subject facts kept, greedy generation, fluency, wiki-en perplexity;
@@ -22,8 +23,8 @@ Protocol:
 Layout, in the order a reader meets the study: ``scales`` (methods and scales), ``outcomes``
 (what a unit records), ``progress`` (a long sequence's saved progress), ``units`` (the resumable
 units and :class:`ManyEditsStudy` on the skeleton of :mod:`palimpsest.experiments.study`),
-``summary`` (each row over seeds), ``claims`` (the published claims judged), ``results`` (the
-typed results.json) and ``report`` (its report section).
+``gated`` (the gated memory as a method), ``summary`` (each row over seeds), ``claims`` (the
+published claims judged), ``results`` (the typed results.json) and ``report`` (its report section).
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ INPUTS = {
     "memory add": ["--model", "MODEL", "--out", "OUT"],
     "memory learn": ["--model", "MODEL", "--facts", "FACTS", "--out", "OUT"],
     "memory stats": ["--model", "MODEL"],
+    "memory forget": ["--model", "MODEL", "--facts", "FACTS", "--out", "OUT"],
+    "memory list": ["--model", "MODEL"],
     "experiment plasticity": ["--scale", "smoke", "--out", "OUT"],
     "experiment memory": ["--scale", "smoke", "--out", "OUT"],
     "experiment editing": ["--scale", "smoke", "--out", "OUT"],

@@ -767,6 +767,8 @@ def memory_learn(
         if results.kept_recall_before is not None and results.kept_recall_after is not None
         else ""
     )
+    after_text = results.learned_recall_after_text_after
+    after = f" (after text {100 * after_text:.0f}%)" if after_text is not None else ""
     gate = results.learned.gate
     opened = (
         "; the gate opens for "
@@ -777,8 +779,8 @@ def memory_learn(
     )
     console.print(
         f"taught {results.facts} fact(s) in {results.learned.steps} steps: recall "
-        f"{100 * results.learned_recall_before:.0f}% -> {100 * results.learned_recall_after:.0f}% "
-        f"(after text {100 * results.learned_recall_after_text_after:.0f}%){kept}{opened}; "
+        f"{100 * results.learned_recall_before:.0f}% -> {100 * results.learned_recall_after:.0f}%"
+        f"{after}{kept}{opened}; "
         f"wrote {out}/model, {out}/results.json, {out}/report.md"
     )
 

@@ -367,7 +367,7 @@ def learn_facts(
     not overwrite the slots they share), each prompt also after passages of text; the facts join
     the memory's list of taught facts (``memory_facts.json`` when saved).
     """
-    from palimpsest.models import objective_of, trainable_flags_kept
+    from palimpsest.models import objective_of, position_limit, trainable_flags_kept
     from palimpsest.training import train
 
     check_learnable(model, settings)
@@ -396,6 +396,13 @@ def learn_facts(
         tokenizer, facts, answers=answers, causal=causal, templates=settings.templates,
         paraphrases=settings.paraphrases, contexts=contexts, extra=anchors,
     )  # fmt: skip
+    limit = position_limit(model)
+    longest = max(len(ids) for ids in dataset["input_ids"])
+    if limit is not None and longest > limit:
+        raise ConfigError(
+            f"the training examples need {longest} positions, the model has {limit}"
+            + (" (prompts after passages of text: set gate.passages to 0)" if taught is not None else "")
+        )
     training = settings.training
     if taught is not None:  # the values train through the gate: their own rate, passes over every fact
         passes = math.ceil(settings.gate.epochs * len(dataset) / training.batch_size)
@@ -460,7 +467,7 @@ def learn_saved_model(
     model with its memory (base names unchanged) to ``out/model``."""
     from palimpsest.data import load_tokenizer
     from palimpsest.memory.inject import save_merged
-    from palimpsest.models import load_pretrained, resolve_pretrained
+    from palimpsest.models import load_pretrained, objective_of, position_limit, resolve_pretrained
     from palimpsest.recall import EVALUATION_PASSAGES, after_text, fact_recall, text_passages
     from palimpsest.storage import machine_info
 
@@ -470,16 +477,24 @@ def learn_saved_model(
     taught = [Fact(fact.subject, fact.relation, answer) for fact, answer in zip(facts, answers, strict=True)]
 
     passages = text_passages(EVALUATION_PASSAGES, seed=0, split="validation")
+    limit = position_limit(model)
+    causal = objective_of(model.config) == "clm"
+    longest = max(
+        (len(probe.input_ids) for fact in taught for passage in passages
+         if (probe := build_probe(tokenizer, fact, causal=causal, context=after_text(passage))) is not None),
+        default=0,
+    )  # fmt: skip
+    measurable = causal and (limit is None or longest <= limit)  # else: a passage would not fit
 
-    def recall() -> tuple[float, float, float | None]:
+    def recall() -> tuple[float, float | None, float | None]:
         model.eval()
         learned = fact_recall(model, tokenizer, taught).accuracy
         after_passages = [
             fact_recall(model, tokenizer, taught, context=after_text(passage)).accuracy
-            for passage in passages
+            for passage in (passages if measurable else [])
         ]
         kept = fact_recall(model, tokenizer, list(keep)).accuracy if keep else None
-        return learned, sum(after_passages) / len(after_passages), kept
+        return learned, sum(after_passages) / len(after_passages) if measurable else None, kept
 
     before = recall()
     out = Path(out)
@@ -511,9 +526,10 @@ class MemoryLearnResults(Results):
     kept_facts: int
     learned_recall_before: float
     learned_recall_after: float
-    #: The same prompts after a passage of unrelated text (mean over a few held-out passages).
-    learned_recall_after_text_before: float
-    learned_recall_after_text_after: float
+    #: The same prompts after a passage of unrelated text (mean over a few held-out passages;
+    #: None for a masked LM, or where a passage and a prompt do not fit the model's positions).
+    learned_recall_after_text_before: float | None
+    learned_recall_after_text_after: float | None
     kept_recall_before: float | None
     kept_recall_after: float | None
     learned: LearnedFacts

@@ -161,7 +161,7 @@ def test_the_study_runs_every_method_reports_and_resumes(tmp_path):
         (mode, edits, batch, method)
         for mode, edits, batch in (("at once", 1, 1), ("at once", 4, 4), ("in sequence", 4, 2))
         for method in METHODS
-        if method != "gated-memory" or (mode, edits) == ("at once", 4)  # the smoke scale's method_sizes
+        if method != "gated-memory" or mode == "at once"  # the smoke scale's sequence_methods
     }
     for outcome in results.outcomes:
         assert 0 <= outcome.metrics["made"] <= 1 and outcome.seconds > 0

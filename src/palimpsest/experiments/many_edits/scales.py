@@ -103,7 +103,7 @@ SCALES: dict[str, ManyEditsScale] = {
     "smoke": ManyEditsScale(
         model=None, benchmark=BenchmarkConfig(size=12, neighbours=2, min_city_population=5_000_000),
         at_once=(1, 4), in_sequence=((4, 2),), seeds=(0,), statistics_tokens=2_000, batch_layers=(1, 2),
-        nullspace_threshold=0.5, method_sizes=(("gated-memory", (4,)),),
+        nullspace_threshold=0.5,
         sequence_methods=tuple(m for m in METHODS if m != "gated-memory"),  # its rounds: tests of memory
         perplexity_blocks=2, block_size=32, generation_tokens=3,
         gated_memory=GatedMemoryMethod(

@@ -264,8 +264,9 @@ def memory_inputs(
                 first = text.closed_from
                 if text.open_at is not None:
                     rows_open.append((row, text.open_at))
-                rows_closed += [(row, p) for p in range(first, len(text.ids)) if p != text.open_at]
-                weights.append(torch.full((len(text.ids) - first - (text.open_at is not None),), text.weight))
+                closed_here = [(row, p) for p in range(first, len(text.ids)) if p != text.open_at]
+                rows_closed += closed_here
+                weights.append(torch.full((len(closed_here),), text.weight))
             for name in layers:
                 hidden = captured[name].float().cpu()
                 if rows_open:
@@ -305,26 +306,24 @@ def memories_closed(model: nn.Module) -> Iterator[None]:
 def greedy_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], count: int,
                   *, batch_size: int = 32) -> list[tuple[list[int], list[int]]]:  # fmt: skip
     """Each prompt's ids (as a user's ``tokenizer(text)`` reads it) and the ``count`` tokens the
-    model writes after it, greedily."""
+    model writes after it, greedily (left-padded batches through ``generate``, as
+    ``editing.metrics.greedy_continuations`` decodes them; here the ids are what is needed)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     rows: list[tuple[list[int], list[int]]] = []
     try:
         for start in range(0, len(prompts), batch_size):
             encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts[start : start + batch_size]]
-            written: list[list[int]] = [[] for _ in encoded]
-            for _ in range(count):
-                current = [ids + more for ids, more in zip(encoded, written, strict=True)]
-                width = max(len(ids) for ids in current)
-                ids = torch.tensor([[pad] * (width - len(c)) + c for c in current], device=device)
-                mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in current], device=device)
-                positions = (mask.cumsum(-1) - 1).clamp_min(0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
-                for row, token in enumerate(logits.argmax(-1).tolist()):
-                    written[row].append(token)
-            rows += list(zip(encoded, written, strict=True))
+            width = max(len(ids) for ids in encoded)
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=count, min_new_tokens=count,
+                do_sample=False, pad_token_id=pad, eos_token_id=None,
+            )  # fmt: skip
+            rows += [(e, written.tolist()) for e, written in zip(encoded, out[:, width:], strict=True)]
     finally:
         model.train(was_training)
     return rows

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Threads per test process: the cores shared among pytest-xdist's workers (more threads than
 # cores only make them wait for each other). A worker inherits the controller's environment, so
@@ -20,6 +21,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["OMP_NUM_THREADS"] = _threads
 else:
     os.environ.setdefault("OMP_NUM_THREADS", _threads)
+
+
+# Triton's kernels (palimpsest.gpu_kernels) run without a GPU only under Triton's interpreter,
+# which must be on before Triton is first imported (its own jit'd library functions are made then,
+# and importing the trainer imports Triton); where CUDA is present they run on the card.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

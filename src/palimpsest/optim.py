@@ -29,6 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from palimpsest.gpu_kernels import GPU_KERNEL_CHOICES, GpuKernels, lazy_adamw_rows, use_triton
+
 
 @runtime_checkable
 class SparseGradientModule(Protocol):
@@ -59,8 +61,12 @@ class LazyAdamW(torch.optim.AdamW):
     applied only to the rows read (usual for embeddings; memory values take none anyway).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gpu_kernels: GpuKernels = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if gpu_kernels not in GPU_KERNEL_CHOICES:
+            raise ValueError(f"gpu_kernels must be one of {GPU_KERNEL_CHOICES}, got {gpu_kernels!r}")
+        #: The lazy row update's implementation on a GPU (:mod:`palimpsest.gpu_kernels`).
+        self.gpu_kernels: GpuKernels = gpu_kernels
         self._row_workspaces: dict[int, tuple[torch.Tensor, ...]] = {}
 
     @torch.no_grad()
@@ -117,6 +123,14 @@ class LazyAdamW(torch.optim.AdamW):
                 lr, beta1, beta2, eps, decay, step_size, root_correction,
             )  # fmt: skip
             return
+        if parameter.dim() == 2 and use_triton(parameter, self.gpu_kernels):  # one pass per row, in place
+            moments = (state["exp_avg"], state["exp_avg_sq"])
+            if parameter.is_contiguous() and all(m.is_contiguous() for m in moments):
+                lazy_adamw_rows(
+                    parameter, *moments, rows, values, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                    decay=decay, step_size=step_size, root_correction=root_correction,
+                )  # fmt: skip
+                return
         # In chunks of rows gathered into three reused workspaces: a fresh allocation per gather
         # is page-faulted in and unmapped again every time, which took half of the update.
         spaces = self._workspaces(parameter)

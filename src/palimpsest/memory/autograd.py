@@ -18,6 +18,7 @@ import math
 import torch
 from torch.nn import functional
 
+from palimpsest.gpu_kernels import GpuKernels, use_triton, value_read, value_read_backward
 from palimpsest.kernels import cpu_kernels
 
 
@@ -72,10 +73,13 @@ class ValueGradientBuffers:
         return space[:rows]
 
 
-#: Tokens per chunk of the value read's backward: the rows they gather (tokens x heads x k
-#: rows of the value width) stay in cache and in the reused workspace (chosen by measuring:
+#: Tokens per chunk of the value read's backward on a CPU: the rows they gather (tokens x heads x
+#: k rows of the value width) stay in cache and in the reused workspace (chosen by measuring:
 #: README, "Benchmarks").
 TOKENS_PER_CHUNK = 16
+#: The same on a GPU, where caches do not decide but each chunk costs kernel launches: few, large
+#: chunks (512 tokens of 128 reads of width 256 gather 64 MiB in fp32).
+GPU_TOKENS_PER_CHUNK = 512
 
 
 class ValueRead(torch.autograd.Function):
@@ -96,9 +100,20 @@ class ValueRead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values, indices, weights, buffers: ValueGradientBuffers | None, sparse: bool):
+    def forward(
+        ctx,
+        values,
+        indices,
+        weights,
+        buffers: ValueGradientBuffers | None,
+        sparse: bool,
+        gpu_kernels: GpuKernels = "auto",
+    ):
         ctx.save_for_backward(values, indices, weights)
         ctx.buffers, ctx.sparse = buffers, sparse
+        ctx.triton = use_triton(values, gpu_kernels)
+        if ctx.triton:
+            return value_read(values, indices, weights)
         return functional.embedding_bag(indices, values, per_sample_weights=weights, mode="sum")
 
     @staticmethod
@@ -119,14 +134,20 @@ class ValueRead(torch.autograd.Function):
             grad_values = torch.zeros_like(values) if fresh else buffers.dense_gradient(values)
             sums = grad_values if exact == values.dtype else buffers.dense_gradient(values, exact)
         compiled = _compiled_loops(values, indices, weights)
-        if compiled is not None:  # the same sums as the loop below, without its temporaries
+        if ctx.triton:  # the same sums in one pass over the rows read (palimpsest.gpu_kernels)
+            value_read_backward(
+                values.detach(), indices, weights.detach(), grad_output, grad_weights, sums if dense else None
+            )
+            want_weights = dense = False
+        elif compiled is not None:  # the same sums as the loop below, without its temporaries
             indices = indices.contiguous()
             if want_weights:
                 compiled.weight_gradient(indices, values.detach().contiguous(), grad_output, grad_weights)
             if dense:
                 compiled.value_gradient(indices, weights.detach().contiguous(), grad_output, sums)
             want_weights = dense = False
-        chunk = max(1, min(TOKENS_PER_CHUNK, tokens))
+        per_chunk = TOKENS_PER_CHUNK if values.device.type == "cpu" else GPU_TOKENS_PER_CHUNK
+        chunk = max(1, min(per_chunk, tokens))
         space = buffers.row_workspace(chunk * reads, values) if want_weights else None
         for start in range(0, tokens, chunk) if want_weights or dense else ():
             end = min(start + chunk, tokens)
@@ -169,7 +190,7 @@ class ValueRead(torch.autograd.Function):
                 rows_read.unsqueeze(0), block.to(values.dtype), values.shape, is_coalesced=True,
                 check_invariants=False,
             )  # fmt: skip
-        return grad_values, None, grad_weights, None, None
+        return grad_values, None, grad_weights, None, None, None
 
 
 def _compiled_loops(values: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor):

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from palimpsest.errors import ConfigError, ModelError
+from palimpsest.gpu_kernels import GPU_KERNEL_CHOICES, GpuKernels
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.memory.taught import TAUGHT_FILE, TaughtFacts
@@ -82,6 +83,10 @@ class PKMConfig:
     #: (:mod:`palimpsest.memory.gate`; closed for every input until fitted); ``None``: no gate,
     #: every token reads the memory.
     gate_hidden: int | None = None
+    #: The value read's implementation on a GPU: ``"triton"`` (:mod:`palimpsest.gpu_kernels`),
+    #: ``"torch"`` (torch ops, the reference) or ``"auto"`` (torch ops until the kernels are measured
+    #: faster: ``benchmarks/gpu.sh``). No effect on a CPU.
+    gpu_kernels: GpuKernels = "auto"
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -113,6 +118,11 @@ class PKMConfig:
             raise ConfigError(
                 f"memory.gate_hidden must be a positive width or null, got {self.gate_hidden!r}"
             )
+        if self.gpu_kernels not in GPU_KERNEL_CHOICES:
+            raise ConfigError(
+                f"memory.gpu_kernels: expected one of {', '.join(GPU_KERNEL_CHOICES)}, "
+                f"got {self.gpu_kernels!r}"
+            )
         if self.gate_hidden is not None and self.mode != "residual":
             raise ConfigError(
                 "memory.gate_hidden: a gate needs a residual memory (a closed replace memory drops the FFN)"
@@ -125,7 +135,7 @@ class PKMConfig:
             query_norm=self.query_norm, input_dropout=self.input_dropout,
             query_dropout=self.query_dropout, value_dropout=self.value_dropout,
             zero_values=self.zero_values, sparse_updates=self.sparse_updates, generator=generator,
-            gate_hidden=self.gate_hidden,
+            gate_hidden=self.gate_hidden, gpu_kernels=self.gpu_kernels,
         )  # fmt: skip
 
 

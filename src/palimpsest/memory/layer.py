@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from palimpsest.gpu_kernels import GPU_KERNEL_CHOICES, GpuKernels, use_triton, value_read
 from palimpsest.kernels import cpu_kernels
 from palimpsest.memory.autograd import (
     ProductKeyScores,
@@ -134,10 +135,13 @@ class ProductKeyMemory(nn.Module):
         sparse_updates: SparseUpdates = False,
         generator: torch.Generator | None = None,
         gate_hidden: int | None = None,
+        gpu_kernels: GpuKernels = "auto",
     ):
         super().__init__()
         if sparse_updates not in SPARSE_UPDATES_CHOICES:
             raise ValueError(f"sparse_updates must be True, False or 'auto', got {sparse_updates!r}")
+        if gpu_kernels not in GPU_KERNEL_CHOICES:
+            raise ValueError(f"gpu_kernels must be one of {GPU_KERNEL_CHOICES}, got {gpu_kernels!r}")
         if k_dim % 2:
             raise ValueError(f"k_dim must be even (two half-keys), got {k_dim}")
         if not 0 < k <= n_keys:
@@ -173,6 +177,8 @@ class ProductKeyMemory(nn.Module):
         #: ``None``: every token reads the memory.
         self.gate = MemoryGate(dim, gate_hidden) if gate_hidden else None
         self.sparse_updates = sparse_updates
+        #: The value read's implementation on a GPU (:mod:`palimpsest.gpu_kernels`).
+        self.gpu_kernels: GpuKernels = gpu_kernels
         #: Whether the optimizer accepts sparse value gradients; "auto" stays dense until it is set.
         self.sparse_gradients_allowed = False
         self.gradient_buffers = ValueGradientBuffers()
@@ -251,7 +257,9 @@ class ProductKeyMemory(nn.Module):
             queries = self.query_norm(queries)
         queries = self.query_dropout(queries)
         scores, indices = self.select(queries)
-        weights = functional.softmax(scores.float(), dim=-1).to(hidden.dtype)
+        # in the values' dtype, which the read needs (under autocast the input may be bf16 and the
+        # values fp32)
+        weights = functional.softmax(scores.float(), dim=-1).to(self.values.weight.dtype)
         read = self.gate(hidden.reshape(-1, shape[-1])) if self.gate is not None else None  # the raw input
         if self.record_selection:
             self.last_selection = Selection(indices.detach(), weights.detach(), read)
@@ -260,7 +268,9 @@ class ProductKeyMemory(nn.Module):
         if torch.is_grad_enabled():
             buffers = self.gradient_buffers if self.reuse_gradient_buffer else None
             sparse = self.sparse_gradient(bags.numel())
-            output = ValueRead.apply(self.values.weight, bags, bag_weights, buffers, sparse)
+            output = ValueRead.apply(self.values.weight, bags, bag_weights, buffers, sparse, self.gpu_kernels)
+        elif use_triton(self.values.weight, self.gpu_kernels):
+            output = value_read(self.values.weight, bags, bag_weights)
         else:
             output = self.values(bags, per_sample_weights=bag_weights)
         output = self.value_dropout(output)

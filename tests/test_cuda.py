@@ -217,3 +217,23 @@ def test_a_memory_under_bf16_autocast_reads_its_fp32_values(device):
     assert memory.values.weight.dtype == torch.float32
     assert memory.values.weight.grad.abs().sum() > 0
     assert output.dtype == torch.float32 and torch.isfinite(output).all()
+
+
+@on_cuda
+def test_a_memory_gate_fitted_on_the_card_opens_where_the_cpus_does():
+    from palimpsest.memory.gate import MemoryGate, fit_gate
+
+    generator = torch.Generator().manual_seed(4)
+    positives = torch.randn(40, 32, generator=generator) + 3.0
+    negatives = torch.randn(400, 32, generator=generator)
+    gates = {}
+    for device in ("cpu", CUDA):
+        gate = MemoryGate(32, 16).to(device)
+        fit = fit_gate(gate, positives, negatives, steps=200, batch_size=128, seed=0)
+        assert fit.opened_positives == 1.0 and fit.closed_negatives > 0.95
+        gates[str(device)] = gate
+    probe = (
+        torch.randn(200, 32, generator=generator) + torch.tensor([0.0, 3.0]).repeat_interleave(100)[:, None]
+    )
+    opened = {name: gate(probe.to(next(gate.parameters()).device)).cpu() for name, gate in gates.items()}
+    assert (opened["cpu"] == opened["cuda"]).float().mean() > 0.98

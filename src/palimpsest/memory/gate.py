@@ -101,18 +101,21 @@ def fit_gate(
     so the cost of a fit does not grow with the number of facts. Returns how well it fits."""
     if not len(positives) or not len(negatives):
         raise ValueError("a gate needs positives and negatives to fit")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every device
+    device = gate.centre.device
+    positives, negatives = positives.to(device), negatives.to(device)
     with torch.no_grad():
         for layer in (gate.scorer[0], gate.scorer[2]):
             bound = 1 / layer.in_features**0.5
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
-        gate.centre.copy_(negatives.float().mean(dim=0) if centre is None else centre.float())
+            for parameter in (layer.weight, layer.bias):  # drawn on the CPU, copied to the gate's device
+                parameter.copy_(torch.empty(parameter.shape).uniform_(-bound, bound, generator=generator))
+        gate.centre.copy_(negatives.float().mean(dim=0) if centre is None else centre.to(device).float())
         inputs = torch.cat([positives, negatives]).float()
         gate.scale.copy_((inputs - gate.centre).norm(dim=-1).mean().clamp_min(1e-6))
-    targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
+    targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).to(device)
     closed = negative_weights.float() if negative_weights is not None else torch.ones(len(negatives))
-    opened = torch.ones(len(positives))
+    closed = closed.to(device)
+    opened = torch.ones(len(positives), device=device)
     if open_share is not None:
         if not 0.0 < open_share < 1.0:
             raise ValueError(f"open_share must be in (0, 1), got {open_share}")
@@ -121,11 +124,15 @@ def fit_gate(
     optimizer = torch.optim.Adam(gate.scorer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     was_training = gate.training
     gate.train()
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=device)
     full = batch_size is None or batch_size >= len(inputs)
     with torch.enable_grad():
         for _ in range(steps):
-            rows = slice(None) if full else torch.randint(len(inputs), (batch_size,), generator=generator)
+            rows = (
+                slice(None)
+                if full
+                else torch.randint(len(inputs), (batch_size,), generator=generator).to(device)
+            )
             optimizer.zero_grad()
             loss = functional.binary_cross_entropy_with_logits(
                 gate.scores(inputs[rows]), targets[rows], weight=weights[rows]

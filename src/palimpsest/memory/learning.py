@@ -184,10 +184,11 @@ def slot_document_frequency(model: nn.Module, batches: Iterable[dict[str, torch.
     documents = 0
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     with _SlotCounter(layers) as counter:
         for batch in batches:
             counter.reset()
-            model(**batch)
+            model(**{key: value.to(device) for key, value in batch.items()})
             for name, counts in counter.counts.items():
                 frequency[name] += (counts > 0).long()
             documents += 1

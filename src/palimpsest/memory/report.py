@@ -33,10 +33,11 @@ def load_with_memory(model_dir: str | Path, memory_dir: str | Path | None = None
 def slot_mass(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, list[float]]:
     """Per layer, the slots' shares of the weight mass, largest first (for the usage plot)."""
     model.eval()
+    device = next(model.parameters()).device
     with recording(model) as layers:
         mass = {name: torch.zeros(layer.size, dtype=torch.float64) for name, layer in layers.items()}
         for batch in batches:
-            model(**batch)
+            model(**{key: value.to(device) for key, value in batch.items()})
             for name, layer in layers.items():
                 selection = layer.last_selection
                 indices, weights = selection.indices, selection.weights

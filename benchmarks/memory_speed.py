@@ -5,17 +5,22 @@ One run, the same settings for every arm (d=256, 4 heads, k=32, half-keys of 128
 Trainer uses, values in their own group at lr 1e-3 without decay):
 
 * ``dense-ffn``: a dense FFN of the same width (256 -> 1024 -> 256, GELU);
+* ``dense-ffn-equal-flops``: a dense FFN whose hidden width makes its multiply-adds per token the
+  memory's of that size (query, every half-key's score, the k values per head);
 * ``palimpsest``: :class:`ProductKeyMemory`, dense value gradients;
 * ``palimpsest-sparse``: the same layer with ``sparse_updates=True`` and :class:`LazyAdamW`
   (only the value rows read are updated);
+* ``palimpsest-triton``, ``palimpsest-sparse-triton``: the same two with the Triton kernels of
+  :mod:`palimpsest.gpu_kernels` (value read, its backward, the lazy row update; GPU only);
 * ``pkm-package``: lucidrains' ``product-key-memory`` (``bench`` extra) with LayerNorm
   queries (its BatchNorm option normalises over the wrong axis in 0.3.0);
 * ``pkm-package-adam``: the same package with plain ``torch.optim.Adam``, as its README
   trains it (context for figures measured that way).
 
-at 262k and 1M slots by default (n_keys 512, 1024; 16k and 65k on request). Each arm runs in
-its own process, so its peak memory is its own (``ru_maxrss`` above the process's size before
-the arm was built; CUDA's peak allocation on a GPU).
+at 262k and 1M slots by default (n_keys 512, 1024; 16k, 65k and 16M on request). On a CPU each
+arm runs in its own process, so its peak memory is its own (``ru_maxrss`` above the process's size
+before the arm was built); on a GPU they run in one process (no start-up per arm), each with
+CUDA's peak allocation counted from its own start.
 
 **The floor.** A first process measures this machine's memory bandwidth (a large in-place
 update: bytes read + written per second) and matmul rate (the key-scoring shape). The floor
@@ -51,9 +56,12 @@ import torch
 from torch import nn
 
 DIM, HEADS, K, K_DIM, BATCH, SEQ = 256, 4, 32, 256, 16, 128
-SIZES = {"16k": 128, "65k": 256, "262k": 512, "1M": 1024}
+SIZES = {"16k": 128, "65k": 256, "262k": 512, "1M": 1024, "16M": 4096}
 DEFAULT_SIZES = "262k,1M"
-ARMS = ("dense-ffn", "palimpsest", "palimpsest-sparse", "pkm-package", "pkm-package-adam")
+ARMS = (
+    "dense-ffn", "dense-ffn-equal-flops", "palimpsest", "palimpsest-sparse", "palimpsest-triton",
+    "palimpsest-sparse-triton", "pkm-package", "pkm-package-adam",
+)  # fmt: skip
 DEFAULT_ARMS = "dense-ffn,palimpsest,palimpsest-sparse,pkm-package"
 TOKENS = BATCH * SEQ
 
@@ -106,9 +114,18 @@ def floor_seconds(
     return {"floor_ms": 1000 * (memory_s + compute_s), "bytes": moved, "flops": flops}
 
 
-def ffn_floor_seconds(rates: dict) -> dict:
-    flops = 3 * 2 * TOKENS * 2 * DIM * 4 * DIM
+def ffn_floor_seconds(rates: dict, width: int = 4 * DIM) -> dict:
+    flops = 3 * 2 * TOKENS * 2 * DIM * width
     return {"floor_ms": 1000 * flops / rates["matmul_flops_per_s"], "bytes": 0, "flops": flops}
+
+
+def equal_flops_width(n_keys: int) -> int:
+    """The hidden width of a dense FFN (two projections) with the memory's multiply-adds per token."""
+    from palimpsest.memory import ProductKeyMemory
+
+    memory = ProductKeyMemory(DIM, n_keys=2, heads=HEADS, k=2, k_dim=K_DIM)  # the count only
+    memory.n_keys, memory.k = n_keys, K
+    return max(1, round(memory.multiply_adds_per_token() / (2 * DIM)))
 
 
 def build(arm: str, n_keys: int, device: str, dtype: torch.dtype) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -116,13 +133,16 @@ def build(arm: str, n_keys: int, device: str, dtype: torch.dtype) -> tuple[nn.Mo
     from palimpsest.optim import LazyAdamW
 
     torch.manual_seed(0)
-    if arm == "dense-ffn":
-        module = nn.Sequential(nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM)).to(device, dtype)
+    if arm.startswith("dense-ffn"):
+        width = equal_flops_width(n_keys) if arm == "dense-ffn-equal-flops" else 4 * DIM
+        module = nn.Sequential(nn.Linear(DIM, width), nn.GELU(), nn.Linear(width, DIM)).to(device, dtype)
         return module, torch.optim.AdamW(module.parameters(), lr=1e-3, fused=True)
+    kernels = "triton" if arm.endswith("-triton") else "torch"
     if arm.startswith("palimpsest"):
         module = ProductKeyMemory(
-            DIM, n_keys=n_keys, heads=HEADS, k=K, k_dim=K_DIM, sparse_updates=arm == "palimpsest-sparse"
-        )
+            DIM, n_keys=n_keys, heads=HEADS, k=K, k_dim=K_DIM, sparse_updates="sparse" in arm,
+            gpu_kernels=kernels,
+        )  # fmt: skip
     else:
         from product_key_memory import PKM
 
@@ -133,7 +153,7 @@ def build(arm: str, n_keys: int, device: str, dtype: torch.dtype) -> tuple[nn.Mo
     groups = [{"params": rest}, {"params": values, "lr": 1e-3, "weight_decay": 0.0}]
     if arm == "pkm-package-adam":
         return module, torch.optim.Adam(groups, lr=1e-3)
-    return module, LazyAdamW(groups, lr=1e-3, fused=True)
+    return module, LazyAdamW(groups, lr=1e-3, fused=True, gpu_kernels=kernels)
 
 
 def naive_difference(memory: nn.Module, hidden: torch.Tensor, tokens: int = 64) -> float:
@@ -154,12 +174,23 @@ def naive_difference(memory: nn.Module, hidden: torch.Tensor, tokens: int = 64) 
 
 def peak_mib(device: str, baseline: int) -> float:
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+        return (torch.cuda.max_memory_allocated() - baseline) / 2**20
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
 
 
+def memory_baseline(device: str) -> int:
+    """Where an arm's peak memory is counted from: CUDA's allocation (its peak reset) or the process's."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def worker(arm: str, size: str, steps: int, device: str, dtype: torch.dtype) -> dict:
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if arm.endswith("-triton") and not device.startswith("cuda"):
+        raise ValueError(f"{arm}: the Triton kernels run on a CUDA device")
+    baseline = memory_baseline(device)
     module, optimizer = build(arm, SIZES[size], device, dtype)
     hidden = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     target = torch.randn(BATCH, SEQ, DIM, generator=torch.Generator().manual_seed(2)).to(device, dtype)
@@ -197,15 +228,92 @@ def worker(arm: str, size: str, steps: int, device: str, dtype: torch.dtype) -> 
     )
     if arm.startswith("palimpsest"):
         result["max_abs_diff_vs_naive"] = naive_difference(module, hidden)
+    if arm == "dense-ffn-equal-flops":
+        result["ffn_width"] = equal_flops_width(SIZES[size])
     return result
 
 
 def run_worker(arguments: list[str]) -> dict | None:
+    """One arm in a process of its own (on a GPU: in this one, see the module doc)."""
+
+    def option(name: str, default: str) -> str:
+        return arguments[arguments.index(name) + 1] if name in arguments else default
+
+    device = option("--device", "cpu")
+    if device.startswith("cuda"):
+        dtype = getattr(torch, option("--dtype", "float32"))
+        try:
+            if arguments[0] == "--rates":
+                return machine_rates(device, dtype)
+            arm, size = arguments[1], arguments[2]
+            return worker(arm, size, int(option("--steps", "8")), device, dtype)
+        except Exception as error:  # an arm that fails (out of memory, a kernel) is reported, not fatal
+            print(f"{' '.join(arguments)}: failed: {error}", file=sys.stderr)
+            return None
+        finally:
+            torch.cuda.empty_cache()
     done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=False)
     if done.returncode:
         print(f"{' '.join(arguments)}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(rows: list[dict], rates: dict, dtype: torch.dtype) -> None:
+    """Add to each row its floor, its ratios to the floor, the FFNs and the package, and (memory arms)
+    the value traffic its step moved per second, as a share of the card's or machine's bandwidth."""
+    by_key = {(r["slots"], r["arm"]): r for r in rows}
+    element = torch.empty((), dtype=dtype).element_size()
+    for row in rows:
+        size = row["slots"]
+        dense = by_key.get((size, "dense-ffn"))
+        equal = by_key.get((size, "dense-ffn-equal-flops"))
+        package = by_key.get((size, "pkm-package"))
+        readers = [by_key.get((size, arm)) for arm in ARMS if arm.startswith("palimpsest")]
+        reader = next((r for r in readers if r is not None), None)
+        if row["arm"] == "dense-ffn":
+            row["floor"] = ffn_floor_seconds(rates)
+        elif row["arm"] == "dense-ffn-equal-flops":
+            row["floor"] = ffn_floor_seconds(rates, row["ffn_width"])
+        elif reader is not None:
+            share = reader["value_rows_read"]
+            row["floor"] = floor_seconds(SIZES[size], share, rates, element)
+            row["dense_table_floor"] = floor_seconds(SIZES[size], share, rates, element, dense_table=True)
+            # the bytes this arm's path must move: the rows read (sparse) or the whole table (dense)
+            moved = row["floor" if "sparse" in row["arm"] else "dense_table_floor"]["bytes"]
+            row["value_traffic_bytes_per_s"] = moved / (row["train_step_ms"] / 1000)
+            row["bandwidth_share"] = row["value_traffic_bytes_per_s"] / rates["bandwidth_bytes_per_s"]
+        row["x_floor"] = row["train_step_ms"] / row["floor"]["floor_ms"] if "floor" in row else None
+        row["x_dense_ffn"] = row["train_step_ms"] / dense["train_step_ms"] if dense else None
+        row["x_dense_ffn_equal_flops"] = row["train_step_ms"] / equal["train_step_ms"] if equal else None
+        row["speedup_vs_pkm_package"] = package["train_step_ms"] / row["train_step_ms"] if package else None
+        row["inference_vs_pkm_package"] = (
+            row["inference_tokens_per_s"] / package["inference_tokens_per_s"] if package else None
+        )
+
+
+def number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'slots':>5} {'arm':>24} {'step ms':>8} {'floor ms':>8} {'x floor':>7} {'x FFN':>6} {'x eqFFN':>7} "
+        f"{'vs pkg':>6} {'infer tok/s':>11} {'infer vs pkg':>12} {'peak MiB':>8} {'rows read':>9} "
+        f"{'BW share':>8} {'|diff| naive':>12}"
+    )
+    for r in rows:
+        floor = r.get("floor", {}).get("floor_ms")
+        diff = r.get("max_abs_diff_vs_naive")
+        print(
+            f"{r['slots']:>5} {r['arm']:>24} {r['train_step_ms']:8.1f} {number(floor, '8.1f'):>8} "
+            f"{number(r['x_floor'], '7.2f'):>7} {number(r['x_dense_ffn'], '6.2f'):>6} "
+            f"{number(r['x_dense_ffn_equal_flops'], '7.2f'):>7} "
+            f"{number(r['speedup_vs_pkm_package'], '6.2f'):>6} {r['inference_tokens_per_s']:11,.0f} "
+            f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
+            f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(r.get('bandwidth_share'), '8.2f'):>8} "
+            f"{number(diff, '12.1e'):>12}"
+        )
 
 
 def main() -> None:
@@ -251,45 +359,8 @@ def main() -> None:
             if row is not None:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    by_key = {(r["slots"], r["arm"]): r for r in rows}
-    for row in rows:
-        dense = by_key.get((row["slots"], "dense-ffn"))
-        package = by_key.get((row["slots"], "pkm-package"))
-        reader = by_key.get((row["slots"], "palimpsest")) or by_key.get((row["slots"], "palimpsest-sparse"))
-        if row["arm"] == "dense-ffn":
-            row["floor"] = ffn_floor_seconds(rates)
-        elif reader is not None:
-            share = reader["value_rows_read"]
-            element = torch.empty((), dtype=dtype).element_size()
-            row["floor"] = floor_seconds(SIZES[row["slots"]], share, rates, element)
-            row["dense_table_floor"] = floor_seconds(
-                SIZES[row["slots"]], share, rates, element, dense_table=True
-            )
-        row["x_floor"] = row["train_step_ms"] / row["floor"]["floor_ms"] if "floor" in row else None
-        row["x_dense_ffn"] = row["train_step_ms"] / dense["train_step_ms"] if dense else None
-        row["speedup_vs_pkm_package"] = package["train_step_ms"] / row["train_step_ms"] if package else None
-        row["inference_vs_pkm_package"] = (
-            row["inference_tokens_per_s"] / package["inference_tokens_per_s"] if package else None
-        )
-
-    def number(value, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    header = (
-        f"{'slots':>5} {'arm':>18} {'step ms':>8} {'floor ms':>8} {'x floor':>7} {'x FFN':>6} {'vs pkg':>6} "
-        f"{'infer tok/s':>11} {'infer vs pkg':>12} {'peak MiB':>8} {'rows read':>9} {'|diff| naive':>12}"
-    )
-    print(header)
-    for r in rows:
-        floor = r.get("floor", {}).get("floor_ms")
-        diff = r.get("max_abs_diff_vs_naive")
-        print(
-            f"{r['slots']:>5} {r['arm']:>18} {r['train_step_ms']:8.1f} {number(floor, '8.1f'):>8} "
-            f"{number(r['x_floor'], '7.2f'):>7} {number(r['x_dense_ffn'], '6.2f'):>6} "
-            f"{number(r['speedup_vs_pkm_package'], '6.2f'):>6} {r['inference_tokens_per_s']:11,.0f} "
-            f"{number(r['inference_vs_pkm_package'], '12.2f'):>12} {r['peak_mib']:8.0f} "
-            f"{number(r.get('value_rows_read'), '9.2f'):>9} {number(diff, '12.1e'):>12}"
-        )
+    summarise(rows, rates, dtype)
+    print_table(rows)
     from palimpsest.kernels import cpu_kernels
     from palimpsest.memory.layer import AUTO_SPARSE_SHARE, auto_prefers_sparse, expected_share_read
 

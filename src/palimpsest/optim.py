@@ -65,7 +65,8 @@ class LazyAdamW(torch.optim.AdamW):
         super().__init__(*args, **kwargs)
         if gpu_kernels not in GPU_KERNEL_CHOICES:
             raise ValueError(f"gpu_kernels must be one of {GPU_KERNEL_CHOICES}, got {gpu_kernels!r}")
-        #: The lazy row update's implementation on a GPU (:mod:`palimpsest.gpu_kernels`).
+        #: The lazy row update's implementation on a GPU (:mod:`palimpsest.gpu_kernels`), for groups
+        #: that do not name their own (``"gpu_kernels"`` in a group).
         self.gpu_kernels: GpuKernels = gpu_kernels
         self._row_workspaces: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -123,7 +124,8 @@ class LazyAdamW(torch.optim.AdamW):
                 lr, beta1, beta2, eps, decay, step_size, root_correction,
             )  # fmt: skip
             return
-        if parameter.dim() == 2 and use_triton(parameter, self.gpu_kernels):  # one pass per row, in place
+        choice = group.get("gpu_kernels", self.gpu_kernels)  # a group may name its own
+        if parameter.dim() == 2 and use_triton(parameter, choice):  # one pass per row, in place
             moments = (state["exp_avg"], state["exp_avg_sq"])
             if parameter.is_contiguous() and all(m.is_contiguous() for m in moments):
                 lazy_adamw_rows(

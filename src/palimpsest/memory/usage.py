@@ -163,11 +163,19 @@ class MemoryUsageCallback(TrainerCallback):
 
 def memory_param_groups(model: nn.Module, *, lr: float = 1e-3, constant: bool = True) -> list[dict[str, Any]]:
     """Optimizer groups for :func:`palimpsest.training.train`: memory values at their own
-    learning rate (XLM: a constant 1e-3) and without weight decay; everything else default."""
-    values = [layer.values.weight for layer in memories(model).values()]
+    learning rate (XLM: a constant 1e-3) and without weight decay; everything else default. Each
+    group names the GPU implementation its memories' lazy row update takes (``gpu_kernels``, read by
+    :class:`palimpsest.optim.LazyAdamW`)."""
+    by_choice: dict[str, list[nn.Parameter]] = {}
+    for layer in memories(model).values():
+        by_choice.setdefault(layer.gpu_kernels, []).append(layer.values.weight)
     return [
-        {"params": values, "lr": lr, "weight_decay": 0.0, "constant_lr": constant, "name": "memory-values"}
-    ]
+        {
+            "params": values, "lr": lr, "weight_decay": 0.0, "constant_lr": constant, "name": "memory-values",
+            "gpu_kernels": choice,
+        }
+        for choice, values in (by_choice or {"auto": []}).items()
+    ]  # fmt: skip
 
 
 def validation_batches(

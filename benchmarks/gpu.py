@@ -430,7 +430,10 @@ def main() -> None:
         (out / "gpu.json").write_text(json.dumps(document, indent=2), encoding="utf-8")  # each section kept
     (out / "gpu.md").write_text(markdown(document), encoding="utf-8")
     print(markdown(document))
-    if any("error" in entry for entry in document["sections"].values()):
+    tested = document["sections"].get("tests", {}).get("result") or {}
+    if tested.get("failures") or tested.get("errors"):
+        print(f"tests: {tested['failures'] + tested['errors']} failed (see gpu.json)", file=sys.stderr)
+    if any("error" in entry for entry in document["sections"].values()) or tested.get("exit_code"):
         sys.exit(1)
 
 

@@ -126,7 +126,7 @@ def value_read_backward(
         values.contiguous(), indices.contiguous(), weights.contiguous(), grad_output.contiguous(),
         grad_weights if grad_weights is not None else placeholder,
         grad_values if grad_values is not None else placeholder,
-        reads, width,
+        reads, WIDTH=width,
         WANT_WEIGHTS=grad_weights is not None, WANT_VALUES=grad_values is not None,
         BLOCK_READS=kernels.next_power_of_2(reads), BLOCK_WIDTH=_BLOCK_WIDTH,
     )  # fmt: skip

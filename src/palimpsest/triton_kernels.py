@@ -29,9 +29,11 @@ def value_read(
     tl.store(output + token * width + columns, total.to(output.dtype.element_ty), mask=column_ok)
 
 
+# The width is a compile-time constant here: the loop over it is unrolled (and Triton's interpreter
+# before 3.9 cannot loop to a run-time bound).
 @triton.jit
 def value_read_backward(
-    values, indices, weights, grad_output, grad_weights, grad_values, reads, width,
+    values, indices, weights, grad_output, grad_weights, grad_values, reads, WIDTH: tl.constexpr,
     WANT_WEIGHTS: tl.constexpr, WANT_VALUES: tl.constexpr,
     BLOCK_READS: tl.constexpr, BLOCK_WIDTH: tl.constexpr,
 ):  # fmt: skip
@@ -41,19 +43,19 @@ def value_read_backward(
     rows = tl.load(indices + token * reads + read, mask=read_ok, other=0).to(tl.int64)
     scale = tl.load(weights + token * reads + read, mask=read_ok, other=0.0).to(tl.float32)
     dots = tl.zeros((BLOCK_READS,), dtype=tl.float32)
-    for start in range(0, width, BLOCK_WIDTH):
+    for start in range(0, WIDTH, BLOCK_WIDTH):
         columns = start + tl.arange(0, BLOCK_WIDTH)
-        column_ok = columns < width
+        column_ok = columns < WIDTH
         both_ok = read_ok[:, None] & column_ok[None, :]
-        gradient = tl.load(grad_output + token * width + columns, mask=column_ok, other=0.0).to(tl.float32)
+        gradient = tl.load(grad_output + token * WIDTH + columns, mask=column_ok, other=0.0).to(tl.float32)
         if WANT_WEIGHTS:
-            tile = tl.load(values + rows[:, None] * width + columns[None, :], mask=both_ok, other=0.0).to(
+            tile = tl.load(values + rows[:, None] * WIDTH + columns[None, :], mask=both_ok, other=0.0).to(
                 tl.float32
             )
             dots += tl.sum(tile * gradient[None, :], axis=1)
         if WANT_VALUES:
             tl.atomic_add(
-                grad_values + rows[:, None] * width + columns[None, :],
+                grad_values + rows[:, None] * WIDTH + columns[None, :],
                 scale[:, None] * gradient[None, :],
                 mask=both_ok,
             )

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 # Threads per test process: the cores shared among pytest-xdist's workers (more threads than
 # cores only make them wait for each other). A worker inherits the controller's environment, so
@@ -25,7 +24,10 @@ else:
 
 # Triton's kernels (palimpsest.gpu_kernels) run without a GPU only under Triton's interpreter,
 # which must be on before Triton is first imported (its own jit'd library functions are made then,
-# and importing the trainer imports Triton); where CUDA is present they run on the card.
+# and importing the trainer imports Triton); where CUDA is present they run on the card. Torch is
+# imported only now, after the thread count above is set (it reads it once).
+import torch  # noqa: E402
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

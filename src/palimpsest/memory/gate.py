@@ -3,11 +3,14 @@ zero everywhere else.
 
 A memory added to a pretrained model is read by every token; whatever is written into it is
 then read by prompts it was never meant for (``results/knowledge-real/``). A similarity radius
-around the taught inputs (GRACE's codebook) cannot fix that on SmolLM2: the prompts of a taught
-fact's neighbours (the same relation, other subjects) lie as close to its inputs as the fact's
-own prompt after a passage of text does. A scorer *fitted* against such neighbours and ordinary
-text opens for most of the taught facts' unseen phrasings; how well it stays closed for subjects
-it was not fitted against is measured in ``results/gated-memory-probe-real/`` (not yet well).
+around one key per taught fact cannot fix that on SmolLM2: the prompts of a taught fact's
+neighbours (the same relation, other subjects) lie as close to its key as the fact's own prompt
+after a passage of text does. A scorer *fitted* against such neighbours and ordinary text opens
+for most of the taught facts' unseen phrasings, but also for most prompts of subjects it was not
+fitted against; a codebook of every taught phrasing's input (the first position left out) stays
+closed for nearly all of those at a cost in unseen phrasings — measured in
+``results/gated-memory-probe-real/`` (README, "A codebook of every taught phrasing"), not yet
+built here.
 The gate is a small MLP scorer on the memory's input, centred by the background's mean input;
 the memory's read passes where the score is
 positive and is replaced by exact zeros elsewhere, so a closed gate leaves the model's outputs

@@ -7,9 +7,10 @@ its gate is fitted. Teaching facts therefore has two parts:
    (where MEMIT writes a fact: the token whose input names the subject), in the prompt as users
    write it and after passages of unrelated text; *closed* everywhere else — the other tokens of
    those prompts, the same prompts with other subjects (the facts' neighbours: the hard negatives,
-   weighted up) and ordinary text. A fitted scorer, not a similarity radius, because on SmolLM2 a
-   neighbour's input lies as close to a taught one as the taught prompt after text does
-   (``results/gated-memory-probe-real/``).
+   weighted up) and ordinary text. A fitted scorer, not a radius around one key per fact, because
+   on SmolLM2 a neighbour's input lies as close to such a key as the taught prompt after text does
+   (``results/gated-memory-probe-real/``, which also measures a codebook of every taught phrasing:
+   far more specific, not yet used here).
 2. **Train the values through it** (:func:`palimpsest.memory.learning.learn_facts`): only tokens
    the gate opens read the memory, so only the slots they select move, and every other input
    reads exact zeros — the model is the base model there.

@@ -59,6 +59,37 @@ def test_a_fitted_gate_opens_for_what_it_was_taught_and_reads_exact_zeros_elsewh
     assert torch.equal(gated[4:], torch.zeros_like(gated[4:])) and ungated[4:].abs().sum() > 0
 
 
+def test_a_codebook_opens_the_gate_only_near_a_key_where_the_scorer_opens():
+    gate = MemoryGate(32, 16, keys=8)
+    taught, other = _clusters(32, 64, seed=0)
+    fit_gate(gate, taught, other, steps=300)
+    near_cluster = taught[:8] + 0.05  # the scorer opens for all of the taught cluster...
+    assert gate(near_cluster).all() and gate(taught[40:]).all()
+    gate.set_keys(taught[:3], threshold=0.99)  # ...the codebook only near its three keys
+    assert int(gate.key_count) == 3
+    assert gate(taught[:3]).all() and gate(near_cluster[:3]).all()
+    similarity = gate.key_similarity(taught[40:])
+    assert torch.equal(gate(taught[40:]), similarity >= 0.99) and not gate(taught[40:]).all()
+    assert not gate(other).any()  # where the scorer is closed a key cannot open it
+    directions = (taught[:3] - gate.centre) / (taught[:3] - gate.centre).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(gate.keys[:3], directions)
+    assert not gate.keys[3:].any()
+    with pytest.raises(ValueError, match="room"):
+        gate.set_keys(taught[:9], threshold=0.9)
+    with pytest.raises(ValueError, match="without room"):
+        MemoryGate(32, 16).set_keys(taught[:1], threshold=0.9)
+    gate.close()
+    assert int(gate.key_count) == 0 and not gate.fitted and not gate(taught).any()
+
+
+def test_a_gate_without_room_for_keys_keeps_the_layout_of_older_gates():
+    assert {name for name, _ in MemoryGate(8, 4).named_buffers()} == {"centre", "scale", "fitted_flag"}
+    with pytest.raises(ConfigError, match="gate_keys"):
+        PKMConfig(gate_keys=16)  # a codebook needs a gate
+    with pytest.raises(ConfigError, match="gate_keys"):
+        PKMConfig(gate_hidden=8, gate_keys=-1)
+
+
 def test_no_gradient_reaches_the_values_through_a_closed_gate():
     from palimpsest.memory import ProductKeyMemory
 

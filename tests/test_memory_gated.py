@@ -150,6 +150,41 @@ def test_a_taught_memory_reloads_exactly_with_its_facts(tokenizer, tmp_path):
         forget_facts(stray, tokenizer, FIRST, settings=GATE)
 
 
+def test_a_codebook_holds_the_taught_inputs_travels_with_the_model_and_empties_when_all_is_forgotten(
+    tokenizer, tmp_path
+):
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=64))
+    base = _base(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "run", answers=["Rome", "Oslo"])
+    (memory,) = memories(model).values()
+    held = int(memory.gate.key_count)
+    assert 0 < held <= 64 and memory.gate.key_threshold == GATE.key_threshold
+    for fact in FIRST:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+    ids = _ids(tokenizer)  # ordinary text: no key near it, the base model's outputs exactly
+    save_merged(model, tokenizer, tmp_path / "saved")
+    loaded = load_merged(tmp_path / "saved").eval()
+    (reloaded,) = memories(loaded).values()
+    assert torch.equal(reloaded.gate.keys, memory.gate.keys) and int(reloaded.gate.key_count) == held
+    prompt = _ids(tokenizer, FIRST[0].prompt(0))
+    assert torch.equal(loaded(input_ids=prompt).logits, model(input_ids=prompt).logits)
+    forget_facts(model, tokenizer, FIRST[:1], settings=GATE)
+    assert 0 < int(memory.gate.key_count) < held  # the keys of what is left
+    forget_facts(model, tokenizer, FIRST[1:], settings=GATE)
+    assert int(memory.gate.key_count) == 0
+    assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_a_codebook_too_small_for_the_facts_is_refused_before_anything_is_fitted(tokenizer, tmp_path):
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelError, match="gate_keys"):
+        learn_facts(model, tokenizer, FIRST, _settings(), tmp_path, answers=["Rome", "Oslo"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_a_gated_memory_learns_only_in_causal_models(tokenizer, tmp_path):
     from palimpsest.models import build_model
 
@@ -245,3 +280,23 @@ def test_same_subject_anchors_keep_what_the_model_without_its_memory_writes(toke
     with memories_closed(model):
         assert not memory.gate.fitted
     assert memory.gate.fitted
+
+
+def test_a_codebook_too_small_is_one_line_from_the_command_line(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(_base(tokenizer), tokenizer, base)
+    small = ["--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values", "--layer", "2"]
+    done = palimpsest("memory", "add", "--model", base, "--out", tmp_path / "m", "--gate-hidden", "16",
+                      "--gate-keys", "1", *small)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["palimpsest_memory"]["gate_keys"] == 1
+    taught = tmp_path / "teach.jsonl"
+    taught.write_text(
+        '{"subject": "France", "relation": "capital", "object": "Paris", "new_object": "Rome"}\n'
+    )
+    line = one_error_line(palimpsest("memory", "learn", "--model", tmp_path / "m", "--facts", taught,
+                                     "--out", tmp_path / "l", "--steps", "2"))  # fmt: skip
+    assert "gate_keys" in line and not (tmp_path / "l").exists()

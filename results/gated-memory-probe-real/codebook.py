@@ -24,64 +24,31 @@ from pathlib import Path
 
 import torch
 
-from palimpsest.data import load_tokenizer
-from palimpsest.editing.benchmark import read_benchmark
 from palimpsest.experiments.many_edits.gated import facts_to_keep
-from palimpsest.memory import PKMConfig, add_product_key_memory, memories
 from palimpsest.memory.gate import fit_gate
 from palimpsest.memory.gated import (
     GateTraining,
     gate_texts,
-    memory_inputs,
     neighbour_facts,
     training_contexts,
 )
-from palimpsest.memory.taught import taught_fact
-from palimpsest.models import load_pretrained, resolve_pretrained
-from palimpsest.recall import PLAIN, after_text, build_probe, text_passages
+from palimpsest.recall import PLAIN, after_text, text_passages
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gate_variants import Setup, _Prompt
 
 HERE = Path(__file__).parent
 THRESHOLDS = (0.75, 0.8, 0.83, 0.86, 0.88, 0.9, 0.92, 0.95)
 
 
-class _Prompt:
-    """Token ids with one open position (or none): every other position a closed input."""
-
-    def __init__(self, ids, open_at):
-        self.ids, self.open_at, self.weight, self.closed_from = list(ids), open_at, 1.0, 0
-
-
 def main() -> None:
     facts = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
-    model = load_pretrained("smollm2-135m").eval()
-    memory = PKMConfig(
-        layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, gate_hidden=256, seed=0
-    )
-    add_product_key_memory(model, memory)
-    ((name, layer),) = memories(model).items()
-    cases = read_benchmark(HERE.parent / "many-edits-real" / "benchmark.jsonl")
-    draw = cases[:facts]
-    taught = [taught_fact(c.request.fact, c.request.new_object, 1, "") for c in draw]
-    subjects = {entry.subject for entry in taught}
-
-    def inputs(texts):
-        return memory_inputs(model, texts)[name]
+    setup = Setup(facts)
+    tokenizer, layer, cases, draw = setup.tokenizer, setup.layer, setup.cases, setup.draw
+    taught, subjects, inputs = setup.taught, setup.subjects, setup.inputs
 
     def subject_rows(context, template_of):
-        rows = []
-        for entry in taught:
-            template = template_of(entry.fact)
-            probe = (
-                None
-                if template is None
-                else build_probe(tokenizer, entry.fact, template=template, causal=True, context=context)
-            )
-            if probe is not None and probe.subject_positions and probe.subject_positions[-1] > 0:
-                rows.append(
-                    _Prompt(probe.input_ids[: probe.answer_positions[0]], probe.subject_positions[-1])
-                )
-        return inputs(rows)[0]
+        return setup.subject_rows(context, template_of, after_first=True)
 
     held_out = subject_rows(PLAIN, lambda fact: fact.held_out_template())
     after = torch.cat(

@@ -3,9 +3,11 @@ learn`` does), then the many-edits study's metrics and wiki-en perplexity.
 
     python results/gated-memory-probe-real/end_to_end.py 64 anchors '{}'                  # ~12 min here
     python results/gated-memory-probe-real/end_to_end.py 64 no-anchors '{"anchors": 0}'
+    python results/gated-memory-probe-real/end_to_end.py 64 codebook '{}' '{"gate_keys": 1024}'
 
-The third argument overrides ``GateTraining`` fields. The facts to keep are neighbours of cases
-outside the draw (``facts_to_keep``, as the study's gated-memory method: never a measured prompt).
+The third argument overrides ``GateTraining`` fields, the fourth ``PKMConfig`` fields. The facts
+to keep are neighbours of cases outside the draw (``facts_to_keep``, as the study's gated-memory
+method: never a measured prompt).
 Writes ``end_to_end-NAME.json`` (and the memory under ``runs/gated-end-to-end/NAME/``).
 """
 
@@ -35,6 +37,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     facts_wanted, name = int(sys.argv[1]), sys.argv[2]
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    memory_options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     model = load_pretrained("smollm2-135m").eval()
     tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
     cases = read_benchmark(HERE.parent / "many-edits-real" / "benchmark.jsonl")
@@ -44,7 +47,7 @@ def main() -> None:
     before = benchmark_metrics(model, tokenizer, draw, generation_tokens=8)
     before["perplexity"] = math.exp(evaluate_lm(model, perplexity_set)["loss"])
     memory = PKMConfig(layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True,
-                       sparse_updates=False, gate_hidden=256, seed=0)  # fmt: skip
+                       sparse_updates=False, gate_hidden=256, seed=0, **memory_options)  # fmt: skip
     add_product_key_memory(model, memory)
     settings = MemoryLearning(paraphrases=True, gate=GateTraining(**options))
     work = Path("runs") / "gated-end-to-end" / name
@@ -57,7 +60,8 @@ def main() -> None:
     after = benchmark_metrics(model, tokenizer, draw, generation_tokens=8)
     after["perplexity"] = math.exp(evaluate_lm(model, perplexity_set)["loss"])
     record = {
-        "facts": facts_wanted, "gate_training": options, "facts_to_keep": len(keep), "before": before,
+        "facts": facts_wanted, "gate_training": options, "memory": memory_options, "facts_to_keep": len(keep),
+        "before": before,
         "after": after, "seconds": seconds, "steps": learned.steps, "examples": learned.examples,
         "gate_fit": {layer: vars(fit) for layer, fit in learned.gate.layers.items()},
     }  # fmt: skip

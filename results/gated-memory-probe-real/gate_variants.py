@@ -40,38 +40,55 @@ HERE = Path(__file__).parent
 FACTS = 64
 
 
-def main() -> None:
-    variants = json.loads(sys.argv[1])
-    tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
-    model = load_pretrained("smollm2-135m").eval()
-    memory = PKMConfig(
-        layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, gate_hidden=256, seed=0
-    )
-    add_product_key_memory(model, memory)
-    ((name, layer),) = memories(model).items()
-    cases = read_benchmark(HERE.parent / "many-edits-real" / "benchmark.jsonl")
-    draw = cases[:FACTS]
-    keep = facts_to_keep(draw, cases[FACTS:])
-    taught = [taught_fact(c.request.fact, c.request.new_object, 1, "") for c in draw]
-    subjects = {entry.subject for entry in taught}
+class Setup:
+    """SmolLM2-135M with a gated 16,384-slot memory at block 15 (unfitted), and the first ``facts``
+    cases of the many-edits benchmark taught (their new objects): what the gate probes share."""
 
-    def inputs(texts):
-        return memory_inputs(model, texts)[name]
+    def __init__(self, facts: int):
+        self.tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
+        self.model = load_pretrained("smollm2-135m").eval()
+        memory = PKMConfig(
+            layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, gate_hidden=256, seed=0
+        )
+        add_product_key_memory(self.model, memory)
+        ((self.name, self.layer),) = memories(self.model).items()
+        self.cases = read_benchmark(HERE.parent / "many-edits-real" / "benchmark.jsonl")
+        self.draw = self.cases[:facts]
+        self.taught = [taught_fact(c.request.fact, c.request.new_object, 1, "") for c in self.draw]
+        self.subjects = {entry.subject for entry in self.taught}
 
-    def subject_rows(context, template_of):
+    def inputs(self, texts):
+        """The memory's (open, closed, weights) inputs of ``texts`` (``_Prompt``s or gate texts)."""
+        return memory_inputs(self.model, texts)[self.name]
+
+    def subject_rows(self, context, template_of, *, after_first: bool = False):
+        """Each taught fact's input at its subject's last token, in the template ``template_of`` names
+        (None: skipped) after ``context``; ``after_first``: only where that token is not the first."""
         rows = []
-        for entry in taught:
+        for entry in self.taught:
             template = template_of(entry.fact)
             probe = (
                 None
                 if template is None
-                else build_probe(tokenizer, entry.fact, template=template, causal=True, context=context)
+                else build_probe(self.tokenizer, entry.fact, template=template, causal=True, context=context)
             )
-            if probe is not None and probe.subject_positions:
+            if (
+                probe is not None
+                and probe.subject_positions
+                and (probe.subject_positions[-1] > 0 or not after_first)
+            ):
                 rows.append(
                     _Prompt(probe.input_ids[: probe.answer_positions[0]], probe.subject_positions[-1])
                 )
-        return inputs(rows)[0]
+        return self.inputs(rows)[0]
+
+
+def main() -> None:
+    variants = json.loads(sys.argv[1])
+    setup = Setup(FACTS)
+    tokenizer, layer, cases, draw = setup.tokenizer, setup.layer, setup.cases, setup.draw
+    taught, subjects, inputs, subject_rows = setup.taught, setup.subjects, setup.inputs, setup.subject_rows
+    keep = facts_to_keep(draw, cases[FACTS:])
 
     held_out = subject_rows(PLAIN, lambda fact: fact.held_out_template())
     after = torch.cat(

@@ -669,6 +669,13 @@ def memory_add(
             "for the facts taught (residual memories).",
         ),
     ] = None,
+    gate_keys: Annotated[
+        int | None,
+        typer.Option(
+            help="Room for this many keys in the gate's codebook (about 9 per fact): it then opens only "
+            "near an input it was taught at (needs --gate-hidden).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the memory's initial weights.")] = 0,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
     verbose: VerboseOption = False,
@@ -686,7 +693,7 @@ def memory_add(
         config,
         {"layers": _blocks(layers, "--layer") if layers else None, "mode": mode, "n_keys": n_keys,
          "heads": heads, "k": k, "k_dim": k_dim, "query_norm": query_norm, "zero_values": zero_values,
-         "sparse_updates": sparse_updates, "gate_hidden": gate_hidden},
+         "sparse_updates": sparse_updates, "gate_hidden": gate_hidden, "gate_keys": gate_keys},
     )  # fmt: skip
     if settings.seed is None:
         check_seed(seed, "--seed")

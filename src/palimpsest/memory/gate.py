@@ -18,6 +18,12 @@ bit-identical to the model without the memory, and no gradient reaches the value
 
 A new gate is closed for every input (its last layer outputs a negative constant) until
 :func:`fit_gate` fits it.
+
+A gate made with room for keys (``MemoryGate(dim, hidden, keys=N)``, ``PKMConfig(gate_keys=N)``)
+also keeps a codebook: the inputs it was fitted open at, centred and normalised
+(:meth:`MemoryGate.set_keys`); it then opens only where the scorer opens *and* the input's best
+cosine to a key reaches the codebook's threshold. The room is fixed when the gate is made, so a
+saved gate has the same shapes whatever it holds and loads anywhere.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ CLOSED_SCORE = -1.0
 class MemoryGate(nn.Module):
     """Per token: is this input one the memory was taught? (``scores(x) > 0``)."""
 
-    def __init__(self, dim: int, hidden: int = 256):
+    def __init__(self, dim: int, hidden: int = 256, keys: int = 0):
         super().__init__()
+        if keys < 0:
+            raise ValueError(f"keys must be 0 or more, got {keys}")
         self.scorer = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.scorer[2].weight)
         nn.init.constant_(self.scorer[2].bias, CLOSED_SCORE)
@@ -45,6 +53,13 @@ class MemoryGate(nn.Module):
         self.register_buffer("centre", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("fitted_flag", torch.zeros((), dtype=torch.bool))
+        #: Room for keys (0: no codebook; then the buffers below do not exist, as in older gates).
+        self.key_room = keys
+        if keys:
+            #: The codebook: the first ``key_count`` rows, each a centred, normalised input.
+            self.register_buffer("keys", torch.zeros(keys, dim))
+            self.register_buffer("key_count", torch.zeros((), dtype=torch.long))
+            self.register_buffer("key_threshold", torch.ones(()))
 
     @property
     def fitted(self) -> bool:
@@ -59,6 +74,36 @@ class MemoryGate(nn.Module):
         self.centre.zero_()
         self.scale.fill_(1.0)
         self.fitted_flag.fill_(False)
+        if self.key_room:
+            self.keys.zero_()
+            self.key_count.zero_()
+            self.key_threshold.fill_(1.0)
+
+    @torch.no_grad()
+    def set_keys(self, inputs: torch.Tensor, threshold: float) -> None:
+        """Keep ``inputs`` (rows of memory inputs, after :func:`fit_gate` set the centre) as the
+        codebook, opening from a cosine of ``threshold``; more rows than the room is an error."""
+        if not self.key_room:
+            raise ValueError("this gate was made without room for keys (keys=0)")
+        if len(inputs) > self.key_room:
+            raise ValueError(f"{len(inputs)} keys do not fit in the gate's room for {self.key_room}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"a cosine threshold is in [-1, 1], got {threshold}")
+        self.keys.zero_()
+        self.keys[: len(inputs)] = self._directions(inputs.to(self.keys.device)).to(self.keys.dtype)
+        self.key_count.fill_(len(inputs))
+        self.key_threshold.fill_(threshold)
+
+    def _directions(self, hidden: torch.Tensor) -> torch.Tensor:
+        centred = hidden.float() - self.centre.float()
+        return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def key_similarity(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Each input row's best cosine to a key (after centring); -1 where the codebook is empty."""
+        count = int(self.key_count) if self.key_room else 0
+        if not count:
+            return torch.full(hidden.shape[:-1], -1.0, device=hidden.device)
+        return (self._directions(hidden) @ self.keys[:count].float().T).max(dim=-1).values
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """One score per input row: positive where the gate opens."""
@@ -67,7 +112,10 @@ class MemoryGate(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Where the gate opens, per input row (a boolean mask)."""
-        return self.scores(hidden) > 0
+        opened = self.scores(hidden) > 0
+        if self.key_room and int(self.key_count):
+            opened = opened & (self.key_similarity(hidden) >= self.key_threshold)
+        return opened
 
 
 @dataclass

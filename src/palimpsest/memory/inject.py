@@ -83,6 +83,9 @@ class PKMConfig:
     #: (:mod:`palimpsest.memory.gate`; closed for every input until fitted); ``None``: no gate,
     #: every token reads the memory.
     gate_hidden: int | None = None
+    #: Room for keys in the gate's codebook (0: none): the gate then opens only where an input lies
+    #: near one it was taught at (:meth:`MemoryGate.set_keys`; about 9 keys per taught fact).
+    gate_keys: int = 0
     #: The value read's implementation on a GPU: ``"triton"`` (:mod:`palimpsest.gpu_kernels`),
     #: ``"torch"`` (torch ops, the reference) or ``"auto"`` (torch ops until the kernels are measured
     #: faster: ``benchmarks/gpu.sh``). No effect on a CPU.
@@ -123,6 +126,10 @@ class PKMConfig:
                 f"memory.gpu_kernels: expected one of {', '.join(GPU_KERNEL_CHOICES)}, "
                 f"got {self.gpu_kernels!r}"
             )
+        if isinstance(self.gate_keys, bool) or not isinstance(self.gate_keys, int) or self.gate_keys < 0:
+            raise ConfigError(f"memory.gate_keys must be a whole number >= 0, got {self.gate_keys!r}")
+        if self.gate_keys and self.gate_hidden is None:
+            raise ConfigError("memory.gate_keys: a codebook belongs to a gate (set memory.gate_hidden)")
         if self.gate_hidden is not None and self.mode != "residual":
             raise ConfigError(
                 "memory.gate_hidden: a gate needs a residual memory (a closed replace memory drops the FFN)"
@@ -135,7 +142,7 @@ class PKMConfig:
             query_norm=self.query_norm, input_dropout=self.input_dropout,
             query_dropout=self.query_dropout, value_dropout=self.value_dropout,
             zero_values=self.zero_values, sparse_updates=self.sparse_updates, generator=generator,
-            gate_hidden=self.gate_hidden, gpu_kernels=self.gpu_kernels,
+            gate_hidden=self.gate_hidden, gate_keys=self.gate_keys, gpu_kernels=self.gpu_kernels,
         )  # fmt: skip
 
 

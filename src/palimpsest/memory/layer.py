@@ -135,6 +135,7 @@ class ProductKeyMemory(nn.Module):
         sparse_updates: SparseUpdates = False,
         generator: torch.Generator | None = None,
         gate_hidden: int | None = None,
+        gate_keys: int = 0,
         gpu_kernels: GpuKernels = "auto",
     ):
         super().__init__()
@@ -175,7 +176,7 @@ class ProductKeyMemory(nn.Module):
         self.value_dropout = nn.Dropout(value_dropout)
         #: Opens the memory only for inputs like those it was taught (:mod:`palimpsest.memory.gate`);
         #: ``None``: every token reads the memory.
-        self.gate = MemoryGate(dim, gate_hidden) if gate_hidden else None
+        self.gate = MemoryGate(dim, gate_hidden, keys=gate_keys) if gate_hidden else None
         self.sparse_updates = sparse_updates
         #: The value read's implementation on a GPU (:mod:`palimpsest.gpu_kernels`).
         self.gpu_kernels: GpuKernels = gpu_kernels

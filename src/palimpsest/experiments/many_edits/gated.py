@@ -24,10 +24,12 @@ from palimpsest.memory.learning import MemoryLearning, learn_facts
 
 
 def _gated_memory() -> PKMConfig:
-    """The knowledge study's memory (16,384 slots in the middle block, zero values) with a gate."""
+    """The knowledge study's memory (16,384 slots in the middle block, zero values) with a gate and
+    room for a codebook of ~1,900 facts' inputs (the gate then stays closed for other subjects:
+    ``results/gated-memory-probe-real/``, README, "A codebook of every taught phrasing")."""
     return PKMConfig(
         layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, sparse_updates=False,
-        gate_hidden=256,
+        gate_hidden=256, gate_keys=16_384,
     )  # fmt: skip
 
 

@@ -107,7 +107,10 @@ SCALES: dict[str, ManyEditsScale] = {
         sequence_methods=tuple(m for m in METHODS if m != "gated-memory"),  # its rounds: tests of memory
         perplexity_blocks=2, block_size=32, generation_tokens=3,
         gated_memory=GatedMemoryMethod(
-            PKMConfig(layers=[0.5], n_keys=8, heads=2, k=4, k_dim=16, zero_values=True, gate_hidden=16),
+            PKMConfig(
+                layers=[0.5], n_keys=8, heads=2, k=4, k_dim=16, zero_values=True, gate_hidden=16,
+                gate_keys=256,
+            ),
             MemoryLearning(
                 paraphrases=True,
                 gate=GateTraining(passages=1, neighbours=2, background_tokens=256, steps=100, batch_size=512),

@@ -45,6 +45,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("machine", "tests", "memory", "training", "editing")
+#: Every file a run writes into --out: a folder holding anything else is not this script's to write in.
+OUTPUTS = frozenset({"gpu.json", "gpu.md", "cuda-tests.xml", "memory-speed.json"})
 #: Where benchmarks/gpu_prepare.sh puts SmolLM2-135M's config and tokenizer (no weights).
 PREPARED_MODEL = ROOT / ".gpu" / "smollm2-135m"
 
@@ -412,6 +414,13 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this machine has no CUDA device (--device cpu is the dry run)")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: a file is there, not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS) if out.is_dir() else []
+    if foreign:
+        parser.error(
+            f"--out {out}: holds files this run did not write ({', '.join(foreign[:3])}); name a new folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     plan = PLANS[args.device]
     document = {"benchmark": "gpu", "device": args.device, "plan": asdict(plan), "sections": {}}

@@ -31,6 +31,16 @@ def test_asking_for_the_card_where_there_is_none_is_one_line_and_exit_2(tmp_path
     assert not (tmp_path / "gpu.json").exists()
 
 
+def test_an_out_folder_holding_other_files_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = _run("--device", "cpu", "--sections", "machine", "--out", str(tmp_path))
+    assert done.returncode == 2 and "notes.txt" in done.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    done = _run("--device", "cpu", "--sections", "machine", "--out", str(tmp_path / "notes.txt"))
+    assert done.returncode == 2 and "not a folder" in done.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_an_unknown_section_is_refused(tmp_path):
     done = _run("--device", "cpu", "--sections", "machine,speed", "--out", str(tmp_path))
     assert done.returncode == 2

@@ -88,9 +88,9 @@ class GateTraining:
     anchors: int = 2
     anchor_tokens: int = 3
     #: Where a gate has a codebook (``PKMConfig.gate_keys``): the cosine to a taught input from which
-    #: it opens. Chosen by measuring on SmolLM2-135M (``results/gated-memory-probe-real/``, README,
-    #: "A codebook of every taught phrasing": 0.88 kept 504 of 505 unseen neighbour prompts closed and
-    #: opened 69% of held-out paraphrases).
+    #: it opens. Chosen by measuring on SmolLM2-135M: the threshold that kept unseen subjects' prompts
+    #: closed while opening most held-out paraphrases (``results/gated-memory-probe-real/``, README,
+    #: "A codebook of every taught phrasing").
     key_threshold: float = 0.88
     #: The scorer's fit: Adam steps of ``batch_size`` rows drawn at random.
     steps: int = 1500

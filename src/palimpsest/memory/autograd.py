@@ -78,7 +78,8 @@ class ValueGradientBuffers:
 #: README, "Benchmarks").
 TOKENS_PER_CHUNK = 16
 #: The same on a GPU, where caches do not decide but each chunk costs kernel launches: few, large
-#: chunks (512 tokens of 128 reads of width 256 gather 64 MiB in fp32).
+#: chunks (512 tokens of 128 reads of width 256 gather 64 MiB in fp32). Not yet measured on a card
+#: (``benchmarks/gpu.sh`` times this torch-op path beside the Triton kernels).
 GPU_TOKENS_PER_CHUNK = 512
 
 

@@ -300,3 +300,33 @@ def test_a_codebook_too_small_is_one_line_from_the_command_line(tmp_path, tokeni
     line = one_error_line(palimpsest("memory", "learn", "--model", tmp_path / "m", "--facts", taught,
                                      "--out", tmp_path / "l", "--steps", "2"))  # fmt: skip
     assert "gate_keys" in line and not (tmp_path / "l").exists()
+
+
+def test_anchors_ask_the_subjects_other_facts_through_a_template_a_benchmark_does_not_measure():
+    from palimpsest.data.facts import CONTINENT, Relation
+    from palimpsest.memory.gated import anchor_template
+
+    # the first template is what users (and the benchmark's same-subject measure) ask; a template
+    # opening with the subject puts it where the gate never opens
+    assert CAPITAL.templates[1].startswith("{subject}") and anchor_template(CAPITAL) == 2
+    assert anchor_template(CURRENCY) == 1
+    assert anchor_template(CONTINENT) == 3  # "The country of {subject} is part of"
+    opening = Relation("subject-first", ("{subject} is {object}.", "{subject} means {object}."))
+    assert anchor_template(opening) == 1
+    assert anchor_template(Relation("only", ("{subject} is {object}.",))) == 0
+
+
+def test_neighbours_are_never_taught_or_held_out_subjects():
+    from palimpsest.data.facts import city_facts
+    from palimpsest.memory.gated import neighbour_facts
+    from palimpsest.memory.taught import taught_fact
+
+    cities = city_facts(2000)
+    taught = [taught_fact(fact, fact.object, 1, "now") for fact in cities[:300]]
+    held_out = cities[300:600]
+    settings = GateTraining(neighbours=4)
+    drawn = {fact.subject for fact in neighbour_facts(taught, [], settings, held_out=held_out)}
+    assert len(drawn) > 100
+    assert not drawn & {fact.subject for fact in cities[:600]}
+    without = {fact.subject for fact in neighbour_facts(taught, [], settings)}
+    assert not without & {fact.subject for fact in cities[:300]} and without & {f.subject for f in held_out}

@@ -1,11 +1,11 @@
 """Units of the real many-edits study, a few at a time (resumable; see this folder's README).
 
-    python results/many-edits-real/run_units.py METHODS [SIZES_AT_ONCE] [SEQUENCES] [SEQUENCE_METHODS] [ONLY]
+    python results/many-edits-real/run_units.py METHODS [SIZES_AT_ONCE] [SEQUENCES] [SEQUENCE_METHODS] [ONLY] [SEEDS]
 
 METHODS comma-separated (``palimpsest,memit``), SIZES_AT_ONCE comma-separated (``1000``; empty for
 none), SEQUENCES as ``EDITSbBATCH`` (``1000b10``), SEQUENCE_METHODS the methods of the sequences
-(default: METHODS), ONLY the sizes at once some methods are limited to (``memit:1000,alphaedit:1000``);
-seed 0, into ``runs/many-edits-real``. Units already stored are read back, so
+(default: METHODS), ONLY the sizes at once some methods are limited to (``memit:1000,alphaedit:1000``),
+SEEDS comma-separated (default ``0``); into ``runs/many-edits-real``. Units already stored are read back, so
 naming every finished unit assembles one results.json of them all.
 """
 
@@ -25,9 +25,10 @@ def main() -> None:
     sequence_methods = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 and sys.argv[4] else None
     only = [item.split(":") for item in sys.argv[5].split(",")] if len(sys.argv) > 5 and sys.argv[5] else []
     method_sizes = tuple((method, (int(size),)) for method, size in only)
+    seeds = tuple(int(x) for x in sys.argv[6].split(",")) if len(sys.argv) > 6 and sys.argv[6] else (0,)
     scale = replace(
         SCALES["real"], at_once=at_once, in_sequence=in_sequence, methods=methods,
-        sequence_methods=sequence_methods, seeds=(0,), method_sizes=method_sizes,
+        sequence_methods=sequence_methods, seeds=seeds, method_sizes=method_sizes,
     )  # fmt: skip
     run_many_edits_study("runs/many-edits-real", ("real", scale))
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from palimpsest.data.facts import Fact
+from palimpsest.data.facts import Fact, Relation
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.memory.gate import GateFit, fit_gate
 from palimpsest.memory.inject import memories, memory_handle
@@ -173,21 +173,30 @@ def _prompt_text(tokenizer, fact: Fact, template: int, context: PromptContext, w
     return _Text(ids, probe.subject_positions[-1], weight, closed_from=probe.subject_positions[0])
 
 
-def neighbour_facts(taught: Sequence[TaughtFact], keep: Sequence[Fact], settings: GateTraining) -> list[Fact]:
+def neighbour_facts(
+    taught: Sequence[TaughtFact],
+    keep: Sequence[Fact],
+    settings: GateTraining,
+    *,
+    held_out: Sequence[Fact] = (),
+) -> list[Fact]:
     """Per taught fact, ``settings.neighbours`` facts of its relation about subjects never taught:
     the kept facts of that relation first, then subjects of the built-in fact tables (chosen by a
-    hash of the fact, so a refit draws the same ones)."""
+    hash of the fact, so a refit draws the same ones). ``held_out``'s subjects are never drawn from
+    the tables: facts a study measures the gate on must not be among the inputs it was fitted closed
+    for."""
     from palimpsest.data.facts import FACT_SETS, builtin_facts, city_facts
 
     taught_subjects = {fact.subject for fact in taught}
+    unseen_subjects = {fact.subject for fact in held_out}
     kept_by_relation: dict[str, list[Fact]] = {}
     for fact in keep:
         if fact.subject not in taught_subjects:
             kept_by_relation.setdefault(fact.relation.name, []).append(fact)
-    pool = sorted(
-        {fact.subject for fact in city_facts(2000)}
-        | {fact.subject for name in FACT_SETS for fact in builtin_facts(name)} - taught_subjects
-    )
+    tables = {fact.subject for fact in city_facts(2000)} | {
+        fact.subject for name in FACT_SETS for fact in builtin_facts(name)
+    }
+    pool = sorted(tables - taught_subjects - unseen_subjects)
     neighbours: list[Fact] = []
     for entry in taught:
         fact = entry.fact
@@ -343,7 +352,9 @@ def same_subject_anchors(
 ) -> list[tuple[list[int], list[int]]]:  # fmt: skip
     """Training rows (ids, labels) that keep, for each taught subject, what the model without its
     memories writes after the subject's prompt through ``settings.anchors`` other relations (those of
-    the taught and kept facts; chosen by a hash of the fact)."""
+    the taught and kept facts; chosen by a hash of the fact). Each is stated through
+    :func:`anchor_template`, not the relation's first template, so that the subject's other facts
+    asked as users (and as every benchmark) ask them stay a test the anchors were not fitted on."""
     if not settings.anchors:
         return []
     relations = {}
@@ -354,12 +365,21 @@ def same_subject_anchors(
         others = [relation for name, relation in sorted(relations.items()) if name != entry.relation]
         rng = random.Random(zlib.crc32(f"{settings.seed}|{entry.subject}|{entry.relation}".encode()))
         for relation in rng.sample(others, min(settings.anchors, len(others))):
-            prompts.append(Fact(entry.subject, relation, "").prompt(0))
+            prompts.append(Fact(entry.subject, relation, "").prompt(anchor_template(relation)))
     if not prompts:
         return []
     with memories_closed(model):
         written = greedy_tokens(model, tokenizer, prompts, settings.anchor_tokens)
     return [(ids + more, [-100] * len(ids) + more) for ids, more in written]
+
+
+def anchor_template(relation: Relation) -> int:
+    """The template a same-subject anchor states ``relation`` through: the first paraphrase (not the
+    first template) that does not open with the subject — a subject at a prompt's first position is
+    where the gate never opens, so an anchor there would teach nothing — else the first paraphrase,
+    else the one template there is."""
+    later = range(1, len(relation.templates))
+    return next((t for t in later if not relation.templates[t].startswith("{subject}")), 1 if later else 0)
 
 
 @dataclass
@@ -381,11 +401,13 @@ def fit_memory_gates(
     settings: GateTraining,
     keep: Sequence[Fact] = (),
     closed_facts: Sequence[Fact] = (),
+    held_out: Sequence[Fact] = (),
 ) -> GateFits:
     """Fit every gate of ``model``'s memories to open for ``taught`` (see the module docstring);
-    ``closed_facts`` are kept closed as hard negatives (facts taken out)."""
+    ``closed_facts`` are kept closed as hard negatives (facts taken out); no subject of ``held_out``
+    is drawn as a neighbour (:func:`neighbour_facts`)."""
     contexts = training_contexts(settings)
-    neighbours = neighbour_facts(taught, keep, settings)
+    neighbours = neighbour_facts(taught, keep, settings, held_out=held_out)
     texts = gate_texts(
         tokenizer, taught, templates=templates, paraphrases=paraphrases, contexts=contexts,
         closed_facts=[*neighbours, *closed_facts], settings=settings,

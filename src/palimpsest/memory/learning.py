@@ -352,6 +352,7 @@ def learn_facts(
     *,
     answers: Sequence[str] | None = None,
     keep: Sequence[Fact] = (),
+    held_out: Sequence[Fact] = (),
     callbacks: Iterable[TrainerCallback] = (),
 ) -> LearnedFacts:
     """Write ``facts`` (with ``answers`` as their objects, if given) into the model's memory.
@@ -364,9 +365,10 @@ def learn_facts(
 
     A gated memory (:mod:`palimpsest.memory.gated`) first has its gate fitted to every fact it
     holds — those taught before and these — with ``keep``'s facts among the inputs it stays closed
-    for; then its values train on all of them (the earlier facts are replayed, so a new round does
-    not overwrite the slots they share), each prompt also after passages of text; the facts join
-    the memory's list of taught facts (``memory_facts.json`` when saved).
+    for (and no subject of ``held_out``, facts a study measures on); then its values train on all
+    of them (the earlier facts are replayed, so a new round does not overwrite the slots they share),
+    each prompt also after passages of text; the facts join the memory's list of taught facts
+    (``memory_facts.json`` when saved).
     """
     from palimpsest.models import objective_of, position_limit, trainable_flags_kept
     from palimpsest.training import train
@@ -388,7 +390,7 @@ def learn_facts(
         taught = handle.taught.adding(new)
         gate_fits = fit_memory_gates(
             model, tokenizer, taught.facts, templates=settings.templates, paraphrases=settings.paraphrases,
-            settings=settings.gate, keep=keep,
+            settings=settings.gate, keep=keep, held_out=held_out,
         )  # fmt: skip
         anchors = same_subject_anchors(model, tokenizer, taught.facts, keep, settings.gate)
         facts, answers = [entry.fact for entry in taught.facts], None

@@ -45,10 +45,11 @@ class GatedMemoryEditor:
     """The editor interface of the study (``apply``, ``undo``) over a gated memory."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, method: GatedMemoryMethod, *, keep: Sequence[Fact], seed: int
-    ):
+        self, model: Any, tokenizer: Any, method: GatedMemoryMethod, *, keep: Sequence[Fact], seed: int,
+        held_out: Sequence[Fact] = (),
+    ):  # fmt: skip
         self.model, self.tokenizer, self.method = model, tokenizer, method
-        self.keep, self.seed = list(keep), seed
+        self.keep, self.held_out, self.seed = list(keep), list(held_out), seed
         self._work = tempfile.TemporaryDirectory(prefix="palimpsest-gated-")
 
     def apply(self, requests: Sequence[EditRequest], *, measure: bool = False) -> None:
@@ -59,7 +60,7 @@ class GatedMemoryEditor:
         work = Path(self._work.name) / f"round-{round_}"
         learn_facts(
             self.model, self.tokenizer, [r.fact for r in requests], self.method.learning, work,
-            answers=[r.new_object for r in requests], keep=self.keep,
+            answers=[r.new_object for r in requests], keep=self.keep, held_out=self.held_out,
         )  # fmt: skip
         self.model.eval()
 
@@ -69,6 +70,12 @@ class GatedMemoryEditor:
         if handle is not None:
             handle.remove()
         self._work.cleanup()
+
+
+def measured_facts(draw: Sequence[BenchmarkCase]) -> list[Fact]:
+    """Every fact the study measures a draw on besides its requests: neighbours and same-subject facts
+    (the gate is never fitted closed on them)."""
+    return [fact for case in draw for fact in (*case.neighbours, *case.same_subject)]
 
 
 def facts_to_keep(
@@ -92,4 +99,4 @@ def facts_to_keep(
     return list(keep.values())[: per_case * len(draw)]
 
 
-__all__ = ["GatedMemoryEditor", "GatedMemoryMethod", "facts_to_keep"]
+__all__ = ["GatedMemoryEditor", "GatedMemoryMethod", "facts_to_keep", "measured_facts"]

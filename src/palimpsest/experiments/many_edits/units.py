@@ -29,7 +29,12 @@ from palimpsest.editing.editor import ConstrainedFinetune
 from palimpsest.editing.memit import BatchEditConfig, BatchEditor
 from palimpsest.errors import DataError
 from palimpsest.experiments.common import PeakMemory, real_or_random_model, wiki_perplexity_set
-from palimpsest.experiments.many_edits.gated import GatedMemoryEditor, GatedMemoryMethod, facts_to_keep
+from palimpsest.experiments.many_edits.gated import (
+    GatedMemoryEditor,
+    GatedMemoryMethod,
+    facts_to_keep,
+    measured_facts,
+)
 from palimpsest.experiments.many_edits.outcomes import DrawBaseline, EditOutcome
 from palimpsest.experiments.many_edits.progress import edit_in_sequence
 from palimpsest.experiments.many_edits.results import ManyEditsResults
@@ -75,11 +80,11 @@ def _method_config(method: str, scale: ManyEditsScale) -> EditConfig | BatchEdit
 
 def _editor(
     method: str, model: Any, tokenizer: Any, scale: ManyEditsScale, statistics: dict, *,
-    keep: Sequence[Fact] = (), seed: int = 0,
+    keep: Sequence[Fact] = (), seed: int = 0, held_out: Sequence[Fact] = (),
 ) -> Any:  # fmt: skip
     config = _method_config(method, scale)
     if isinstance(config, GatedMemoryMethod):
-        return GatedMemoryEditor(model, tokenizer, config, keep=keep, seed=seed)
+        return GatedMemoryEditor(model, tokenizer, config, keep=keep, seed=seed, held_out=held_out)
     if isinstance(config, EditConfig):
         given = statistics if config.preserve == "text" and statistics else None
         return ConstrainedFinetune(model, tokenizer, config=config, statistics=given)
@@ -99,8 +104,11 @@ def _run(
 ) -> EditOutcome:  # fmt: skip
     """One method on one draw; the model is put back exactly afterwards. A sequence by the batch
     editor saves its progress in ``progress`` (keyed by ``key``) and goes on from there. ``keep``:
-    facts outside the draw a gated memory may keep its gate closed for."""
-    editor = _editor(method, model, tokenizer, scale, statistics, keep=keep, seed=seed)
+    facts outside the draw a gated memory may keep its gate closed for (never the draw's measured
+    facts' subjects)."""
+    editor = _editor(
+        method, model, tokenizer, scale, statistics, keep=keep, seed=seed, held_out=measured_facts(cases)
+    )
     requests = [case.request for case in cases]
     device = next(model.parameters()).device
     started = time.perf_counter()

@@ -108,6 +108,38 @@ def test_the_editor_arm_teaches_facts_it_got_wrong_too(tmp_path, tokenizer):
     assert run.method == "editor" and 0 < run.changed_parameters <= run.trained_parameters
 
 
+def test_the_batch_editor_arm_writes_only_the_ffn_projections_it_edits(tmp_path, tokenizer):
+    model = _tiny(tokenizer)
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _, run = _run(tokenizer, tmp_path, Arm("batch", "batch-editor"), model)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, base[name])}
+    assert moved and moved <= {f"model.layers.{b}.mlp.down_proj.weight" for b in SCALE.batch_editor.layers}
+    assert run.changed_parameters == sum(int((model.get_parameter(n) != base[n]).sum()) for n in moved)
+
+
+def test_the_gated_memory_arm_trains_only_its_memory_and_never_fits_the_gate_on_kept_facts(
+    tmp_path, tokenizer, monkeypatch
+):
+    from palimpsest.memory import gated
+
+    seen = {}
+    original = gated.neighbour_facts
+
+    def recorded(*args, **kwargs):
+        seen["held_out"] = kwargs["held_out"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gated, "neighbour_facts", recorded)
+    model = _tiny(tokenizer)
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _, run = _run(tokenizer, tmp_path, Arm("gated", "gated-memory"), model)
+    assert seen["held_out"] == KNOWN[:2]  # the draw's kept facts
+    for name, parameter in model.named_parameters():
+        if name in base:
+            assert torch.equal(parameter, base[name]), name
+    assert run.slots_changed and run.steps >= SCALE.steps(3)
+
+
 def _row(arm, method, learned, lost, perplexity, spread=0.0, perplexity_spread=0.0, seeds=3):
     """A row over ``seeds`` seeds whose per-seed values spread evenly around the means given."""
     cell = (learned, 0.0)
@@ -157,6 +189,19 @@ def test_the_claim_is_judged_only_at_equal_learning():
         [_row("full", "full", 1.0, 0.30, 5.0, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16
     )
     assert "One seed only for full" in single and "not evidence" in single
+
+
+def test_the_gated_memory_is_judged_against_its_goals_and_the_batch_editor():
+    from palimpsest.experiments.knowledge.summary import _gated_memory
+
+    gated = replace(_row("gated", "gated-memory", 0.97, 0.02, 0.1, spread=0.01), after={
+        "learned": (0.97, 0.0), "paraphrase": (0.40, 0.0)})  # fmt: skip
+    editor = replace(_row("batch", "batch-editor", 0.99, 0.20, 4.0, spread=0.01), after={
+        "learned": (0.99, 0.0), "paraphrase": (0.50, 0.0)})  # fmt: skip
+    verdict = _gated_memory([gated, editor], 512)
+    assert "missed: paraphrase\n" in verdict  # 97% learned, 2 points lost, +0.1%: the rest met
+    assert "gated vs batch: loses fewer kept facts" in verdict and "learns 2 points fewer" in verdict
+    assert _gated_memory([editor], 512) == ""
 
 
 def test_peak_memory_sees_an_allocation():

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from palimpsest.data.facts import Fact
 from palimpsest.editing.editor import ConstrainedFinetune
+from palimpsest.editing.memit import BatchEditor
 from palimpsest.editing.requests import EditRequest
 from palimpsest.experiments.common import PeakMemory
 from palimpsest.experiments.knowledge.facts import Draw, measure
@@ -98,17 +99,32 @@ def run_arm(
             changed = trained
         elif arm.method == "editor":
             editor = ConstrainedFinetune(model, tokenizer, config=scale.editor, steps=training.steps)
-            requests = [
-                EditRequest(
-                    Fact(f.subject, f.relation, previous if previous is not None else "(unknown)"), f.object
-                )
-                for f, previous in zip(chosen.taught, chosen.previous, strict=True)
-            ]
             # N=512 takes hours on a CPU: its progress outlives a stopped run (removed when done)
             progress = work.with_name(f"{work.name}.editor-progress.safetensors")
-            steps = editor.apply(requests, measure=False, progress=progress).steps
+            steps = editor.apply(_requests(chosen), measure=False, progress=progress).steps
             trained, measured = editor.edited_parameters, model
             changed = sum(int((p != editor.original[n]).sum()) for n, p in editor.parameters.items())
+        elif arm.method == "batch-editor":  # every fact at once: one least-squares write
+            batch = BatchEditor(model, tokenizer, config=replace(scale.batch_editor, seed=seed))
+            batch.apply(_requests(chosen), measure=False)
+            steps, trained, measured = 0, batch.edited_parameters, model
+            changed = sum(
+                int((batch.projections[block].weight != original).sum())
+                for block, original in batch.original.items()
+            )
+        elif arm.method == "gated-memory":
+            add_product_key_memory(model, replace(scale.gated_memory, seed=seed))
+            settings = MemoryLearning(
+                paraphrases=True, block_size=scale.block_size, background_blocks=scale.background_blocks,
+                gate=replace(scale.gate, seed=seed), training=training,
+            )  # fmt: skip
+            # the kept facts are what the study measures: never among the gate's closed inputs
+            learned = learn_facts(
+                model, tokenizer, chosen.taught, settings, work, held_out=chosen.kept, callbacks=callbacks
+            )
+            steps, trained, measured = learned.steps, _count(learned.trained, model), model
+            memory_facts = _memory_changes(model, tokenizer, scale)
+            changed = memory_facts.pop("changed_parameters")
         else:
             add_product_key_memory(model, replace(scale.memory, seed=seed))
             settings = MemoryLearning(
@@ -130,6 +146,14 @@ def run_arm(
         after=after, steps=steps, seconds=seconds, peak_mib=peak.peak_mib, trained_parameters=trained,
         changed_parameters=changed, **memory_facts,
     )  # fmt: skip
+
+
+def _requests(chosen: Draw) -> list[EditRequest]:
+    """The draw's facts as edit requests (a fact the model got wrong has no old object to name)."""
+    return [
+        EditRequest(Fact(f.subject, f.relation, previous if previous is not None else "(unknown)"), f.object)
+        for f, previous in zip(chosen.taught, chosen.previous, strict=True)
+    ]
 
 
 def _count(names: Sequence[str], model) -> int:

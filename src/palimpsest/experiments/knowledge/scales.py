@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from palimpsest.editing.config import EditConfig
+from palimpsest.editing.memit import BatchEditConfig
 from palimpsest.errors import ConfigError
+from palimpsest.memory.gated import GateTraining
 from palimpsest.memory.inject import PKMConfig
 from palimpsest.memory.learning import (
     Trainable,
@@ -23,7 +25,10 @@ KNOWN_SETS = (
 ANCHORS = (("sparse memory fine-tuning", 11.0), ("LoRA", 71.0), ("full fine-tuning", 89.0))
 
 
-Method = Literal["full", "lora", "editor", "memory"]
+Method = Literal["full", "lora", "editor", "memory", "batch-editor", "gated-memory"]
+METHODS = ("full", "lora", "editor", "memory", "batch-editor", "gated-memory")
+#: Methods with their own learning rates (the editors' defaults; the gated memory's ``GateTraining``).
+OWN_RATES = ("editor", "batch-editor", "gated-memory")
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Arm:
 
     name: str
     method: Method
-    #: The optimizer's learning rate (the editor: ``None`` keeps its own default).
+    #: The optimizer's learning rate (``None`` for the methods of ``OWN_RATES``: theirs).
     learning_rate: float | None = None
     #: LoRA's rank (its alpha is twice the rank).
     lora_rank: int | None = None
@@ -41,13 +46,12 @@ class Arm:
     sparse_top_t: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("full", "lora", "editor", "memory"):
-            raise ConfigError(
-                f"arm {self.name}: method must be full, lora, editor or memory, got {self.method!r}"
-            )
+        if self.method not in METHODS:
+            known = ", ".join(METHODS)
+            raise ConfigError(f"arm {self.name}: method must be one of {known}, got {self.method!r}")
         if self.method == "lora" and (self.lora_rank is None or self.lora_rank < 1):
             raise ConfigError(f"arm {self.name}: a LoRA arm needs a positive lora_rank")
-        if self.method != "editor" and self.learning_rate is None:
+        if self.method not in OWN_RATES and self.learning_rate is None:
             raise ConfigError(f"arm {self.name}: set its learning_rate")
         if self.learning_rate is not None and not (
             math.isfinite(self.learning_rate) and self.learning_rate > 0
@@ -68,6 +72,10 @@ def _real_arms() -> tuple[Arm, ...]:
         Arm("memory values", "memory", learning_rate=1e-2),
         Arm("sparse memory t=1000", "memory", learning_rate=1e-1, sparse_top_t=1000),
         Arm("sparse memory t=250", "memory", learning_rate=1e-1, sparse_top_t=250),
+        # the issue "A memory only the taught facts read": the memory gated to the taught facts, and
+        # the strongest weight editor of the many-edits study beside it
+        Arm("gated memory", "gated-memory"),
+        Arm("batch editor", "batch-editor"),
     )
 
 
@@ -76,6 +84,12 @@ def _memory_for_real() -> PKMConfig:
     return PKMConfig(
         layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, sparse_updates=False
     )
+
+
+def _gated_memory_for_real() -> PKMConfig:
+    """The same memory with a gate and room for a codebook of ~1,900 facts' taught inputs (the
+    many-edits study's gated memory: ``palimpsest.experiments.many_edits.gated``)."""
+    return replace(_memory_for_real(), gate_hidden=256, gate_keys=16_384)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,13 @@ class KnowledgeScale:
     memory: PKMConfig = field(default_factory=_memory_for_real)
     #: The editor arm's settings (steps are the study's).
     editor: EditConfig = field(default_factory=EditConfig)
+    #: The gated memory arm: its memory and how its gate is fitted (its values train for at least
+    #: the study's steps, at the gate's own rate); it also trains through the relations' paraphrases
+    #: but each fact's held-out one, as ``memory learn --paraphrases`` does.
+    gated_memory: PKMConfig = field(default_factory=_gated_memory_for_real)
+    gate: GateTraining = field(default_factory=GateTraining)
+    #: The batch editor arm (MEMIT's least squares with palimpsest's defaults; all facts at once).
+    batch_editor: BatchEditConfig = field(default_factory=BatchEditConfig)
     perplexity_blocks: int = 16
     block_size: int = 128
     background_blocks: int = 64
@@ -138,6 +159,8 @@ def _smoke_arms() -> tuple[Arm, ...]:
         Arm("editor", "editor"),
         Arm("memory values", "memory", learning_rate=1e-1),
         Arm("sparse memory t=8", "memory", learning_rate=1e-1, sparse_top_t=8),
+        Arm("gated memory", "gated-memory"),
+        Arm("batch editor", "batch-editor"),
     )
 
 
@@ -156,6 +179,19 @@ SCALES: dict[str, KnowledgeScale] = {
         memory=PKMConfig(
             layers=[0.5], n_keys=16, heads=2, k=4, k_dim=16, zero_values=True, sparse_updates=False
         ),
+        gated_memory=PKMConfig(
+            layers=[0.5],
+            n_keys=16,
+            heads=2,
+            k=4,
+            k_dim=16,
+            zero_values=True,
+            sparse_updates=False,
+            gate_hidden=16,
+            gate_keys=256,
+        ),
+        gate=GateTraining(passages=1, neighbours=2, background_tokens=256, steps=100, batch_size=512),
+        batch_editor=BatchEditConfig(layers=[1, 2], statistics_tokens=2_000, target_steps=5),
         perplexity_blocks=2,
         block_size=32,
         background_blocks=4,

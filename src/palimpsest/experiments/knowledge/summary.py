@@ -127,9 +127,57 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
             f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%):{described}"
         )
         parts.append(_claim(cell, size))
+        parts.append(_gated_memory(cell, size))
         parts.append(_specific_slots(cell, size))
     # paragraphs and lists: the report renders them (markdown as is, HTML by ``report._html_text``)
     return "\n\n".join(part for part in parts if part)
+
+
+#: The issue "A memory only the taught facts read": learned and paraphrase at least, kept facts lost
+#: (points) and perplexity change (%) at most.
+GATED_GOALS = {"learned": 0.95, "paraphrase": 0.60, "kept_lost": 0.05, "perplexity_change": 0.5}
+
+
+def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
+    """The gated memory against its goals and against the batch editor (the strongest weight editor)."""
+    gated = [r for r in cell if r.method == "gated-memory"]
+    editors = [r for r in cell if r.method == "batch-editor"]
+    findings = []
+    for mine in gated:
+        learned, paraphrase = mine.after["learned"][0], mine.after["paraphrase"][0]
+        lost, moved = mine.kept_lost[0], mine.perplexity_change[0]
+        missed = [
+            name
+            for name, met in (
+                ("learned", learned >= GATED_GOALS["learned"]),
+                ("paraphrase", paraphrase >= GATED_GOALS["paraphrase"]),
+                ("kept lost", lost <= GATED_GOALS["kept_lost"]),
+                ("perplexity", moved <= GATED_GOALS["perplexity_change"]),
+            )
+            if not met
+        ]
+        goals = "every goal met" if not missed else f"missed: {', '.join(missed)}"
+        findings.append(
+            f"{mine.arm}: learned {100 * learned:.0f}% (goal >= 95%), paraphrase {100 * paraphrase:.0f}% "
+            f"(>= 60%), kept facts lost {100 * lost:+.0f} points (<= 5), perplexity {moved:+.1f}% "
+            f"(<= +0.5%): {goals}"
+        )
+        for other in editors:
+            kept = paired_direction(*mine.paired(other, "kept_lost"))
+            gap = learned - other.after["learned"][0]
+            words = {-1: "loses fewer kept facts", 0: "loses as many kept facts (within the spread)",
+                     1: "loses more kept facts"}  # fmt: skip
+            their_lost, their_learned = other.kept_lost[0], other.after["learned"][0]
+            findings.append(
+                f"{mine.arm} vs {other.arm}: {words[kept]} ({100 * lost:+.0f} vs {100 * their_lost:+.0f} "
+                f"points), learns {100 * abs(gap):.0f} points {'more' if gap >= 0 else 'fewer'} "
+                f"({100 * learned:.0f}% vs {100 * their_learned:.0f}%), perplexity {moved:+.1f}% vs "
+                f"{other.perplexity_change[0]:+.1f}%"
+                + (" (one seed: no spread to judge by)" if min(mine.seeds, other.seeds) < 2 else "")
+            )
+    if not findings:
+        return ""
+    return f"The gated memory at N={size}:" + "".join(f"\n- {line}" for line in findings)
 
 
 def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:

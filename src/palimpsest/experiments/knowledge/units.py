@@ -94,6 +94,10 @@ class KnowledgeStudy(Study):
                 out / "work" / name, size, seed, run.callbacks_for,
             )  # fmt: skip
             settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
+            if arm.method == "gated-memory":  # (not in the other arms' keys: their stored units stand)
+                settings += [to_dict(scale.gated_memory), to_dict(scale.gate)]
+            elif arm.method == "batch-editor":
+                settings.append(to_dict(scale.batch_editor))
             key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
             runs.append((yield Unit(f"units/{name}.json", key, compute, kind=ArmRun)))
         return KnowledgeResults(

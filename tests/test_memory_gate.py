@@ -82,6 +82,31 @@ def test_a_codebook_opens_the_gate_only_near_a_key_where_the_scorer_opens():
     assert int(gate.key_count) == 0 and not gate.fitted and not gate(taught).any()
 
 
+def test_start_keys_open_the_gate_for_the_same_first_token_and_no_other():
+    gate = MemoryGate(32, 16, keys=8)
+    taught, other = _clusters(32, 64, seed=0)
+    fit_gate(gate, taught, other, steps=300)
+    generator = torch.Generator().manual_seed(3)
+    # first-position inputs: one large direction every token shares (the attention sink's), and a
+    # small part of the token's own; no ordinary key is near them
+    sink = taught.mean(dim=0) * 50
+    tokens = torch.randn(12, 32, generator=generator)
+    first = sink + tokens
+    centre = first.mean(dim=0)
+    assert not (gate.key_similarity(first) >= 0.9).any()  # (no ordinary keys yet: -1 everywhere)
+    gate.set_keys(taught[:3], 0.99, start=first[[0, 0, 1]], start_centre=centre)  # token 0 twice
+    assert int(gate.start_key_count) == 2  # each token once
+    again = first[:2] * (1 + 1e-6)  # the same tokens read in another prompt: float rounding apart
+    assert gate(again).all() and not gate(first[2:]).any()
+    assert not (gate.start_similarity(taught[40:]) >= 0.995).any()  # a later position matches none
+    with pytest.raises(ValueError, match="start_centre"):
+        gate.set_keys(taught[:3], 0.99, start=first[:1])
+    with pytest.raises(ValueError, match="start keys do not fit"):
+        gate.set_keys(taught[:3], 0.99, start=first[:3], start_centre=centre)  # room: 8 keys // 4
+    gate.close()
+    assert int(gate.start_key_count) == 0 and not gate(again).any()
+
+
 def test_a_gate_without_room_for_keys_keeps_the_layout_of_older_gates():
     assert {name for name, _ in MemoryGate(8, 4).named_buffers()} == {"centre", "scale", "fitted_flag"}
     with pytest.raises(ConfigError, match="gate_keys"):

@@ -330,3 +330,30 @@ def test_neighbours_are_never_taught_or_held_out_subjects():
     assert not drawn & {fact.subject for fact in cities[:600]}
     without = {fact.subject for fact in neighbour_facts(taught, [], settings)}
     assert not without & {fact.subject for fact in cities[:300]} and without & {f.subject for f in held_out}
+
+
+def test_a_subject_that_opens_a_prompt_opens_the_gate_there_through_a_start_key(tmp_path):
+    """SmolLM2's tokenizer puts nothing in front: "France is a country in" has the subject at the
+    first position, whose input no ordinary key can match."""
+    from palimpsest.data import load_tokenizer
+    from palimpsest.data.facts import CONTINENT
+
+    smollm2 = load_tokenizer("smollm2-135m")
+    model = build_smollm2_like(smollm2, hidden=24, layers=4, seed=0).eval()
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=64))
+    taught = Fact("France", CONTINENT, "Asia")
+    assert len(smollm2("France")["input_ids"]) == 1 and CONTINENT.templates[0].startswith("{subject}")
+    learn_facts(model, smollm2, [taught], _settings(), tmp_path)
+    (memory,) = memories(model).values()
+    assert int(memory.gate.start_key_count) == 1
+
+    def first_input(text):
+        captured = {}
+        hook = memory.register_forward_pre_hook(lambda _m, args: captured.__setitem__("x", args[0]))
+        with torch.no_grad():
+            model(input_ids=_ids(smollm2, text))
+        hook.remove()
+        return captured["x"][0, :1]
+
+    assert memory.gate.start_similarity(first_input("France lies in")) >= 0.995  # any prompt it opens
+    assert memory.gate.start_similarity(first_input("Spain is a country in")) < 0.995

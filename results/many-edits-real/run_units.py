@@ -1,9 +1,9 @@
 """Units of the real many-edits study, a few at a time (resumable; see this folder's README).
 
-    python results/many-edits-real/run_units.py METHODS [SIZES_AT_ONCE] [SEQUENCES] [SEQUENCE_METHODS] [ONLY] [SEEDS]
+    python results/many-edits-real/run_units.py METHODS [AT_ONCE] [SEQUENCES] [SEQ_METHODS] [ONLY] [SEEDS]
 
-METHODS comma-separated (``palimpsest,memit``), SIZES_AT_ONCE comma-separated (``1000``; empty for
-none), SEQUENCES as ``EDITSbBATCH`` (``1000b10``), SEQUENCE_METHODS the methods of the sequences
+METHODS comma-separated (``palimpsest,memit``), AT_ONCE (sizes) comma-separated (``1000``; empty for
+none), SEQUENCES as ``EDITSbBATCH`` (``1000b10``), SEQ_METHODS the methods of the sequences
 (default: METHODS), ONLY the sizes at once some methods are limited to (``memit:1000,alphaedit:1000``),
 SEEDS comma-separated (default ``0``); into ``runs/many-edits-real``. Units already stored are read back, so
 naming every finished unit assembles one results.json of them all.

@@ -24,6 +24,16 @@ also keeps a codebook: the inputs it was fitted open at, centred and normalised
 (:meth:`MemoryGate.set_keys`); it then opens only where the scorer opens *and* the input's best
 cosine to a key reaches the codebook's threshold. The room is fixed when the gate is made, so a
 saved gate has the same shapes whatever it holds and loads anywhere.
+
+A sequence's first position needs keys of its own. There the input depends on the token alone (it
+attends only to itself) and is the attention sink's, alike for every token, so it neither makes an
+ordinary key nor matches one — a taught subject of one token that opens a prompt ("France's capital
+is") would never open the codebook. Centred by the mean first-position input of many tokens, though,
+first-position inputs are the token's identity: the same token gives a cosine of 1 (to float
+rounding, in any prompt or batch), every other token below ``START_KEY_COSINE`` and later positions
+far below it (``results/gated-memory-probe-real/first_position.json``). So the gate also holds
+*start keys* — the first-position inputs it was fitted open at, centred that way — and opens where
+an input matches one of those.
 """
 
 from __future__ import annotations
@@ -36,6 +46,16 @@ from torch.nn import functional
 
 #: The score of every input before the gate is fitted: negative, so the gate starts closed.
 CLOSED_SCORE = -1.0
+
+#: The cosine from which a first-position input matches a start key: the same token (1 to float
+#: rounding) and no other (see the module docstring for the measurement).
+START_KEY_COSINE = 0.995
+
+
+def start_key_room(keys: int) -> int:
+    """Room for start keys beside ``keys`` ordinary ones: a taught fact gives about nine ordinary keys
+    and at most one start key (its subject's token, where that is a single token)."""
+    return max(1, keys // 4) if keys else 0
 
 
 class MemoryGate(nn.Module):
@@ -60,6 +80,10 @@ class MemoryGate(nn.Module):
             self.register_buffer("keys", torch.zeros(keys, dim))
             self.register_buffer("key_count", torch.zeros((), dtype=torch.long))
             self.register_buffer("key_threshold", torch.ones(()))
+            #: Start keys (first-position inputs, centred by ``start_centre``; module docstring).
+            self.register_buffer("start_keys", torch.zeros(start_key_room(keys), dim))
+            self.register_buffer("start_key_count", torch.zeros((), dtype=torch.long))
+            self.register_buffer("start_centre", torch.zeros(dim))
 
     @property
     def fitted(self) -> bool:
@@ -78,25 +102,50 @@ class MemoryGate(nn.Module):
             self.keys.zero_()
             self.key_count.zero_()
             self.key_threshold.fill_(1.0)
+            self.start_keys.zero_()
+            self.start_key_count.zero_()
+            self.start_centre.zero_()
 
     @torch.no_grad()
-    def set_keys(self, inputs: torch.Tensor, threshold: float) -> None:
+    def set_keys(
+        self,
+        inputs: torch.Tensor,
+        threshold: float,
+        *,
+        start: torch.Tensor | None = None,
+        start_centre: torch.Tensor | None = None,
+    ) -> None:
         """Keep ``inputs`` (rows of memory inputs, after :func:`fit_gate` set the centre) as the
-        codebook, opening from a cosine of ``threshold``; more rows than the room is an error."""
+        codebook, opening from a cosine of ``threshold``; ``start`` (first-position inputs, centred
+        by ``start_centre``, the mean first-position input of many tokens) as its start keys, each
+        token once. More rows than the room is an error."""
         if not self.key_room:
             raise ValueError("this gate was made without room for keys (keys=0)")
         if len(inputs) > self.key_room:
             raise ValueError(f"{len(inputs)} keys do not fit in the gate's room for {self.key_room}")
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"a cosine threshold is in [-1, 1], got {threshold}")
+        starts = torch.zeros(0, self.keys.shape[1])
+        if start is not None and len(start):
+            if start_centre is None:
+                raise ValueError("start keys need the centre of first-position inputs (start_centre)")
+            starts = _distinct(_directions(start.float().cpu(), start_centre.float().cpu()))
+            if len(starts) > len(self.start_keys):
+                raise ValueError(
+                    f"{len(starts)} start keys do not fit in the gate's room for {len(self.start_keys)}"
+                )
         self.keys.zero_()
         self.keys[: len(inputs)] = self._directions(inputs.to(self.keys.device)).to(self.keys.dtype)
         self.key_count.fill_(len(inputs))
         self.key_threshold.fill_(threshold)
+        self.start_keys.zero_()
+        self.start_keys[: len(starts)] = starts.to(self.start_keys.device, self.start_keys.dtype)
+        self.start_key_count.fill_(len(starts))
+        if start_centre is not None:
+            self.start_centre.copy_(start_centre.to(self.start_centre.device).float())
 
     def _directions(self, hidden: torch.Tensor) -> torch.Tensor:
-        centred = hidden.float() - self.centre.float()
-        return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return _directions(hidden, self.centre)
 
     def key_similarity(self, hidden: torch.Tensor) -> torch.Tensor:
         """Each input row's best cosine to a key (after centring); -1 where the codebook is empty."""
@@ -104,6 +153,14 @@ class MemoryGate(nn.Module):
         if not count:
             return torch.full(hidden.shape[:-1], -1.0, device=hidden.device)
         return (self._directions(hidden) @ self.keys[:count].float().T).max(dim=-1).values
+
+    def start_similarity(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Each input row's best cosine to a start key (centred as they are); -1 where there is none."""
+        count = int(self.start_key_count) if self.key_room else 0
+        if not count:
+            return torch.full(hidden.shape[:-1], -1.0, device=hidden.device)
+        directions = _directions(hidden, self.start_centre)
+        return (directions @ self.start_keys[:count].float().T).max(dim=-1).values
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """One score per input row: positive where the gate opens."""
@@ -114,8 +171,24 @@ class MemoryGate(nn.Module):
         """Where the gate opens, per input row (a boolean mask)."""
         opened = self.scores(hidden) > 0
         if self.key_room and int(self.key_count):
-            opened = opened & (self.key_similarity(hidden) >= self.key_threshold)
+            near = self.key_similarity(hidden) >= self.key_threshold
+            if int(self.start_key_count):
+                near = near | (self.start_similarity(hidden) >= START_KEY_COSINE)
+            opened = opened & near
         return opened
+
+
+def _directions(hidden: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Rows centred by ``centre`` and normalised (in float32)."""
+    centred = hidden.float() - centre.to(hidden.device).float()
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _distinct(directions: torch.Tensor) -> torch.Tensor:
+    """Each direction once: a row is dropped where an earlier one is the same to float rounding (the
+    same token's first-position input, read in another prompt)."""
+    similar = torch.tril(directions @ directions.T, diagonal=-1) >= START_KEY_COSINE
+    return directions[~similar.any(dim=1)]
 
 
 @dataclass

@@ -415,16 +415,22 @@ def fit_memory_gates(
     if not any(text.open_at is not None for text in texts):
         raise ModelError("none of the taught facts has a prompt with a subject to open the gate at")
     # a codebook's keys: every open input but a sequence's first (the attention sink's input, alike
-    # for every token, would match every prompt's first token)
+    # for every token, would match every prompt's first token); those are its start keys
     as_key = torch.tensor([text.open_at != 0 for text in texts if text.open_at is not None])
+    first_tokens = len({text.ids[0] for text in texts if text.open_at == 0})  # one start key each
     for name, layer in gated_memories(model).items():
-        if layer.gate.key_room and int(as_key.sum()) > layer.gate.key_room:
-            raise ModelError(
-                f"the gate of {name} has room for {layer.gate.key_room} keys; the facts it would hold need "
-                f"{int(as_key.sum())} (add the memory with a larger memory.gate_keys)"
-            )
+        rooms = ((int(as_key.sum()), layer.gate.key_room, "keys"),
+                 (first_tokens, len(getattr(layer.gate, "start_keys", ())), "start keys"))  # fmt: skip
+        for needed, room, what in rooms if layer.gate.key_room else ():
+            if needed > room:
+                raise ModelError(
+                    f"the gate of {name} has room for {room} {what}; the facts it would hold need {needed} "
+                    "(add the memory with a larger memory.gate_keys)"
+                )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     inputs = memory_inputs(model, texts, pad_id=pad)
+    codebooks = any(layer.gate.key_room for layer in gated_memories(model).values())
+    start_centres = first_position_centres(model, tokenizer, seed=settings.seed) if codebooks else {}
     background = [text for text in texts if text.open_at is None and text.weight == 1.0]
     centre_rows = memory_inputs(model, background, pad_id=pad) if background else None
     fits: dict[str, GateFit] = {}
@@ -438,13 +444,33 @@ def fit_memory_gates(
             seed=settings.seed,
         )  # fmt: skip
         if layer.gate.key_room:
-            layer.gate.set_keys(positives[as_key], settings.key_threshold)
+            layer.gate.set_keys(
+                positives[as_key], settings.key_threshold, start=positives[~as_key],
+                start_centre=start_centres[name],
+            )  # fmt: skip
         logger.info(
             "gate of %s fitted on %d open and %d closed inputs: opens %.1f%% of the open, keeps %.1f%% "
             "of the closed closed", name, fits[name].positives, fits[name].negatives,
             100 * fits[name].opened_positives, 100 * fits[name].closed_negatives,
         )  # fmt: skip
     return GateFits(fits, facts=len(taught), texts=len(texts))
+
+
+#: Vocabulary tokens whose first-position inputs are averaged into a start keys' centre.
+START_CENTRE_TOKENS = 1024
+
+
+def first_position_centres(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, tokens: int = START_CENTRE_TOKENS, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Per gated memory, the mean of its input at a sequence's first position over ``tokens``
+    vocabulary tokens drawn with ``seed`` (special tokens left out): the centre that makes
+    first-position inputs tell tokens apart (:mod:`palimpsest.memory.gate`, start keys)."""
+    special = set(tokenizer.all_special_ids)
+    vocabulary = [token for token in range(len(tokenizer)) if token not in special]
+    drawn = random.Random(seed).sample(vocabulary, min(tokens, len(vocabulary)))
+    inputs = memory_inputs(model, [_Text([token], 0, 1.0) for token in drawn])
+    return {name: opened.mean(dim=0) for name, (opened, _closed, _weights) in inputs.items()}
 
 
 @torch.no_grad()
@@ -689,6 +715,7 @@ __all__ = [
     "TaughtFacts",
     "check_taught_list",
     "fact_templates",
+    "first_position_centres",
     "fit_memory_gates",
     "forget_facts",
     "forget_saved_model",

@@ -48,6 +48,12 @@ def test_arms_and_scales_refuse_what_cannot_run():
         Arm("full", "full", learning_rate=1e-3, sparse_top_t=4)
     with pytest.raises(ConfigError, match="method"):
         from_dict(Arm, {"name": "x", "method": "prompting", "learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="round_size"):
+        Arm("full", "full", learning_rate=1e-3, round_size=4)
+    with pytest.raises(ConfigError, match="round_size"):
+        Arm("gated", "gated-memory", round_size=0)
+    with pytest.raises(ConfigError, match="removal_share"):
+        KnowledgeScale(removal_share=1.0)
     with pytest.raises(ConfigError, match="own name"):
         KnowledgeScale(arms=(Arm("a", "editor"), Arm("a", "editor")))
     assert KnowledgeScale(min_steps=10, epochs=2, batch_size=4).steps(100) == 50
@@ -138,6 +144,36 @@ def test_the_gated_memory_arm_trains_only_its_memory_and_never_fits_the_gate_on_
         if name in base:
             assert torch.equal(parameter, base[name]), name
     assert run.slots_changed and run.steps >= SCALE.steps(3)
+    # the removal took every other fact out, then the rest: the base model's logits, bit for bit
+    assert run.removal["removed"] == 1 and run.removal["base_identical_once_all_removed"] == 1.0
+    assert 0.0 <= run.removal["restored"] <= 1.0 and run.removal["perplexity"] > 0
+
+
+def test_a_gated_memory_arm_in_rounds_teaches_each_round_in_turn(tmp_path, tokenizer, monkeypatch):
+    from palimpsest.experiments.knowledge import arms
+
+    rounds = []
+    original = arms.learn_facts
+
+    def recorded(model, tokenizer, facts, *args, **kwargs):
+        rounds.append([fact.subject for fact in facts])
+        return original(model, tokenizer, facts, *args, **kwargs)
+
+    monkeypatch.setattr(arms, "learn_facts", recorded)
+    _, run = _run(tokenizer, tmp_path, Arm("gated", "gated-memory", round_size=2))
+    assert rounds == [["Lyon", "Porto"], ["Peru"]]
+    assert run.steps >= 2 * SCALE.steps(3)
+
+
+def test_the_removal_takes_out_a_share_spread_over_the_draw():
+    from palimpsest.experiments.knowledge.arms import removed_half
+
+    def draw_of(n):
+        return Draw(taught=[WRONG[0]] * n, previous=[None] * n, kept=[])
+
+    assert removed_half(draw_of(6), 0.5) == [1, 3, 5]
+    assert removed_half(draw_of(8), 0.25) == [3, 7]
+    assert removed_half(draw_of(4), 0.0) == []
 
 
 def _row(arm, method, learned, lost, perplexity, spread=0.0, perplexity_spread=0.0, seeds=3):
@@ -225,6 +261,8 @@ def test_the_knowledge_study_from_the_command_line(tmp_path):
     assert arms == {arm.name for arm in knowledge.SCALES["smoke"].arms}
     report = (out / "report.md").read_text()
     assert "Grow meets rewrite: new knowledge" in report and "knowledge-frontier-4.png" in report
+    gated = next(run for run in document["runs"] if run["method"] == "gated-memory")
+    assert gated["removal"]["base_identical_once_all_removed"] == 1.0 and "base model bit for bit" in report
     stored = {p.name: p.stat().st_mtime_ns for p in (out / "units").iterdir()}
     again = palimpsest("experiment", "knowledge", "--scale", "smoke", "--out", str(out))
     assert again.returncode == 0, again.stderr

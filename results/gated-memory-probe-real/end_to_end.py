@@ -7,7 +7,8 @@ learn`` does), then the many-edits study's metrics and wiki-en perplexity.
 
 The third argument overrides ``GateTraining`` fields, the fourth ``PKMConfig`` fields. The facts
 to keep are neighbours of cases outside the draw (``facts_to_keep``, as the study's gated-memory
-method: never a measured prompt).
+method: never a measured prompt); the measured facts are held out of the gate's closed
+neighbours as well (``learn_facts(held_out=...)``), so neighbourhood kept counts prompts it never saw.
 Writes ``end_to_end-NAME.json`` (and the memory under ``runs/gated-end-to-end/NAME/``).
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from palimpsest.data import load_tokenizer
 from palimpsest.editing.benchmark import benchmark_metrics, read_benchmark
 from palimpsest.experiments.common import wiki_perplexity_set
-from palimpsest.experiments.many_edits.gated import facts_to_keep
+from palimpsest.experiments.many_edits.gated import facts_to_keep, measured_facts
 from palimpsest.memory import PKMConfig, add_product_key_memory, save_memory
 from palimpsest.memory.gated import GateTraining
 from palimpsest.memory.learning import MemoryLearning, learn_facts
@@ -53,7 +54,8 @@ def main() -> None:
     work = Path("runs") / "gated-end-to-end" / name
     started = time.time()
     facts, answers = [c.request.fact for c in draw], [c.request.new_object for c in draw]
-    learned = learn_facts(model, tokenizer, facts, settings, work / "trainer", answers=answers, keep=keep)
+    learned = learn_facts(model, tokenizer, facts, settings, work / "trainer", answers=answers, keep=keep,
+                          held_out=measured_facts(draw))  # fmt: skip
     seconds = time.time() - started
     model.eval()
     save_memory(model, work / "memory")

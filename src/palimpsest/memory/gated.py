@@ -519,11 +519,13 @@ def forget_facts(
     templates: Sequence[int] = (0,),
     paraphrases: bool = False,
     settings: GateTraining | None = None,
+    held_out: Sequence[Fact] = (),
 ) -> Forgotten:
     """Take ``facts`` (each one the memory was taught; by subject and relation) out of the model's
     gated memory: the slots only they select are zeroed, and the gate is refitted on the facts left
     with the ones taken out as closed inputs — or, when none is left, closed for every input, so the
-    model computes exactly the base model again. ``templates``/``paraphrases`` are how they were taught."""
+    model computes exactly the base model again. ``templates``/``paraphrases`` are how they were taught;
+    ``held_out`` as in :func:`fit_memory_gates` (facts a study measures: never closed inputs of the refit)."""
     settings = settings or GateTraining()
     handle = memory_handle(model)
     if handle is None or not gated_memories(model):
@@ -544,8 +546,9 @@ def forget_facts(
     fits = None
     if remaining.facts:
         fits = fit_memory_gates(
-            model, tokenizer, remaining.facts, closed_facts=[entry.fact for entry in gone], **kwargs
-        )
+            model, tokenizer, remaining.facts, closed_facts=[entry.fact for entry in gone], held_out=held_out,
+            **kwargs,
+        )  # fmt: skip
     else:
         for layer in gated_memories(model).values():
             layer.gate.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from palimpsest.editing.requests import EditRequest
 from palimpsest.experiments.common import PeakMemory
 from palimpsest.experiments.knowledge.facts import Draw, measure
 from palimpsest.experiments.knowledge.scales import Arm, KnowledgeScale
+from palimpsest.memory.gated import forget_facts
 from palimpsest.memory.inject import add_product_key_memory, memories
 from palimpsest.memory.learning import (
     MemoryLearning,
@@ -28,7 +30,8 @@ from palimpsest.memory.learning import (
 )
 from palimpsest.memory.usage import validation_batches
 from palimpsest.models import count_parameters
-from palimpsest.training import TrainingConfig, train
+from palimpsest.recall import fact_recall
+from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class ArmRun:
     slots_changed: int | None = None
     slots_changed_read_by_wiki: int | None = None
     slots_used_by_wiki: float | None = None
+    #: Gated memory arms: the removal of part of the taught facts (``KnowledgeScale.removal_share``).
+    removal: dict[str, float] | None = None
 
 
 def _training(scale: KnowledgeScale, arm: Arm, size: int, seed: int) -> TrainingConfig:
@@ -83,6 +88,10 @@ def run_arm(
     examples :func:`~palimpsest.memory.learning.learn_facts` builds for the memory arms."""
     training = _training(scale, arm, size, seed)
     memory_facts: dict[str, Any] = {}
+    removal_base: _RemovalBaseline | None = None  # the gated memory's removal, measured afterwards
+    gated: MemoryLearning | None = None
+    if arm.method == "gated-memory" and scale.removal_share > 0:
+        removal_base = _removal_baseline(model, tokenizer, chosen, perplexity_set)
     with PeakMemory(next(model.parameters()).device) as peak:
         started = time.perf_counter()
         if arm.method == "full":
@@ -114,15 +123,23 @@ def run_arm(
             )
         elif arm.method == "gated-memory":
             add_product_key_memory(model, replace(scale.gated_memory, seed=seed))
-            settings = MemoryLearning(
+            gated = MemoryLearning(
                 paraphrases=True, block_size=scale.block_size, background_blocks=scale.background_blocks,
                 gate=replace(scale.gate, seed=seed), training=training,
             )  # fmt: skip
-            # the kept facts are what the study measures: never among the gate's closed inputs
-            learned = learn_facts(
-                model, tokenizer, chosen.taught, settings, work, held_out=chosen.kept, callbacks=callbacks
-            )
-            steps, trained, measured = learned.steps, _count(learned.trained, model), model
+            size_of_round = arm.round_size or len(chosen.taught)
+            taught = chosen.taught
+            rounds = [taught[i : i + size_of_round] for i in range(0, len(taught), size_of_round)]
+            steps = 0
+            for number, facts in enumerate(rounds, start=1):
+                # the kept facts are what the study measures: never among the gate's closed inputs
+                learned = learn_facts(
+                    model, tokenizer, facts, gated, work / f"round-{number}", held_out=chosen.kept,
+                    callbacks=callbacks,
+                )  # fmt: skip
+                steps += learned.steps
+                logger.info("%s: round %d of %d taught (%d facts)", arm.name, number, len(rounds), len(facts))
+            trained, measured = _count(learned.trained, model), model
             memory_facts = _memory_changes(model, tokenizer, scale)
             changed = memory_facts.pop("changed_parameters")
         else:
@@ -141,11 +158,110 @@ def run_arm(
         "%s, %d facts, seed %d: learned %.2f, kept %.2f, perplexity %.2f (%.0f s)",
         arm.name, size, seed, after["learned"], after["kept"], after["perplexity"], seconds,
     )  # fmt: skip
+    if removal_base is not None and gated is not None:
+        memory_facts["removal"] = _removal(
+            model, tokenizer, chosen, perplexity_set, scale, gated, removal_base, after
+        )
     return ArmRun(
         arm=arm.name, method=arm.method, size=size, seed=seed, counterfactuals=chosen.counterfactuals,
         after=after, steps=steps, seconds=seconds, peak_mib=peak.peak_mib, trained_parameters=trained,
         changed_parameters=changed, **memory_facts,
     )  # fmt: skip
+
+
+def removed_half(chosen: Draw, share: float) -> list[int]:
+    """Indices of the taught facts the removal takes out: ``share`` of them, spread evenly over the
+    draw (which lists counterfactuals first, then cities), so both kinds of fact are taken out."""
+    return [i for i in range(len(chosen.taught)) if math.floor((i + 1) * share) > math.floor(i * share)]
+
+
+@dataclass
+class _RemovalBaseline:
+    """The base model before any teaching: per taught fact, whether it recalled the taught answer and
+    (counterfactuals) the object it held before; and its logits on the first perplexity block."""
+
+    taught: list[bool]
+    previous: list[bool | None]
+    logits: torch.Tensor
+
+
+@torch.no_grad()
+def _first_block_logits(model, perplexity_set) -> torch.Tensor:
+    block = perplexity_set[0]
+    ids = torch.tensor([block["input_ids"]], device=next(model.parameters()).device)
+    return model(input_ids=ids).logits.float().cpu()
+
+
+def _previous_facts(chosen: Draw) -> list[Fact | None]:
+    return [
+        Fact(f.subject, f.relation, previous) if previous is not None else None
+        for f, previous in zip(chosen.taught, chosen.previous, strict=True)
+    ]
+
+
+def _recalled(model, tokenizer, facts: Sequence[Fact | None]) -> list[bool | None]:
+    present = [f for f in facts if f is not None]
+    hits = iter(fact_recall(model, tokenizer, present).recalled if present else [])
+    return [next(hits) if f is not None else None for f in facts]
+
+
+def _removal_baseline(model, tokenizer, chosen: Draw, perplexity_set) -> _RemovalBaseline:
+    model.eval()
+    return _RemovalBaseline(
+        taught=fact_recall(model, tokenizer, chosen.taught).recalled,
+        previous=_recalled(model, tokenizer, _previous_facts(chosen)),
+        logits=_first_block_logits(model, perplexity_set),
+    )
+
+
+def _removal(
+    model, tokenizer, chosen: Draw, perplexity_set, scale: KnowledgeScale, settings: MemoryLearning,
+    base: _RemovalBaseline, after: dict[str, float],
+) -> dict[str, float]:  # fmt: skip
+    """Take ``scale.removal_share`` of the taught facts out of the gated memory (as ``memory forget``
+    does) and measure: the removed facts back to the base model's recall (the taught answer, and the
+    old object of a counterfactual), the other taught facts as they were, the kept facts and wiki-en
+    perplexity; then take the rest out too and compare the logits with the base model's bit for bit."""
+    gone = set(removed_half(chosen, scale.removal_share))
+    removed = [f for i, f in enumerate(chosen.taught) if i in gone]
+    others = [f for i, f in enumerate(chosen.taught) if i not in gone]
+    others_before = fact_recall(model, tokenizer, others).accuracy if others else math.nan
+    options = {
+        "templates": settings.templates, "paraphrases": settings.paraphrases, "settings": settings.gate
+    }  # fmt: skip
+    started = time.perf_counter()
+    forgotten = forget_facts(model, tokenizer, removed, held_out=chosen.kept, **options)
+    seconds = time.perf_counter() - started
+    model.eval()
+    taught_now = fact_recall(model, tokenizer, removed).recalled
+    previous = [p for i, p in enumerate(_previous_facts(chosen)) if i in gone]
+    previous_now = _recalled(model, tokenizer, previous)
+    taught_before = [hit for i, hit in enumerate(base.taught) if i in gone]
+    previous_before = [hit for i, hit in enumerate(base.previous) if i in gone]
+    pairs = zip(taught_now, taught_before, previous_now, previous_before, strict=True)
+    restored = [now == before and then == earlier for now, before, then, earlier in pairs]
+    others_after = fact_recall(model, tokenizer, others).accuracy if others else math.nan
+    kept_after = fact_recall(model, tokenizer, chosen.kept).accuracy
+    perplexity = math.exp(evaluate_lm(model, perplexity_set)["loss"])
+    forget_facts(model, tokenizer, others, **options)
+    identical = bool(torch.equal(_first_block_logits(model, perplexity_set), base.logits))
+    logger.info(
+        "removal of %d facts: restored %.2f, others %.2f -> %.2f, kept %.2f -> %.2f; all out: identical %s",
+        len(removed), sum(restored) / len(restored), others_before, others_after, after["kept"], kept_after,
+        identical,
+    )  # fmt: skip
+    return {
+        "removed": float(len(removed)),
+        "slots_zeroed": float(sum(forgotten.slots_zeroed.values())),
+        "restored": sum(restored) / len(restored),
+        "removed_learned": sum(taught_now) / len(taught_now),
+        "others_learned_before": others_before,
+        "others_learned": others_after,
+        "kept": kept_after,
+        "perplexity": perplexity,
+        "seconds": seconds,
+        "base_identical_once_all_removed": float(identical),
+    }
 
 
 def _requests(chosen: Draw) -> list[EditRequest]:

@@ -65,6 +65,16 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
             pm(r.slots_outdated, scale=100, digits=1) if r.slots_outdated is not None else "-", r.seeds,
         ])  # fmt: skip
     blocks.append(Table(headers, table))
+    removals = [r for r in study.summary.rows if r.removal is not None]
+    if removals:
+        blocks.append(
+            f"Removal (gated memory): {100 * settings.removal_share:.0f}% of the taught facts, spread "
+            "over the draw, taken out as `memory forget` does; restored = the removed fact's recall (its "
+            "taught answer, and a counterfactual's old object) is what the base model's was; others = the "
+            "taught facts left, before and after; then every fact taken out and the logits on a wiki-en "
+            "block compared with the base model's."
+        )
+        blocks.append(Table(REMOVAL_HEADERS, [_removal_row(r) for r in removals]))
     before = [r for r in study.summary.rows if r.arm == settings.arms[0].name]
     if before:
         blocks.append(
@@ -124,3 +134,20 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
         )  # fmt: skip
         blocks.append(Figure(path, f"N={size}: learning against the change of general-text perplexity"))
     return blocks
+
+
+REMOVAL_HEADERS = [
+    "N", "arm", "removed", "restored", "taught answer left", "others before", "others after", "kept after",
+    "perplexity after", "slots zeroed", "seconds", "base model bit for bit",
+]  # fmt: skip
+
+
+def _removal_row(row) -> list[object]:
+    removal = row.removal
+    shares = ("restored", "removed_learned", "others_learned_before", "others_learned", "kept")
+    return [
+        row.size, row.arm, f"{removal['removed'][0]:.0f}",
+        *(pm(removal[m], scale=100, digits=0) for m in shares), pm(removal["perplexity"], digits=2),
+        f"{removal['slots_zeroed'][0]:,.0f}", f"{removal['seconds'][0]:.0f}",
+        f"{100 * removal['base_identical_once_all_removed'][0]:.0f}% of seeds",
+    ]  # fmt: skip

@@ -44,6 +44,10 @@ class Arm:
     #: Memory arms: what trains, and sparse fine-tuning's slots per step (None: every slot read).
     trainable: Trainable = "values"
     sparse_top_t: int | None = None
+    #: The gated memory: teach the facts in rounds of this many (``memory learn`` run again on its
+    #: output; each round refits the gate on every fact so far and replays the earlier ones). None:
+    #: all at once.
+    round_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,6 +63,8 @@ class Arm:
             raise ConfigError(f"arm {self.name}: learning_rate must be a positive number")
         if self.sparse_top_t is not None and (self.method != "memory" or self.sparse_top_t < 1):
             raise ConfigError(f"arm {self.name}: sparse_top_t is a positive slot count of a memory arm")
+        if self.round_size is not None and (self.method != "gated-memory" or self.round_size < 1):
+            raise ConfigError(f"arm {self.name}: round_size is a positive fact count of a gated-memory arm")
 
 
 def _real_arms() -> tuple[Arm, ...]:
@@ -125,6 +131,10 @@ class KnowledgeScale:
     gate: GateTraining = field(default_factory=GateTraining)
     #: The batch editor arm (MEMIT's least squares with palimpsest's defaults; all facts at once).
     batch_editor: BatchEditConfig = field(default_factory=BatchEditConfig)
+    #: The gated memory arms, once measured: this share of the taught facts is taken out again
+    #: (``memory forget``: every other fact, so both kinds of fact go) and the model measured once more;
+    #: then the rest, and the model's logits compared with the base model's. 0: no removal.
+    removal_share: float = 0.5
     perplexity_blocks: int = 16
     block_size: int = 128
     background_blocks: int = 64
@@ -141,6 +151,8 @@ class KnowledgeScale:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ConfigError("arms: every arm needs its own name")
+        if not 0.0 <= self.removal_share < 1.0:
+            raise ConfigError(f"removal_share must be in [0, 1), got {self.removal_share}")
         if not 0.0 <= self.counterfactual_share <= 1.0:
             raise ConfigError(f"counterfactual_share must be in [0, 1], got {self.counterfactual_share}")
         for name in ("cities", "kept", "min_steps", "epochs", "batch_size", "perplexity_blocks", "block_size",

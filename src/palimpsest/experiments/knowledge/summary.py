@@ -45,6 +45,9 @@ class KnowledgeRow:
     #: before they were kept).
     seed_list: list[int] | None = None
     per_seed: dict[str, list[float]] | None = None
+    #: Gated memory arms: the removal's measures (:func:`~palimpsest.experiments.knowledge.arms.run_arm`),
+    #: mean ± std over the seeds that measured it.
+    removal: dict[str, tuple[float, float]] | None = None
 
     def paired(self, other: KnowledgeRow, measure: str) -> tuple[list[float], list[float]]:
         """This row's and ``other``'s per-seed values of ``measure`` on the seeds both ran."""
@@ -101,9 +104,17 @@ def summarise(
                         mean_std(r.slots_changed_read_by_wiki for r in group) if memory else None
                     ),
                     slots_outdated=mean_std(1 - r.slots_changed / slots for r in group) if memory else None,
+                    removal=_removal(group),
                 )
             )  # fmt: skip
     return KnowledgeSummary(rows=rows, verdict=_verdict(rows, scale))
+
+
+def _removal(group: Sequence[ArmRun]) -> dict[str, tuple[float, float]] | None:
+    measured = [r.removal for r in group if r.removal is not None]
+    if not measured:
+        return None
+    return {name: mean_std(m[name] for m in measured) for name in measured[0]}
 
 
 #: Two arms "learned equally" when their taught-fact recall differs by at most this much.
@@ -136,6 +147,9 @@ def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
 #: The issue "A memory only the taught facts read": learned and paraphrase at least, kept facts lost
 #: (points) and perplexity change (%) at most.
 GATED_GOALS = {"learned": 0.95, "paraphrase": 0.60, "kept_lost": 0.05, "perplexity_change": 0.5}
+#: Its removal goals: removed facts back to their recall before teaching, the others' recall within
+#: this many points of what it was before the removal.
+REMOVAL_GOALS = {"restored": 0.95, "others_moved": 0.01}
 
 
 def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
@@ -162,6 +176,8 @@ def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
             f"(>= 60%), kept facts lost {100 * lost:+.0f} points (<= 5), perplexity {moved:+.1f}% "
             f"(<= +0.5%): {goals}"
         )
+        if mine.removal is not None:
+            findings.append(_removal_finding(mine))
         for other in editors:
             kept = paired_direction(*mine.paired(other, "kept_lost"))
             gap = learned - other.after["learned"][0]
@@ -256,4 +272,32 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
     )
     return f"Claim 'memory-only / sparse updates forget less at equal learning', N={size}.{caveat}" + "".join(
         f"\n- {finding}" for finding in findings
+    )
+
+
+def _removal_finding(row: KnowledgeRow) -> str:
+    """The removal of part of the gated memory's facts against its goals."""
+    removal = row.removal or {}
+    restored = removal["restored"][0]
+    moved = abs(removal["others_learned"][0] - removal["others_learned_before"][0])
+    identical = removal["base_identical_once_all_removed"][0]
+    missed = [
+        name
+        for name, met in (
+            ("restored", restored >= REMOVAL_GOALS["restored"]),
+            ("others unchanged", moved <= REMOVAL_GOALS["others_moved"]),
+            ("base model once all removed", identical == 1.0),
+        )
+        if not met
+    ]
+    share = {name: 100 * removal[name][0] for name in ("removed_learned", "others_learned_before",
+                                                       "others_learned", "kept")}  # fmt: skip
+    goals = "every goal met" if not missed else f"missed: {', '.join(missed)}"
+    return (
+        f"{row.arm}, {removal['removed'][0]:.0f} of its facts taken out: {100 * restored:.0f}% back to "
+        f"their recall before teaching (goal >= 95%; taught answer still recalled "
+        f"{share['removed_learned']:.0f}%), the other taught facts {share['others_learned_before']:.0f}% -> "
+        f"{share['others_learned']:.0f}% (within 1 point), kept facts {share['kept']:.0f}%, perplexity "
+        f"{removal['perplexity'][0]:.2f}; every fact out: the base model's logits bit for bit on "
+        f"{100 * identical:.0f}% of the seeds: {goals}"
     )

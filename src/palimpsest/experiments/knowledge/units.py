@@ -47,6 +47,15 @@ def _unit_key(scale: KnowledgeScale, what: Any) -> Any:
     return {**{name: getattr(scale, name) for name in fields}, "unit": what}
 
 
+def _arm_key(arm: Arm) -> dict[str, Any]:
+    """An arm's settings as its units' keys hold them: ``round_size`` only where set, so the units of
+    arms stored before rounds existed stand."""
+    data = to_dict(arm)
+    if data["round_size"] is None:
+        del data["round_size"]
+    return data
+
+
 def run_knowledge_study(
     out: str | Path,
     scale: str | KnowledgeScale | tuple[str, KnowledgeScale] = "demo",
@@ -95,10 +104,10 @@ class KnowledgeStudy(Study):
             )  # fmt: skip
             settings = [scale.steps(size), scale.batch_size, to_dict(scale.memory), to_dict(scale.editor)]
             if arm.method == "gated-memory":  # (not in the other arms' keys: their stored units stand)
-                settings += [to_dict(scale.gated_memory), to_dict(scale.gate)]
+                settings += [to_dict(scale.gated_memory), to_dict(scale.gate), scale.removal_share]
             elif arm.method == "batch-editor":
                 settings.append(to_dict(scale.batch_editor))
-            key = _unit_key(scale, [to_dict(arm), size, seed, *settings, scale.background_blocks])
+            key = _unit_key(scale, [_arm_key(arm), size, seed, *settings, scale.background_blocks])
             runs.append((yield Unit(f"units/{name}.json", key, compute, kind=ArmRun)))
         return KnowledgeResults(
             scale=run.scale_name, settings=scale, model=scale.model or "random SmolLM2-shaped model",

@@ -84,6 +84,41 @@ def test_a_second_round_adds_to_the_facts_and_the_gate_still_opens_for_the_first
     assert len(memory_handle(model).taught.facts) == 4
 
 
+def test_facts_to_keep_stay_closed_in_later_rounds_refits_and_reloads(tokenizer, tmp_path, monkeypatch):
+    from palimpsest.memory import gated
+    from palimpsest.memory.taught import TaughtFacts
+
+    keep = [Fact("Italy", CAPITAL, "Rome"), Fact("Spain", CAPITAL, "Madrid")]
+    seen = []
+    original = gated.neighbour_facts
+
+    def recorded(taught, kept, *args, **kwargs):
+        seen.append(sorted(fact.subject for fact in kept))
+        return original(taught, kept, *args, **kwargs)
+
+    monkeypatch.setattr(gated, "neighbour_facts", recorded)
+    model = _gated(tokenizer)
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "1", answers=["Rome", "Oslo"], keep=keep)
+    learn_facts(model, tokenizer, SECOND, _settings(), tmp_path / "2", answers=["Euro", "Lima"])
+    forget_facts(model, tokenizer, SECOND[:1], settings=GATE)
+    # the first round's facts to keep are closed inputs of the second round's fit and of the refit
+    assert seen == [["Italy", "Spain"]] * 3
+    taught = memory_handle(model).taught
+    listed = [(f.subject, f.answer, f.round) for f in taught.kept]
+    assert listed == [("Italy", "Rome", 1), ("Spain", "Madrid", 1)]
+    # a fact taught later is no longer one to keep; the list travels in memory_facts.json
+    learn_facts(model, tokenizer, keep[:1], _settings(), tmp_path / "3", answers=["Milan"])
+    taught = memory_handle(model).taught
+    assert [f.subject for f in taught.kept] == ["Spain"]
+    taught.write(tmp_path / "saved")
+    assert TaughtFacts.read(tmp_path / "saved") == taught
+    (tmp_path / "old").mkdir()  # a list saved before facts to keep were listed
+    document = json.loads((tmp_path / "saved" / TAUGHT_FILE).read_text())
+    del document["kept"]
+    (tmp_path / "old" / TAUGHT_FILE).write_text(json.dumps(document))
+    assert TaughtFacts.read(tmp_path / "old") == TaughtFacts(taught.facts, [])
+
+
 def test_forgetting_closes_the_gate_for_what_was_taken_out_and_keeps_the_rest(tokenizer, tmp_path):
     model = _gated(tokenizer)
     learn_facts(

@@ -547,7 +547,7 @@ def forget_facts(
     if remaining.facts:
         fits = fit_memory_gates(
             model, tokenizer, remaining.facts, closed_facts=[entry.fact for entry in gone], held_out=held_out,
-            **kwargs,
+            keep=[entry.fact for entry in remaining.kept], **kwargs,
         )  # fmt: skip
     else:
         for layer in gated_memories(model).values():

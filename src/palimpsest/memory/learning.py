@@ -383,11 +383,11 @@ def learn_facts(
         handle = memory_handle(model)
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         objects = answers if answers is not None else [fact.object for fact in facts]
-        new = [
-            taught_fact(fact, answer, handle.taught.rounds + 1, when)
-            for fact, answer in zip(facts, objects, strict=True)
-        ]
-        taught = handle.taught.adding(new)
+        round_ = handle.taught.rounds + 1
+        new = [taught_fact(fact, answer, round_, when) for fact, answer in zip(facts, objects, strict=True)]
+        kept = [taught_fact(fact, fact.object, round_, when) for fact in keep]
+        taught = handle.taught.adding(new, keep=kept)
+        keep = [entry.fact for entry in taught.kept]  # this round's and the earlier rounds'
         gate_fits = fit_memory_gates(
             model, tokenizer, taught.facts, templates=settings.templates, paraphrases=settings.paraphrases,
             settings=settings.gate, keep=keep, held_out=held_out,

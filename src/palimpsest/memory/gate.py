@@ -9,8 +9,8 @@ after a passage of text does. A scorer *fitted* against such neighbours and ordi
 for most of the taught facts' unseen phrasings, but also for most prompts of subjects it was not
 fitted against; a codebook of every taught phrasing's input (the first position left out) stays
 closed for nearly all of those at a cost in unseen phrasings — measured in
-``results/gated-memory-probe-real/`` (README, "A codebook of every taught phrasing"), not yet
-built here.
+``results/gated-memory-probe-real/`` (README, "A codebook of every taught phrasing") and built
+here as the gate's keys (below).
 The gate is a small MLP scorer on the memory's input, centred by the background's mean input;
 the memory's read passes where the score is
 positive and is replaced by exact zeros elsewhere, so a closed gate leaves the model's outputs

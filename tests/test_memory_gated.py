@@ -256,7 +256,8 @@ def test_teach_list_and_forget_from_the_command_line(tmp_path, tokenizer):
     assert done.returncode == 0, done.stderr
     listed = palimpsest("memory", "list", "--model", tmp_path / "l" / "model")
     assert listed.returncode == 0, listed.stderr
-    assert "France" in listed.stdout and "Rome" in listed.stdout and "Chile" not in listed.stdout
+    assert "France" in listed.stdout and "Rome" in listed.stdout and "Santiago" not in listed.stdout
+    assert "closed for 1 fact(s) asked to keep: Chile (capital)" in listed.stdout  # the line to keep
 
     never = tmp_path / "never.jsonl"
     never.write_text('{"subject": "Chile", "relation": "capital", "object": "Santiago"}\n')

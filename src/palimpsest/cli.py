@@ -840,6 +840,7 @@ def memory_list(
     _setup_logging(verbose)
     from palimpsest.data import load_tokenizer
     from palimpsest.memory.gated import taught_fact_rows
+    from palimpsest.memory.inject import memory_handle
     from palimpsest.models import load_pretrained, resolve_pretrained
 
     network = load_pretrained(model).eval()
@@ -854,6 +855,11 @@ def memory_list(
         table.add_row(row.subject, row.relation, row.answer, str(row.round), row.taught_at, str(row.slots),
                       str(row.own_slots), "opens" if row.opens else "closed")  # fmt: skip
     console.print(table)
+    kept = memory_handle(network).taught.kept
+    if kept:
+        subjects = ", ".join(f"{fact.subject} ({fact.relation})" for fact in kept[:5])
+        console.print(f"its gate is kept closed for {len(kept)} fact(s) asked to keep: {subjects}"
+                      + (", ..." if len(kept) > 5 else ""))  # fmt: skip
 
 
 @memory_app.command("stats")

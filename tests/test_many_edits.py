@@ -249,9 +249,25 @@ def test_method_sizes_choose_the_draws_a_method_edits_and_one_draw_is_measured_o
     assert at_once == in_sequence
 
 
+def test_size_seeds_keep_a_size_to_some_seeds(tmp_path):
+    from dataclasses import replace
+
+    from palimpsest.experiments import many_edits
+
+    scale = replace(
+        many_edits.SCALES["demo-smoke"], at_once=(1, 2), in_sequence=(), methods=("ft-m",),
+        sequence_methods=None, method_sizes=(), seeds=(0, 1), size_seeds=((2, (0,)),),
+    )  # fmt: skip
+    results = many_edits.run_many_edits_study(tmp_path, scale)
+    assert sorted((o.edits, o.seed) for o in results.outcomes) == [(1, 0), (1, 1), (2, 0)]
+    assert sorted((b.edits, b.seed) for b in results.baselines) == [(1, 0), (1, 1), (2, 0)]
+
+
 @pytest.mark.parametrize(
     "fields",
     [
+        {"size_seeds": ((3, (0,)),)},  # no draw of 3
+        {"size_seeds": ((4, (5,)),)},  # a seed the run does not have
         {"method_sizes": (("no-such-editor", (1,)),)},
         {"method_sizes": (("ft-m", (3,)),)},  # the smoke scale draws 1 and 4
         {"methods": ("memitt",)},

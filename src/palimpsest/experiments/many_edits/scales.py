@@ -64,6 +64,10 @@ class ManyEditsScale:
     #: point and spend its time on the batch editor.
     method_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: ``(edits, seeds)``: draws of that many edits (at once and in sequence) run on those seeds
+    #: only (a size not named runs on every seed): 1,000 edits take an hour a method on 2 cores, so a
+    #: run can spread the small sizes over seeds and keep the large ones to the first.
+    size_seeds: tuple[tuple[int, tuple[int, ...]], ...] = ()
     statistics_tokens: int = 100_000
     #: Blocks the batch editors write (None: their default, chosen on SmolLM2).
     batch_layers: tuple[int, ...] | None = None
@@ -88,11 +92,21 @@ class ManyEditsScale:
         if unknown:
             raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
         drawn = {*self.at_once, *(edits for edits, _ in self.in_sequence)}
+        for edits, seeds in self.size_seeds:
+            if edits not in drawn or not set(seeds) <= set(self.seeds):
+                raise ConfigError(
+                    f"size_seeds: {edits} edits on seeds {list(seeds)} is no draw of this run "
+                    f"(drawn {sorted(drawn)}, seeds {list(self.seeds)})"
+                )
         for method, sizes in self.method_sizes:
             if not set(sizes) & drawn:
                 raise ConfigError(
                     f"method_sizes: {method} would edit no draw (sizes {list(sizes)}, drawn {sorted(drawn)})"
                 )
+
+    def seeds_of(self, edits: int) -> tuple[int, ...]:
+        """The seeds a draw of ``edits`` requests runs on (see ``size_seeds``)."""
+        return dict(self.size_seeds).get(edits, self.seeds)
 
     def runs(self, method: str, edits: int) -> bool:
         """Whether ``method`` edits a draw of ``edits`` requests (see ``method_sizes``)."""

@@ -217,6 +217,8 @@ class ManyEditsStudy(Study):
             order = list(cases)
             random.Random(seed).shuffle(order)
             for mode, edits, batch in runs:
+                if seed not in scale.seeds_of(edits):
+                    continue
                 draw = order[:edits]
                 unit = f"units/{mode.replace(' ', '-')}-{edits}-b{batch}-s{seed}"
                 common = {**key, "edits": edits, "seed": seed, "perplexity_blocks": scale.perplexity_blocks}

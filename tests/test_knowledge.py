@@ -68,13 +68,13 @@ def _tiny(tokenizer):
     return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0).eval()
 
 
-def _run(tokenizer, tmp_path, arm: Arm, model=None):
+def _run(tokenizer, tmp_path, arm: Arm, model=None, scale=SCALE):
     chosen = Draw(
         taught=[*WRONG[:2], Fact("Peru", CAPITAL, "Oslo")], previous=[None, None, "Lima"], kept=KNOWN[:2]
     )
     model = model if model is not None else _tiny(tokenizer)
     perplexity = wiki_perplexity_set(tokenizer, 32, 2)
-    run = knowledge.run_arm(model, tokenizer, arm, chosen, perplexity, SCALE, tmp_path, size=3, seed=0)
+    run = knowledge.run_arm(model, tokenizer, arm, chosen, perplexity, scale, tmp_path, size=3, seed=0)
     return model, run
 
 
@@ -160,9 +160,10 @@ def test_a_gated_memory_arm_in_rounds_teaches_each_round_in_turn(tmp_path, token
         return original(model, tokenizer, facts, *args, **kwargs)
 
     monkeypatch.setattr(arms, "learn_facts", recorded)
-    _, run = _run(tokenizer, tmp_path, Arm("gated", "gated-memory", round_size=2))
+    no_removal = replace(SCALE, removal_share=0.0)
+    _, run = _run(tokenizer, tmp_path, Arm("gated", "gated-memory", round_size=2), scale=no_removal)
     assert rounds == [["Lyon", "Porto"], ["Peru"]]
-    assert run.steps >= 2 * SCALE.steps(3)
+    assert run.steps >= 2 * SCALE.steps(3) and run.removal is None
 
 
 def test_the_removal_takes_out_a_share_spread_over_the_draw():

@@ -167,14 +167,14 @@ def test_a_gated_memory_arm_in_rounds_teaches_each_round_in_turn(tmp_path, token
 
 
 def test_the_removal_takes_out_a_share_spread_over_the_draw():
-    from palimpsest.experiments.knowledge.arms import removed_half
+    from palimpsest.experiments.knowledge.arms import removal_indices
 
     def draw_of(n):
         return Draw(taught=[WRONG[0]] * n, previous=[None] * n, kept=[])
 
-    assert removed_half(draw_of(6), 0.5) == [1, 3, 5]
-    assert removed_half(draw_of(8), 0.25) == [3, 7]
-    assert removed_half(draw_of(4), 0.0) == []
+    assert removal_indices(draw_of(6), 0.5) == [1, 3, 5]
+    assert removal_indices(draw_of(8), 0.25) == [3, 7]
+    assert removal_indices(draw_of(4), 0.0) == [] == removal_indices(draw_of(1), 0.5)  # none: not measured
 
 
 def _row(arm, method, learned, lost, perplexity, spread=0.0, perplexity_spread=0.0, seeds=3):

@@ -158,7 +158,7 @@ def run_arm(
         "%s, %d facts, seed %d: learned %.2f, kept %.2f, perplexity %.2f (%.0f s)",
         arm.name, size, seed, after["learned"], after["kept"], after["perplexity"], seconds,
     )  # fmt: skip
-    if removal_base is not None and gated is not None:
+    if removal_base is not None and gated is not None and removal_indices(chosen, scale.removal_share):
         memory_facts["removal"] = _removal(
             model, tokenizer, chosen, perplexity_set, scale, gated, removal_base, after
         )
@@ -169,7 +169,7 @@ def run_arm(
     )  # fmt: skip
 
 
-def removed_half(chosen: Draw, share: float) -> list[int]:
+def removal_indices(chosen: Draw, share: float) -> list[int]:
     """Indices of the taught facts the removal takes out: ``share`` of them, spread evenly over the
     draw (which lists counterfactuals first, then cities), so both kinds of fact are taken out."""
     return [i for i in range(len(chosen.taught)) if math.floor((i + 1) * share) > math.floor(i * share)]
@@ -222,7 +222,7 @@ def _removal(
     does) and measure: the removed facts back to the base model's recall (the taught answer, and the
     old object of a counterfactual), the other taught facts as they were, the kept facts and wiki-en
     perplexity; then take the rest out too and compare the logits with the base model's bit for bit."""
-    gone = set(removed_half(chosen, scale.removal_share))
+    gone = set(removal_indices(chosen, scale.removal_share))
     removed = [f for i, f in enumerate(chosen.taught) if i in gone]
     others = [f for i, f in enumerate(chosen.taught) if i not in gone]
     others_before = fact_recall(model, tokenizer, others).accuracy if others else math.nan

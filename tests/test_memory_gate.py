@@ -82,22 +82,6 @@ def test_a_codebook_opens_the_gate_only_near_a_key_where_the_scorer_opens():
     assert int(gate.key_count) == 0 and not gate.fitted and not gate(taught).any()
 
 
-def test_an_input_that_is_a_key_opens_the_gate_even_where_the_scorer_closes_it():
-    from palimpsest.memory.gate import SAME_INPUT_COSINE
-
-    gate = MemoryGate(32, 16, keys=8)
-    taught, other = _clusters(32, 64, seed=0)
-    fit_gate(gate, taught, other, steps=300)
-    assert not gate.scores(other[:2]).gt(0).any()  # inputs the scorer closes...
-    gate.set_keys(torch.cat([taught[:3], other[:2]]), threshold=0.5)
-    assert gate(other[:2]).all()  # ...open where they are the taught inputs themselves
-    nudged = (
-        other[:2] + 0.02 * torch.randn(2, 32, generator=torch.Generator().manual_seed(1)) * other[:2].norm()
-    )
-    assert gate.key_similarity(nudged).lt(SAME_INPUT_COSINE).all() and not gate(nudged).any()
-    assert not gate(other[2:]).any()  # the rest of their cluster: the scorer's word stands
-
-
 def test_start_keys_open_the_gate_for_the_same_first_token_and_no_other():
     gate = MemoryGate(32, 16, keys=8)
     taught, other = _clusters(32, 64, seed=0)

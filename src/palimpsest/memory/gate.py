@@ -22,8 +22,7 @@ A new gate is closed for every input (its last layer outputs a negative constant
 A gate made with room for keys (``MemoryGate(dim, hidden, keys=N)``, ``PKMConfig(gate_keys=N)``)
 also keeps a codebook: the inputs it was fitted open at, centred and normalised
 (:meth:`MemoryGate.set_keys`); it then opens only where the scorer opens *and* the input's best
-cosine to a key reaches the codebook's threshold — and wherever an input *is* a key (cosine
-``SAME_INPUT_COSINE``), whatever the scorer says. The room is fixed when the gate is made, so a
+cosine to a key reaches the codebook's threshold. The room is fixed when the gate is made, so a
 saved gate has the same shapes whatever it holds and loads anywhere.
 
 A sequence's first position needs keys of its own. There the input depends on the token alone (it
@@ -51,13 +50,6 @@ CLOSED_SCORE = -1.0
 #: The cosine from which a first-position input matches a start key: the same token (1 to float
 #: rounding) and no other (see the module docstring for the measurement).
 START_KEY_COSINE = 0.995
-
-#: The cosine from which an input is one the gate was taught (to float rounding): it opens there
-#: whatever the scorer says. The scorer generalises to other phrasings and contexts, and in doing so
-#: can close some taught inputs themselves (cities it cannot tell from their closed neighbours), so a
-#: fact would never be learned where it is asked as taught; an input this close to a key is that
-#: taught input, not a neighbour (``results/knowledge-gated-real/why_unlearned-128.json``).
-SAME_INPUT_COSINE = 0.999
 
 
 def start_key_room(keys: int) -> int:
@@ -179,11 +171,10 @@ class MemoryGate(nn.Module):
         """Where the gate opens, per input row (a boolean mask)."""
         opened = self.scores(hidden) > 0
         if self.key_room and int(self.key_count):
-            similarity = self.key_similarity(hidden)
-            near = similarity >= self.key_threshold
+            near = self.key_similarity(hidden) >= self.key_threshold
             if int(self.start_key_count):
                 near = near | (self.start_similarity(hidden) >= START_KEY_COSINE)
-            opened = (opened & near) | (similarity >= SAME_INPUT_COSINE)
+            opened = opened & near
         return opened
 
 

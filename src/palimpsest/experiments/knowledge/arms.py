@@ -223,7 +223,11 @@ def _removal(
     old object of a counterfactual), the other taught facts as they were, the kept facts and wiki-en
     perplexity; then take the rest out too and compare the logits with the base model's bit for bit."""
     gone = set(removal_indices(chosen, scale.removal_share))
-    removed = [f for i, f in enumerate(chosen.taught) if i in gone]
+
+    def removed_part(values: Sequence) -> list:
+        return [value for i, value in enumerate(values) if i in gone]
+
+    removed = removed_part(chosen.taught)
     others = [f for i, f in enumerate(chosen.taught) if i not in gone]
     others_before = fact_recall(model, tokenizer, others).accuracy if others else math.nan
     options = {
@@ -234,11 +238,8 @@ def _removal(
     seconds = time.perf_counter() - started
     model.eval()
     taught_now = fact_recall(model, tokenizer, removed).recalled
-    previous = [p for i, p in enumerate(_previous_facts(chosen)) if i in gone]
-    previous_now = _recalled(model, tokenizer, previous)
-    taught_before = [hit for i, hit in enumerate(base.taught) if i in gone]
-    previous_before = [hit for i, hit in enumerate(base.previous) if i in gone]
-    pairs = zip(taught_now, taught_before, previous_now, previous_before, strict=True)
+    previous_now = _recalled(model, tokenizer, removed_part(_previous_facts(chosen)))
+    pairs = zip(taught_now, removed_part(base.taught), previous_now, removed_part(base.previous), strict=True)
     restored = [now == before and then == earlier for now, before, then, earlier in pairs]
     others_after = fact_recall(model, tokenizer, others).accuracy if others else math.nan
     kept_after = fact_recall(model, tokenizer, chosen.kept).accuracy
@@ -267,8 +268,8 @@ def _removal(
 def _requests(chosen: Draw) -> list[EditRequest]:
     """The draw's facts as edit requests (a fact the model got wrong has no old object to name)."""
     return [
-        EditRequest(Fact(f.subject, f.relation, previous if previous is not None else "(unknown)"), f.object)
-        for f, previous in zip(chosen.taught, chosen.previous, strict=True)
+        EditRequest(old if old is not None else Fact(f.subject, f.relation, "(unknown)"), f.object)
+        for f, old in zip(chosen.taught, _previous_facts(chosen), strict=True)
     ]
 
 

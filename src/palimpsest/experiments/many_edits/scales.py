@@ -65,7 +65,7 @@ class ManyEditsScale:
     method_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     #: ``(edits, seeds)``: draws of that many edits (at once and in sequence) run on those seeds
-    #: only (a size not named runs on every seed): 1,000 edits take an hour a method on 2 cores, so a
+    #: only (a size not named runs on every seed): a large draw costs far more than a small one, so a
     #: run can spread the small sizes over seeds and keep the large ones to the first.
     size_seeds: tuple[tuple[int, tuple[int, ...]], ...] = ()
     statistics_tokens: int = 100_000

@@ -64,6 +64,23 @@ def test_arms_and_scales_refuse_what_cannot_run():
     assert len(knowledge.arms_to_run(scale, 16, 4)) == len(scale.arms)
 
 
+def test_an_arm_limited_to_some_sizes_runs_only_there_and_keeps_its_units():
+    from palimpsest.experiments.knowledge.units import _arm_key
+
+    for sizes in ([], [0], [True], 512, ["16"]):
+        with pytest.raises(ConfigError, match="sizes"):
+            Arm("full", "full", learning_rate=1e-3, sizes=sizes)
+    with pytest.raises(ConfigError, match="size 512"):
+        KnowledgeScale(sizes=(16, 128), arms=(Arm("full", "full", learning_rate=1e-3, sizes=(512,)),))
+    limited = from_dict(Arm, {"name": "full", "method": "full", "learning_rate": 1e-3, "sizes": [16, 128]})
+    assert limited.sizes == (16, 128)
+    scale = KnowledgeScale(sizes=(16, 128, 512), arms=(limited, Arm("batch", "batch-editor")))
+    assert [arm.name for _, arm in knowledge.arms_to_run(scale, 128, 0)] == ["full", "batch"]
+    assert [arm.name for _, arm in knowledge.arms_to_run(scale, 512, 0)] == ["batch"]
+    # a stored unit of the arm measured before it was limited is still its unit
+    assert _arm_key(limited) == _arm_key(replace(limited, sizes=None))
+
+
 def _tiny(tokenizer):
     return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0).eval()
 

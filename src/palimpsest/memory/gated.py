@@ -9,8 +9,9 @@ its gate is fitted. Teaching facts therefore has two parts:
    those prompts, the same prompts with other subjects (the facts' neighbours: the hard negatives,
    weighted up) and ordinary text. A fitted scorer, not a radius around one key per fact, because
    on SmolLM2 a neighbour's input lies as close to such a key as the taught prompt after text does
-   (``results/gated-memory-probe-real/``, which also measures a codebook of every taught phrasing:
-   far more specific, not yet used here).
+   (``results/gated-memory-probe-real/``); where the gate has room for keys, a codebook of every
+   taught phrasing's input then keeps it closed for subjects it was not fitted on (the scorer
+   alone opens for most of those).
 2. **Train the values through it** (:func:`palimpsest.memory.learning.learn_facts`): only tokens
    the gate opens read the memory, so only the slots they select move, and every other input
    reads exact zeros — the model is the base model there.
@@ -69,9 +70,12 @@ class GateTraining:
     neighbours: int = 4
     #: The weight of a neighbour's tokens against one token of ordinary text.
     neighbour_weight: float = 5.0
-    #: The share of the fit's loss the open inputs carry, however many closed ones there are (the
-    #: share the probe's gate had: ``results/gated-memory-probe-real/``).
-    open_share: float = 0.1
+    #: The share of the fit's loss the open inputs carry, however many closed ones there are: half,
+    #: so that the scorer does not buy closed neighbours with taught inputs it leaves closed (a fact
+    #: whose own prompt the gate closes is never learned). Subjects it was not fitted on are kept
+    #: closed by the codebook, not by this weight. Chosen by measuring on SmolLM2-135M: a smaller
+    #: share left taught cities' own prompts closed (``results/knowledge-gated-real/gate_fit-128.json``).
+    open_share: float = 0.5
     #: Tokens of ordinary text the gate learns to stay closed for.
     background_tokens: int = 4096
     background: str = "wiki-en"

@@ -48,8 +48,19 @@ class Arm:
     #: output; each round refits the gate on every fact so far and replays the earlier ones). None:
     #: all at once.
     round_size: int | None = None
+    #: The numbers of facts this arm is measured at (None: every N of the scale): an arm whose
+    #: failure is already measured at small N need not spend hours confirming it at large N.
+    sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.sizes is not None:
+            if (
+                not isinstance(self.sizes, list | tuple)
+                or not self.sizes
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.sizes)
+            ):
+                raise ConfigError(f"arm {self.name}: sizes are positive fact counts, got {self.sizes!r}")
+            object.__setattr__(self, "sizes", tuple(self.sizes))
         if self.method not in METHODS:
             known = ", ".join(METHODS)
             raise ConfigError(f"arm {self.name}: method must be one of {known}, got {self.method!r}")
@@ -151,6 +162,10 @@ class KnowledgeScale:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ConfigError("arms: every arm needs its own name")
+        for arm in self.arms:
+            unknown = sorted(set(arm.sizes or ()) - set(self.sizes))
+            if unknown:
+                raise ConfigError(f"arm {arm.name}: size {unknown[0]} is not one of the study's sizes")
         if not 0.0 <= self.removal_share < 1.0:
             raise ConfigError(f"removal_share must be in [0, 1), got {self.removal_share}")
         if not 0.0 <= self.counterfactual_share <= 1.0:

@@ -32,11 +32,13 @@ def _one_seed_editor(scale: KnowledgeScale, size: int, arm: Arm) -> bool:
 
 
 def arms_to_run(scale: KnowledgeScale, size: int, seed: int) -> list[tuple[int, Arm]]:
-    """``(index, arm)`` of the arms that run at this N and seed (``editor_one_seed_from``)."""
+    """``(index, arm)`` of the arms that run at this N and seed (``Arm.sizes``,
+    ``editor_one_seed_from``)."""
     return [
         (index, arm)
         for index, arm in enumerate(scale.arms)
         if not (_one_seed_editor(scale, size, arm) and seed != scale.seeds[0])
+        and (arm.sizes is None or size in arm.sizes)
     ]
 
 
@@ -48,11 +50,13 @@ def _unit_key(scale: KnowledgeScale, what: Any) -> Any:
 
 
 def _arm_key(arm: Arm) -> dict[str, Any]:
-    """An arm's settings as its units' keys hold them: ``round_size`` only where set, so the units of
-    arms stored before rounds existed stand."""
+    """An arm's settings as its units' keys hold them: ``round_size`` and ``sizes`` only where set, so
+    the units of arms stored before they existed stand (and an arm's units at an N do not depend on
+    the other N it runs at)."""
     data = to_dict(arm)
     if data["round_size"] is None:
         del data["round_size"]
+    del data["sizes"]
     return data
 
 

@@ -1,7 +1,7 @@
 """Why the gate stays closed at taught cities' own prompts (``why_unlearned-128-scorer-veto.json``), and
 which gate opens for every taught input without opening ordinary text.
 
-    python results/knowledge-gated-real/gate_fit.py [N] [SEED] ['[{variant}, ...]']   # ~10 min here
+    python results/knowledge-gated-real/gate_fit.py [N] [SEED] ['[{variant}, ...]'] [NAME]   # ~10 min here
 
 The knowledge study's draw (N facts, seed) collected as ``memory learn`` collects it for the gated
 memory (block 15's FFN input; open at each taught prompt's subject's last token, closed at its other
@@ -12,9 +12,10 @@ the fit's own open inputs, the held-out paraphrase, the prompt after three valid
 study's kept facts and 256 cities neither taught nor drawn as neighbours (a prompt is open where any
 token opens), and wiki-en's perplexity blocks by position (0, 1, 2 and later: where a rule that
 opens at a taught input's own value opened ordinary text). Variant fields: ``GateTraining``'s
-``open_share``, ``neighbour_weight``, ``steps``; ``hidden`` (the scorer's width); ``same_input``: the
-cosine from which a key opens whatever the scorer says (``None``: never), ``same_input_positions``:
-the positions whose keys may do so (``"all"`` or ``"from2"``). Writes ``gate_fit-N.json``.
+``open_share``, ``neighbour_weight``, ``steps``, ``key_threshold``; ``hidden`` (the scorer's width);
+``same_input``: the cosine from which a key opens whatever the scorer says (``None``: never),
+``same_input_positions``: the positions whose keys may do so (``"all"`` or ``"from2"``). Writes
+``gate_fit-N.json`` (with a NAME after the variants: ``gate_fit-N-NAME.json``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 128
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     variants = json.loads(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_VARIANTS
+    named = f"-{sys.argv[4]}" if len(sys.argv) > 4 else ""
     scale = SCALES["real"]
     tokenizer = load_tokenizer(resolve_pretrained("smollm2-135m"))
     model = load_pretrained("smollm2-135m").eval()
@@ -113,8 +115,8 @@ def main() -> None:
     wiki = wiki.reshape(len(blocks), -1, dim)
     results = []
     for variant in variants:
-        fit_settings = replace(settings, **{k: v for k, v in variant.items() if k in
-                                            ("open_share", "neighbour_weight", "steps")})  # fmt: skip
+        fitted_fields = ("open_share", "neighbour_weight", "steps", "key_threshold")
+        fit_settings = replace(settings, **{k: v for k, v in variant.items() if k in fitted_fields})
         gate = MemoryGate(dim, variant.get("hidden", 256), keys=layer.gate.key_room)
         weighted = weights.clone()
         weighted[weighted > 1] = fit_settings.neighbour_weight
@@ -123,7 +125,7 @@ def main() -> None:
             centre=centre, steps=fit_settings.steps, batch_size=settings.batch_size,
             learning_rate=settings.learning_rate, seed=seed,
         )  # fmt: skip
-        gate.set_keys(positives[open_at != 0], settings.key_threshold, start=positives[open_at == 0],
+        gate.set_keys(positives[open_at != 0], fit_settings.key_threshold, start=positives[open_at == 0],
                       start_centre=start_centre)  # fmt: skip
         rule = variant.get("same_input")
         rule_keys = positives[open_at >= (2 if variant.get("same_input_positions") == "from2" else 1)]
@@ -167,7 +169,7 @@ def main() -> None:
         }  # fmt: skip
         logging.info("%s", json.dumps(record))
         results.append(record)
-        path = HERE / f"gate_fit-{size}.json"
+        path = HERE / f"gate_fit-{size}{named}.json"
         path.write_text(json.dumps({"size": size, "seed": seed, "variants": results}, indent=1))
 
 

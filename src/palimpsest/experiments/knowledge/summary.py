@@ -205,9 +205,13 @@ def _specific_slots(cell: list[KnowledgeRow], size: int) -> str:
     for r in memory:
         changed, read = r.slots_changed[0], r.slots_changed_read_by_wiki[0]  # type: ignore[index]
         share = read / changed if changed else math.nan
+        wiki_reads = r.slots_used_by_wiki[0]  # type: ignore[index]
+        if not wiki_reads:  # a gated memory whose gate stays closed for ordinary text
+            described.append(f"{r.arm}: {changed:,.0f} slots changed; wiki-en text reads no slot at all")
+            continue
         described.append(
             f"{r.arm}: {changed:,.0f} slots changed, {100 * share:.0f}% of them read by wiki-en text "
-            f"(which reads {100 * r.slots_used_by_wiki[0]:.0f}% of all slots)"  # type: ignore[index]
+            f"(which reads {100 * wiki_reads:.0f}% of all slots)"
         )
     return (
         f"Slots written at N={size} (the premise: new facts go to slots ordinary text leaves alone):"

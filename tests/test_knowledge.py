@@ -254,7 +254,7 @@ def test_the_gated_memory_is_judged_against_its_goals_and_the_batch_editor():
         "learned": (0.99, 0.0), "paraphrase": (0.50, 0.0)})  # fmt: skip
     verdict = _gated_memory([gated, editor], 512)
     assert "missed: paraphrase\n" in verdict  # 97% learned, 2 points lost, +0.1%: the rest met
-    assert "gated vs batch: loses fewer kept facts" in verdict and "learns 2 points fewer" in verdict
+    assert "gated vs batch: loses fewer kept facts" in verdict and "learns 2.0 points fewer" in verdict
     assert _gated_memory([editor], 512) == ""
 
 

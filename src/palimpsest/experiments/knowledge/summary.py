@@ -186,8 +186,8 @@ def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
             their_lost, their_learned = other.kept_lost[0], other.after["learned"][0]
             findings.append(
                 f"{mine.arm} vs {other.arm}: {words[kept]} ({100 * lost:+.0f} vs {100 * their_lost:+.0f} "
-                f"points), learns {100 * abs(gap):.0f} points {'more' if gap >= 0 else 'fewer'} "
-                f"({100 * learned:.0f}% vs {100 * their_learned:.0f}%), perplexity {moved:+.1f}% vs "
+                f"points), learns {100 * abs(gap):.1f} points {'more' if gap >= 0 else 'fewer'} "
+                f"({100 * learned:.1f}% vs {100 * their_learned:.1f}%), perplexity {moved:+.1f}% vs "
                 f"{other.perplexity_change[0]:+.1f}%"
                 + (" (one seed: no spread to judge by)" if min(mine.seeds, other.seeds) < 2 else "")
             )

@@ -81,6 +81,16 @@ def test_an_arm_limited_to_some_sizes_runs_only_there_and_keeps_its_units():
     assert _arm_key(limited) == _arm_key(replace(limited, sizes=None))
 
 
+def test_a_size_can_be_limited_to_some_seeds():
+    scale = KnowledgeScale(sizes=(16, 512), seeds=(0, 1, 2), size_seeds=((512, (0,)),))
+    assert scale.seeds_of(16) == (0, 1, 2) and scale.seeds_of(512) == (0,)
+    for wrong in (((128, (0,)),), ((512, (3,)),), ((512, ()),)):
+        with pytest.raises(ConfigError, match="size_seeds"):
+            KnowledgeScale(sizes=(16, 512), seeds=(0, 1, 2), size_seeds=wrong)
+    parsed = from_dict(KnowledgeScale, {"sizes": [16, 512], "seeds": [0, 1], "size_seeds": [[512, [0]]]})
+    assert parsed.seeds_of(512) == (0,)
+
+
 def _tiny(tokenizer):
     return build_smollm2_like(tokenizer, hidden=24, layers=4, seed=0).eval()
 

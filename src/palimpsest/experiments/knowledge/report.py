@@ -32,6 +32,7 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
         "Slots outdated = the share of slots the new facts left untouched (Kim & Jung's outdated slots, the "
         "whole learning run as the window). "
         f"Mean ± std over {len(settings.seeds)} seed(s)"
+        + "".join(f"; N={n} on seed(s) {', '.join(map(str, seeds))} only" for n, seeds in settings.size_seeds)
         + (
             f" (the editor on the first seed only from N={settings.editor_one_seed_from}: each of its steps "
             "sees every fact)."

@@ -117,6 +117,10 @@ class KnowledgeScale:
     model: str | None = "smollm2-135m"
     sizes: tuple[int, ...] = (16, 128, 512)
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: ``(N, seeds)``: draws of N facts run on those seeds only (an N not named runs on every seed):
+    #: a large N costs far more than a small one, so a run can spread the small N over seeds and
+    #: keep the large ones to the first.
+    size_seeds: tuple[tuple[int, tuple[int, ...]], ...] = ()
     arms: tuple[Arm, ...] = field(default_factory=_real_arms)
     #: Share of the N taught facts that are counterfactual edits of recalled facts (the rest:
     #: true city -> country facts the model gets wrong).
@@ -162,6 +166,12 @@ class KnowledgeScale:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ConfigError("arms: every arm needs its own name")
+        for size, seeds in self.size_seeds:
+            if size not in self.sizes or not seeds or not set(seeds) <= set(self.seeds):
+                raise ConfigError(
+                    f"size_seeds: {size} facts on seeds {list(seeds)} is no draw of this run "
+                    f"(sizes {list(self.sizes)}, seeds {list(self.seeds)})"
+                )
         for arm in self.arms:
             unknown = sorted(set(arm.sizes or ()) - set(self.sizes))
             if unknown:
@@ -174,6 +184,10 @@ class KnowledgeScale:
                      "background_blocks", "generation_tokens"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def seeds_of(self, size: int) -> tuple[int, ...]:
+        """The seeds a draw of ``size`` facts runs on (see ``size_seeds``)."""
+        return tuple(dict(self.size_seeds).get(size, self.seeds))
 
     def steps(self, size: int) -> int:
         return max(self.min_steps, math.ceil(self.epochs * size / self.batch_size))

@@ -88,7 +88,7 @@ class KnowledgeStudy(Study):
         draws = {
             (size, seed): draw(recalled, wrong, size, seed, scale)
             for size in scale.sizes
-            for seed in scale.seeds
+            for seed in scale.seeds_of(size)
         }
         baselines, runs = [], []
         units: list[tuple[int, int, int, Arm]] = []

@@ -35,7 +35,7 @@ from palimpsest.experiments.common import wiki_perplexity_set
 from palimpsest.experiments.knowledge import SCALES
 from palimpsest.experiments.knowledge.facts import draw, survey
 from palimpsest.memory import add_product_key_memory, memories
-from palimpsest.memory.gate import MemoryGate, fit_gate
+from palimpsest.memory.gate import MemoryGate, _directions, fit_gate
 from palimpsest.memory.gated import (
     _Text,
     first_position_centres,
@@ -171,11 +171,6 @@ def main() -> None:
         results.append(record)
         path = HERE / f"gate_fit-{size}{named}.json"
         path.write_text(json.dumps({"size": size, "seed": seed, "variants": results}, indent=1))
-
-
-def _directions(rows: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    centred = rows.float() - centre.float()
-    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 if __name__ == "__main__":

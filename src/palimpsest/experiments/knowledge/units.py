@@ -50,9 +50,9 @@ def _unit_key(scale: KnowledgeScale, what: Any) -> Any:
 
 
 def _arm_key(arm: Arm) -> dict[str, Any]:
-    """An arm's settings as its units' keys hold them: ``round_size`` and ``sizes`` only where set, so
-    the units of arms stored before they existed stand (and an arm's units at an N do not depend on
-    the other N it runs at)."""
+    """An arm's settings as its units' keys hold them: ``round_size`` only where set and ``sizes`` never,
+    so the units of arms stored before they existed stand (and an arm's unit at one N does not depend
+    on the other N it runs at)."""
     data = to_dict(arm)
     if data["round_size"] is None:
         del data["round_size"]

@@ -268,6 +268,7 @@ def test_size_seeds_keep_a_size_to_some_seeds(tmp_path):
     [
         {"size_seeds": ((3, (0,)),)},  # no draw of 3
         {"size_seeds": ((4, (5,)),)},  # a seed the run does not have
+        {"size_seeds": ((4, ()),)},  # no seed: the size would vanish from the results
         {"method_sizes": (("no-such-editor", (1,)),)},
         {"method_sizes": (("ft-m", (3,)),)},  # the smoke scale draws 1 and 4
         {"methods": ("memitt",)},

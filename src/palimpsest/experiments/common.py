@@ -61,6 +61,27 @@ def paired_direction(mine: Sequence[float], other: Sequence[float]) -> int:
     return 0
 
 
+SizeSeeds = tuple[tuple[int, tuple[int, ...]], ...]
+
+
+def check_size_seeds(size_seeds: SizeSeeds, sizes: Iterable[int], seeds: Sequence[int], what: str) -> None:
+    """Refuse a ``(size, seeds)`` limit that names no draw of the run: a size it does not draw, a seed
+    it does not run, or no seed at all (the size would silently vanish from the results). ``what``
+    names the size's unit in the message ("facts", "edits")."""
+    drawn = sorted(set(sizes))
+    for size, chosen in size_seeds:
+        if size not in drawn or not chosen or not set(chosen) <= set(seeds):
+            raise ConfigError(
+                f"size_seeds: {size} {what} on seeds {list(chosen)} is no draw of this run "
+                f"(sizes {drawn}, seeds {list(seeds)})"
+            )
+
+
+def seeds_of(size_seeds: SizeSeeds, size: int, seeds: Sequence[int]) -> tuple[int, ...]:
+    """The seeds a draw of ``size`` runs on: those ``size_seeds`` names for it, else every seed."""
+    return tuple(dict(size_seeds).get(size, seeds))
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation of the values that are numbers (NaN, NaN if none)."""
     kept = [v for v in values if v is not None and not math.isnan(v)]

@@ -9,6 +9,7 @@ from typing import Literal
 from palimpsest.editing.config import EditConfig
 from palimpsest.editing.memit import BatchEditConfig
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.common import check_size_seeds, seeds_of
 from palimpsest.memory.gated import GateTraining
 from palimpsest.memory.inject import PKMConfig
 from palimpsest.memory.learning import (
@@ -166,12 +167,7 @@ class KnowledgeScale:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ConfigError("arms: every arm needs its own name")
-        for size, seeds in self.size_seeds:
-            if size not in self.sizes or not seeds or not set(seeds) <= set(self.seeds):
-                raise ConfigError(
-                    f"size_seeds: {size} facts on seeds {list(seeds)} is no draw of this run "
-                    f"(sizes {list(self.sizes)}, seeds {list(self.seeds)})"
-                )
+        check_size_seeds(self.size_seeds, self.sizes, self.seeds, "facts")
         for arm in self.arms:
             unknown = sorted(set(arm.sizes or ()) - set(self.sizes))
             if unknown:
@@ -187,7 +183,7 @@ class KnowledgeScale:
 
     def seeds_of(self, size: int) -> tuple[int, ...]:
         """The seeds a draw of ``size`` facts runs on (see ``size_seeds``)."""
-        return tuple(dict(self.size_seeds).get(size, self.seeds))
+        return seeds_of(self.size_seeds, size, self.seeds)
 
     def steps(self, size: int) -> int:
         return max(self.min_steps, math.ceil(self.epochs * size / self.batch_size))

@@ -9,6 +9,7 @@ from palimpsest.editing.benchmark import (
     BenchmarkConfig,
 )
 from palimpsest.errors import ConfigError
+from palimpsest.experiments.common import check_size_seeds, seeds_of
 from palimpsest.experiments.many_edits.gated import GatedMemoryMethod
 from palimpsest.memory.gated import GateTraining
 from palimpsest.memory.inject import PKMConfig
@@ -92,12 +93,7 @@ class ManyEditsScale:
         if unknown:
             raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
         drawn = {*self.at_once, *(edits for edits, _ in self.in_sequence)}
-        for edits, seeds in self.size_seeds:
-            if edits not in drawn or not set(seeds) <= set(self.seeds):
-                raise ConfigError(
-                    f"size_seeds: {edits} edits on seeds {list(seeds)} is no draw of this run "
-                    f"(drawn {sorted(drawn)}, seeds {list(self.seeds)})"
-                )
+        check_size_seeds(self.size_seeds, drawn, self.seeds, "edits")
         for method, sizes in self.method_sizes:
             if not set(sizes) & drawn:
                 raise ConfigError(
@@ -106,7 +102,7 @@ class ManyEditsScale:
 
     def seeds_of(self, edits: int) -> tuple[int, ...]:
         """The seeds a draw of ``edits`` requests runs on (see ``size_seeds``)."""
-        return dict(self.size_seeds).get(edits, self.seeds)
+        return seeds_of(self.size_seeds, edits, self.seeds)
 
     def runs(self, method: str, edits: int) -> bool:
         """Whether ``method`` edits a draw of ``edits`` requests (see ``method_sizes``)."""

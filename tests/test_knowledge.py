@@ -253,6 +253,10 @@ def test_the_claim_is_judged_only_at_equal_learning():
         [_row("full", "full", 1.0, 0.30, 5.0, seeds=1), _row("memory", "memory", 0.95, 0.05, 0.5)], 16
     )
     assert "One seed only for full" in single and "not evidence" in single
+    # an N where one side did not run (an arm limited to other sizes) is not judged, and says which side
+    assert "not judged: no memory arm ran" in _claim([full], 512)
+    memory_alone = [_row("memory", "memory", 1.0, 0.0, 0.0)]
+    assert "not judged: no full fine-tuning or LoRA arm ran" in _claim(memory_alone, 512)
 
 
 def test_the_gated_memory_is_judged_against_its_goals_and_the_batch_editor():

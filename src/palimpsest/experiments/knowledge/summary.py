@@ -224,7 +224,12 @@ def _claim(cell: list[KnowledgeRow], size: int) -> str:
     memory = [r for r in cell if r.method == "memory"]
     others = [r for r in cell if r.method in ("full", "lora")]
     if not memory or not others:
-        return f"N={size}: the claim needs a memory arm beside full fine-tuning or LoRA."
+        sides = (("no memory arm", memory), ("no full fine-tuning or LoRA arm", others))
+        absent = [words for words, arms in sides if not arms]
+        return (
+            f"N={size}: claim 'memory-only / sparse updates forget less at equal learning' not judged: "
+            f"{' and '.join(absent)} ran at this N."
+        )
     findings = []
     for mine in memory:
         for other in others:

@@ -147,6 +147,41 @@ def context_prefix(tokenizer: PreTrainedTokenizerBase, context: PromptContext) -
     return leading_special_ids(tokenizer)
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id a left-padded batch is padded with: the tokenizer's pad, else its end of text, else 0
+    (masked out either way, so any id does)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: PreTrainedModel, prompts: Sequence[list[int]], count: int, *, pad: int, batch_size: int = 32
+) -> list[list[int]]:
+    """The ``count`` tokens a causal LM writes greedily after each prompt's ids, exactly ``count``:
+    no end-of-text stops it, so a continuation is never cut where the answer might follow. Prompts
+    are left-padded (masked) so that a batch decodes together; the model's train/eval mode is kept."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    written: list[list[int]] = []
+    try:
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            width = max(len(ids) for ids in batch)
+            ids = torch.tensor([[pad] * (width - len(e)) + list(e) for e in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch], device=device)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=count, min_new_tokens=count,
+                do_sample=False, pad_token_id=pad, eos_token_id=None,
+            )  # fmt: skip
+            written += out[:, width:].tolist()
+    finally:
+        model.train(was_training)
+    return written
+
+
 def _subject_span(
     encode, fact: Fact, template: int, statement_ids: list[int], text_before: str = ""
 ) -> range:

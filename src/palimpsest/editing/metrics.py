@@ -42,6 +42,8 @@ from palimpsest.recall import (
     after_text,
     build_probe,
     context_prefix,
+    greedy_generate,
+    pad_id,
     score_probes,
     text_passages,
 )
@@ -178,36 +180,16 @@ def greedy_continuations(
     batch_size: int = 32,
     context: PromptContext = PLAIN,
 ) -> list[str]:
-    """What a causal LM writes after each prompt, greedily, ``max_new_tokens`` tokens at most.
+    """What a causal LM writes after each prompt, greedily, ``max_new_tokens`` tokens (decoded).
 
     Each prompt is read in ``context`` (as a user writes it, by default; see
     :mod:`palimpsest.recall`), left-padded so that a batch decodes together.
     """
-    import torch
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     front = context_prefix(tokenizer, context)
     lead = f"{context.text} " if context.text else ""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    texts: list[str] = []
-    for first in range(0, len(prompts), batch_size):
-        encoded = [
-            front + tokenizer(lead + p, add_special_tokens=False)["input_ids"]
-            for p in prompts[first : first + batch_size]
-        ]
-        width = max(len(ids) for ids in encoded)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=pad, eos_token_id=None,
-            )  # fmt: skip
-        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    model.train(was_training)
-    return texts
+    encoded = [front + tokenizer(lead + p, add_special_tokens=False)["input_ids"] for p in prompts]
+    written = greedy_generate(model, encoded, max_new_tokens, pad=pad_id(tokenizer), batch_size=batch_size)
+    return tokenizer.batch_decode(written, skip_special_tokens=True)
 
 
 def generation_metrics(

@@ -49,7 +49,15 @@ from palimpsest.memory.gate import GateFit, fit_gate
 from palimpsest.memory.inject import memories, memory_handle
 from palimpsest.memory.layer import ProductKeyMemory
 from palimpsest.memory.taught import TaughtFact, TaughtFacts
-from palimpsest.recall import PLAIN, PromptContext, after_text, build_probe, text_passages
+from palimpsest.recall import (
+    PLAIN,
+    PromptContext,
+    after_text,
+    build_probe,
+    greedy_generate,
+    pad_id,
+    text_passages,
+)
 from palimpsest.report import Section, Table
 from palimpsest.results import Results
 
@@ -323,31 +331,13 @@ def memories_closed(model: nn.Module) -> Iterator[None]:
             layer.gate.load_state_dict(saved[name])
 
 
-@torch.no_grad()
 def greedy_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], count: int,
                   *, batch_size: int = 32) -> list[tuple[list[int], list[int]]]:  # fmt: skip
     """Each prompt's ids (as a user's ``tokenizer(text)`` reads it) and the ``count`` tokens the
-    model writes after it, greedily (left-padded batches through ``generate``, as
-    ``editing.metrics.greedy_continuations`` decodes them; here the ids are what is needed)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    rows: list[tuple[list[int], list[int]]] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts[start : start + batch_size]]
-            width = max(len(ids) for ids in encoded)
-            ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=count, min_new_tokens=count,
-                do_sample=False, pad_token_id=pad, eos_token_id=None,
-            )  # fmt: skip
-            rows += [(e, written.tolist()) for e, written in zip(encoded, out[:, width:], strict=True)]
-    finally:
-        model.train(was_training)
-    return rows
+    model writes after it, greedily (the ids, not their text: anchors are trained on them)."""
+    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    written = greedy_generate(model, encoded, count, pad=pad_id(tokenizer), batch_size=batch_size)  # type: ignore[arg-type]
+    return list(zip(encoded, written, strict=True))
 
 
 def same_subject_anchors(

@@ -249,6 +249,23 @@ def test_method_sizes_choose_the_draws_a_method_edits_and_one_draw_is_measured_o
     assert at_once == in_sequence
 
 
+def test_method_batches_choose_the_sequences_a_method_edits(tmp_path):
+    from dataclasses import replace
+
+    from palimpsest.experiments import many_edits
+
+    scale = replace(
+        many_edits.SCALES["demo-smoke"], at_once=(1,), in_sequence=((2, 1), (2, 2)),
+        methods=("ft-m", "constrained"), sequence_methods=None, method_sizes=(),
+        method_batches=(("constrained", (2,)),),
+    )  # fmt: skip
+    results = many_edits.run_many_edits_study(tmp_path, scale)
+    assert {(o.mode, o.batch, o.method) for o in results.outcomes} == {
+        ("at once", 1, "ft-m"), ("at once", 1, "constrained"), ("in sequence", 1, "ft-m"),
+        ("in sequence", 2, "ft-m"), ("in sequence", 2, "constrained"),
+    }  # fmt: skip
+
+
 def test_size_seeds_keep_a_size_to_some_seeds(tmp_path):
     from dataclasses import replace
 
@@ -271,6 +288,8 @@ def test_size_seeds_keep_a_size_to_some_seeds(tmp_path):
         {"size_seeds": ((4, ()),)},  # no seed: the size would vanish from the results
         {"method_sizes": (("no-such-editor", (1,)),)},
         {"method_sizes": (("ft-m", (3,)),)},  # the smoke scale draws 1 and 4
+        {"method_batches": (("ft-m", (3,)),)},  # the smoke scale's sequence goes in batches of 2
+        {"method_batches": (("no-such-editor", (2,)),)},
         {"methods": ("memitt",)},
     ],
 )

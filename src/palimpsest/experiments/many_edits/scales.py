@@ -64,6 +64,10 @@ class ManyEditsScale:
     #: past a handful (``results/editing-real/``), so a short run can show each where it makes its
     #: point and spend its time on the batch editor.
     method_sizes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: ``(method, batches)``: in sequence, that method edits only the sequences made in batches of
+    #: those sizes (a method not named edits every sequence). A sequence of one edit at a time costs
+    #: a target search per request, so a run can give it to the method it is measured for.
+    method_batches: tuple[tuple[str, tuple[int, ...]], ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     #: ``(edits, seeds)``: draws of that many edits (at once and in sequence) run on those seeds
     #: only (a size not named runs on every seed): a large draw costs far more than a small one, so a
@@ -88,7 +92,8 @@ class ManyEditsScale:
                 f"benchmark_sets: unknown fact table(s) {', '.join(unknown)} "
                 f"(known: {', '.join(BENCHMARK_SETS)})"
             )
-        named = [*self.methods, *(self.sequence_methods or ()), *(m for m, _ in self.method_sizes)]
+        named = [*self.methods, *(self.sequence_methods or ()), *(m for m, _ in self.method_sizes),
+                 *(m for m, _ in self.method_batches)]  # fmt: skip
         unknown = [name for name in named if name not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
@@ -99,14 +104,26 @@ class ManyEditsScale:
                 raise ConfigError(
                     f"method_sizes: {method} would edit no draw (sizes {list(sizes)}, drawn {sorted(drawn)})"
                 )
+        batches = {batch for _, batch in self.in_sequence}
+        for method, sizes in self.method_batches:
+            if not set(sizes) & batches:
+                raise ConfigError(
+                    f"method_batches: {method} would edit no sequence (batches {list(sizes)}, "
+                    f"sequences in batches of {sorted(batches)})"
+                )
 
     def seeds_of(self, edits: int) -> tuple[int, ...]:
         """The seeds a draw of ``edits`` requests runs on (see ``size_seeds``)."""
         return seeds_of(self.size_seeds, edits, self.seeds)
 
-    def runs(self, method: str, edits: int) -> bool:
-        """Whether ``method`` edits a draw of ``edits`` requests (see ``method_sizes``)."""
-        return edits in dict(self.method_sizes).get(method, (edits,))
+    def runs(self, method: str, edits: int, sequence_batch: int | None = None) -> bool:
+        """Whether ``method`` edits a draw of ``edits`` requests (see ``method_sizes``) at once
+        (``sequence_batch`` None) or in a sequence of batches of ``sequence_batch`` (see
+        ``method_batches``)."""
+        if edits not in dict(self.method_sizes).get(method, (edits,)):
+            return False
+        batches = dict(self.method_batches).get(method)
+        return sequence_batch is None or batches is None or sequence_batch in batches
 
 
 SCALES: dict[str, ManyEditsScale] = {

@@ -227,7 +227,8 @@ class ManyEditsStudy(Study):
                 methods = scale.methods
                 if mode == "in sequence" and scale.sequence_methods is not None:
                     methods = scale.sequence_methods
-                for method in (m for m in methods if scale.runs(m, edits)):
+                sequence_batch = batch if mode == "in sequence" else None
+                for method in (m for m in methods if scale.runs(m, edits, sequence_batch)):
                     settings = {**common, "method": method, "mode": mode, "batch": batch,
                                 "settings": to_dict(_method_config(method, scale))}  # fmt: skip
                     saved = out / f"{unit}-{method}.progress"

@@ -393,3 +393,20 @@ def test_a_subject_that_opens_a_prompt_opens_the_gate_there_through_a_start_key(
 
     assert memory.gate.start_similarity(first_input("France lies in")) >= 0.995  # any prompt it opens
     assert memory.gate.start_similarity(first_input("Spain is a country in")) < 0.995
+
+
+def test_memory_inputs_read_other_modules_at_the_same_positions(tokenizer):
+    from palimpsest.memory.gated import _Text, memory_inputs
+    from palimpsest.models import transformer_blocks
+
+    model = _gated(tokenizer)
+    (name,) = memories(model)
+    _, blocks = transformer_blocks(model)
+    texts = [_Text([5, 6, 7, 8], 2, 1.0), _Text([9, 10, 11], None, 2.0)]
+    collected = memory_inputs(model, texts, also={"block 2 FFN": blocks[2].mlp, "block 0 FFN": blocks[0].mlp})
+    opened, closed, weights = collected[name]
+    assert opened.shape[0] == 1 and closed.shape[0] == 6 and weights.tolist() == [1.0] * 3 + [2.0] * 3
+    # the memory sits beside block 2's FFN: both read the same input
+    same_block, early_block = collected["block 2 FFN"], collected["block 0 FFN"]
+    assert torch.equal(same_block[0], opened) and torch.equal(same_block[1], closed)
+    assert early_block[1].shape == closed.shape and not torch.equal(early_block[1], closed)

@@ -33,7 +33,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,10 +261,13 @@ def gate_texts(
 
 @torch.no_grad()
 def memory_inputs(
-    model: nn.Module, texts: Sequence[_Text], *, pad_id: int = 0, batch_size: int = 32
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per gated memory layer: (open inputs, closed inputs, closed weights) of ``texts``."""
-    layers = gated_memories(model)
+    model: nn.Module, texts: Sequence[_Text], *, pad_id: int = 0, batch_size: int = 32,
+    also: Mapping[str, nn.Module] | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Per gated memory layer: (open inputs, closed inputs, closed weights) of ``texts``; with
+    ``also``, the same for the inputs of those other modules, under their keys (another block's
+    state at the same positions, read in the same forward passes)."""
+    layers = {**gated_memories(model), **(also or {})}
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         layer.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
@@ -455,15 +458,17 @@ START_CENTRE_TOKENS = 1024
 
 
 def first_position_centres(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, tokens: int = START_CENTRE_TOKENS, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Per gated memory, the mean of its input at a sequence's first position over ``tokens``
-    vocabulary tokens drawn with ``seed`` (special tokens left out): the centre that makes
-    first-position inputs tell tokens apart (:mod:`palimpsest.memory.gate`, start keys)."""
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, tokens: int = START_CENTRE_TOKENS, seed: int = 0,
+    also: Mapping[str, nn.Module] | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per gated memory (and module of ``also``, as :func:`memory_inputs`), the mean of its input at
+    a sequence's first position over ``tokens`` vocabulary tokens drawn with ``seed`` (special
+    tokens left out): the centre that makes first-position inputs tell tokens apart
+    (:mod:`palimpsest.memory.gate`, start keys)."""
     special = set(tokenizer.all_special_ids)
     vocabulary = [token for token in range(len(tokenizer)) if token not in special]
     drawn = random.Random(seed).sample(vocabulary, min(tokens, len(vocabulary)))
-    inputs = memory_inputs(model, [_Text([token], 0, 1.0) for token in drawn])
+    inputs = memory_inputs(model, [_Text([token], 0, 1.0) for token in drawn], also=also)
     return {name: opened.mean(dim=0) for name, (opened, _closed, _weights) in inputs.items()}
 
 

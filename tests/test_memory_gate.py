@@ -82,6 +82,28 @@ def test_a_codebook_opens_the_gate_only_near_a_key_where_the_scorer_opens():
     assert int(gate.key_count) == 0 and not gate.fitted and not gate(taught).any()
 
 
+def test_a_codebook_of_another_blocks_input_opens_by_that_input_alone():
+    gate = MemoryGate(32, 16, keys=8, separate_keys=True)
+    taught, other = _clusters(32, 64, seed=0)
+    fit_gate(gate, taught, other, steps=300)
+    key_taught, key_other = _clusters(32, 64, seed=1)  # the key block's inputs at the same rows
+    gate.set_keys(key_taught[:3], threshold=0.99, key_centre=key_other.mean(dim=0))
+    assert torch.equal(gate.key_centre, key_other.mean(dim=0))
+    assert gate(taught[:3], key_taught[:3]).all()
+    assert not gate(taught[:3], key_other[:3]).any()  # the memory's inputs as taught, the key block's far
+    assert not gate(other[:3], key_taught[:3]).any()  # and the scorer still decides too
+    with pytest.raises(ValueError, match="key_hidden"):
+        gate(taught[:3])
+    with pytest.raises(ValueError, match="key_centre"):
+        gate.set_keys(key_taught[:3], threshold=0.99)
+    with pytest.raises(ValueError, match="key_centre"):
+        MemoryGate(32, 16, keys=8).set_keys(taught[:3], threshold=0.99, key_centre=taught.mean(dim=0))
+    with pytest.raises(ValueError, match="room for keys"):
+        MemoryGate(32, 16, separate_keys=True)
+    gate.close()
+    assert not gate.key_centre.any() and int(gate.key_count) == 0
+
+
 def test_start_keys_open_the_gate_for_the_same_first_token_and_no_other():
     gate = MemoryGate(32, 16, keys=8)
     taught, other = _clusters(32, 64, seed=0)

@@ -50,7 +50,7 @@ def _prompt_opened(model, tokenizer, fact) -> torch.Tensor:
     with torch.no_grad():
         model(input_ids=_ids(tokenizer, fact.prompt(0)))
     hook.remove()
-    return memory.gate(captured["x"][0])
+    return memory.gate_opens(captured["x"][0])
 
 
 def test_learning_fits_the_gate_to_the_facts_and_moves_only_the_memory(tokenizer, tmp_path):
@@ -410,3 +410,67 @@ def test_memory_inputs_read_other_modules_at_the_same_positions(tokenizer):
     same_block, early_block = collected["block 2 FFN"], collected["block 0 FFN"]
     assert torch.equal(same_block[0], opened) and torch.equal(same_block[1], closed)
     assert early_block[1].shape == closed.shape and not torch.equal(early_block[1], closed)
+
+
+def test_a_codebook_can_read_an_earlier_block_and_travels_with_the_model(tokenizer, tmp_path):
+    from palimpsest.models import transformer_blocks
+
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=64, gate_key_block=0))
+    base = _base(tokenizer)
+    (memory,) = memories(model).values()
+    _, blocks = transformer_blocks(model)
+    seen = {}
+    hook = blocks[0].mlp.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0]))
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        model(input_ids=ids)
+    hook.remove()
+    assert torch.equal(memory.key_input.hidden, seen["x"])  # block 0's FFN input reaches block 2's gate
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "run", answers=["Rome", "Oslo"])
+    assert memory.gate.separate_keys and int(memory.gate.key_count) > 0 and memory.gate.key_centre.any()
+    for fact in FIRST:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+    save_merged(model, tokenizer, tmp_path / "saved")
+    loaded = load_merged(tmp_path / "saved").eval()
+    (reloaded,) = memories(loaded).values()
+    assert reloaded.key_input is not None and torch.equal(reloaded.gate.key_centre, memory.gate.key_centre)
+    prompt = _ids(tokenizer, FIRST[0].prompt(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=prompt).logits, model(input_ids=prompt).logits)
+    forget_facts(model, tokenizer, FIRST, settings=GATE)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    memory_handle(model).remove()
+    assert memory.key_input is None and not memories(model)
+
+
+def test_a_key_block_needs_a_codebook_and_a_place_before_the_memory(tokenizer):
+    from palimpsest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gate_key_block"):
+        PKMConfig(layers=[2], **SMALL, gate_key_block=0)  # a gate, but no codebook
+    model = _base(tokenizer)
+    with pytest.raises(ConfigError, match="comes after"):
+        add_product_key_memory(model, PKMConfig(layers=[1], **SMALL, gate_keys=8, gate_key_block=3))
+    assert not memories(model) and memory_handle(model) is None  # nothing left behind
+
+
+def test_a_key_block_from_the_command_line(tmp_path, tokenizer):
+    from cli_helpers import one_error_line, palimpsest
+    from palimpsest.storage import save_model
+
+    base = tmp_path / "base"
+    save_model(_base(tokenizer), tokenizer, base)
+    small = ["--n-keys", "8", "--heads", "2", "--k", "4", "--k-dim", "16", "--zero-values", "--layer", "2",
+             "--gate-hidden", "16", "--gate-keys", "64"]  # fmt: skip
+    done = palimpsest(
+        "memory", "add", "--model", base, "--out", tmp_path / "m", "--gate-key-block", "0", *small
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        json.loads((tmp_path / "m" / "config.json").read_text())["palimpsest_memory"]["gate_key_block"] == 0
+    )
+    late = one_error_line(palimpsest("memory", "add", "--model", base, "--out", tmp_path / "late",
+                                     "--gate-key-block", "3", *small))  # fmt: skip
+    assert "comes after" in late and not (tmp_path / "late").exists()

@@ -676,6 +676,13 @@ def memory_add(
             "near an input it was taught at (needs --gate-hidden).",
         ),
     ] = None,
+    gate_key_block: Annotated[
+        str | None,
+        typer.Option(
+            help="Take the codebook's keys from this block's FFN input (an index or a depth, at or before "
+            "the memory's): an early block opens unseen phrasings of a taught subject (needs --gate-keys).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the memory's initial weights.")] = 0,
     merged: Annotated[bool, typer.Option(help="Save the whole model, not only the memory.")] = True,
     verbose: VerboseOption = False,
@@ -693,7 +700,8 @@ def memory_add(
         config,
         {"layers": _blocks(layers, "--layer") if layers else None, "mode": mode, "n_keys": n_keys,
          "heads": heads, "k": k, "k_dim": k_dim, "query_norm": query_norm, "zero_values": zero_values,
-         "sparse_updates": sparse_updates, "gate_hidden": gate_hidden, "gate_keys": gate_keys},
+         "sparse_updates": sparse_updates, "gate_hidden": gate_hidden, "gate_keys": gate_keys,
+         "gate_key_block": _blocks([gate_key_block], "--gate-key-block")[0] if gate_key_block else None},
     )  # fmt: skip
     if settings.seed is None:
         check_seed(seed, "--seed")

@@ -34,6 +34,14 @@ rounding, in any prompt or batch), every other token below ``START_KEY_COSINE`` 
 far below it (``results/gated-memory-probe-real/first_position.json``). So the gate also holds
 *start keys* — the first-position inputs it was fitted open at, centred that way — and opens where
 an input matches one of those.
+
+The codebook may read another block's state than the memory's input (``MemoryGate(...,
+separate_keys=True)``, ``PKMConfig(gate_key_block=...)``): an early block's FFN input at a subject's
+last token is more the subject's own tokens and less the words around it, so a taught subject's
+unseen phrasings and the subject after unrelated text lie near its keys while other subjects stay
+far (``results/gated-memory-probe-real/key_layers-128.json``). The scorer keeps the memory's input;
+the key block's input reaches the gate through a :class:`KeyInput` that a hook on that block fills in
+each forward pass.
 """
 
 from __future__ import annotations
@@ -58,13 +66,27 @@ def start_key_room(keys: int) -> int:
     return max(1, keys // 4) if keys else 0
 
 
+class KeyInput:
+    """The input of the block whose state a gate's codebook reads, as the last forward pass left it:
+    a forward pre-hook of that block's FFN (``hook(module, args)``). An object, not a closure, so that
+    ``copy.deepcopy`` of a model gives a hook that fills the copy's holder."""
+
+    def __init__(self) -> None:
+        self.hidden: torch.Tensor | None = None
+
+    def __call__(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self.hidden = args[0]
+
+
 class MemoryGate(nn.Module):
     """Per token: is this input one the memory was taught? (``scores(x) > 0``)."""
 
-    def __init__(self, dim: int, hidden: int = 256, keys: int = 0):
+    def __init__(self, dim: int, hidden: int = 256, keys: int = 0, *, separate_keys: bool = False):
         super().__init__()
         if keys < 0:
             raise ValueError(f"keys must be 0 or more, got {keys}")
+        if separate_keys and not keys:
+            raise ValueError("separate_keys: a codebook of another block's input needs room for keys")
         self.scorer = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.scorer[2].weight)
         nn.init.constant_(self.scorer[2].bias, CLOSED_SCORE)
@@ -84,6 +106,10 @@ class MemoryGate(nn.Module):
             self.register_buffer("start_keys", torch.zeros(start_key_room(keys), dim))
             self.register_buffer("start_key_count", torch.zeros((), dtype=torch.long))
             self.register_buffer("start_centre", torch.zeros(dim))
+        #: Whether the codebook reads another block's input (``key_hidden``), centred by its own mean.
+        self.separate_keys = separate_keys
+        if separate_keys:
+            self.register_buffer("key_centre", torch.zeros(dim))
 
     @property
     def fitted(self) -> bool:
@@ -105,6 +131,8 @@ class MemoryGate(nn.Module):
             self.start_keys.zero_()
             self.start_key_count.zero_()
             self.start_centre.zero_()
+        if self.separate_keys:
+            self.key_centre.zero_()
 
     @torch.no_grad()
     def set_keys(
@@ -114,13 +142,17 @@ class MemoryGate(nn.Module):
         *,
         start: torch.Tensor | None = None,
         start_centre: torch.Tensor | None = None,
+        key_centre: torch.Tensor | None = None,
     ) -> None:
-        """Keep ``inputs`` (rows of memory inputs, after :func:`fit_gate` set the centre) as the
-        codebook, opening from a cosine of ``threshold``; ``start`` (first-position inputs, centred
-        by ``start_centre``, the mean first-position input of many tokens) as its start keys, each
-        token once. More rows than the room is an error."""
+        """Keep ``inputs`` (rows of memory inputs, after :func:`fit_gate` set the centre; of the key
+        block's inputs for a gate with ``separate_keys``, centred by ``key_centre``, their background
+        mean) as the codebook, opening from a cosine of ``threshold``; ``start`` (first-position
+        memory inputs, centred by ``start_centre``, the mean first-position input of many tokens) as
+        its start keys, each token once. More rows than the room is an error."""
         if not self.key_room:
             raise ValueError("this gate was made without room for keys (keys=0)")
+        if self.separate_keys != (key_centre is not None):
+            raise ValueError("key_centre: give it exactly for a gate whose codebook reads another block")
         if len(inputs) > self.key_room:
             raise ValueError(f"{len(inputs)} keys do not fit in the gate's room for {self.key_room}")
         if not -1.0 <= threshold <= 1.0:
@@ -134,8 +166,10 @@ class MemoryGate(nn.Module):
                 raise ValueError(
                     f"{len(starts)} start keys do not fit in the gate's room for {len(self.start_keys)}"
                 )
+        if key_centre is not None:
+            self.key_centre.copy_(key_centre.to(self.key_centre.device).float())
         self.keys.zero_()
-        self.keys[: len(inputs)] = self._directions(inputs.to(self.keys.device)).to(self.keys.dtype)
+        self.keys[: len(inputs)] = self._key_directions(inputs.to(self.keys.device)).to(self.keys.dtype)
         self.key_count.fill_(len(inputs))
         self.key_threshold.fill_(threshold)
         self.start_keys.zero_()
@@ -147,12 +181,16 @@ class MemoryGate(nn.Module):
     def _directions(self, hidden: torch.Tensor) -> torch.Tensor:
         return _directions(hidden, self.centre)
 
+    def _key_directions(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _directions(hidden, self.key_centre if self.separate_keys else self.centre)
+
     def key_similarity(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Each input row's best cosine to a key (after centring); -1 where the codebook is empty."""
+        """Each row's best cosine to a key (after centring; rows of the key block's input for a gate
+        with ``separate_keys``); -1 where the codebook is empty."""
         count = int(self.key_count) if self.key_room else 0
         if not count:
             return torch.full(hidden.shape[:-1], -1.0, device=hidden.device)
-        return (self._directions(hidden) @ self.keys[:count].float().T).max(dim=-1).values
+        return (self._key_directions(hidden) @ self.keys[:count].float().T).max(dim=-1).values
 
     def start_similarity(self, hidden: torch.Tensor) -> torch.Tensor:
         """Each input row's best cosine to a start key (centred as they are); -1 where there is none."""
@@ -167,11 +205,14 @@ class MemoryGate(nn.Module):
         centred = (hidden - self.centre.to(hidden.dtype)) / self.scale.to(hidden.dtype)
         return self.scorer(centred).squeeze(-1)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Where the gate opens, per input row (a boolean mask)."""
+    def forward(self, hidden: torch.Tensor, key_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Where the gate opens, per input row (a boolean mask); ``key_hidden``: the key block's
+        input at the same positions, for a gate with ``separate_keys`` (required once it holds keys)."""
         opened = self.scores(hidden) > 0
         if self.key_room and int(self.key_count):
-            near = self.key_similarity(hidden) >= self.key_threshold
+            if self.separate_keys and key_hidden is None:
+                raise ValueError("this gate's codebook reads another block's input: pass key_hidden")
+            near = self.key_similarity(key_hidden if self.separate_keys else hidden) >= self.key_threshold
             if int(self.start_key_count):
                 near = near | (self.start_similarity(hidden) >= START_KEY_COSINE)
             opened = opened & near

@@ -264,17 +264,20 @@ def memory_inputs(
     model: nn.Module, texts: Sequence[_Text], *, pad_id: int = 0, batch_size: int = 32,
     also: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
-    """Per gated memory layer: (open inputs, closed inputs, closed weights) of ``texts``; with
-    ``also``, the same for the inputs of those other modules, under their keys (another block's
+    """Per gated memory layer: (open inputs, closed inputs, closed weights) of ``texts``; for a gate
+    whose codebook reads another block, the same of that block's input under :func:`key_input_name`;
+    with ``also``, the same for the inputs of those other modules, under their keys (another block's
     state at the same positions, read in the same forward passes)."""
-    layers = {**gated_memories(model), **(also or {})}
+    gated = gated_memories(model)
+    layers = {**gated, **(also or {})}
+    fed = {key_input_name(name): layer for name, layer in gated.items() if layer.key_input is not None}
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         layer.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
         for name, layer in layers.items()
     ]
-    opened: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    closed: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    opened: dict[str, list[torch.Tensor]] = {name: [] for name in [*layers, *fed]}
+    closed: dict[str, list[torch.Tensor]] = {name: [] for name in [*layers, *fed]}
     weights: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
@@ -290,6 +293,8 @@ def memory_inputs(
                 [[1] * len(t.ids) + [0] * (length - len(t.ids)) for t in batch], device=device
             )
             model(input_ids=ids, attention_mask=mask)
+            for name, layer in fed.items():
+                captured[name] = layer.key_input.hidden  # type: ignore[union-attr]
             rows_closed: list[tuple[int, int]] = []
             rows_open: list[tuple[int, int]] = []
             for row, text in enumerate(batch):
@@ -299,7 +304,7 @@ def memory_inputs(
                 closed_here = [(row, p) for p in range(first, len(text.ids)) if p != text.open_at]
                 rows_closed += closed_here
                 weights.append(torch.full((len(closed_here),), text.weight))
-            for name in layers:
+            for name in [*layers, *fed]:
                 hidden = captured[name].float().cpu()
                 if rows_open:
                     opened[name].append(hidden[[r for r, _ in rows_open], [p for _, p in rows_open]])
@@ -315,8 +320,13 @@ def memory_inputs(
             torch.cat(closed[name]),
             torch.cat(weights),
         )
-        for name in layers
+        for name in [*layers, *fed]
     }
+
+
+def key_input_name(name: str) -> str:
+    """Under which name :func:`memory_inputs` returns the key block's input of the memory ``name``."""
+    return f"{name} (codebook's block)"
 
 
 @contextmanager
@@ -434,6 +444,12 @@ def fit_memory_gates(
     for name, layer in gated_memories(model).items():
         positives, negatives, weights = inputs[name]
         centre = centre_rows[name][1].mean(dim=0) if centre_rows is not None else None
+        key_rows, key_centre = positives, None
+        if layer.gate.separate_keys:
+            if centre_rows is None:
+                raise ModelError("a codebook of another block's input needs background text to centre it")
+            key_rows = inputs[key_input_name(name)][0]
+            key_centre = centre_rows[key_input_name(name)][1].mean(dim=0)
         fits[name] = fit_gate(
             layer.gate, positives, negatives, negative_weights=weights, open_share=settings.open_share,
             centre=centre,
@@ -442,8 +458,8 @@ def fit_memory_gates(
         )  # fmt: skip
         if layer.gate.key_room:
             layer.gate.set_keys(
-                positives[as_key], settings.key_threshold, start=positives[~as_key],
-                start_centre=start_centres[name],
+                key_rows[as_key], settings.key_threshold, start=positives[~as_key],
+                start_centre=start_centres[name], key_centre=key_centre,
             )  # fmt: skip
         logger.info(
             "gate of %s fitted on %d open and %d closed inputs: opens %.1f%% of the open, keeps %.1f%% "
@@ -691,8 +707,9 @@ def taught_fact_rows(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> li
             continue
         device = layer.values.weight.device
         selected = layer.selected_slots(positives.to(device)).reshape(len(positives), -1).cpu()
+        key_rows = inputs[key_input_name(name)][0].to(device) if layer.key_input is not None else None
         with torch.no_grad():
-            opened = layer.gate(positives.to(device)).cpu()
+            opened = layer.gate_opens(positives.to(device), key_rows).cpu()
         for index in range(len(usable)):
             per_fact[index] |= {f"{name}:{slot}" for slot in selected[index].tolist()}
             opens[index] = opens[index] or bool(opened[index])
@@ -724,6 +741,7 @@ __all__ = [
     "gate_texts",
     "gated_memories",
     "greedy_tokens",
+    "key_input_name",
     "memories_closed",
     "memory_inputs",
     "neighbour_facts",

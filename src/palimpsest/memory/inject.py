@@ -36,6 +36,7 @@ from torch import nn
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.gpu_kernels import GPU_KERNEL_CHOICES, GpuKernels
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
+from palimpsest.memory.gate import KeyInput
 from palimpsest.memory.layer import SPARSE_UPDATES_CHOICES, ProductKeyMemory, QueryNorm, SparseUpdates
 from palimpsest.memory.taught import TAUGHT_FILE, TaughtFacts
 from palimpsest.models import block_indices, hidden_size, transformer_blocks
@@ -86,6 +87,12 @@ class PKMConfig:
     #: Room for keys in the gate's codebook (0: none): the gate then opens only where an input lies
     #: near one it was taught at (:meth:`MemoryGate.set_keys`; about 9 keys per taught fact).
     gate_keys: int = 0
+    #: The block (an index or a relative depth, at or before the memory's) whose FFN input the
+    #: codebook's keys are taken from and compared at (``None``: the memory's own input). An early
+    #: block's state at a subject is more the subject's tokens than the words around it, so unseen
+    #: phrasings of a taught subject open and other subjects stay closed
+    #: (``results/gated-memory-probe-real/key_layers-128.json``); the scorer reads the memory's input.
+    gate_key_block: int | float | None = None
     #: The value read's implementation on a GPU: ``"triton"`` (:mod:`palimpsest.gpu_kernels`),
     #: ``"torch"`` (torch ops, the reference) or ``"auto"`` (torch ops until the kernels are measured
     #: faster: ``benchmarks/gpu.sh``). No effect on a CPU.
@@ -130,6 +137,14 @@ class PKMConfig:
             raise ConfigError(f"memory.gate_keys must be a whole number >= 0, got {self.gate_keys!r}")
         if self.gate_keys and self.gate_hidden is None:
             raise ConfigError("memory.gate_keys: a codebook belongs to a gate (set memory.gate_hidden)")
+        if self.gate_key_block is not None and not self.gate_keys:
+            raise ConfigError(
+                "memory.gate_key_block: the block a codebook reads needs a codebook (set memory.gate_keys)"
+            )
+        if isinstance(self.gate_key_block, bool):
+            raise ConfigError(
+                f"memory.gate_key_block must be a block index or depth, got {self.gate_key_block!r}"
+            )
         if self.gate_hidden is not None and self.mode != "residual":
             raise ConfigError(
                 "memory.gate_hidden: a gate needs a residual memory (a closed replace memory drops the FFN)"
@@ -142,7 +157,8 @@ class PKMConfig:
             query_norm=self.query_norm, input_dropout=self.input_dropout,
             query_dropout=self.query_dropout, value_dropout=self.value_dropout,
             zero_values=self.zero_values, sparse_updates=self.sparse_updates, generator=generator,
-            gate_hidden=self.gate_hidden, gate_keys=self.gate_keys, gpu_kernels=self.gpu_kernels,
+            gate_hidden=self.gate_hidden, gate_keys=self.gate_keys,
+            gate_separate_keys=self.gate_key_block is not None, gpu_kernels=self.gpu_kernels,
         )  # fmt: skip
 
 
@@ -285,6 +301,37 @@ def attach_to_ffn(
     return undo
 
 
+def _feed_key_inputs(model: nn.Module, config: PKMConfig) -> list[Undo]:
+    """Give each memory's gate the input of the FFN of ``config.gate_key_block`` (a forward pre-hook
+    fills one :class:`KeyInput` the memories share); returns the undo steps."""
+    _, blocks = transformer_blocks(model)
+    key_block = block_indices([config.gate_key_block], len(blocks))[0]
+    memory_blocks = block_indices(config.layers, len(blocks))
+    if key_block > min(memory_blocks):
+        raise ConfigError(
+            f"memory.gate_key_block: block {key_block} comes after the memory's block {min(memory_blocks)} "
+            "(its state is not computed yet when the memory reads)"
+        )
+    name = config.ffn_module or "mlp"
+    ffn = getattr(blocks[key_block], name, None)
+    if not isinstance(ffn, nn.Module):
+        raise ModelError(
+            f"memory.gate_key_block: block {key_block} has no FFN module '{name}' (a causal LM's)"
+        )
+    holder = KeyInput()
+    hook = ffn.register_forward_pre_hook(holder)
+    layers = list(memories(model).values())
+    for layer in layers:
+        layer.key_input = holder
+
+    def undo() -> None:
+        hook.remove()
+        for layer in layers:
+            layer.key_input = None
+
+    return [undo]
+
+
 class _restore:
     """Undo step: put ``original`` back as ``parent.name``."""
 
@@ -374,6 +421,13 @@ def add_product_key_memory(
         return config.layer(dim, generator=generator)
 
     undo = attach_to_ffn(model, config.layers, make, mode=config.mode, ffn_module=config.ffn_module)
+    if config.gate_key_block is not None:
+        try:
+            undo += _feed_key_inputs(model, config)
+        except Exception:
+            for step in reversed(undo):
+                step()
+            raise
     setattr(model.config, MEMORY_CONFIG_KEY, asdict(config))
     extend_config(model.config)  # saved as model type "palimpsest": never loaded without the memory
     model.palimpsest_memory = MemoryHandle(model, undo)

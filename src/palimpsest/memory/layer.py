@@ -48,7 +48,7 @@ from palimpsest.memory.autograd import (
     ValueRead,
     compiled_selection,
 )
-from palimpsest.memory.gate import MemoryGate
+from palimpsest.memory.gate import KeyInput, MemoryGate
 
 QueryNorm = Literal["layernorm", "batchnorm", "none"]
 SparseUpdates = bool | Literal["auto"]
@@ -136,6 +136,7 @@ class ProductKeyMemory(nn.Module):
         generator: torch.Generator | None = None,
         gate_hidden: int | None = None,
         gate_keys: int = 0,
+        gate_separate_keys: bool = False,
         gpu_kernels: GpuKernels = "auto",
     ):
         super().__init__()
@@ -176,7 +177,12 @@ class ProductKeyMemory(nn.Module):
         self.value_dropout = nn.Dropout(value_dropout)
         #: Opens the memory only for inputs like those it was taught (:mod:`palimpsest.memory.gate`);
         #: ``None``: every token reads the memory.
-        self.gate = MemoryGate(dim, gate_hidden, keys=gate_keys) if gate_hidden else None
+        self.gate = None
+        if gate_hidden:
+            self.gate = MemoryGate(dim, gate_hidden, keys=gate_keys, separate_keys=gate_separate_keys)
+        #: Where a gate whose codebook reads another block's input finds it (set when the memory is
+        #: put into a model: :func:`palimpsest.memory.inject.add_product_key_memory`).
+        self.key_input: KeyInput | None = None
         self.sparse_updates = sparse_updates
         #: The value read's implementation on a GPU (:mod:`palimpsest.gpu_kernels`).
         self.gpu_kernels: GpuKernels = gpu_kernels
@@ -261,7 +267,7 @@ class ProductKeyMemory(nn.Module):
         # in the values' dtype, which the read needs (under autocast the input may be bf16 and the
         # values fp32)
         weights = functional.softmax(scores.float(), dim=-1).to(self.values.weight.dtype)
-        read = self.gate(hidden.reshape(-1, shape[-1])) if self.gate is not None else None  # the raw input
+        read = self.gate_opens(hidden.reshape(-1, shape[-1])) if self.gate is not None else None
         if self.record_selection:
             self.last_selection = Selection(indices.detach(), weights.detach(), read)
         bags = indices.reshape(flat.shape[0], -1)  # one bag of heads * k slots per token
@@ -278,6 +284,17 @@ class ProductKeyMemory(nn.Module):
         if read is not None:  # exact zeros where the gate stays closed: no change, no gradient there
             output = torch.where(read[:, None], output, 0.0)
         return output.view(*shape[:-1], self.value_dim)
+
+    def gate_opens(self, hidden: torch.Tensor, key_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Where the gate opens for rows of this memory's (raw) input; a codebook that reads another
+        block takes ``key_hidden`` (the same rows of that block's input), else what the last forward
+        pass left in :attr:`key_input`."""
+        if self.gate is None:
+            raise ValueError("this memory has no gate")
+        fed = self.key_input.hidden if self.key_input is not None else None
+        if self.gate.separate_keys and key_hidden is None and fed is not None:
+            key_hidden = fed.reshape(-1, hidden.shape[-1])
+        return self.gate(hidden, key_hidden)
 
     def allow_sparse_gradients(self, allowed: bool) -> None:
         """Whether the optimizer accepts sparse value gradients, so that ``sparse_updates="auto"``

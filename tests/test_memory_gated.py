@@ -431,6 +431,9 @@ def test_a_codebook_can_read_an_earlier_block_and_travels_with_the_model(tokeniz
     assert memory.gate.separate_keys and int(memory.gate.key_count) > 0 and memory.gate.key_centre.any()
     for fact in FIRST:
         assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+    from palimpsest.memory.gated import taught_fact_rows
+
+    assert [row.opens for row in taught_fact_rows(model, tokenizer)] == [True, True]  # memory list
     save_merged(model, tokenizer, tmp_path / "saved")
     loaded = load_merged(tmp_path / "saved").eval()
     (reloaded,) = memories(loaded).values()

@@ -477,3 +477,18 @@ def test_a_key_block_from_the_command_line(tmp_path, tokenizer):
     late = one_error_line(palimpsest("memory", "add", "--model", base, "--out", tmp_path / "late",
                                      "--gate-key-block", "3", *small))  # fmt: skip
     assert "comes after" in late and not (tmp_path / "late").exists()
+
+
+def test_a_model_whose_codebook_reads_an_earlier_block_copies_and_trains(tokenizer):
+    import copy
+
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=8, gate_key_block=1))
+    model.train()
+    model(input_ids=_ids(tokenizer), labels=_ids(tokenizer)).loss.backward()  # the key input holds no graph
+    twin = copy.deepcopy(model)
+    (memory,), (copied,) = memories(model).values(), memories(twin).values()
+    assert copied.key_input is not memory.key_input
+    with torch.no_grad():
+        twin(input_ids=_ids(tokenizer, "Another text entirely."))
+    assert copied.key_input.hidden.shape != memory.key_input.hidden.shape  # the copy's hook fills the copy's

@@ -75,7 +75,8 @@ class KeyInput:
         self.hidden: torch.Tensor | None = None
 
     def __call__(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        self.hidden = args[0]
+        # detached: the codebook's decision sends no gradient, and a held graph would outlive its step
+        self.hidden = args[0].detach()
 
 
 class MemoryGate(nn.Module):

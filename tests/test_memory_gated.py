@@ -492,3 +492,18 @@ def test_a_model_whose_codebook_reads_an_earlier_block_copies_and_trains(tokeniz
     with torch.no_grad():
         twin(input_ids=_ids(tokenizer, "Another text entirely."))
     assert copied.key_input.hidden.shape != memory.key_input.hidden.shape  # the copy's hook fills the copy's
+
+
+def test_an_early_block_codebook_is_refitted_in_a_second_round_and_after_forgetting(tokenizer, tmp_path):
+    model = _base(tokenizer)
+    add_product_key_memory(model, PKMConfig(layers=[2], **SMALL, gate_keys=64, gate_key_block=0))
+    learn_facts(model, tokenizer, FIRST, _settings(), tmp_path / "1", answers=["Rome", "Oslo"])
+    learn_facts(model, tokenizer, SECOND, _settings(), tmp_path / "2", answers=["Euro", "Lima"])
+    for fact in FIRST + SECOND:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+    (memory,) = memories(model).values()
+    held = int(memory.gate.key_count)
+    forget_facts(model, tokenizer, SECOND, settings=GATE)
+    assert 0 < int(memory.gate.key_count) < held
+    for fact in FIRST:
+        assert _prompt_opened(model, tokenizer, fact).any(), fact.subject

@@ -307,8 +307,8 @@ def fit_gate(
             optimizer.step()
     gate.train(was_training)
     gate.fitted_flag.fill_(True)
-    with torch.no_grad():
-        opened = gate(inputs)
+    with torch.no_grad():  # the scorer fitted here: a refit's codebook still holds the last fit's keys
+        opened = gate.scores(inputs) > 0
     return GateFit(
         positives=len(positives),
         negatives=len(negatives),

@@ -507,3 +507,10 @@ def test_an_early_block_codebook_is_refitted_in_a_second_round_and_after_forgett
     assert 0 < int(memory.gate.key_count) < held
     for fact in FIRST:
         assert _prompt_opened(model, tokenizer, fact).any(), fact.subject
+
+
+def test_a_key_block_at_its_default_leaves_stored_unit_keys_as_they_were():
+    from palimpsest.config import to_dict
+
+    assert "gate_key_block" not in to_dict(PKMConfig(layers=[2], **SMALL))  # keys stored before it stand
+    assert to_dict(PKMConfig(layers=[2], **SMALL, gate_keys=8, gate_key_block=1))["gate_key_block"] == 1

@@ -184,12 +184,22 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {error}") from None
 
 
+#: Field metadata of a setting added after studies stored units keyed by their configs: at its default
+#: :func:`to_dict` leaves it out, so those keys (and configs written before it) stay as they were.
+OMITTED_AT_DEFAULT = "omitted_at_default"
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    """A plain, YAML/JSON-serialisable mapping of a config (or results) dataclass."""
+    """A plain, YAML/JSON-serialisable mapping of a config (or results) dataclass (a field marked
+    :data:`OMITTED_AT_DEFAULT` only where it differs from its default)."""
 
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            data = {
+                f.name: plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not (f.metadata.get(OMITTED_AT_DEFAULT) and getattr(value, f.name) == f.default)
+            }
             if getattr(value, EXTENSION_SECTIONS, False):
                 data.update(data.pop("extensions", {}))
             flat = getattr(value, FLAT_MAPPING, None)

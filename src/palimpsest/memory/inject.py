@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from palimpsest.config import OMITTED_AT_DEFAULT
 from palimpsest.errors import ConfigError, ModelError
 from palimpsest.gpu_kernels import GPU_KERNEL_CHOICES, GpuKernels
 from palimpsest.hf_auto import base_model_type, extend_config, restore_config
@@ -92,7 +93,7 @@ class PKMConfig:
     #: block's state at a subject is more the subject's tokens than the words around it, so unseen
     #: phrasings of a taught subject open and other subjects stay closed
     #: (``results/gated-memory-probe-real/key_layers-128.json``); the scorer reads the memory's input.
-    gate_key_block: int | float | None = None
+    gate_key_block: int | float | None = field(default=None, metadata={OMITTED_AT_DEFAULT: True})
     #: The value read's implementation on a GPU: ``"triton"`` (:mod:`palimpsest.gpu_kernels`),
     #: ``"torch"`` (torch ops, the reference) or ``"auto"`` (torch ops until the kernels are measured
     #: faster: ``benchmarks/gpu.sh``). No effect on a CPU.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from palimpsest.config import to_dict
 from palimpsest.data.facts import city_facts
 from palimpsest.experiments.common import (
     fact_mixture,
@@ -212,7 +213,7 @@ class MemoryStudy(Study):
         arms = sorted(settings.arms, key=ARMS.index)
         data = _prepare(settings, out)
         # what decides a unit besides its arm and seed (more seeds or arms reuse the units done)
-        key = {k: v for k, v in asdict(settings).items() if k not in ("arms", "seeds", "keep_models")}
+        key = {k: v for k, v in to_dict(settings).items() if k not in ("arms", "seeds", "keep_models")}
         units: list[MemoryUnit] = []
         for seed in settings.seeds:
             for arm in arms:

@@ -306,7 +306,12 @@ def _feed_key_inputs(model: nn.Module, config: PKMConfig) -> list[Undo]:
     """Give each memory's gate the input of the FFN of ``config.gate_key_block`` (a forward pre-hook
     fills one :class:`KeyInput` the memories share); returns the undo steps."""
     _, blocks = transformer_blocks(model)
-    key_block = block_indices([config.gate_key_block], len(blocks))[0]
+    try:
+        key_block = block_indices([config.gate_key_block], len(blocks))[0]
+    except ConfigError:
+        raise ConfigError(
+            f"memory.gate_key_block: {config.gate_key_block} is no block of this model (0..{len(blocks) - 1})"
+        ) from None
     memory_blocks = block_indices(config.layers, len(blocks))
     if key_block > min(memory_blocks):
         raise ConfigError(

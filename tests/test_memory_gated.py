@@ -3,6 +3,7 @@ holds, rounds add to them, forgetting closes the gate for what was taken out and
 only it read, and a memory with nothing left computes exactly the base model."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -514,3 +515,32 @@ def test_a_key_block_at_its_default_leaves_stored_unit_keys_as_they_were():
 
     assert "gate_key_block" not in to_dict(PKMConfig(layers=[2], **SMALL))  # keys stored before it stand
     assert to_dict(PKMConfig(layers=[2], **SMALL, gate_keys=8, gate_key_block=1))["gate_key_block"] == 1
+
+
+def test_anchors_ask_a_subject_first_through_the_relations_it_has(tokenizer):
+    from palimpsest.data.facts import CONTINENT, LANGUAGE, SYMBOL
+    from palimpsest.memory.gated import anchor_template, same_subject_anchors, subject_relations
+    from palimpsest.memory.taught import taught_fact
+
+    keep = [
+        Fact("Argon", SYMBOL, "Ar"),
+        Fact("Spain", LANGUAGE, "Spanish"),
+        Fact("Peru", CONTINENT, "Americas"),
+    ]
+    assert {"capital", "language", "continent"} <= subject_relations(FIRST[:1], keep)["France"]
+    assert "element-symbol" not in subject_relations(FIRST[:1], keep)["France"]
+    taught = [taught_fact(FIRST[0], "Rome", 1, "now")]
+    model = _gated(tokenizer)
+
+    def asked(anchors: int) -> set[str]:
+        rows = same_subject_anchors(model, tokenizer, taught, keep, replace(GATE, anchors=anchors))
+        prompts = [[t for t, label in zip(ids, labels, strict=True) if label == -100] for ids, labels in rows]
+        france = {relation.name: Fact("France", relation, "") for relation in (CONTINENT, LANGUAGE, SYMBOL)}
+        ids = {
+            name: tokenizer(fact.prompt(anchor_template(fact.relation)))["input_ids"]
+            for name, fact in france.items()
+        }
+        return {name for name, prompt in ids.items() if prompt in prompts}
+
+    assert asked(2) == {"continent", "language"}  # France's own relations, not a chemical symbol
+    assert asked(3) == {"continent", "language", "element-symbol"}  # the rest once those are used

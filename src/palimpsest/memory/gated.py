@@ -358,26 +358,48 @@ def same_subject_anchors(
     settings: GateTraining,
 ) -> list[tuple[list[int], list[int]]]:  # fmt: skip
     """Training rows (ids, labels) that keep, for each taught subject, what the model without its
-    memories writes after the subject's prompt through ``settings.anchors`` other relations (those of
-    the taught and kept facts; chosen by a hash of the fact). Each is stated through
-    :func:`anchor_template`, not the relation's first template, so that the subject's other facts
-    asked as users (and as every benchmark) ask them stay a test the anchors were not fitted on."""
+    memories writes after the subject's prompt through ``settings.anchors`` other relations (chosen
+    by a hash of the fact among those of the taught and kept facts, the relations the subject has
+    first: :func:`subject_relations`). Each is stated through :func:`anchor_template`, not the
+    relation's first template, so that the subject's other facts asked as users (and as every
+    benchmark) ask them stay a test the anchors were not fitted on."""
     if not settings.anchors:
         return []
     relations = {}
     for fact in [*(entry.fact for entry in taught), *keep]:
         relations.setdefault(fact.relation.name, fact.relation)
+    has = subject_relations([entry.fact for entry in taught], keep)
     prompts: list[str] = []
     for entry in taught:
         others = [relation for name, relation in sorted(relations.items()) if name != entry.relation]
+        own = [relation for relation in others if relation.name in has.get(entry.subject, ())]
+        rest = [relation for relation in others if relation not in own]
         rng = random.Random(zlib.crc32(f"{settings.seed}|{entry.subject}|{entry.relation}".encode()))
-        for relation in rng.sample(others, min(settings.anchors, len(others))):
+        chosen = rng.sample(own, min(settings.anchors, len(own)))
+        chosen += rng.sample(rest, min(settings.anchors - len(chosen), len(rest)))
+        for relation in chosen:
             prompts.append(Fact(entry.subject, relation, "").prompt(anchor_template(relation)))
     if not prompts:
         return []
     with memories_closed(model):
         written = greedy_tokens(model, tokenizer, prompts, settings.anchor_tokens)
     return [(ids + more, [-100] * len(ids) + more) for ids, more in written]
+
+
+def subject_relations(taught: Sequence[Fact], keep: Sequence[Fact]) -> dict[str, set[str]]:
+    """Per subject, the names of the relations it is the subject of, in ``taught``, ``keep`` or a
+    built-in fact table. A subject's anchors are asked through these first: the facts a memory
+    taught about France's capital can disturb are France's language and continent, not France's
+    chemical symbol, a prompt no user asks and whose continuation protects nothing."""
+    from palimpsest.data.facts import FACT_SETS, builtin_facts
+
+    tables = [fact for name in FACT_SETS for fact in builtin_facts(name)]
+    subjects = {fact.subject for fact in [*taught, *keep]}
+    has: dict[str, set[str]] = {}
+    for fact in [*taught, *keep, *tables]:
+        if fact.subject in subjects:
+            has.setdefault(fact.subject, set()).add(fact.relation.name)
+    return has
 
 
 def anchor_template(relation: Relation) -> int:
@@ -747,6 +769,7 @@ __all__ = [
     "neighbour_facts",
     "same_subject_anchors",
     "slots_read",
+    "subject_relations",
     "taught_fact_rows",
     "training_contexts",
 ]

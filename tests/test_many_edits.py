@@ -264,6 +264,10 @@ def test_method_batches_choose_the_sequences_a_method_edits(tmp_path):
         ("at once", 1, "ft-m"), ("at once", 1, "constrained"), ("in sequence", 1, "ft-m"),
         ("in sequence", 2, "ft-m"), ("in sequence", 2, "constrained"),
     }  # fmt: skip
+    assert results.best("in sequence", 2, 1).method == "ft-m"  # the one method of the one-at-a-time cell
+    assert {"2 in sequence one at a time", "2 in sequence in batches of 2"} <= {
+        part.split(":")[0] for part in results.headline().split(" — ")[1].split("; ")
+    }
 
 
 def test_size_seeds_keep_a_size_to_some_seeds(tmp_path):

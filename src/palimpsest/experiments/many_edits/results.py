@@ -36,10 +36,14 @@ class ManyEditsResults(Results):
     rows: list[SummaryRow]
     machine: dict[str, Any]
 
-    def best(self, mode: str, edits: int) -> SummaryRow | None:
+    def best(self, mode: str, edits: int, batch: int) -> SummaryRow | None:
         """The method with the highest mean of made (plain prompt), made after unrelated text and
-        neighbourhood kept at (mode, edits): an edit must hold where users ask, without costing others."""
-        cell = [r for r in self.rows if r.mode == mode and r.edits == edits and r.method != "before"]
+        neighbourhood kept at (mode, edits, batch): an edit must hold where users ask, without costing
+        others. A sequence one at a time and one in batches of 10 are different questions."""
+        cell = [
+            r for r in self.rows
+            if (r.mode, r.edits, r.batch) == (mode, edits, batch) and r.method != "before"
+        ]  # fmt: skip
 
         def score(row: SummaryRow) -> float:
             parts = [row.metrics.get(name, (0.0,))[0] for name in SCORED]
@@ -52,14 +56,15 @@ class ManyEditsResults(Results):
 
     def headline(self) -> str:
         parts = []
-        for mode, edits in dict.fromkeys((r.mode, r.edits) for r in self.rows):
-            best = self.best(mode, edits)
+        for mode, edits, batch in dict.fromkeys((r.mode, r.edits, r.batch) for r in self.rows):
+            best = self.best(mode, edits, batch)
             if best is not None:
                 kept = best.metrics.get("neighbourhood_kept", (math.nan,))[0]
-                parts.append(
-                    f"{edits} {mode}: {best.method} (made {best.metrics['made'][0]:.0%}, "
-                    f"neighbourhood kept {kept:.0%})"
+                cell = f"{edits} {mode}" + (
+                    "" if mode == "at once" else " one at a time" if batch == 1 else f" in batches of {batch}"
                 )
+                made = best.metrics["made"][0]
+                parts.append(f"{cell}: {best.method} (made {made:.0%}, neighbourhood kept {kept:.0%})")
         return "Best by mean of made, made after text and neighbourhood kept — " + "; ".join(parts)
 
     @classmethod

@@ -141,3 +141,31 @@ def test_never_save_is_none(blocks, tokenizer, tmp_path):
     assert arguments.save_strategy == "no" and arguments.eval_strategy == "no"
     with pytest.raises(ConfigError, match="save_every"):
         TrainingConfig(save_every=0)
+
+
+def test_a_batch_of_padded_facts_loses_only_columns_no_row_reads(tokenizer):
+    from palimpsest.data.facts import CAPITAL, Fact
+    from palimpsest.memory.learning import fact_examples
+    from palimpsest.recall import PLAIN, PromptContext
+    from palimpsest.training import LMCollator
+
+    facts = [Fact("France", CAPITAL, "Paris"), Fact("Peru", CAPITAL, "Lima")]
+    long_context = PromptContext(
+        "after text", "The river rises in the hills north of the town and flows south."
+    )
+    rows = list(fact_examples(tokenizer, facts, causal=True, contexts=[PLAIN, long_context]))
+    short = [row for row in rows if sum(row["attention_mask"]) < len(row["attention_mask"]) - 5]
+    assert len(short) == 2  # the plain prompts
+    padded = {
+        key: torch.tensor([row[key] for row in short]) for key in ("input_ids", "attention_mask", "labels")
+    }
+    trimmed = LMCollator()(short)
+    width = max(sum(row["attention_mask"]) for row in short)
+    assert trimmed["input_ids"].shape == (2, width) < padded["input_ids"].shape
+    model = build_model("gpt2", "tiny", tokenizer, dropout=0.0).eval()
+    with torch.no_grad():
+        full, cut = model(**padded), model(**trimmed)
+    assert torch.allclose(full.loss, cut.loss, atol=1e-6)
+    assert torch.allclose(full.logits[:, :width], cut.logits, atol=1e-5)
+    assert set(LMCollator()(rows)) == {"input_ids", "attention_mask", "labels"}
+    assert LMCollator()(rows)["input_ids"].shape[1] == len(rows[0]["input_ids"])  # a long row keeps them all

@@ -108,6 +108,11 @@ class LMCollator:
     """Stacks packed blocks into a batch; ``labels`` and ``attention_mask`` pass through when
     examples carry them.
 
+    Examples padded to one length (facts: the longest of the whole set) lose the trailing columns
+    that are padding in every row of the batch: those positions attend to nothing a real token
+    reads and carry no label, so the batch's outputs and loss are the same, at the cost of its own
+    longest row instead of the set's.
+
     Masking is not done here: the Trainer fetches a batch *before* it restores the RNG
     state of a resumed run, so masks drawn in the collator would differ after a resume.
     :class:`PalimpsestTrainer` masks in ``compute_loss`` instead.
@@ -118,6 +123,10 @@ class LMCollator:
         for key in ("labels", "attention_mask"):  # padded examples (facts) carry both
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+        if "attention_mask" in batch:
+            real = batch["attention_mask"].any(dim=0).nonzero()
+            width = int(real.max()) + 1 if len(real) else 1
+            batch = {key: tensor[:, :width] for key, tensor in batch.items()}
         return batch
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from palimpsest.data.facts import Fact
 from palimpsest.editing.benchmark import BenchmarkCase
 from palimpsest.editing.requests import EditRequest
+from palimpsest.memory.gated import GateTraining
 from palimpsest.memory.inject import PKMConfig, add_product_key_memory, memory_handle
 from palimpsest.memory.learning import MemoryLearning, learn_facts
 
@@ -26,11 +27,21 @@ from palimpsest.memory.learning import MemoryLearning, learn_facts
 def _gated_memory() -> PKMConfig:
     """The knowledge study's memory (16,384 slots in the middle block, zero values) with a gate and
     room for a codebook of ~1,900 facts' inputs (the gate then stays closed for other subjects:
-    ``results/gated-memory-probe-real/``, README, "A codebook of every taught phrasing")."""
+    ``results/gated-memory-probe-real/``, README, "A codebook of every taught phrasing"), read at an
+    early block (a tenth of the depth: block 3 of SmolLM2's 30), where a subject's state is its own
+    tokens' and not yet the words around it, so unseen phrasings of a taught fact open the gate too
+    (``results/gated-memory-probe-real/``, README, "Which block's state should the codebook read?")."""
     return PKMConfig(
         layers=[0.5], n_keys=128, heads=4, k=32, k_dim=128, zero_values=True, sparse_updates=False,
-        gate_hidden=256, gate_keys=16_384,
+        gate_hidden=256, gate_keys=16_384, gate_key_block=0.1,
     )  # fmt: skip
+
+
+def _gated_learning() -> MemoryLearning:
+    """Facts and their paraphrases; the early block's codebook opens from cosine 0.90 (the threshold
+    that kept other subjects' prompts under 1% while opening most held-out paraphrases:
+    ``results/knowledge-gated-real/gate_fit-128-key_block.json``)."""
+    return MemoryLearning(paraphrases=True, gate=GateTraining(key_threshold=0.9))
 
 
 @dataclass
@@ -38,7 +49,7 @@ class GatedMemoryMethod:
     """The memory added and how facts are written into it."""
 
     memory: PKMConfig = field(default_factory=_gated_memory)
-    learning: MemoryLearning = field(default_factory=lambda: MemoryLearning(paraphrases=True))
+    learning: MemoryLearning = field(default_factory=_gated_learning)
 
 
 class GatedMemoryEditor:

@@ -270,6 +270,21 @@ def test_the_gated_memory_is_judged_against_its_goals_and_the_batch_editor():
     assert "missed: paraphrase\n" in verdict  # 97% learned, 2 points lost, +0.1%: the rest met
     assert "gated vs batch: loses fewer kept facts" in verdict and "learns 2.0 points fewer" in verdict
     assert _gated_memory([editor], 512) == ""
+    # recall after preceding text is a goal too, where it was measured
+    heard = replace(gated, after={**gated.after, "paraphrase": (0.7, 0.0), "learned_after_text": (0.80, 0.0)})
+    assert "80% after text" in _gated_memory([heard], 512)
+    assert "missed: learned after text" in _gated_memory([heard], 512)
+
+
+def test_units_stored_before_the_after_text_measures_summarise_without_them():
+    from palimpsest.experiments.knowledge.summary import _measures
+
+    old = {"learned": 1.0, "paraphrase": 0.5, "generation": 1.0, "kept": 1.0, "kept_generation": 1.0,
+           "perplexity": 20.0}  # fmt: skip
+    new = {**old, "learned_after_text": 0.5, "kept_after_text": 1.0}
+    assert _measures([new, new])["learned_after_text"] == (0.5, 0.0)
+    assert "learned_after_text" not in _measures([old, new])  # not a mean over the seeds that have it
+    assert _measures([old, new])["learned"] == (1.0, 0.0)
 
 
 def test_peak_memory_sees_an_allocation():

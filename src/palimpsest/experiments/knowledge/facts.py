@@ -14,7 +14,7 @@ from palimpsest.editing.metrics import greedy_continuations
 from palimpsest.editing.requests import counterfactual_requests
 from palimpsest.errors import DataError
 from palimpsest.experiments.knowledge.scales import KnowledgeScale
-from palimpsest.recall import build_probe, fact_recall
+from palimpsest.recall import EVALUATION_PASSAGES, after_text, build_probe, fact_recall, text_passages
 from palimpsest.storage import resumable
 from palimpsest.training import evaluate_lm
 
@@ -119,11 +119,22 @@ def measure(model, tokenizer, chosen: Draw, perplexity_set, scale: KnowledgeScal
     prompts = [f.prompt(0) for f in taught] + [f.prompt(0) for f in chosen.kept]
     texts = greedy_continuations(model, tokenizer, prompts, max_new_tokens=scale.generation_tokens)
     written, kept_written = texts[: len(taught)], texts[len(taught) :]
+    passages = text_passages(EVALUATION_PASSAGES, seed=0, split="validation")
+
+    def after_text_recall(facts: Sequence[Fact]) -> float:
+        """Recall through the first template after each held-out passage of unrelated text."""
+        hits: list[bool] = []
+        for passage in passages:
+            hits += fact_recall(model, tokenizer, facts, context=after_text(passage)).recalled
+        return _share(hits)
+
     return {
         "learned": fact_recall(model, tokenizer, taught).accuracy,
+        "learned_after_text": after_text_recall(taught),
         "paraphrase": _share(paraphrase_hits),
         "generation": _share([f.object in text for f, text in zip(taught, written, strict=True)]),
         "kept": fact_recall(model, tokenizer, chosen.kept).accuracy,
+        "kept_after_text": after_text_recall(chosen.kept),
         "kept_generation": _share(
             [f.object in text for f, text in zip(chosen.kept, kept_written, strict=True)]
         ),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from palimpsest.experiments.knowledge.scales import ANCHORS
 from palimpsest.plotting import plot_points
+from palimpsest.recall import EVALUATION_PASSAGES
 from palimpsest.report import Figure, Table, pm
 
 if TYPE_CHECKING:  # the results class renders with this module's functions
@@ -25,7 +26,9 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
         f"optimizer steps (max({settings.min_steps}, {settings.epochs} epochs) at batch "
         f"{settings.batch_size}; "
         "the editor's steps see every fact and stop when all have taken). Learned = exact match through the "
-        "taught template; paraphrase = through the held-out template; generation = the greedy continuation "
+        f"taught template (after text: the same after each of {EVALUATION_PASSAGES} held-out passages of "
+        "wiki-en); "
+        "paraphrase = through the held-out template; generation = the greedy continuation "
         f"({settings.generation_tokens} tokens) names the answer; kept = the kept facts still recalled; "
         "perplexity on held-out wiki-en. Memory arms: a residual memory of "
         f"{memory.n_keys**2:,} slots at depth {memory.layers}, zero values (outputs unchanged). "
@@ -46,7 +49,8 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
         ),
     ]
     headers = [
-        "N", "arm", "learned", "paraphrase", "generation", "kept", "kept lost (points)",
+        "N", "arm", "learned", "after text", "paraphrase", "generation", "kept", "kept after text",
+        "kept lost (points)",
         "perplexity change %", "steps", "seconds", "peak MiB", "trained params", "changed params",
         "slots changed (read by wiki)", "slots outdated %", "seeds",
     ]  # fmt: skip
@@ -57,7 +61,8 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
             if r.slots_changed is not None and r.slots_changed_read_by_wiki is not None
             else "-"
         )
-        shares = [r.after[m] for m in ("learned", "paraphrase", "generation", "kept")] + [r.kept_lost]
+        measures = ("learned", "learned_after_text", "paraphrase", "generation", "kept", "kept_after_text")
+        shares = [r.after.get(m) for m in measures] + [r.kept_lost]
         table.append([
             r.size, r.arm, *(pm(share, scale=100, digits=0) for share in shares),
             pm(r.perplexity_change, digits=1), f"{r.steps[0]:.0f}", f"{r.seconds[0]:.0f}",

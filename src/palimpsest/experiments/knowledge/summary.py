@@ -11,7 +11,12 @@ from palimpsest.experiments.knowledge.arms import ArmRun
 from palimpsest.experiments.knowledge.facts import Baseline
 from palimpsest.experiments.knowledge.scales import ANCHORS, KnowledgeScale
 
-METRICS = ("learned", "paraphrase", "generation", "kept", "kept_generation", "perplexity")
+METRICS = (
+    "learned", "learned_after_text", "paraphrase", "generation", "kept", "kept_after_text", "kept_generation",
+    "perplexity",
+)  # fmt: skip
+#: Measures added after units were stored: a row has them only where every one of its runs measured them.
+LATER_METRICS = ("learned_after_text", "kept_after_text")
 
 
 @dataclass
@@ -89,8 +94,7 @@ def summarise(
             rows.append(
                 KnowledgeRow(
                     arm=arm.name, method=arm.method, size=size, seeds=len(group),
-                    after={m: mean_std(r.after[m] for r in group) for m in METRICS},
-                    before={m: mean_std(b[m] for b in firsts) for m in METRICS},
+                    after=_measures([r.after for r in group]), before=_measures(firsts),
                     kept_lost=mean_std(lost), perplexity_change=mean_std(moved),
                     seed_list=[r.seed for r in group],
                     per_seed={"kept_lost": lost, "perplexity_change": moved},
@@ -110,6 +114,15 @@ def summarise(
     return KnowledgeSummary(rows=rows, verdict=_verdict(rows, scale))
 
 
+def _measures(measured: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean ± std of each measure over the seeds; a later measure only where all of them have it."""
+    return {
+        m: mean_std(one[m] for one in measured)
+        for m in METRICS
+        if m not in LATER_METRICS or all(m in one for one in measured)
+    }
+
+
 def _removal(group: Sequence[ArmRun]) -> dict[str, tuple[float, float]] | None:
     measured = [r.removal for r in group if r.removal is not None]
     if not measured:
@@ -121,19 +134,26 @@ def _removal(group: Sequence[ArmRun]) -> dict[str, tuple[float, float]] | None:
 EQUAL_LEARNING = 0.15
 
 
+def _described(row: KnowledgeRow) -> str:
+    after = row.after
+    text = (
+        f" ({100 * after['learned_after_text'][0]:.0f}% after text)" if "learned_after_text" in after else ""
+    )
+    paraphrase = after["paraphrase"][0]
+    return (
+        f"{row.arm} learned {100 * after['learned'][0]:.0f}%{text} (paraphrase {100 * paraphrase:.0f}%), "
+        f"kept {100 * after['kept'][0]:.0f}% (lost {100 * row.kept_lost[0]:+.0f} points), perplexity "
+        f"{row.perplexity_change[0]:+.1f}%"
+    )
+
+
 def _verdict(rows: list[KnowledgeRow], scale: KnowledgeScale) -> str:
     parts = []
     for size in scale.sizes:
         cell = [r for r in rows if r.size == size]
         if not cell:
             continue
-        described = "".join(
-            f"\n- {r.arm} learned {100 * r.after['learned'][0]:.0f}% "
-            f"(paraphrase {100 * r.after['paraphrase'][0]:.0f}%), "
-            f"kept {100 * r.after['kept'][0]:.0f}% (lost {100 * r.kept_lost[0]:+.0f} points), perplexity "
-            f"{r.perplexity_change[0]:+.1f}%"
-            for r in cell
-        )
+        described = "".join(f"\n- {_described(r)}" for r in cell)
         parts.append(
             f"N={size} (kept facts recalled before: {100 * cell[0].before['kept'][0]:.0f}%):{described}"
         )
@@ -160,10 +180,14 @@ def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
     for mine in gated:
         learned, paraphrase = mine.after["learned"][0], mine.after["paraphrase"][0]
         lost, moved = mine.kept_lost[0], mine.perplexity_change[0]
+        # the goals hold where users ask: the prompt as written and after preceding text (where measured)
+        after_text = mine.after.get("learned_after_text", (None,))[0]
+        text = f", {100 * after_text:.0f}% after text" if after_text is not None else ""
         missed = [
             name
             for name, met in (
                 ("learned", learned >= GATED_GOALS["learned"]),
+                ("learned after text", after_text is None or after_text >= GATED_GOALS["learned"]),
                 ("paraphrase", paraphrase >= GATED_GOALS["paraphrase"]),
                 ("kept lost", lost <= GATED_GOALS["kept_lost"]),
                 ("perplexity", moved <= GATED_GOALS["perplexity_change"]),
@@ -172,9 +196,9 @@ def _gated_memory(cell: list[KnowledgeRow], size: int) -> str:
         ]
         goals = "every goal met" if not missed else f"missed: {', '.join(missed)}"
         findings.append(
-            f"{mine.arm}: learned {100 * learned:.0f}% (goal >= 95%), paraphrase {100 * paraphrase:.0f}% "
-            f"(>= 60%), kept facts lost {100 * lost:+.0f} points (<= 5), perplexity {moved:+.1f}% "
-            f"(<= +0.5%): {goals}"
+            f"{mine.arm}: learned {100 * learned:.0f}%{text} (goal >= 95%), paraphrase "
+            f"{100 * paraphrase:.0f}% (>= 60%), kept facts lost {100 * lost:+.0f} points (<= 5), "
+            f"perplexity {moved:+.1f}% (<= +0.5%): {goals}"
         )
         if mine.removal is not None:
             findings.append(_removal_finding(mine))

@@ -174,6 +174,10 @@ def test_the_gated_memory_arm_trains_only_its_memory_and_never_fits_the_gate_on_
     # the removal took every other fact out, then the rest: the base model's logits, bit for bit
     assert run.removal["removed"] == 1 and run.removal["base_identical_once_all_removed"] == 1.0
     assert 0.0 <= run.removal["restored"] <= 1.0 and run.removal["perplexity"] > 0
+    # the facts behind the shares: as many named as the shares count, each one of the draw's
+    assert len(run.not_learned) == round((1 - run.after["learned"]) * 3)
+    assert len(run.kept_lost) == round((1 - run.after["kept"]) * 2)
+    assert set(run.kept_lost) <= {f"{fact.subject} | {fact.relation.name}" for fact in KNOWN[:2]}
 
 
 def test_a_gated_memory_arm_in_rounds_teaches_each_round_in_turn(tmp_path, tokenizer, monkeypatch):

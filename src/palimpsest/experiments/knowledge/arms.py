@@ -29,8 +29,8 @@ from palimpsest.memory.learning import (
     slot_document_frequency,
 )
 from palimpsest.memory.usage import validation_batches
-from palimpsest.models import count_parameters
-from palimpsest.recall import fact_recall
+from palimpsest.models import count_parameters, objective_of
+from palimpsest.recall import build_probe, fact_recall
 from palimpsest.training import TrainingConfig, evaluate_lm, train
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ class ArmRun:
     slots_used_by_wiki: float | None = None
     #: Gated memory arms: the removal of part of the taught facts (``KnowledgeScale.removal_share``).
     removal: dict[str, float] | None = None
+    #: Which facts the shares above count as missed: taught facts not recalled through the taught
+    #: template, and kept facts no longer recalled (``"subject | relation"``), so that a loss can be
+    #: traced to its facts (None in units stored before they were kept).
+    not_learned: list[str] | None = None
+    kept_lost: list[str] | None = None
 
 
 def _training(scale: KnowledgeScale, arm: Arm, size: int, seed: int) -> TrainingConfig:
@@ -158,6 +163,8 @@ def run_arm(
         "%s, %d facts, seed %d: learned %.2f, kept %.2f, perplexity %.2f (%.0f s)",
         arm.name, size, seed, after["learned"], after["kept"], after["perplexity"], seconds,
     )  # fmt: skip
+    memory_facts["not_learned"] = _missed(measured, tokenizer, chosen.taught)
+    memory_facts["kept_lost"] = _missed(measured, tokenizer, chosen.kept)
     if removal_base is not None and gated is not None and removal_indices(chosen, scale.removal_share):
         memory_facts["removal"] = _removal(
             model, tokenizer, chosen, perplexity_set, scale, gated, removal_base, after
@@ -167,6 +174,15 @@ def run_arm(
         after=after, steps=steps, seconds=seconds, peak_mib=peak.peak_mib, trained_parameters=trained,
         changed_parameters=changed, **memory_facts,
     )  # fmt: skip
+
+
+def _missed(model, tokenizer, facts: Sequence[Fact]) -> list[str]:
+    """``facts`` the model does not recall through their first template, as ``subject | relation``
+    (a fact the tokenizer cannot probe counts as missed, as recall leaves it out)."""
+    causal = objective_of(model.config) == "clm"
+    probeable = [fact for fact in facts if build_probe(tokenizer, fact, causal=causal) is not None]
+    recalled = dict(zip(probeable, fact_recall(model, tokenizer, probeable).recalled, strict=True))
+    return [f"{fact.subject} | {fact.relation.name}" for fact in facts if not recalled.get(fact, False)]
 
 
 def removal_indices(chosen: Draw, share: float) -> list[int]:

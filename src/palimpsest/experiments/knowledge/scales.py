@@ -105,9 +105,17 @@ def _memory_for_real() -> PKMConfig:
 
 
 def _gated_memory_for_real() -> PKMConfig:
-    """The same memory with a gate and room for a codebook of ~1,900 facts' taught inputs (the
-    many-edits study's gated memory: ``palimpsest.experiments.many_edits.gated``)."""
-    return replace(_memory_for_real(), gate_hidden=256, gate_keys=16_384)
+    """The same memory with a gate and room for a codebook of ~1,900 facts' taught inputs, read at a
+    tenth of the depth (block 3 of 30; the many-edits study's gated memory:
+    ``palimpsest.experiments.many_edits.gated``). Measured against the memory's own block as the
+    codebook's source: ``results/knowledge-gated-keyblock-real/``."""
+    return replace(_memory_for_real(), gate_hidden=256, gate_keys=16_384, gate_key_block=0.1)
+
+
+def _gate_for_real() -> GateTraining:
+    """The gate's fit with the early block's codebook opening from cosine 0.90
+    (``results/knowledge-gated-real/gate_fit-128-key_block.json``)."""
+    return GateTraining(key_threshold=0.9)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ class KnowledgeScale:
     #: the study's steps, at the gate's own rate); it also trains through the relations' paraphrases
     #: but each fact's held-out one, as ``memory learn --paraphrases`` does.
     gated_memory: PKMConfig = field(default_factory=_gated_memory_for_real)
-    gate: GateTraining = field(default_factory=GateTraining)
+    gate: GateTraining = field(default_factory=_gate_for_real)
     #: The batch editor arm (MEMIT's least squares with palimpsest's defaults; all facts at once).
     batch_editor: BatchEditConfig = field(default_factory=BatchEditConfig)
     #: The gated memory arms, once measured: this share of the taught facts is taken out again

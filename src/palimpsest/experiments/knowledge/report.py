@@ -88,18 +88,27 @@ def study_blocks(study: KnowledgeResults, plots_dir: Path) -> list[str | Table |
                 [
                     "N",
                     "learned before",
+                    "after text",
                     "paraphrase before",
                     "kept before",
+                    "kept after text",
                     "kept generation before",
                     "perplexity before",
                 ],
                 [
                     [
                         r.size,
-                        pm(r.before["learned"], scale=100, digits=0),
-                        pm(r.before["paraphrase"], scale=100, digits=0),
-                        pm(r.before["kept"], scale=100, digits=0),
-                        pm(r.before["kept_generation"], scale=100, digits=0),
+                        *(
+                            pm(r.before.get(m), scale=100, digits=0)
+                            for m in (
+                                "learned",
+                                "learned_after_text",
+                                "paraphrase",
+                                "kept",
+                                "kept_after_text",
+                                "kept_generation",
+                            )
+                        ),
                         pm(r.before["perplexity"], digits=2),
                     ]
                     for r in before

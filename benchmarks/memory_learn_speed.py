@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    for name in ("facts", "steps", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.json and Path(args.json).exists():
+        parser.error(f"--json {args.json} exists; name a new file (this benchmark never overwrites one)")
 
     import palimpsest as ps
     from palimpsest.data.facts import city_facts
@@ -87,7 +93,7 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(document, indent=2))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        with open(args.json, "x", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2)
 
 

@@ -38,9 +38,9 @@ def _gated_memory() -> PKMConfig:
 
 
 def _gated_learning() -> MemoryLearning:
-    """Facts and their paraphrases; the early block's codebook opens from cosine 0.90 (the threshold
-    that kept other subjects' prompts under 1% while opening most held-out paraphrases:
-    ``results/knowledge-gated-real/gate_fit-128-key_block.json``)."""
+    """Facts and their paraphrases; the early block's codebook opens from cosine 0.90, the threshold
+    measured to keep other subjects' prompts closed while opening held-out paraphrases
+    (``results/knowledge-gated-real/gate_fit-128-key_block.json``)."""
     return MemoryLearning(paraphrases=True, gate=GateTraining(key_threshold=0.9))
 
 

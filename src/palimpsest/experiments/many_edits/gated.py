@@ -40,8 +40,10 @@ def _gated_memory() -> PKMConfig:
 def _gated_learning() -> MemoryLearning:
     """Facts and their paraphrases; the early block's codebook opens from cosine 0.90, the threshold
     measured to keep other subjects' prompts closed while opening held-out paraphrases
-    (``results/knowledge-gated-real/gate_fit-128-key_block.json``)."""
-    return MemoryLearning(paraphrases=True, gate=GateTraining(key_threshold=0.9))
+    (``results/knowledge-gated-real/gate_fit-128-key_block.json``). The scorer takes 4,000 steps: with
+    a thousand edits' inputs against their neighbours and text, 1,500 left it closed for some of the
+    edits' own prompts, which the codebook opened (``results/many-edits-real/gate_probe-1000.json``)."""
+    return MemoryLearning(paraphrases=True, gate=GateTraining(key_threshold=0.9, steps=4000))
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from palimpsest.config import load_config
 from palimpsest.data import load_tokenizer
-from palimpsest.experiments.common import wiki_perplexity_set
 from palimpsest.experiments.knowledge import SCALES
 from palimpsest.experiments.knowledge.facts import draw, survey
 from palimpsest.experiments.knowledge.scales import KnowledgeScale
@@ -49,12 +48,8 @@ def main() -> None:
     _known, recalled, wrong = survey(base, tokenizer, scale, stored=HERE / "units" / "survey.json")
     chosen = draw(recalled, wrong, size, seed, scale)
     taught_subjects = {fact.subject for fact in chosen.taught}
-    wiki = [list(block["input_ids"]) for block in wiki_perplexity_set(tokenizer, scale.block_size,
-                                                                      scale.perplexity_blocks)]  # fmt: skip
-    out_file = HERE / f"gate_probe-{size}-s{seed}.json"
-    record = {"size": size, "seed": seed, "variants": []}
-    if out_file.is_file():
-        record = json.loads(out_file.read_text())
+    wiki = many_edits_probe.wiki_sequences(tokenizer, scale)
+    record = many_edits_probe.stored_record(out_file := HERE / f"gate_probe-{size}-s{seed}.json", size, seed)
     opened_at = many_edits_probe.subject_opened
     for variant in variants:
         if variant in [entry["variant"] for entry in record["variants"]]:

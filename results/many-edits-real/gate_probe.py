@@ -93,6 +93,20 @@ def subject_opened(model, tokenizer, gate, facts, template_of) -> dict[str, floa
     return shares
 
 
+def wiki_sequences(tokenizer, scale) -> list[list[int]]:
+    """The token ids of a study's perplexity set (its ``block_size`` and ``perplexity_blocks``)."""
+    blocks = wiki_perplexity_set(tokenizer, scale.block_size, scale.perplexity_blocks)
+    return [list(block["input_ids"]) for block in blocks]
+
+
+def stored_record(out_file: Path, size: int, seed: int) -> dict:
+    """What an earlier run of a probe wrote to ``out_file`` (its variants are not run again), or a new
+    record."""
+    if out_file.is_file():
+        return json.loads(out_file.read_text())
+    return {"size": size, "seed": seed, "variants": []}
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
@@ -109,12 +123,9 @@ def main() -> None:
     held_out = measured_facts(draw)
     edited = {case.request.fact.subject for case in draw}
     neighbours = [fact for case in draw for fact in case.neighbours[:1]]
-    wiki = [list(block["input_ids"]) for block in wiki_perplexity_set(tokenizer, scale.block_size,
-                                                                      scale.perplexity_blocks)]  # fmt: skip
+    wiki = wiki_sequences(tokenizer, scale)
     out_file = HERE / f"gate_probe-{size}.json"
-    record = {"size": size, "seed": seed, "variants": []}
-    if out_file.is_file():
-        record = json.loads(out_file.read_text())
+    record = stored_record(out_file, size, seed)
     done = [entry["variant"] for entry in record["variants"]]
     for variant in variants:
         if variant in done:
